@@ -1,0 +1,133 @@
+"""Token embedders: a stacked patch embed (standard MAE) and the channel-agnostic one.
+
+Both return tokens as ``[B, C', N, D]`` (``C' = 1`` stacked, ``C' = C`` channel-agnostic) so
+the MAE adds position and sensor embeddings the same way for either.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import nn
+
+from .posembed import sincos_1d
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One input channel: its name and, for spectral bands, the central wavelength in nm."""
+
+    name: str
+    wavelength: float | None = None
+
+
+ChannelLike = Union[str, ChannelSpec, Mapping, tuple]
+
+
+def channel_spec(item: ChannelLike) -> ChannelSpec:
+    """Read ``"DNA"``, ``{"name": "B04", "wavelength": 665}``, ``("B04", 665)`` or a ChannelSpec."""
+    if isinstance(item, ChannelSpec):
+        return item
+    if isinstance(item, str):
+        return ChannelSpec(item)
+    if isinstance(item, Mapping):
+        unknown = set(item) - {"name", "wavelength"}
+        if "name" not in item or unknown:
+            raise ValueError(f"channel spec {dict(item)} needs 'name' and optionally 'wavelength' (nm)")
+        wl = item.get("wavelength")
+        return ChannelSpec(str(item["name"]), None if wl is None else float(wl))
+    if isinstance(item, tuple) and len(item) == 2:
+        return ChannelSpec(str(item[0]), None if item[1] is None else float(item[1]))
+    raise TypeError(f"cannot read a channel spec from {item!r}")
+
+
+def channel_specs(items: Sequence[ChannelLike]) -> tuple[ChannelSpec, ...]:
+    """Parse a channel list; names must be unique."""
+    specs = tuple(channel_spec(i) for i in items)
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate channel names: {dupes}")
+    if not specs:
+        raise ValueError("a channel list needs at least one channel")
+    return specs
+
+
+class ChannelEmbedding(nn.Module):
+    """Channel identity vectors looked up by NAME.
+
+    Channels of the vocabulary without a wavelength get a learned vector; channels with a central
+    wavelength get a fixed sin-cos code of it, so a band the model never saw (passed as a
+    :class:`ChannelSpec` with a wavelength) still embeds next to its spectral neighbours.
+    """
+
+    def __init__(self, vocabulary: Sequence[ChannelLike], dim: int) -> None:
+        super().__init__()
+        self.vocabulary = channel_specs(vocabulary)
+        self.dim = dim
+        learned = [s.name for s in self.vocabulary if s.wavelength is None]
+        self._learned_index = {name: i for i, name in enumerate(learned)}
+        self.learned = nn.Parameter(torch.zeros(len(learned), dim))
+        self._by_name = {s.name: s for s in self.vocabulary}
+
+    def resolve(self, channels: Sequence[ChannelLike]) -> tuple[ChannelSpec, ...]:
+        """Vocabulary specs for ``channels``; unknown bands are accepted only with a wavelength."""
+        out = []
+        for item in channels:
+            spec = channel_spec(item)
+            if spec.name in self._by_name:
+                out.append(self._by_name[spec.name])
+            elif spec.wavelength is not None:
+                out.append(spec)
+            else:
+                known = ", ".join(s.name for s in self.vocabulary)
+                raise KeyError(f"unknown channel {spec.name!r}; this model knows: {known} (or pass a wavelength)")
+        return channel_specs(out)
+
+    def forward(self, channels: Sequence[ChannelLike]) -> torch.Tensor:
+        """``[C, D]`` identity vectors of ``channels`` in the given order."""
+        rows = []
+        for spec in self.resolve(channels):
+            if spec.wavelength is None:
+                rows.append(self.learned[self._learned_index[spec.name]])
+            else:
+                code = sincos_1d(self.dim, torch.tensor([spec.wavelength]))[0]
+                rows.append(code.to(device=self.learned.device, dtype=self.learned.dtype))
+        return torch.stack(rows)
+
+
+class StackedPatchEmbed(nn.Module):
+    """Standard MAE embedder: one ``Conv2d(C, D, p, p)`` over all channels -> ``[B, 1, N, D]``."""
+
+    def __init__(self, in_chans: int, patch_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W] -> [B, 1, h*w, D]``."""
+        if imgs.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} channels, found {imgs.shape[1]}")
+        return self.proj(imgs).flatten(2).transpose(1, 2).unsqueeze(1)
+
+
+class ChannelPatchEmbed(nn.Module):
+    """Channel-agnostic embedder: ONE ``Conv2d(1, D, p, p)`` shared by every channel, plus the
+    channel's identity embedding, so C channels give ``C x N`` tokens and the parameter count
+    does not depend on C."""
+
+    def __init__(self, channels: Sequence[ChannelLike], patch_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.channel_embed = ChannelEmbedding(channels, embed_dim)
+
+    def forward(self, imgs: torch.Tensor, channels: Sequence[ChannelLike]) -> torch.Tensor:
+        """``[B, C, H, W]`` with C channel names -> ``[B, C, h*w, D]``."""
+        b, c, height, width = imgs.shape
+        if len(channels) != c:
+            raise ValueError(f"images have {c} channels but {len(channels)} channel names were given: {list(channels)}")
+        tokens = self.proj(imgs.reshape(b * c, 1, height, width)).flatten(2).transpose(1, 2)
+        tokens = tokens.reshape(b, c, -1, tokens.shape[-1])
+        return tokens + self.channel_embed(channels)[None, :, None, :].to(tokens.dtype)

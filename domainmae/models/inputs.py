@@ -1,0 +1,103 @@
+"""Checking a batch against a model's sensors and splitting it per sensor.
+
+Kept apart from :mod:`.mae` so the algorithm reads top to bottom; every error names the
+sensor, the channels or the shapes at fault.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .embed import ChannelLike, ChannelSpec
+
+
+@dataclass
+class SensorInput:
+    """One sensor's part of a batch.
+
+    Attributes:
+        images: ``[B, C, H, W]`` float.
+        channels: the C channel names/specs, or None for a stacked (standard MAE) sensor.
+        valid: ``[B, C, H, W]`` bool (False = nodata/cloud, left out of the loss) or None.
+    """
+
+    name: str
+    images: torch.Tensor
+    channels: tuple[ChannelLike, ...] | None
+    valid: torch.Tensor | None
+
+    @property
+    def token_channels(self) -> int:
+        """Tokens per grid cell: 1 for stacked sensors, C for channel tokens."""
+        return 1 if self.channels is None else len(self.channels)
+
+
+def _per_sensor(value, sensors: Mapping, what: str) -> dict:
+    """Turn a tensor/list meant for a single-sensor model into ``{sensor: value}``."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(sensors))
+        if unknown:
+            raise KeyError(f"{what} for unknown sensor(s) {unknown}; this model's sensors are {list(sensors)}")
+        return dict(value)
+    if len(sensors) > 1:
+        raise TypeError(f"this multi-sensor model takes {what} as {{sensor: ...}} with sensors {list(sensors)}")
+    return {next(iter(sensors)): value}
+
+
+def _valid_mask(valid: torch.Tensor, images: torch.Tensor, sensor: str) -> torch.Tensor:
+    """``[B, H, W]``, ``[B, 1, H, W]`` or ``[B, C, H, W]`` -> bool ``[B, C, H, W]``."""
+    if valid.dim() == 3:
+        valid = valid.unsqueeze(1)
+    b, c, h, w = images.shape
+    if valid.dim() != 4 or valid.shape[0] != b or valid.shape[-2:] != (h, w) or valid.shape[1] not in (1, c):
+        raise ValueError(
+            f"sensor {sensor!r}: valid mask of shape {tuple(valid.shape)} does not fit images {tuple(images.shape)}; "
+            "use [B, H, W] or [B, C, H, W]"
+        )
+    return valid.to(torch.bool).expand(b, c, h, w)
+
+
+def sensor_inputs(
+    sensors: Mapping[str, int | Sequence[ChannelSpec]],
+    images: torch.Tensor | Mapping[str, torch.Tensor],
+    channels: Sequence[ChannelLike] | Mapping[str, Sequence[ChannelLike]] | None,
+    valid: torch.Tensor | Mapping[str, torch.Tensor] | None,
+) -> list[SensorInput]:
+    """Validate a batch and return one :class:`SensorInput` per given sensor, in model order."""
+    images = _per_sensor(images, sensors, "images")
+    channels = _per_sensor(channels, sensors, "channels")
+    valid = _per_sensor(valid, sensors, "valid")
+    if not images:
+        raise ValueError(f"no images given; this model's sensors are {list(sensors)}")
+    out = []
+    for name, spec in sensors.items():
+        if name not in images:
+            continue
+        x = images[name]
+        if x.dim() != 4:
+            raise ValueError(f"sensor {name!r}: images must be [B, C, H, W], got shape {tuple(x.shape)}")
+        names = channels.get(name)
+        if isinstance(spec, int):
+            if names is not None:
+                raise ValueError(f"sensor {name!r} stacks {spec} channels (standard MAE) and takes no channel names")
+        else:
+            if names is None:
+                if x.shape[1] != len(spec):
+                    raise ValueError(
+                        f"sensor {name!r}: images have {x.shape[1]} channels, the vocabulary {len(spec)} "
+                        f"({', '.join(s.name for s in spec)}); pass channels= to say which"
+                    )
+                names = spec
+            names = tuple(names)
+            if len(names) != x.shape[1]:
+                raise ValueError(f"sensor {name!r}: images have {x.shape[1]} channels but {len(names)} names were given")
+        v = valid.get(name)
+        out.append(SensorInput(name, x, names, None if v is None else _valid_mask(v, x, name)))
+    batches = {inp.images.shape[0] for inp in out}
+    if len(batches) > 1:
+        raise ValueError(f"sensors have different batch sizes: { {i.name: i.images.shape[0] for i in out} }")
+    return out

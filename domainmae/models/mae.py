@@ -1,0 +1,315 @@
+"""The Masked Autoencoder (He et al. 2022), top to bottom, for stacked, channel and sensor tokens.
+
+One class covers the three model kinds, which differ only in how images become tokens:
+
+* standard MAE: one sensor of ``in_chans`` stacked channels, one token per grid cell;
+* channel-agnostic MAE: one sensor with a channel vocabulary, one token per (channel, cell);
+* multi-sensor MAE: several such sensors (e.g. ``s2`` bands + ``s1`` VV/VH) on one pixel grid,
+  tokens concatenated with a sensor embedding, one reconstruction head per sensor.
+
+Every sensor yields ``[B, C', N, D]`` tokens (``C' = 1`` stacked), so the whole sequence is
+``L = sum(C') * N`` tokens, channel-major on one ``h x w`` grid, and masking, the encoder and the
+decoder are the reference algorithm unchanged.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .embed import ChannelEmbedding, ChannelLike, ChannelPatchEmbed, StackedPatchEmbed, channel_specs
+from .inputs import SensorInput, sensor_inputs
+from .losses import reconstruction_loss
+from .masking import Masking, masking_from_scores, num_keep, sample_masking
+from .patches import grid_size, patchify, patchify_channels
+from .posembed import sincos_2d
+
+@dataclass
+class MAEOutput:
+    """Result of a masked forward pass.
+
+    ``pred`` and ``mask`` are tensors for single-sensor models and ``{sensor: tensor}`` for
+    multi-sensor ones: ``pred`` ``[B, L_s, P]`` per-token pixels, ``mask`` ``[B, L_s]`` (1 = removed).
+    ``loss`` is the sum over sensors of ``losses[sensor]``, each a mean over its masked tokens.
+    """
+
+    loss: torch.Tensor
+    pred: torch.Tensor | dict[str, torch.Tensor]
+    mask: torch.Tensor | dict[str, torch.Tensor]
+    losses: dict[str, torch.Tensor]
+    masking: Masking
+
+
+def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.ModuleList:
+    """timm ViT blocks (fused SDPA attention) configured as in the MAE reference."""
+    norm = partial(nn.LayerNorm, eps=1e-6)
+    return nn.ModuleList(
+        Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)
+    )
+
+
+class MaskedAutoencoder(nn.Module):
+    """MAE with a ViT encoder on visible tokens and a light decoder with mask tokens.
+
+    Args:
+        sensors: ``{name: in_chans}`` for stacked tokens or ``{name: channel list}`` for channel
+            tokens (names, or ``{"name", "wavelength"}`` specs). One entry = single-sensor model.
+        img_size: default ``(H, W)``; any size with sides multiple of ``patch_size`` works.
+    """
+
+    def __init__(
+        self,
+        *,
+        sensors: Mapping[str, int | Sequence[ChannelLike]],
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_pix_loss: bool = False,
+        mask_ratio: float = 0.75,
+        mask_strategy: str = "random",
+        fourier_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not sensors:
+            raise ValueError("a model needs at least one sensor")
+        self.sensors = {k: v if isinstance(v, int) else channel_specs(v) for k, v in sensors.items()}
+        self.sensor_index = {name: i for i, name in enumerate(self.sensors)}
+        self.multi_sensor = len(self.sensors) > 1
+        self.patch_size = patch_size
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.grid = grid_size(*img_size, patch_size)
+        self.norm_pix_loss, self.fourier_weight = norm_pix_loss, fourier_weight
+        self.mask_ratio, self.mask_strategy = mask_ratio, mask_strategy
+        self.embed_dim, self.decoder_embed_dim = embed_dim, decoder_embed_dim
+
+        # Encoder: per-sensor patch embedders, fixed 2-D sin-cos positions, cls token, ViT blocks.
+        self.patch_embed = nn.ModuleDict(
+            {
+                name: StackedPatchEmbed(spec, patch_size, embed_dim)
+                if isinstance(spec, int)
+                else ChannelPatchEmbed(spec, patch_size, embed_dim)
+                for name, spec in self.sensors.items()
+            }
+        )
+        self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid), persistent=False)
+        self.sensor_embed = nn.Parameter(torch.zeros(len(self.sensors), embed_dim)) if self.multi_sensor else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+
+        # Decoder: mask tokens, its own position/channel/sensor embeddings, one pixel head per sensor
+        # (a channel token's head predicts p*p pixels of its channel, so it does not grow with C).
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.register_buffer("decoder_pos_embed", sincos_2d(decoder_embed_dim, self.grid), persistent=False)
+        self.decoder_channel_embed = nn.ModuleDict(
+            {n: ChannelEmbedding(s, decoder_embed_dim) for n, s in self.sensors.items() if not isinstance(s, int)}
+        )
+        self.decoder_sensor_embed = (
+            nn.Parameter(torch.zeros(len(self.sensors), decoder_embed_dim)) if self.multi_sensor else None
+        )
+        self.decoder_blocks = transformer_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio)
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
+        self.decoder_pred = nn.ModuleDict(
+            {
+                n: nn.Linear(decoder_embed_dim, patch_size**2 * (s if isinstance(s, int) else 1))
+                for n, s in self.sensors.items()
+            }
+        )
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Reference init: patch kernels as xavier-uniform linears, tokens/embeddings N(0, .02)."""
+        for embed in self.patch_embed.values():
+            w = embed.proj.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for p in (self.cls_token, self.mask_token, self.sensor_embed, self.decoder_sensor_embed):
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, ChannelEmbedding):
+                nn.init.normal_(m.learned, std=0.02)
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ tokens
+    def _positions(self, buffer: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``[N, D]`` positions: the cached buffer at the default size, recomputed otherwise."""
+        if grid == self.grid:
+            return buffer
+        return sincos_2d(buffer.shape[-1], grid).to(buffer.device)
+
+    def tokenize(self, inputs: list[SensorInput], grid: tuple[int, int]) -> torch.Tensor:
+        """Embed all sensors: ``[B, L, D]`` with position, channel and sensor embeddings added."""
+        pos = self._positions(self.pos_embed, grid)
+        parts = []
+        for inp in inputs:
+            embed = self.patch_embed[inp.name]
+            x = embed(inp.images) if inp.channels is None else embed(inp.images, inp.channels)
+            x = x + pos
+            if self.sensor_embed is not None:
+                x = x + self.sensor_embed[self.sensor_index[inp.name]]
+            parts.append(x.flatten(1, 2))
+        return torch.cat(parts, dim=1)
+
+    def decoder_embeddings(self, inputs: list[SensorInput], grid: tuple[int, int]) -> torch.Tensor:
+        """``[1, L, D_dec]``: what tells each decoder token where, which channel and which sensor."""
+        pos = self._positions(self.decoder_pos_embed, grid)
+        parts = []
+        for inp in inputs:
+            e = pos.expand(inp.token_channels, -1, -1)
+            if inp.channels is not None:
+                e = e + self.decoder_channel_embed[inp.name](inp.channels)[:, None, :]
+            if self.decoder_sensor_embed is not None:
+                e = e + self.decoder_sensor_embed[self.sensor_index[inp.name]]
+            parts.append(e.flatten(0, 1))
+        return torch.cat(parts, dim=0).unsqueeze(0)
+
+    # ----------------------------------------------------------------- masking
+    def sample_masking(
+        self,
+        inputs: list[SensorInput],
+        grid: tuple[int, int],
+        *,
+        mask_ratio: float | None = None,
+        strategy: str | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Masking:
+        """Random masking from explicit ``noise`` ``[B, L]`` (reference behaviour), else a sampler."""
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        batch = inputs[0].images.shape[0]
+        channels = sum(inp.token_channels for inp in inputs)
+        if noise is not None:
+            return masking_from_scores(noise, num_keep(noise.shape[1], ratio))
+        strategy = strategy or self.mask_strategy
+        # Sensor masking hides whole sensors: group the channels by the sensor they belong to.
+        sensor_of = [self.sensor_index[inp.name] for inp in inputs for _ in range(inp.token_channels)]
+        return sample_masking(
+            strategy, batch, channels, grid, ratio, groups=sensor_of if strategy == "sensor" else None,
+            generator=generator, device=inputs[0].images.device,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------- the algorithm
+    def forward_encoder(self, tokens: torch.Tensor, masking: Masking | None) -> torch.Tensor:
+        """Visible tokens ``[B, L, D]`` -> latent ``[B, 1 + K, D]`` (cls first); all when no masking."""
+        if masking is not None:
+            index = masking.ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+            tokens = torch.gather(tokens, 1, index)
+        # The cls token carries no position, like the zero cls row of the reference pos_embed.
+        x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Latent ``[B, 1 + K, D]`` -> decoded tokens ``[B, L, D_dec]`` in original order (no cls)."""
+        x = self.decoder_embed(latent)
+        b, length = ids_restore.shape
+        mask_tokens = self.mask_token.expand(b, length - (x.shape[1] - 1), -1)
+        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)
+        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # unshuffle
+        x = torch.cat([x[:, :1], x_ + embeddings], dim=1)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_norm(x)[:, 1:]
+
+    def forward(
+        self,
+        images: torch.Tensor | Mapping[str, torch.Tensor],
+        channels: Sequence[ChannelLike] | Mapping[str, Sequence[ChannelLike]] | None = None,
+        *,
+        valid: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+        mask_ratio: float | None = None,
+        mask_strategy: str | None = None,
+        noise: torch.Tensor | None = None,
+        masking: Masking | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MAEOutput:
+        """Mask, encode, decode, and score the reconstruction of the masked tokens.
+
+        Args:
+            images: ``[B, C, H, W]``, or ``{sensor: [B, C_s, H, W]}`` (any subset of sensors).
+            channels: names of the C channels (channel-agnostic models; default: the vocabulary).
+            valid: ``[B, H, W]`` or ``[B, C, H, W]`` bool (per sensor for dicts); False pixels
+                are left out of the loss.
+            noise: ``[B, L]`` scores for reproducible random masking (lowest kept), or pass a
+                ready ``masking``.
+        """
+        inputs, grid = self._inputs(images, channels, valid)
+        if masking is None:
+            masking = self.sample_masking(
+                inputs, grid, mask_ratio=mask_ratio, strategy=mask_strategy, noise=noise, generator=generator
+            )
+        latent = self.forward_encoder(self.tokenize(inputs, grid), masking)
+        decoded = self.forward_decoder(latent, masking.ids_restore, self.decoder_embeddings(inputs, grid))
+
+        sizes = [inp.token_channels * grid[0] * grid[1] for inp in inputs]
+        preds, masks, losses = {}, {}, {}
+        for inp, x, mask in zip(inputs, decoded.split(sizes, dim=1), masking.mask.split(sizes, dim=1)):
+            pred = self.decoder_pred[inp.name](x)
+            target, valid_px = self.targets(inp)
+            losses[inp.name] = reconstruction_loss(
+                pred.float(), target, mask, patch_size=self.patch_size, valid=valid_px,
+                norm_pix=self.norm_pix_loss, fourier_weight=self.fourier_weight,
+            )  # fmt: skip
+            preds[inp.name], masks[inp.name] = pred, mask
+        loss = torch.stack(list(losses.values())).sum()
+        if not self.multi_sensor:
+            (name,) = self.sensors
+            return MAEOutput(loss, preds[name], masks[name], losses, masking)
+        return MAEOutput(loss, preds, masks, losses, masking)
+
+    def targets(self, inp: SensorInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token target pixels ``[B, L_s, P]`` and valid pixels (same shape) of one sensor."""
+        to_tokens = patchify if inp.channels is None else patchify_channels
+        valid = None if inp.valid is None else to_tokens(inp.valid.float(), self.patch_size) > 0.5
+        return to_tokens(inp.images.float(), self.patch_size), valid
+
+    # --------------------------------------------------------------- embedding
+    def embed(
+        self,
+        images: torch.Tensor | Mapping[str, torch.Tensor],
+        channels: Sequence[ChannelLike] | Mapping[str, Sequence[ChannelLike]] | None = None,
+        pool: str = "mean",
+    ) -> torch.Tensor:
+        """Encoder on all tokens (no masking), pooled to ``[B, D]`` by ``"mean"`` of tokens or ``"cls"``."""
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        inputs, grid = self._inputs(images, channels, None)
+        x = self.forward_encoder(self.tokenize(inputs, grid), None)
+        return x[:, 0] if pool == "cls" else x[:, 1:].mean(dim=1)
+
+    def embed_patches(
+        self,
+        images: torch.Tensor | Mapping[str, torch.Tensor],
+        channels: Sequence[ChannelLike] | Mapping[str, Sequence[ChannelLike]] | None = None,
+    ) -> torch.Tensor:
+        """Per-location embeddings ``[B, h, w, D]``, averaged over channels and sensors."""
+        inputs, (h, w) = self._inputs(images, channels, None)
+        x = self.forward_encoder(self.tokenize(inputs, (h, w)), None)[:, 1:]
+        b, _, d = x.shape
+        return x.reshape(b, -1, h * w, d).mean(dim=1).reshape(b, h, w, d)
+
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self, images, channels, valid) -> tuple[list[SensorInput], tuple[int, int]]:
+        """Check a batch against the model and split it per sensor (in the model's sensor order)."""
+        inputs = sensor_inputs(self.sensors, images, channels, valid)
+        sizes = {tuple(inp.images.shape[-2:]) for inp in inputs}
+        if len(sizes) > 1:
+            raise ValueError(f"all sensors must share one pixel grid, got sizes {sorted(sizes)}")
+        return inputs, grid_size(*sizes.pop(), self.patch_size)
