@@ -1,0 +1,59 @@
+"""Where to cut windows from a field or scene: random crops and deterministic grid tiling.
+
+Readers stay apart from samplers (as in torchgeo): a sampler only knows the field's size and
+returns :class:`Window` objects; a reader turns a window into pixels.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Window:
+    """A pixel window: top-left ``(row, col)`` and size ``height x width``."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    def slices(self) -> tuple[slice, slice]:
+        """``(rows, cols)`` slices for numpy/torch indexing of ``[..., H, W]`` arrays."""
+        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+
+    def shift(self, row: int, col: int) -> "Window":
+        """The same window relative to a region whose top-left is at ``(row, col)``."""
+        return Window(self.row - row, self.col - col, self.height, self.width)
+
+
+def _check_fits(height: int, width: int, size: int, what: str) -> None:
+    if height < size or width < size:
+        raise ValueError(f"{what} of {height}x{width} px is smaller than the {size} px crop")
+
+
+def _positions(length: int, size: int, stride: int) -> list[int]:
+    """Window starts covering ``[0, length)``; the last one is snapped to the edge."""
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts
+
+
+def grid_windows(height: int, width: int, size: int, stride: int | None = None, what: str = "field") -> list[Window]:
+    """Deterministic tiling that covers the whole field, row-major.
+
+    ``stride`` defaults to ``size`` (no overlap); the last row/column of windows is moved
+    back to the border so every pixel is covered without padding.
+    """
+    _check_fits(height, width, size, what)
+    stride = size if stride is None else stride
+    if stride < 1:
+        raise ValueError(f"stride must be positive, got {stride}")
+    return [Window(r, c, size, size) for r in _positions(height, size, stride) for c in _positions(width, size, stride)]
+
+
+def random_windows(height: int, width: int, size: int, count: int, rng: random.Random, what: str = "field") -> list[Window]:
+    """``count`` crops of ``size x size`` at uniform positions inside the field."""
+    _check_fits(height, width, size, what)
+    return [Window(rng.randint(0, height - size), rng.randint(0, width - size), size, size) for _ in range(count)]
