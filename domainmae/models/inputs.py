@@ -94,7 +94,7 @@ def sensor_inputs(
                 names = spec
             names = tuple(names)
             if len(names) != x.shape[1]:
-                raise ValueError(f"sensor {name!r}: images have {x.shape[1]} channels but {len(names)} names were given")
+                raise ValueError(f"sensor {name!r}: images have {x.shape[1]} channels but {len(names)} channel names were given")
         v = valid.get(name)
         out.append(SensorInput(name, x, names, None if v is None else _valid_mask(v, x, name)))
     batches = {inp.images.shape[0] for inp in out}

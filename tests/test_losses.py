@@ -1,0 +1,70 @@
+import torch
+
+import domainmae
+from domainmae.models.losses import fourier_l1, masked_mse, normalize_patches, reconstruction_loss
+from domainmae.models.patches import patchify_channels
+
+from .conftest import TINY
+
+
+def test_invalid_pixels_do_not_change_the_loss_and_empty_tokens_drop_out():
+    pred, target = torch.randn(2, 6, 16), torch.randn(2, 6, 16)
+    mask = torch.tensor([[1, 1, 0, 1, 0, 1], [1, 0, 1, 1, 0, 0]], dtype=torch.float32)
+    valid = torch.rand(2, 6, 16) > 0.3
+    valid[0, 3] = False  # a masked token with no valid pixel: not part of the mean
+    loss = masked_mse(pred, target, mask, valid)
+
+    noisy = target.clone()
+    noisy[~valid] += 1000.0
+    torch.testing.assert_close(masked_mse(pred, noisy, mask, valid), loss)
+
+    per_token, count = [], 0
+    for b in range(2):
+        for i in range(6):
+            if mask[b, i] and valid[b, i].any():
+                v = valid[b, i]
+                per_token.append(((pred[b, i][v] - target[b, i][v]) ** 2).mean())
+    torch.testing.assert_close(loss, torch.stack(per_token).mean())
+
+
+def test_norm_pix_uses_only_valid_pixels():
+    target = torch.randn(1, 2, 16) * 3 + 5
+    valid = torch.ones(1, 2, 16, dtype=torch.bool)
+    valid[0, 0, :4] = False
+    target_bad = target.clone()
+    target_bad[0, 0, :4] = 1e6
+    a = normalize_patches(target, valid)[valid]
+    b = normalize_patches(target_bad, valid)[valid]
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(normalize_patches(target), normalize_patches(target, torch.ones_like(valid)))
+
+
+def test_fourier_term_matches_manual_fft_on_masked_tokens():
+    pred, target = torch.randn(1, 3, 2 * 16), torch.randn(1, 3, 2 * 16)  # 4x4 patches, 2 colours (p, q, c)
+    mask = torch.tensor([[1.0, 0.0, 1.0]])
+    manual = []
+    for i in (0, 2):
+        fp = torch.fft.fft2(pred[0, i].reshape(4, 4, 2), dim=(0, 1)).abs()
+        ft = torch.fft.fft2(target[0, i].reshape(4, 4, 2), dim=(0, 1)).abs()
+        manual.append((fp - ft).abs().mean())
+    torch.testing.assert_close(fourier_l1(pred, target, mask, 4), torch.stack(manual).mean())
+    total = reconstruction_loss(pred, target, mask, patch_size=4, fourier_weight=0.01)
+    torch.testing.assert_close(total, masked_mse(pred, target, mask) + 0.01 * torch.stack(manual).mean())
+
+
+def test_model_valid_mask_excludes_nodata():
+    model = domainmae.create_model("vit_tiny", channels=["B02", "B03"], **TINY)
+    imgs = torch.randn(2, 2, 32, 32)
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, :, :16] = False  # left half is nodata: grid columns 0-1 hold no valid pixel
+    noise = torch.rand(2, 32)
+    out = model(imgs, valid=valid, noise=noise)
+
+    target = patchify_channels(imgs, 8)
+    column = torch.arange(32) % 4
+    scored = (out.mask == 1) & (column >= 2)
+    expected = ((out.pred - target) ** 2).mean(-1)[scored].mean()
+    torch.testing.assert_close(out.loss, expected)
+
+    out0 = model(imgs, valid=torch.zeros(2, 32, 32, dtype=torch.bool), noise=noise)
+    assert out0.loss.item() == 0.0  # nothing valid to score: zero, not NaN

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+import domainmae
+from domainmae.models import masking_from_scores
+
+from .conftest import TINY
+
+S2 = [{"name": n, "wavelength": w} for n, w in [("B02", 490), ("B03", 560), ("B04", 665), ("B08", 842)]]
+S1 = ["VV", "VH"]
+
+
+@pytest.fixture
+def model():
+    return domainmae.create_model("vit_tiny", sensors={"s2": S2, "s1": S1}, **TINY).eval()
+
+
+def _batch(b=2):
+    return {"s2": torch.randn(b, 4, 32, 32), "s1": torch.randn(b, 2, 32, 32)}
+
+
+def test_per_sensor_heads_and_losses(model):
+    out = model(_batch())
+    assert set(out.losses) == {"s2", "s1"}
+    assert out.pred["s2"].shape == (2, 4 * 16, 64) and out.pred["s1"].shape == (2, 2 * 16, 64)
+    torch.testing.assert_close(out.loss, out.losses["s2"] + out.losses["s1"])
+    assert set(model.decoder_pred) == {"s2", "s1"}
+
+
+def test_hidden_sensor_is_reconstructed_from_the_other_only(model):
+    batch = _batch()
+    # Hide all of S1 (tokens 64..95) and a quarter of S2 at random.
+    scores = torch.rand(2, 96)
+    scores[:, 64:] += 10
+    masking = masking_from_scores(scores, 48)
+    out = model(batch, masking=masking)
+    assert torch.all(out.mask["s1"] == 1)
+    assert torch.isfinite(out.losses["s1"]) and out.losses["s1"] > 0
+    # S1 pixels do not influence any prediction: only S2 tokens were seen.
+    other = dict(batch, s1=torch.randn(2, 2, 32, 32) * 100)
+    torch.testing.assert_close(model(other, masking=masking).pred["s1"], out.pred["s1"])
+
+
+def test_sensor_masking_strategy_hides_one_sensor(model):
+    g = torch.Generator().manual_seed(0)
+    out = model(_batch(8), mask_strategy="sensor", mask_ratio=0.9, generator=g)
+    s1_hidden = out.mask["s1"].sum(1) == 32
+    s2_hidden = out.mask["s2"].sum(1) == 64
+    assert torch.all(s1_hidden | s2_hidden)
+
+
+def test_single_sensor_embedding_and_errors(model):
+    with torch.no_grad():
+        emb = model.embed({"s2": torch.randn(2, 4, 32, 32)})
+        both = model.embed(_batch())
+    assert emb.shape == both.shape == (2, 32)
+    with pytest.raises(TypeError, match=r"takes images as \{sensor: ...\}"):
+        model(torch.randn(2, 4, 32, 32))
+    with pytest.raises(KeyError, match="unknown sensor"):
+        model({"s3": torch.randn(2, 4, 32, 32)})
+    with pytest.raises(ValueError, match="share one pixel grid"):
+        model({"s2": torch.randn(2, 4, 32, 32), "s1": torch.randn(2, 2, 16, 16)})
