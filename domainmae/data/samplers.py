@@ -57,3 +57,28 @@ def random_windows(height: int, width: int, size: int, count: int, rng: random.R
     """``count`` crops of ``size x size`` at uniform positions inside the field."""
     _check_fits(height, width, size, what)
     return [Window(rng.randint(0, height - size), rng.randint(0, width - size), size, size) for _ in range(count)]
+
+
+def tile_aligned_windows(
+    height: int, width: int, size: int, block: tuple[int, int], count: int, rng: random.Random, what: str = "scene"
+) -> list[Window]:
+    """``count`` random windows that all fall within the tiles of one ``(block + size - 1)`` px square.
+
+    Decoding compressed tiles dominates the cost of a random window, so a reader fetches the span
+    of these windows once and cuts every window from it. Window top-left positions are grouped
+    into cells of one ``block = (rows, cols)`` tile; a cell is chosen with probability
+    proportional to the number of positions it holds, and the windows are uniform inside it.
+    Every window is therefore marginally uniform over all ``(H - size + 1) x (W - size + 1)``
+    positions of the scene, as with :func:`random_windows`.
+    """
+    _check_fits(height, width, size, what)
+    block_h, block_w = block
+    if block_h < 1 or block_w < 1:
+        raise ValueError(f"block shape must be positive, got {block}")
+    n_rows, n_cols = height - size + 1, width - size + 1
+    # A uniform anchor picks each cell with probability proportional to its size, which keeps
+    # the edge cells (cut short by the scene border) from being over-sampled.
+    row0 = rng.randrange(n_rows) // block_h * block_h
+    col0 = rng.randrange(n_cols) // block_w * block_w
+    row1, col1 = min(row0 + block_h, n_rows), min(col0 + block_w, n_cols)
+    return [Window(rng.randrange(row0, row1), rng.randrange(col0, col1), size, size) for _ in range(count)]

@@ -67,10 +67,15 @@ class ChannelEmbedding(nn.Module):
         super().__init__()
         self.vocabulary = channel_specs(vocabulary)
         self.dim = dim
-        learned = [s.name for s in self.vocabulary if s.wavelength is None]
-        self._learned_index = {name: i for i, name in enumerate(learned)}
-        self.learned = nn.Parameter(torch.zeros(len(learned), dim))
         self._by_name = {s.name: s for s in self.vocabulary}
+        learned = [s.name for s in self.vocabulary if s.wavelength is None]
+        coded = [s for s in self.vocabulary if s.wavelength is not None]
+        self._learned_index = {name: i for i, name in enumerate(learned)}
+        self._coded_index = {s.name: i for i, s in enumerate(coded)}
+        # No zero-size parameter when every channel is wavelength-coded (DDP and optimisers dislike them).
+        self.learned = nn.Parameter(torch.zeros(len(learned), dim)) if learned else None
+        codes = sincos_1d(dim, torch.tensor([s.wavelength for s in coded])) if coded else torch.zeros(0, dim)
+        self.register_buffer("wavelength_codes", codes, persistent=False)
 
     def resolve(self, channels: Sequence[ChannelLike]) -> tuple[ChannelSpec, ...]:
         """Vocabulary specs for ``channels``; unknown bands are accepted only with a wavelength."""
@@ -90,11 +95,12 @@ class ChannelEmbedding(nn.Module):
         """``[C, D]`` identity vectors of ``channels`` in the given order."""
         rows = []
         for spec in self.resolve(channels):
-            if spec.wavelength is None:
+            if spec.name in self._learned_index:
                 rows.append(self.learned[self._learned_index[spec.name]])
-            else:
-                code = sincos_1d(self.dim, torch.tensor([spec.wavelength]))[0]
-                rows.append(code.to(device=self.learned.device, dtype=self.learned.dtype))
+            elif spec.name in self._coded_index:
+                rows.append(self.wavelength_codes[self._coded_index[spec.name]])
+            else:  # a band outside the vocabulary, embedded by its wavelength
+                rows.append(sincos_1d(self.dim, torch.tensor([spec.wavelength]))[0].to(self.wavelength_codes.device))
         return torch.stack(rows)
 
 

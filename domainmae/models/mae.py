@@ -137,7 +137,7 @@ class MaskedAutoencoder(nn.Module):
             if p is not None:
                 nn.init.normal_(p, std=0.02)
         for m in self.modules():
-            if isinstance(m, ChannelEmbedding):
+            if isinstance(m, ChannelEmbedding) and m.learned is not None:
                 nn.init.normal_(m.learned, std=0.02)
             elif isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -189,10 +189,15 @@ class MaskedAutoencoder(nn.Module):
         strategy: str | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        batch: int | None = None,
     ) -> Masking:
-        """Random masking from explicit ``noise`` ``[B, L]`` (reference behaviour), else a sampler."""
+        """Random masking from explicit ``noise`` ``[B, L]`` (reference behaviour), else a sampler.
+
+        ``batch`` draws masks for more rows than ``inputs`` holds (a global batch that processes
+        and micro-batches then slice with :meth:`Masking.rows`).
+        """
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        batch = inputs[0].images.shape[0]
+        batch = inputs[0].images.shape[0] if batch is None else batch
         channels = sum(inp.token_channels for inp in inputs)
         if noise is not None:
             return masking_from_scores(noise, num_keep(noise.shape[1], ratio))
@@ -250,7 +255,7 @@ class MaskedAutoencoder(nn.Module):
             noise: ``[B, L]`` scores for reproducible random masking (lowest kept), or pass a
                 ready ``masking``.
         """
-        inputs, grid = self._inputs(images, channels, valid)
+        inputs, grid = self.split_inputs(images, channels, valid)
         if masking is None:
             masking = self.sample_masking(
                 inputs, grid, mask_ratio=mask_ratio, strategy=mask_strategy, noise=noise, generator=generator
@@ -290,7 +295,7 @@ class MaskedAutoencoder(nn.Module):
         """Encoder on all tokens (no masking), pooled to ``[B, D]`` by ``"mean"`` of tokens or ``"cls"``."""
         if pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
-        inputs, grid = self._inputs(images, channels, None)
+        inputs, grid = self.split_inputs(images, channels, None)
         x = self.forward_encoder(self.tokenize(inputs, grid), None)
         return x[:, 0] if pool == "cls" else x[:, 1:].mean(dim=1)
 
@@ -300,13 +305,13 @@ class MaskedAutoencoder(nn.Module):
         channels: Sequence[ChannelLike] | Mapping[str, Sequence[ChannelLike]] | None = None,
     ) -> torch.Tensor:
         """Per-location embeddings ``[B, h, w, D]``, averaged over channels and sensors."""
-        inputs, (h, w) = self._inputs(images, channels, None)
+        inputs, (h, w) = self.split_inputs(images, channels, None)
         x = self.forward_encoder(self.tokenize(inputs, (h, w)), None)[:, 1:]
         b, _, d = x.shape
         return x.reshape(b, -1, h * w, d).mean(dim=1).reshape(b, h, w, d)
 
     # ------------------------------------------------------------------ inputs
-    def _inputs(self, images, channels, valid) -> tuple[list[SensorInput], tuple[int, int]]:
+    def split_inputs(self, images, channels=None, valid=None) -> tuple[list[SensorInput], tuple[int, int]]:
         """Check a batch against the model and split it per sensor (in the model's sensor order)."""
         inputs = sensor_inputs(self.sensors, images, channels, valid)
         sizes = {tuple(inp.images.shape[-2:]) for inp in inputs}

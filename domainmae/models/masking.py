@@ -51,6 +51,10 @@ class Masking:
     def num_keep(self) -> int:
         return self.ids_keep.shape[1]
 
+    def rows(self, index: slice) -> "Masking":
+        """The masking of a subset of the samples (e.g. one process's micro-batch)."""
+        return Masking(self.ids_keep[index], self.ids_restore[index], self.mask[index])
+
     def to(self, device: torch.device | str) -> "Masking":
         return Masking(self.ids_keep.to(device), self.ids_restore.to(device), self.mask.to(device))
 

@@ -1,0 +1,156 @@
+"""A recipe's ``data`` section -> the training dataset and its loader.
+
+Microscopy: fields from a plate manifest, a file pattern, TIFF stacks or Zarr/OME-Zarr, random crops
+(several per field read). Earth observation: BigEarthNet S2(+S1) patches or per-band scene folders,
+tile-aware random windows. Both: normalise, then one augmentation for all channels and sensors.
+Items are keyed ``(index, seed)`` (:class:`~domainmae.data.loader.SeededItems`) so the data stream
+is deterministic and resumable.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
+from .fields import Field, FieldCrops
+from .geo import SceneWindows
+from .loader import SeededItems, StepBatchSampler, collate_samples, sample_seed
+from .raster import find_scenes
+from .stats import band_statistics
+from .tiff import load_data_fields, pattern_fields, stack_fields
+from .transforms import Augment, BandStandardize, PercentileClip, SelfStandardize
+from .zarr import zarr_fields
+
+MICROSCOPY_FORMATS = ("manifest", "pattern", "stack", "zarr", "ome-zarr")
+SENTINEL_FORMATS = ("bigearthnet", "scene")
+STATS_SAMPLES = 64  # windows measured when a recipe has no band statistics yet
+
+
+@dataclass
+class TrainingData:
+    """What the engine needs: keyed items, crops per item, and the model's channels or sensors."""
+
+    dataset: SeededItems
+    crops_per_item: int
+    channels: list[Any] | None = None  # channel-agnostic microscopy model
+    sensors: dict[str, list[Any]] | None = None  # multi-sensor EO model
+    band_stats: dict[str, dict[str, dict[str, float]]] | None = None  # {sensor: {band: {mean, std}}}
+
+
+def _path(section: Any, what: str = "data.path") -> Path:
+    if not section.path:
+        raise ValueError(f"{what} is not set: pass --data PATH (or set {what} in the recipe)")
+    path = Path(section.path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return path
+
+
+def microscopy_fields(section: Any) -> list[Field]:
+    """Fields of a microscopy ``data`` section, channels selected and ordered as the recipe says."""
+    kw = {"channel_map": section.channel_map or None, "channels": section.channels, "on_error": section.on_error}
+    path = _path(section)
+    if section.format == "manifest":
+        return load_data_fields(path, **kw)
+    if section.format == "pattern":
+        if not section.pattern:
+            raise ValueError("data.pattern is needed for format 'pattern' (a regex with a 'channel' group)")
+        return pattern_fields(path, section.pattern, **kw)
+    if section.format == "stack":
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff")) if path.is_dir() else [path]
+        return stack_fields(files, **kw)
+    if section.format in ("zarr", "ome-zarr"):
+        return zarr_fields(str(path), **kw)
+    raise ValueError(f"data.format {section.format!r} is not a microscopy format; choose one of {', '.join(MICROSCOPY_FORMATS)}")
+
+
+def sentinel_scenes(section: Any) -> list[Any]:
+    """Scenes of an EO ``data`` section: S2 alone, or S2+S1 pairs on the S2 grid."""
+    sensors = list(section.sensors or {})
+    if not sensors or sensors[0] != "s2" or set(sensors) - {"s2", "s1"}:
+        raise ValueError(f"data.sensors must be s2, optionally followed by s1; got {sensors}")
+    bands = [b["name"] if isinstance(b, dict) else b for b in section.sensors["s2"]]
+    path = _path(section)
+    if section.format == "bigearthnet":
+        s2_root, s1_root = path / "BigEarthNet-S2-Example", path / "BigEarthNet-S1-Example"
+        s2_root = s2_root if s2_root.is_dir() else path
+        if "s1" in sensors:
+            if not s1_root.is_dir():
+                raise FileNotFoundError(f"no S1 patches next to the S2 ones: expected {s1_root}")
+            return bigearthnet_pairs(s2_root, s1_root, on_error=section.on_error)
+        return bigearthnet_scenes(s2_root, "s2", bands=bands, on_error=section.on_error)
+    if section.format == "scene":
+        if "s1" in sensors:
+            raise ValueError("format 'scene' reads one sensor's band files; use 'bigearthnet' for S1+S2 pairs")
+        return find_scenes(path, bands=bands, on_error=section.on_error)
+    raise ValueError(f"data.format {section.format!r} is not an EO format; choose one of {', '.join(SENTINEL_FORMATS)}")
+
+
+def _compose(steps: Sequence[Callable[[dict], dict]]) -> Callable[[dict], dict]:
+    def apply(sample: dict) -> dict:
+        for step in steps:
+            sample = step(sample)
+        return sample
+
+    return apply
+
+
+def _augment(section: Any) -> Augment:
+    a = section.augment
+    crop = None if a.resized_crop_scale is None else section.crop_size
+    return Augment(hflip=0.5 * a.hflip, vflip=0.5 * a.vflip, rot90=0.5 * a.rot90, crop_size=crop,
+                   crop_scale=a.resized_crop_scale or (0.2, 1.0))  # fmt: skip
+
+
+def _normalizer(section: Any, stats: dict | None) -> Callable[[dict], dict]:
+    if section.normalize == "standardize":
+        return SelfStandardize()
+    if section.normalize == "percentile":
+        return PercentileClip()
+    return BandStandardize(stats)
+
+
+def _measure_stats(windows: SceneWindows, sensors: Sequence[str], seed: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-band mean/std over a fixed sample of random windows (valid pixels only)."""
+    items = SeededItems(windows)
+    picks = range(min(len(windows), max(1, STATS_SAMPLES // windows.readers[0].windows_per_read)))
+    samples = [s for i in picks for s in items[(i, sample_seed(seed, -1, i))]]
+    single = len(sensors) == 1
+    return {s: band_statistics([x[s] for x in samples] if not single else samples).as_dict() for s in sensors}
+
+
+def build_training_data(section: Any, seed: int = 0) -> TrainingData:
+    """Dataset of keyed items for a recipe's ``data`` section (see module docstring)."""
+    k = section.crops_per_read
+    if section.kind == "microscopy":
+        if not section.channels:
+            raise ValueError("data.channels must list the channels the model is trained on")
+        crops = FieldCrops(microscopy_fields(section), section.crop_size, crops_per_field=k,
+                           transform=_compose([_normalizer(section, None), _augment(section)]), on_error=section.on_error)  # fmt: skip
+        return TrainingData(SeededItems(crops), k, channels=list(section.channels))
+    scenes = sentinel_scenes(section)
+    sensors = {name: list(bands) for name, bands in section.sensors.items()}
+    windows = SceneWindows(scenes, section.crop_size, windows_per_read=k, min_valid=section.min_valid_fraction,
+                           on_error=section.on_error)  # fmt: skip
+    stats = section.band_stats
+    if section.normalize == "stats" and not stats:
+        stats = _measure_stats(windows, list(sensors), seed)
+    windows.transform = _compose([_normalizer(section, stats), _augment(section)])
+    return TrainingData(SeededItems(windows), k, sensors=sensors, band_stats=stats)
+
+
+def training_loader(data: TrainingData, recipe: Any, info: Any, *, start_step: int, total_steps: int, micro: int) -> DataLoader:
+    """The DataLoader of this process's micro-batches from ``start_step`` on."""
+    t = recipe.train
+    k = data.crops_per_item
+    sampler = StepBatchSampler(len(data.dataset), t.batch_size // k, micro=micro, world=info.world, rank=info.rank,
+                               seed=t.seed, start_step=start_step, total_steps=total_steps)  # fmt: skip
+    workers = recipe.data.num_workers
+    return DataLoader(
+        data.dataset, batch_sampler=sampler, collate_fn=collate_samples, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=info.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
+    )  # fmt: skip

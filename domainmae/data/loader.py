@@ -1,0 +1,136 @@
+"""Deterministic, resumable, distributed data order for training, and collation into batches.
+
+Every training item is addressed by a key ``(index, seed)``: which field/scene region, and the seed
+its random crops and augmentation draw from. Keys are a pure function of (run seed, epoch,
+position), so the stream of batches does not depend on the number of workers or processes, and a
+resumed run continues exactly where it stopped.
+
+The global batch of an optimiser step is split into ``micro`` chunks; process ``rank`` of
+``world`` takes chunks ``j * world + rank`` for its micro-steps ``j`` (see :func:`chunk_rows`).
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .sample import Sample, is_multisensor
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for the item at ``position`` of ``epoch`` in run ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint64)[0]) >> 1
+
+
+def chunk_rows(micro_step: int, world: int, rank: int, rows_per_chunk: int) -> slice:
+    """Rows of the global batch that ``rank`` handles in its ``micro_step``-th forward pass."""
+    chunk = micro_step * world + rank
+    return slice(chunk * rows_per_chunk, (chunk + 1) * rows_per_chunk)
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset whose items draw from the global torch/numpy/python RNGs: item ``(i, seed)``
+    reseeds them (and ``reseed(seed)``, e.g. an albumentations pipeline) before reading item ``i``."""
+
+    def __init__(self, dataset: Dataset, reseed: Callable[[int], None] | None = None) -> None:
+        self.dataset = dataset
+        self.reseed = reseed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        if self.reseed is not None:
+            self.reseed(seed)
+        return self.dataset[index]
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields this process's micro-batches of item keys, optimiser step by step.
+
+    Args:
+        num_items: items (fields, regions) in the dataset.
+        items_per_step: items in one global batch (all processes, all micro-batches).
+        micro: forward passes per step and process (gradient accumulation).
+        start_step / total_steps: the steps to cover (resume starts mid-run).
+    """
+
+    def __init__(
+        self, num_items: int, items_per_step: int, *, micro: int = 1, world: int = 1, rank: int = 0,
+        seed: int = 0, start_step: int = 0, total_steps: int,
+    ) -> None:  # fmt: skip
+        if items_per_step % (micro * world):
+            raise ValueError(f"{items_per_step} items per step do not split into {micro} micro-batches x {world} processes")
+        if num_items < items_per_step:
+            raise ValueError(f"the dataset has {num_items} items but one step needs {items_per_step}; lower the batch size")
+        self.num_items, self.items_per_step = num_items, items_per_step
+        self.micro, self.world, self.rank, self.seed = micro, world, rank, seed
+        self.start_step, self.total_steps = start_step, total_steps
+        self.steps_per_epoch = num_items // items_per_step  # the incomplete last batch is dropped
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.micro
+
+    def _order(self, epoch: int) -> list[int]:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_items).tolist()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_chunk = self.items_per_step // (self.micro * self.world)
+        epoch, order = -1, []
+        for step in range(self.start_step, self.total_steps):
+            if step // self.steps_per_epoch != epoch:
+                epoch = step // self.steps_per_epoch
+                order = self._order(epoch)
+            first = (step % self.steps_per_epoch) * self.items_per_step
+            for j in range(self.micro):
+                rows = chunk_rows(j, self.world, self.rank, per_chunk)
+                positions = range(first + rows.start, first + rows.stop)
+                yield [(order[p], sample_seed(self.seed, epoch, p)) for p in positions]
+
+
+def _stack_sensor(samples: Sequence[Sample], sensor: str) -> tuple[torch.Tensor, tuple[str, ...], torch.Tensor | None]:
+    channels = samples[0]["channels"]
+    for s in samples[1:]:
+        if tuple(s["channels"]) != tuple(channels):
+            raise ValueError(
+                f"{sensor}: samples in one batch have different channels {tuple(channels)} and {tuple(s['channels'])}; "
+                "give the reader the channels to use so every sample has the same set"
+            )
+    images = torch.stack([s["image"] for s in samples])
+    if not any("valid" in s for s in samples):
+        return images, tuple(channels), None
+    valid = torch.stack([s.get("valid", torch.ones(images.shape[-2:], dtype=torch.bool)) for s in samples])
+    return images, tuple(channels), valid
+
+
+def collate_samples(items: Sequence[Sample | Sequence[Sample]]) -> dict[str, Any]:
+    """Items (a Sample, a multi-sensor sample, or a list of crops from one read) -> one batch::
+
+        {"images": [B, C, H, W] | {sensor: [B, C_s, H, W]}, "channels": names | {sensor: names},
+         "valid": [B, H, W] bool | {sensor: ...} | None, "meta": [dict] * B}
+    """
+    samples: list[dict[str, Any]] = []
+    for item in items:
+        samples.extend(item if isinstance(item, (list, tuple)) else [item])
+    if not samples:
+        raise ValueError("empty batch: every item of this batch was skipped")
+    if not is_multisensor(samples[0]):
+        images, channels, valid = _stack_sensor(samples, "image")
+        return {"images": images, "channels": channels, "valid": valid, "meta": [s.get("meta", {}) for s in samples]}
+    sensors = [k for k in samples[0] if k != "meta"]
+    stacked = {k: _stack_sensor([s[k] for s in samples], k) for k in sensors}
+    valid = {k: v[2] for k, v in stacked.items() if v[2] is not None}
+    return {
+        "images": {k: v[0] for k, v in stacked.items()},
+        "channels": {k: v[1] for k, v in stacked.items()},
+        "valid": valid or None,
+        "meta": [s.get("meta", {}) for s in samples],
+    }

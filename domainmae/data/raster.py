@@ -1,0 +1,362 @@
+"""Raster scenes read with rasterio: band files, radiometry, nodata and clouds, one pixel grid.
+
+A scene is one multi-band file (:meth:`RasterScene.from_file`) or one file per band grouped by a
+regex (:func:`find_scenes`, as in SAFE/BigEarthNet folders). Reads are windowed: a region of the
+scene's grid is fetched band by band, never the whole scene. Bands are put on one grid on read:
+
+* same CRS, pixel lattice through the grid origin, covering the grid: a (fractional) rasterio
+  window with ``out_shape`` - GDAL resamples 20 m / 60 m bands to the 10 m grid, bilinear for
+  reflectance and nearest for categorical bands such as the Sentinel-2 scene classification (SCL);
+* anything else (another CRS, a shifted or rotated grid, a smaller footprint): a
+  :class:`rasterio.vrt.WarpedVRT` onto the grid, whose alpha band marks what the source covers.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import rasterio.windows
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.io import DatasetReader
+from rasterio.transform import array_bounds
+from rasterio.vrt import WarpedVRT
+
+from .geo import Grid, MissingCRSError, RasterReadError, Region
+from .radiometry import Radiometry
+from .samplers import Window
+
+#: Regex grouping one-file-per-band layouts (Sentinel-2 SAFE/BigEarthNet, Sentinel-1 VV/VH).
+BAND_FILE_PATTERN = r"(?P<band>B\d\dA?|B8A|SCL|VV|VH)\.tiff?$"
+
+def datetime_from_name(name: str) -> datetime | None:
+    """Acquisition time from a Sentinel-style name (``..._20170613T101031_...``), UTC."""
+    match = re.search(r"(?<!\d)(\d{8}T\d{6})(?!\d)", name)
+    return None if match is None else datetime.strptime(match[1], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class BandSource:
+    """Where a band lives: ``path`` and its 1-based band ``index`` in that file."""
+
+    name: str
+    path: Path
+    index: int = 1
+
+
+def _natural_key(name: str) -> tuple[Any, ...]:
+    # Sorts Sentinel-2 bands the way ESA lists them: B01 ... B08, B8A, B09, B11, B12.
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def _snap(value: float) -> float:
+    # Windows computed from bounds carry float noise (59.999999); rasterio truncates offsets.
+    return float(round(value)) if abs(value - round(value)) < 1e-6 else value
+
+
+def _on_lattice(dataset: DatasetReader, grid: Grid) -> bool:
+    """True when a plain (possibly resampled) window read puts ``dataset`` exactly on ``grid``."""
+    src, dst = dataset.transform, grid.transform
+    if dataset.crs != grid.crs or src.b or src.d or dst.b or dst.d:
+        return False
+    if (src.a > 0) != (dst.a > 0) or (src.e > 0) != (dst.e > 0):
+        return False
+    # The band's pixel corners must pass through the grid origin, or a same-size read would be
+    # off by a fraction of a pixel (GDAL only honours fractional offsets when it resamples).
+    if _snap((dst.c - src.c) / src.a) % 1 or _snap((dst.f - src.f) / src.e) % 1:
+        return False
+    left, bottom, right, top = array_bounds(grid.height, grid.width, dst)
+    tol_x, tol_y = abs(dst.a) * 1e-6, abs(dst.e) * 1e-6
+    src_bounds = dataset.bounds
+    return (
+        left >= src_bounds.left - tol_x and right <= src_bounds.right + tol_x
+        and bottom >= src_bounds.bottom - tol_y and top <= src_bounds.top + tol_y
+    )  # fmt: skip
+
+
+class RasterScene:
+    """One scene: named bands (from one or several files) read on the grid of its finest band.
+
+    ``radiometry`` converts every image band unless the file's own band scale/offset/units say
+    otherwise (:meth:`~domainmae.data.radiometry.Radiometry.for_band`). Invalid pixels (``valid``
+    False, image set to 0 so no NaN reaches a model) are the file's nodata or mask - or every pixel equal to ``nodata``
+    when given, which overrides the file - non-finite values, and, for each band named in
+    ``invalid_classes`` (e.g. ``{"SCL": (0, 1, 3, 8, 9, 10)}``), the listed classes; such mask
+    bands are read with nearest resampling and are not part of the image. ``categorical`` bands
+    in the image are also resampled nearest. ``meta`` (e.g. labels) travels into every sample.
+    """
+
+    def __init__(
+        self,
+        bands: Sequence[BandSource],
+        *,
+        scene_id: str | None = None,
+        radiometry: Radiometry = Radiometry(),
+        nodata: float | None = None,
+        invalid_classes: Mapping[str, Iterable[int]] | None = None,
+        categorical: Iterable[str] = ("SCL",),
+        datetime: datetime | None = None,  # noqa: A002 - the natural name for an acquisition time
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not bands:
+            raise ValueError(f"scene {scene_id} has no bands")
+        names = [band.name for band in bands]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scene {scene_id}: duplicate band names {names}")
+        self.invalid_classes = {name: tuple(classes) for name, classes in (invalid_classes or {}).items()}
+        unknown = set(self.invalid_classes) - set(names)
+        if unknown:
+            raise ValueError(f"scene {scene_id}: invalid_classes names bands {sorted(unknown)} not among {names}")
+        self.bands = tuple(bands)
+        self.scene_id = scene_id or bands[0].path.parent.name
+        self.channels = tuple(name for name in names if name not in self.invalid_classes)
+        if not self.channels:
+            raise ValueError(f"scene {self.scene_id}: every band is a mask band; no image channels left")
+        self.radiometry, self.nodata, self.categorical = radiometry, nodata, frozenset(categorical)
+        self.datetime, self.meta = datetime, dict(meta or {})
+        self._datasets: dict[Path, DatasetReader] = {}
+        self._vrts: dict[tuple[Path, Resampling, Grid], WarpedVRT] = {}
+        self._pid = os.getpid()
+        self._reference_band: tuple[BandSource, Grid] | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path, bands: Sequence[str] | None = None, **kwargs: Any) -> RasterScene:
+        """A multi-band file; band names from ``bands`` or else from the file's band descriptions."""
+        path = Path(path)
+        try:
+            with rasterio.open(path) as dataset:
+                count, descriptions = dataset.count, dataset.descriptions
+        except RasterioIOError as err:
+            raise RasterReadError(f"cannot open raster {path}: {err}") from err
+        if bands is None:
+            if not all(descriptions):
+                raise ValueError(f"raster {path} lacks descriptions for some of its {count} bands; pass bands=[names]")
+            bands = descriptions
+        if len(bands) != count:
+            raise ValueError(f"raster {path} has {count} bands but {len(bands)} names were given: {list(bands)}")
+        kwargs.setdefault("scene_id", path.stem)
+        kwargs.setdefault("datetime", datetime_from_name(path.name))
+        return cls([BandSource(name, path, i + 1) for i, name in enumerate(bands)], **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.scene_id
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(str(band.path) for band in self.bands))
+
+    # -- opening -----------------------------------------------------------------------------
+    def _open(self, path: Path) -> DatasetReader:
+        # Handles opened before a DataLoader forked belong to the parent; each process opens its own.
+        if self._pid != os.getpid():
+            self._datasets, self._vrts, self._pid = {}, {}, os.getpid()
+        if path not in self._datasets:
+            try:
+                self._datasets[path] = rasterio.open(path)
+            except RasterioIOError as err:
+                raise RasterReadError(f"cannot open raster {path} (scene {self.scene_id}): {err}") from err
+        return self._datasets[path]
+
+    def _warped(self, path: Path, grid: Grid, resampling: Resampling) -> WarpedVRT:
+        key = (path, resampling, grid)
+        if key not in self._vrts:
+            dataset = self._open(path)
+            self._vrts[key] = WarpedVRT(
+                dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                resampling=resampling, add_alpha=True,  # alpha marks what the source covers
+                src_nodata=self.nodata if self.nodata is not None else dataset.nodata,
+            )  # fmt: skip
+        return self._vrts[key]
+
+    def close(self) -> None:
+        for handle in [*self._vrts.values(), *self._datasets.values()]:
+            handle.close()
+        self._datasets, self._vrts = {}, {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open GDAL handles cannot be pickled; workers reopen lazily.
+        return {**self.__dict__, "_datasets": {}, "_vrts": {}}
+
+    # -- grid --------------------------------------------------------------------------------
+    @property
+    def grid(self) -> Grid:
+        """The grid of the finest image band (first one on ties); every band is read onto it."""
+        return self._reference()[1]
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """Internal tile shape ``(rows, cols)`` of the band that defines the grid."""
+        band = self._reference()[0]
+        return self._open(band.path).block_shapes[band.index - 1]
+
+    def _reference(self) -> tuple[BandSource, Grid]:
+        if self._reference_band is None:
+            best: tuple[float, BandSource, Grid] | None = None
+            for band in self.bands:
+                if band.name in self.invalid_classes:
+                    continue
+                dataset = self._open(band.path)
+                transform = dataset.transform
+                area = abs(transform.a * transform.e - transform.b * transform.d)
+                if best is None or area < best[0]:
+                    best = (area, band, Grid(dataset.crs, transform, dataset.height, dataset.width))
+            assert best is not None  # the constructor guarantees an image band
+            self._reference_band = best[1:]
+        return self._reference_band
+
+    # -- reading -----------------------------------------------------------------------------
+    def _resampling(self, band: BandSource) -> Resampling:
+        categorical = band.name in self.categorical or band.name in self.invalid_classes
+        return Resampling.nearest if categorical else Resampling.bilinear
+
+    def _read_file(
+        self, path: Path, bands: Sequence[BandSource], resampling: Resampling, grid: Grid, region: Window
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values ``[n, h, w]`` of ``bands`` (all in ``path``) on ``grid`` for ``region``, valid ``[h, w]``."""
+        indexes = [band.index for band in bands]
+        shape = (region.height, region.width)
+        dataset = self._open(path)
+        try:
+            if _on_lattice(dataset, grid):
+                left, bottom, right, top = grid.window_meta(region)["bounds"]
+                found = rasterio.windows.from_bounds(left, bottom, right, top, transform=dataset.transform)
+                window = rasterio.windows.Window(
+                    *(_snap(value) for value in (found.col_off, found.row_off, found.width, found.height))
+                )
+                raw = dataset.read(indexes, window=window, out_shape=(len(indexes), *shape), resampling=resampling)
+                return raw, self._window_valid(dataset, indexes, window, raw, resampling)
+            if dataset.crs is None or grid.crs is None:
+                raise MissingCRSError(
+                    f"raster {path} (bands {[b.name for b in bands]} of scene {self.scene_id}) is not on the "
+                    f"target grid and {'it has' if dataset.crs is None else 'the target grid has'} no CRS; "
+                    "a CRS is needed to warp it"
+                )
+            vrt = self._warped(path, grid, resampling)
+            rio = rasterio.windows.Window(region.col, region.row, region.width, region.height)
+            return vrt.read(indexes, window=rio), vrt.read(vrt.count, window=rio) > 0
+        except RasterioIOError as err:
+            names = [band.name for band in bands]
+            raise RasterReadError(f"cannot read {region} of bands {names} from raster {path}: {err}") from err
+
+    def _window_valid(
+        self, dataset: DatasetReader, indexes: list[int], window: rasterio.windows.Window, raw: np.ndarray,
+        resampling: Resampling,
+    ) -> np.ndarray:  # fmt: skip
+        """Valid ``[h, w]`` for a plain window read ``raw`` ``[n, h, w]``: every band has data."""
+        if self.nodata is not None:
+            # GDAL does not know an override, so compare values; a nearest read keeps them unblended.
+            resampled = (window.height, window.width) != raw.shape[1:]
+            nearest = raw if resampling == Resampling.nearest or not resampled else dataset.read(
+                indexes, window=window, out_shape=raw.shape, resampling=Resampling.nearest
+            )
+            return (nearest != self.nodata).all(axis=0)
+        masked = [i for i in indexes if MaskFlags.all_valid not in dataset.mask_flag_enums[i - 1]]
+        if not masked:
+            return np.ones(raw.shape[1:], dtype=bool)
+        out_shape = (len(masked), *raw.shape[1:])
+        masks = dataset.read_masks(masked, window=window, out_shape=out_shape, resampling=Resampling.nearest)
+        return (masks > 0).all(axis=0)
+
+    def read(self, region: Window, grid: Grid | None = None) -> Region:
+        """Every band for ``region`` of ``grid`` (default: the scene's own grid), one read per file.
+
+        Returns a :class:`Region` with image float32 ``[C, h, w]`` and valid bool ``[h, w]``.
+        """
+        grid = self.grid if grid is None else grid
+        image = np.empty((len(self.channels), region.height, region.width), dtype=np.float32)
+        valid = np.ones((region.height, region.width), dtype=bool)
+        groups: dict[tuple[Path, Resampling], list[BandSource]] = {}
+        for band in self.bands:
+            groups.setdefault((band.path, self._resampling(band)), []).append(band)
+        for (path, resampling), bands in groups.items():
+            raw, file_valid = self._read_file(path, bands, resampling, grid, region)
+            valid &= file_valid
+            for band, values in zip(bands, raw, strict=True):
+                if band.name in self.invalid_classes:
+                    valid &= ~np.isin(values, self.invalid_classes[band.name])
+                elif band.name in self.categorical:
+                    image[self.channels.index(band.name)] = values
+                else:
+                    radiometry = self.radiometry.for_band(self._open(path), band.index)
+                    image[self.channels.index(band.name)] = radiometry.apply(values)
+        valid &= np.isfinite(image).all(axis=0)
+        image[:, ~valid] = 0.0
+        meta = {"scene_id": self.scene_id, "datetime": self.datetime, "files": self.files, **self.meta}
+        return Region(region, grid, image, valid, self.channels, meta)
+
+
+def group_band_files(
+    root: str | Path,
+    pattern: str = BAND_FILE_PATTERN,
+    *,
+    bands: Sequence[str] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> dict[str, list[BandSource]]:
+    """Files stored one per band under ``root``, grouped into scenes by a regex.
+
+    ``pattern`` is searched in each file's path relative to ``root`` and must have a ``band``
+    group; files are grouped by its ``scene`` group if it has one, else by folder (the keys of
+    the result). ``bands`` selects and orders bands (default: every band found, in natural order
+    B01..B08, B8A, B09..). A scene lacking one of ``bands`` raises, or with ``on_error="skip"``
+    is left out with a warning that counts the skipped scenes.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    regex, root = re.compile(pattern), Path(root)
+    if "band" not in regex.groupindex:
+        raise ValueError(f"pattern {pattern!r} needs a named group (?P<band>...)")
+    groups: dict[str, dict[str, Path]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        match = regex.search(path.relative_to(root).as_posix())
+        if match is None:
+            continue
+        key = match["scene"] if "scene" in regex.groupindex else path.parent.relative_to(root).as_posix()
+        files = groups.setdefault(key, {})
+        if match["band"] in files:
+            raise ValueError(f"band {match['band']} of scene {key} is in two files: {files[match['band']]} and {path}")
+        files[match["band"]] = path
+    if not groups:
+        raise FileNotFoundError(f"no file under {root} matches {pattern!r}")
+    scenes, skipped = {}, []
+    for key, files in groups.items():
+        names = list(bands) if bands is not None else sorted(files, key=_natural_key)
+        missing = [name for name in names if name not in files]
+        if not missing:
+            scenes[key] = [BandSource(name, files[name]) for name in names]
+            continue
+        message = f"scene {key} under {root} has no file for band(s) {missing} (found {sorted(files)})"
+        if on_error == "raise":
+            raise FileNotFoundError(message)
+        skipped.append(message)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} of {len(groups)} scenes: " + "; ".join(skipped), stacklevel=2)
+    return scenes
+
+
+def find_scenes(
+    root: str | Path,
+    pattern: str = BAND_FILE_PATTERN,
+    *,
+    bands: Sequence[str] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    **scene_kwargs: Any,
+) -> list[RasterScene]:
+    """:class:`RasterScene` per group of :func:`group_band_files`; ``scene_kwargs`` go to each.
+
+    Scene ids are the last part of the group key; acquisition times come from the ids.
+    """
+    scenes = []
+    for key, band_sources in group_band_files(root, pattern, bands=bands, on_error=on_error).items():
+        scene_id = Path(key).name or key
+        kwargs = {"scene_id": scene_id, "datetime": datetime_from_name(scene_id), **scene_kwargs}
+        scenes.append(RasterScene(band_sources, **kwargs))
+    return scenes

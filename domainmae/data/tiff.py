@@ -1,0 +1,320 @@
+"""TIFF microscopy readers: CellProfiler ``load_data`` manifests, per-channel files by pattern, TIFF stacks.
+
+Each reader returns a list of :class:`~domainmae.data.fields.Field`; pixels are read later, by window.
+TIFF windows are memory-mapped when the data is uncompressed, else decoded through tifffile's Zarr view
+(only the strips or tiles a window touches); PNG/JPEG channel files (e.g. RxRx) are decoded whole.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from .fields import ErrorPolicy, Field, FieldError, OnError, as_policy, resolve_channels
+from .samplers import Window
+
+TIFF_SUFFIXES = {".tif", ".tiff"}
+
+
+@contextmanager
+def _reading(path: Path, where: str) -> Iterator[None]:
+    """Re-raise a library's error on ``path`` with the file and its origin (manifest row, field) named."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path} ({where}) does not exist") from err
+    except (OSError, ValueError) as err:  # tifffile/PIL signal corrupt files with ValueError subclasses
+        raise FieldError(f"cannot read {path} ({where}): {err}") from err
+
+
+def _series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
+    """The first image series; for a file without one tifffile only logs a warning, so raise here."""
+    if not tif.series:
+        raise ValueError("no image found")
+    return tif.series[0]
+
+
+def _plane_shape(path: Path, where: str) -> tuple[int, int]:
+    """``(H, W)`` of a single-channel image file, from its header."""
+    with _reading(path, where):
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                shape = _series(tif).shape
+        else:
+            with Image.open(path) as image:
+                bands = len(image.getbands())
+                shape = (image.height, image.width) + ((bands,) if bands > 1 else ())
+    if len(shape) != 2:
+        raise FieldError(f"{path} ({where}) should hold one single-channel plane, found shape {shape}")
+    return shape
+
+
+def _read_tiff(path: Path, selection: tuple[slice, ...], where: str) -> np.ndarray:
+    """``selection`` of the first series of a TIFF, decoding as little as the file allows.
+
+    Uncompressed contiguous data is memory-mapped, so a window costs only its own bytes. Otherwise
+    tifffile's Zarr view decodes only the strips/tiles a window touches; a whole-image read skips it, as the
+    plain decoder is many times faster than going through Zarr chunk by chunk.
+    """
+    with _reading(path, where):
+        with tifffile.TiffFile(path) as tif:
+            series = _series(tif)
+            if all(part.indices(size) == (0, size, 1) for part, size in zip(selection, series.shape)):
+                return series.asarray()
+            contiguous = series.dataoffset is not None
+        if contiguous:
+            return np.array(tifffile.memmap(path, mode="r")[selection])
+        return tifffile.imread(path, selection=selection)
+
+
+def _read_plane(path: Path, window: Window, where: str) -> np.ndarray:
+    """Pixels ``[h, w]`` of ``window`` from a single-channel image file."""
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return _read_tiff(path, window.slices(), where)
+    with _reading(path, where), Image.open(path) as image:
+        return np.asarray(image)[window.slices()]
+
+
+class ChannelFilesField(Field):
+    """A field stored as one image file per channel, optionally divided by illumination functions.
+
+    ``files[k]`` holds channel ``channels[k]``; ``illum[k]`` is its illumination function (a ``.npy``
+    ``[H, W]`` array, memory-mapped so a window reads only its rows) or None.
+    """
+
+    def __init__(self, key: str, channels: tuple[str, ...], meta: dict[str, Any], files: Sequence[Path],
+                 illum: Sequence[Path | None]) -> None:
+        super().__init__(key, channels, meta)
+        self.files = tuple(files)
+        self.illum = tuple(illum)
+
+    def _where(self, k: int) -> str:
+        return f"channel {self.channels[k]}, {self.key}"
+
+    def _shape(self) -> tuple[int, int]:
+        shapes = {path: _plane_shape(path, self._where(k)) for k, path in enumerate(self.files)}
+        for k, path in enumerate(self.illum):
+            if path is not None:
+                with _reading(path, self._where(k)):
+                    shapes[path] = np.load(path, mmap_mode="r").shape
+        if len(set(shapes.values())) > 1:
+            listing = ", ".join(f"{path.name}: {shape}" for path, shape in shapes.items())
+            raise FieldError(f"field {self.key}: channel files differ in shape ({listing})")
+        return next(iter(shapes.values()))
+
+    def _read(self, window: Window) -> np.ndarray:
+        planes = []
+        for k, (path, illum) in enumerate(zip(self.files, self.illum)):
+            plane = _read_plane(path, window, self._where(k))
+            if illum is not None:
+                with _reading(illum, self._where(k)):
+                    plane = plane / np.load(illum, mmap_mode="r")[window.slices()].astype(np.float32)
+            planes.append(plane.astype(np.float32, copy=False))
+        return np.stack(planes)
+
+
+def _read_table(manifest: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and rows of a CSV or Parquet manifest.
+
+    CSV cells stay strings (so plate barcodes like ``"000123"`` keep their zeros); Parquet keeps its types.
+    """
+    if manifest.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(manifest)
+        return table.column_names, table.to_pylist()
+    with open(manifest, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def load_data_fields(
+    manifest: str | Path,
+    channel_map: Mapping[str, str] | None = None,
+    channels: Sequence[str] | None = None,
+    illum: bool = True,
+    on_error: OnError | ErrorPolicy = "raise",
+) -> list[ChannelFilesField]:
+    """Fields of a CellProfiler ``load_data`` manifest (``.csv``, or ``.parquet``/``.pq``), one per row.
+
+    Every ``FileName_<X>`` with a matching ``PathName_<X>`` column is a channel. Its name is ``<X>`` without
+    a leading ``Orig`` (``FileName_OrigDNA`` -> ``DNA``; ``FileName_DNA`` -> ``DNA``); ``channel_map``
+    renames these names (``{"DNA": "Hoechst"}``) and ``channels`` selects and orders them (see
+    :func:`~domainmae.data.fields.resolve_channels`). With ``illum``, a ``FileName_Illum<name>`` /
+    ``PathName_Illum<name>`` pair gives channel ``<name>`` an illumination function (``.npy``) that the
+    image is divided by. Relative ``PathName`` values are resolved against the manifest's folder.
+    All ``Metadata_*`` columns go to ``meta`` as they are, with ``manifest``, ``row`` (1-based, header not
+    counted) and the ``files``/``illum`` paths per channel. A row whose file is missing raises
+    ``FileNotFoundError`` naming the file and row, or is skipped and logged with ``on_error="skip"``.
+    """
+    manifest = Path(manifest)
+    policy = as_policy(on_error)
+    columns, rows = _read_table(manifest)
+    suffixes = [c.removeprefix("FileName_") for c in columns if c.startswith("FileName_")]
+    suffixes = [s for s in suffixes if f"PathName_{s}" in columns]
+    images = [s for s in suffixes if not s.startswith("Illum")]
+    if not images:
+        raise ValueError(f"manifest {manifest} has no FileName_<channel>/PathName_<channel> column pairs")
+    found = [s.removeprefix("Orig") for s in images]
+    names, index = resolve_channels(found, f"manifest {manifest}", channel_map, channels)
+    used = [(images[i], f"Illum{found[i]}" if illum and f"Illum{found[i]}" in suffixes else None) for i in index]
+
+    fields, checked = [], set()
+    for number, row in enumerate(rows, start=1):
+        key = f"row {number} of {manifest}"
+        try:
+            files = [_locate(manifest, row, image, name, key, checked) for (image, _), name in zip(used, names)]
+            illums = [_locate(manifest, row, il, name, key, checked) if il else None
+                      for (_, il), name in zip(used, names)]
+        except OSError as err:
+            policy.handle(err)
+            continue
+        meta = {k: v for k, v in row.items() if k.startswith("Metadata_")}
+        meta.update(manifest=str(manifest), row=number, files=dict(zip(names, map(str, files))))
+        if any(illums):
+            meta["illum"] = {name: str(path) for name, path in zip(names, illums) if path}
+        fields.append(ChannelFilesField(key, names, meta, files, illums))
+    return fields
+
+
+def _locate(manifest: Path, row: Mapping[str, Any], suffix: str, channel: str, key: str, checked: set[Path]) -> Path:
+    """The file that ``FileName_<suffix>``/``PathName_<suffix>`` of ``row`` point to; it must exist."""
+    name, folder = row[f"FileName_{suffix}"], row[f"PathName_{suffix}"]
+    if not name:
+        raise FileNotFoundError(f"{key} has no FileName_{suffix} (channel {channel})")
+    path = manifest.parent / str(folder or "") / str(name)  # an absolute PathName replaces the manifest folder
+    # Illumination files repeat on every row of a plate: stat each path once.
+    if path not in checked:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} (FileName_{suffix}, channel {channel}, {key}) does not exist")
+        checked.add(path)
+    return path
+
+
+def pattern_fields(
+    folder: str | Path,
+    pattern: str,
+    channel_map: Mapping[str, str] | None = None,
+    channels: Sequence[str] | None = None,
+    recursive: bool = False,
+    on_error: OnError | ErrorPolicy = "raise",
+) -> list[ChannelFilesField]:
+    """Fields from per-channel image files grouped by a regex with named groups.
+
+    ``pattern`` must match a file's path relative to ``folder`` (its name, unless ``recursive``) in full and
+    have a ``channel`` group; all other named groups together identify the field and go to ``meta`` under
+    their group names, e.g. ``r"(?P<field>.+)_(?P<channel>[DFR])\\.TIF"`` or RxRx's
+    ``r"(?P<Metadata_Well>\\w+)_s(?P<Metadata_Site>\\d)_w(?P<channel>\\d)\\.png"``. Files that do not match
+    are ignored. Channel tokens are sorted; ``channel_map`` renames them (``{"D": "DNA"}``) and ``channels``
+    selects and orders them. A field lacking a channel raises (or is skipped with ``on_error="skip"``).
+    """
+    folder, regex, policy = Path(folder), re.compile(pattern), as_policy(on_error)
+    if "channel" not in regex.groupindex:
+        raise ValueError(f"pattern {pattern!r} has no (?P<channel>...) group")
+    groups: dict[tuple[tuple[str, str], ...], dict[str, Path]] = {}
+    for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+        match = regex.fullmatch(path.relative_to(folder).as_posix())
+        if match is None or not path.is_file():
+            continue
+        ident = tuple((name, value) for name, value in match.groupdict().items() if name != "channel")
+        by_channel = groups.setdefault(ident, {})
+        token = match["channel"]
+        if token in by_channel:
+            raise ValueError(f"{by_channel[token]} and {path} both match {pattern!r} as channel {token} of one field")
+        by_channel[token] = path
+    if not groups:
+        raise ValueError(f"no file in {folder} matches {pattern!r}")
+    tokens = sorted({token for by_channel in groups.values() for token in by_channel})
+    names, index = resolve_channels(tokens, f"files matching {pattern!r} in {folder}", channel_map, channels)
+
+    fields = []
+    for ident, by_channel in groups.items():
+        key = ", ".join(f"{name}={value}" for name, value in ident) + f" in {folder}"
+        missing = [f"{tokens[i]} ({name})" for i, name in zip(index, names) if tokens[i] not in by_channel]
+        if missing:
+            policy.handle(FieldError(f"field {key} has no file for channel(s) {', '.join(missing)}"))
+            continue
+        files = [by_channel[tokens[i]] for i in index]
+        meta = {**dict(ident), "files": dict(zip(names, map(str, files)))}
+        fields.append(ChannelFilesField(key, names, meta, files, [None] * len(files)))
+    return fields
+
+
+class TiffStackField(Field):
+    """A field stored as one multichannel TIFF, ``CYX`` or ``YXC``; ``index`` picks the channels read."""
+
+    def __init__(self, key: str, channels: tuple[str, ...], meta: dict[str, Any], path: Path, axes: str,
+                 index: Sequence[int]) -> None:
+        super().__init__(key, channels, meta)
+        self.path, self.axes, self.index = path, axes, list(index)
+
+    def _shape(self) -> tuple[int, int]:
+        with _reading(self.path, self.key), tifffile.TiffFile(self.path) as tif:
+            shape = _series(tif).shape
+        return shape[self.axes.index("Y")], shape[self.axes.index("X")]
+
+    def _read(self, window: Window) -> np.ndarray:
+        rows, cols = window.slices()
+        selection = (slice(None), rows, cols) if self.axes == "CYX" else (rows, cols, slice(None))
+        pixels = _read_tiff(self.path, selection, self.key)
+        pixels = pixels if self.axes == "CYX" else pixels.transpose(2, 0, 1)
+        return pixels[self.index]
+
+
+def _stack_layout(path: Path, series: tifffile.TiffPageSeries, ome_xml: str | None,
+                  axes: str | None) -> tuple[str, int, list[str] | None]:
+    """``("CYX"|"YXC", channel count, OME channel names or None)`` of a stack's first ``series``."""
+    # tifffile calls samples-per-pixel "S" (RGB-like YXS) and axes it cannot name "Q" (plain shaped stacks).
+    file_axes = (axes or series.axes).upper().replace("S", "C")
+    if "Q" in file_axes or len(file_axes) != len(series.shape):
+        raise ValueError(f"{path}: axes {series.axes} of shape {series.shape} are ambiguous; pass axes='CYX' or 'YXC'")
+    if file_axes not in ("CYX", "YXC"):
+        raise ValueError(f"{path}: axes {file_axes} of shape {series.shape} unsupported; expected CYX or YXC")
+    count = series.shape[file_axes.index("C")]
+    names = None
+    if ome_xml:
+        pixels = tifffile.xml2dict(ome_xml)["OME"]["Image"]
+        pixels = (pixels[0] if isinstance(pixels, list) else pixels)["Pixels"]
+        entries = pixels.get("Channel", [])
+        entries = entries if isinstance(entries, list) else [entries]
+        names = [str(entry["Name"]) for entry in entries if entry.get("Name") is not None] or None
+        if names is not None and len(names) != count:
+            raise ValueError(f"{path}: OME metadata names {len(names)} channels {names}, the image has {count}")
+    return file_axes, count, names
+
+
+def stack_fields(
+    paths: Sequence[str | Path],
+    axes: str | None = None,
+    channel_map: Mapping[str, str] | None = None,
+    channels: Sequence[str] | None = None,
+    on_error: OnError | ErrorPolicy = "raise",
+) -> list[TiffStackField]:
+    """One field per multichannel TIFF (``CYX`` or ``YXC``; OME-TIFF, ImageJ or plain).
+
+    The layout comes from the file (OME/ImageJ axes, or RGB-like samples) or from ``axes`` when the file
+    does not say (plain shaped stacks). Channel names come from the OME metadata when present; otherwise
+    ``channels`` must name the channels in file order. ``channel_map``/``channels`` rename and select named
+    channels as in :func:`~domainmae.data.fields.resolve_channels`.
+    """
+    policy = as_policy(on_error)
+    fields = []
+    for path in map(Path, paths):
+        try:
+            with _reading(path, "TIFF stack"), tifffile.TiffFile(path) as tif:
+                series, ome_xml = _series(tif), tif.ome_metadata if tif.is_ome else None
+        except OSError as err:
+            policy.handle(err)
+            continue
+        layout, count, found = _stack_layout(path, series, ome_xml, axes)
+        names, index = resolve_channels(found or count, str(path), channel_map, channels)
+        meta = {"files": {"stack": str(path)}, "axes": layout}
+        fields.append(TiffStackField(str(path), names, meta, path, layout, index))
+    return fields

@@ -1,0 +1,276 @@
+"""Recipes: the YAML that says what to pretrain on what, validated before any data is read.
+
+A recipe is composed from reusable pieces in ``configs/`` (``include:``, merged in order, the
+recipe's own keys last), may carry a ``demo:`` section (overrides used when no ``--data`` is
+given: bundled samples and a short schedule), and takes ``--set dotted.key=value`` overrides.
+Every mistake is reported with the key's path and, for misspellings, the closest valid names.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .atomic import atomic_write_text
+from .models import MODEL_SIZES, STRATEGIES
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES_DIR = ROOT / "recipes"
+CONFIGS_DIR = ROOT / "configs"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the key(s) at fault."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MaskMix(Section):
+    """One masking strategy of a per-batch mixture."""
+
+    strategy: str
+    weight: float = Field(1.0, gt=0)
+    ratio: float | None = Field(None, gt=0, lt=1)  # default: model.mask_ratio
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; choose one of {', '.join(STRATEGIES)}")
+        return v
+
+
+class ModelSection(Section):
+    size: str = "vit_small"
+    patch_size: int = Field(16, gt=0)
+    embed_dim: int | None = Field(None, gt=0)
+    depth: int | None = Field(None, gt=0)
+    num_heads: int | None = Field(None, gt=0)
+    decoder_embed_dim: int | None = Field(None, gt=0)
+    decoder_depth: int | None = Field(None, gt=0)
+    decoder_num_heads: int | None = Field(None, gt=0)
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    mask_strategy: str = "random"
+    mask_mix: list[MaskMix] | None = None  # per batch, one strategy drawn by weight
+    norm_pix_loss: bool = True
+    fourier_weight: float = Field(0.0, ge=0)
+    pretrained: str | None = None  # natural-image MAE / timm ViT weights to start from
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if v not in MODEL_SIZES:
+            raise ValueError(f"unknown model size {v!r}; choose one of {', '.join(MODEL_SIZES)}")
+        return v
+
+    @field_validator("mask_strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return MaskMix._known(v)
+
+    def overrides(self) -> dict[str, Any]:
+        """Fields that override the named size in :func:`domainmae.create_model`."""
+        skip = {"size", "mask_mix", "pretrained"}
+        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+
+
+class Augment(Section):
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    resized_crop_scale: tuple[float, float] | None = None  # e.g. (0.5, 1.0); None = off
+
+
+class DataSection(Section):
+    """Where the images come from and how windows are cut; fields a reader does not use are ignored."""
+
+    kind: Literal["microscopy", "sentinel"]
+    format: str  # microscopy: manifest|pattern|stack|zarr|ome-zarr; sentinel: bigearthnet|scene
+    path: str | None = None
+    pattern: str | None = None
+    channels: list[str] | None = None  # channels given to the model, in order (microscopy)
+    channel_map: dict[str, str] = Field(default_factory=dict)  # source name -> model channel name
+    sensors: dict[str, list[Any]] | None = None  # sentinel: {sensor: [band or {name, wavelength}]}
+    crop_size: int = Field(224, gt=0)
+    crops_per_read: int = Field(4, gt=0)  # crops cut from one field/region read
+    normalize: Literal["standardize", "percentile", "stats"] = "standardize"
+    band_stats: dict[str, dict[str, dict[str, float]]] | None = None  # {sensor: {band: {mean, std}}}
+    min_valid_fraction: float = Field(0.5, ge=0, le=1)
+    augment: Augment = Field(default_factory=Augment)
+    on_error: Literal["raise", "skip"] = "raise"
+    num_workers: int = Field(2, ge=0)
+
+
+class TrainSection(Section):
+    batch_size: int = Field(256, gt=0)  # global batch per optimiser step (all processes, all micro-batches)
+    micro_batch: int | None = Field(None, gt=0)  # per process and forward pass; default: all of it
+    epochs: int = Field(400, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    base_lr: float = Field(1.5e-4, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(40, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(None, gt=0)
+    bf16: bool = True  # autocast on CUDA only; CPU runs fp32
+    compile: bool = False
+    seed: int = 0
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+    keep_checkpoints: int = Field(3, gt=0)
+    preview_every: int | None = Field(None, gt=0)  # default: every checkpoint
+    max_bad_steps: int = Field(5, gt=0)  # non-finite losses in a row before aborting
+    tensorboard: bool = False
+
+
+class Recipe(Section):
+    name: str
+    description: str = ""
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+
+    @model_validator(mode="after")
+    def _crop_fits_patches(self) -> "Recipe":
+        if self.data.crop_size % self.model.patch_size:
+            raise ValueError(
+                f"data.crop_size {self.data.crop_size} is not a multiple of model.patch_size {self.model.patch_size}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``top`` replaces."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def _compose(path: Path) -> dict[str, Any]:
+    """A YAML file with its ``include:`` pieces (paths relative to ``configs/``) merged under it."""
+    data = _read_yaml(path)
+    merged: dict[str, Any] = {}
+    for piece in data.pop("include", []) or []:
+        merged = _merge(merged, _compose(CONFIGS_DIR / piece))
+    return _merge(merged, data)
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """``recipes/<name>.yaml`` for a built-in name, else the path itself."""
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    raise RecipeError(f"unknown recipe {str(name_or_path)!r}; built-in recipes: {', '.join(list_recipes())}")
+
+
+def list_recipes() -> dict[str, str]:
+    """Built-in recipe names with their one-line descriptions."""
+    return {p.stem: (_read_yaml(p).get("description") or "").strip().splitlines()[0]
+            for p in sorted(RECIPES_DIR.glob("*.yaml"))}  # fmt: skip
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.batch_size=64"`` -> (["train", "batch_size"], 64); values are read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"override {text!r} must look like dotted.key=value")
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def _set(data: dict[str, Any], keys: Sequence[str], value: Any) -> None:
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"cannot set {'.'.join(keys)}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def _allowed(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Valid field names at ``loc`` (for 'did you mean')."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [p for p in e["loc"]]
+        where = ".".join(str(p) for p in loc) or "recipe"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed(Recipe, loc)
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(allowed)}"
+            lines.append(f"{where}: unknown key; {hint}")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        else:
+            got = e.get("input")
+            lines.append(f"{where}: {e['msg']} (got {got!r})")
+    return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def resolve_recipe(data: Mapping[str, Any], overrides: Sequence[str] = (), demo: bool = False) -> Recipe:
+    """Validate a recipe dict after applying the demo section (if asked) and ``--set`` overrides."""
+    data = copy.deepcopy(dict(data))
+    demo_section = data.pop("demo", None)
+    if demo:
+        if not demo_section:
+            raise RecipeError(f"recipe {data.get('name')!r} has no demo section; pass --data")
+        demo_path = (demo_section.get("data") or {}).get("path")
+        if demo_path and not Path(demo_path).is_absolute():  # bundled samples live in the repository
+            demo_section = _merge(demo_section, {"data": {"path": str(ROOT / demo_path)}})
+        data = _merge(data, demo_section)
+    for text in overrides:
+        _set(data, *parse_override(text))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_explain(err)) from None
+
+
+def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = (), demo: bool = False) -> Recipe:
+    """Load, compose and validate a recipe by built-in name or YAML path.
+
+    Args:
+        overrides: ``dotted.key=value`` strings applied last.
+        demo: apply the recipe's ``demo:`` section (bundled samples, short schedule).
+    """
+    return resolve_recipe(_compose(recipe_path(name_or_path)), overrides, demo)
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    """Write the resolved recipe as YAML (what a run actually used)."""
+    atomic_write_text(path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,50 @@
+"""Run logging: ``metrics.jsonl`` (one JSON object per logged step), a progress bar, TensorBoard."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+class MetricsLog:
+    """Appends one JSON line per logged step; on resume, drops lines past the resumed step so the
+    file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._file = path.open("a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
+
+            self._tb = SummaryWriter(str(path.parent / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def progress_bar(total: int, initial: int, enabled: bool) -> tqdm:
+    """A live bar with ETA; disabled in quiet mode and on non-zero ranks."""
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)

@@ -1,0 +1,288 @@
+"""``pretrain()``: the engine behind ``domainmae pretrain``.
+
+One optimiser step = one global batch of ``train.batch_size`` crops, split over processes and
+micro-batches. Data keys and masks are pure functions of (seed, step), so the loss curve does
+not depend on the number of processes or workers and ``resume`` continues the same run exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+
+from ..atomic import atomic_path
+from ..data.build import TrainingData, build_training_data, training_loader
+from ..data.loader import chunk_rows
+from ..models import MaskedAutoencoder, create_model, load_pretrained
+from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
+from ..viz import reconstruction_images, save_reconstruction_grid
+from .checkpoint import LAST, prune_checkpoints, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import DistInfo, cleanup_distributed, mean_over_processes, setup_distributed
+from .logging import MetricsLog, progress_bar
+from .optim import build_optimizer, build_scheduler, scaled_lr
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one step's masks (independent of the data seeds)."""
+    state = np.random.SeedSequence([seed, step, 0x4D41534B]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    """Move a (nested) batch to ``device``, non-blocking from pinned memory."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _model_for(recipe: Recipe, data: TrainingData) -> MaskedAutoencoder:
+    tokens = {"channels": data.channels} if data.sensors is None else {"sensors": data.sensors}
+    model = create_model(recipe.model.size, img_size=recipe.data.crop_size, **tokens, **recipe.model.overrides())
+    if recipe.model.pretrained:
+        log.info("initialised from %s:\n%s", recipe.model.pretrained, load_pretrained(model, recipe.model.pretrained))
+    return model
+
+
+class Trainer:
+    """Holds one run's model, optimiser, data stream and run directory."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, info: DistInfo, resume: bool, quiet: bool) -> None:
+        t = recipe.train
+        self.recipe, self.run_dir, self.info, self.quiet = recipe, run_dir, info, quiet
+        self.data = build_training_data(recipe.data)
+        self.model = _model_for(recipe, self.data).to(info.device)
+        k = self.data.crops_per_item
+        micro_rows = t.micro_batch or t.batch_size // info.world
+        if t.batch_size % (micro_rows * info.world) or micro_rows % k:
+            raise ValueError(
+                f"train.batch_size {t.batch_size} must split into micro-batches of {micro_rows} crops on {info.world} "
+                f"process(es), each a multiple of data.crops_per_read {k}"
+            )
+        self.micro_rows = micro_rows
+        self.micro = t.batch_size // (micro_rows * info.world)
+        self.steps_per_epoch = len(self.data.dataset) // (t.batch_size // k)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the data has {len(self.data.dataset)} fields/regions but one step needs {t.batch_size // k} "
+                f"({t.batch_size} crops / {k} per read); lower train.batch_size"
+            )
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        self.lr = scaled_lr(t.base_lr, t.batch_size)
+        self.optimizer = build_optimizer(self.model, self.lr, t.weight_decay, t.betas)
+        warmup = min(round(t.warmup_epochs * self.steps_per_epoch), self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, warmup, self.total_steps, t.min_lr / self.lr)
+        self.step, self.bad_steps = 0, 0
+        if resume:
+            self._restore(read_checkpoint(run_dir / "checkpoints" / LAST))
+        self.ddp = (
+            # Buffers are fixed position/wavelength codes: no need to broadcast them every step.
+            DistributedDataParallel(self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                    broadcast_buffers=False)
+            if info.world > 1 else self.model
+        )  # fmt: skip
+        self.forward = torch.compile(self.ddp) if t.compile else self.ddp
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.bf16 and info.device.type == "cuda")
+
+    # ------------------------------------------------------------- state
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model_config": self.model.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "bad_steps": self.bad_steps,
+            "rng": rng_state(),
+            "recipe": self.recipe.model_dump(mode="json"),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.bad_steps = state["step"], state["bad_steps"]
+        set_rng_state(state["rng"])
+
+    def save(self) -> None:
+        """``last.ckpt`` and a periodic copy, both atomic; only the main process writes."""
+        if not self.info.is_main:
+            return
+        folder = self.run_dir / "checkpoints"
+        last = save_checkpoint(folder / LAST, self._state())
+        with atomic_path(folder / f"step_{self.step:08d}.ckpt") as tmp:
+            shutil.copyfile(last, tmp)
+        prune_checkpoints(folder, self.recipe.train.keep_checkpoints)
+
+    # -------------------------------------------------------------- steps
+    def _masking(self, batch: dict[str, Any]):
+        """This step's masks for the whole global batch (same on every process)."""
+        m, g = self.model, _step_generator(self.recipe.train.seed, self.step)
+        strategy, ratio = None, None
+        if self.recipe.model.mask_mix:
+            mix = self.recipe.model.mask_mix
+            pick = int(torch.multinomial(torch.tensor([x.weight for x in mix]), 1, generator=g))
+            strategy, ratio = mix[pick].strategy, mix[pick].ratio
+        inputs, grid = m.split_inputs(batch["images"], batch["channels"])
+        return m.sample_masking(inputs, grid, mask_ratio=ratio, strategy=strategy, generator=g,
+                                batch=self.recipe.train.batch_size).to(self.info.device)  # fmt: skip
+
+    def train_step(self, batches: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+        """One optimiser step over this process's micro-batches; None when the loss was not finite."""
+        t = self.recipe.train
+        masking = self._masking(batches[0])
+        totals: dict[str, torch.Tensor] = {}
+        for j, batch in enumerate(batches):
+            rows = chunk_rows(j, self.info.world, self.info.rank, self.micro_rows)
+            sync = contextlib.nullcontext() if j == len(batches) - 1 or self.info.world == 1 else self.ddp.no_sync()
+            with sync:
+                with self.autocast:
+                    out = self.forward(batch["images"], batch["channels"], valid=batch["valid"], masking=masking.rows(rows))
+                (out.loss / len(batches)).backward()
+            for name, value in {"loss": out.loss, **out.losses}.items():
+                totals[name] = totals.get(name, 0) + value.detach().float() / len(batches)
+        names = list(totals)
+        values = mean_over_processes(torch.stack([totals[n] for n in names]), self.info)
+        if not torch.isfinite(values).all():  # the same decision on every process: the values are shared
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        multi = self.model.multi_sensor
+        return {("loss" if n == "loss" else f"loss_{n}"): float(v) for n, v in zip(names, values) if n == "loss" or multi}
+
+    def preview(self, batch: dict[str, Any], masking) -> None:
+        """Reconstruction PNG of the first crops of ``batch`` under this step's masks."""
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            out = self.model(batch["images"], batch["channels"], valid=batch["valid"], masking=masking)
+        images = reconstruction_images(self.model, batch["images"], batch["channels"], out)
+        names = batch["channels"] if isinstance(batch["channels"], dict) else {"image": batch["channels"]}
+        path = self.run_dir / "reconstructions" / f"step_{self.step:08d}.png"
+        save_reconstruction_grid(images, names, path, title=f"{self.recipe.name} step {self.step}  loss {out.loss.item():.4f}")
+        self.model.train()
+
+    # --------------------------------------------------------------- run
+    def run(self) -> None:
+        t = self.recipe.train
+        main = self.info.is_main
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step, t.tensorboard) if main else None
+        loader = training_loader(self.data, self.recipe, self.info, start_step=self.step,
+                                 total_steps=self.total_steps, micro=self.micro)  # fmt: skip
+        batches = iter(loader)
+        bar = progress_bar(self.total_steps, self.step, main and not self.quiet)
+        preview_every = t.preview_every or t.checkpoint_every
+        self.model.train()
+        try:
+            while self.step < self.total_steps:
+                start = time.perf_counter()
+                step_batches = [_to(next(batches), self.info.device) for _ in range(self.micro)]
+                record = self.train_step(step_batches)
+                self.scheduler.step()
+                self.step += 1
+                if record is None:
+                    self.bad_steps += 1
+                    log.warning("step %d: non-finite loss, update skipped (%d in a row)", self.step, self.bad_steps)
+                    if self.bad_steps >= t.max_bad_steps:
+                        raise NonFiniteLossError(
+                            f"{self.bad_steps} non-finite losses in a row at step {self.step}; "
+                            f"the last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
+                        )
+                    continue
+                self.bad_steps = 0
+                speed = t.batch_size / (time.perf_counter() - start)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                                samples_s=f"{speed:.1f}")  # fmt: skip
+                last = self.step == self.total_steps
+                if main and (self.step % t.log_every == 0 or last):
+                    metrics.log({"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, **record,
+                                 "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": speed})  # fmt: skip
+                if self.step % t.checkpoint_every == 0 or last:
+                    self.save()
+                if main and (self.step % preview_every == 0 or last):
+                    masking = self._masking(step_batches[0]).rows(slice(0, self.micro_rows))
+                    self.preview(step_batches[0], masking)
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: writing a checkpoint before exiting", self.step)
+            self.save()
+            raise
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+
+
+def _recipe_for_run(
+    recipe: Recipe | str | Path, data: str | None, overrides: Sequence[str], run_dir: Path | None, resume: bool
+) -> Recipe:
+    if resume:
+        if run_dir is None or not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"--resume needs the run directory of an earlier run (--output); none at {run_dir}")
+        return resolve_recipe(yaml.safe_load((run_dir / "config.yaml").read_text()), overrides)
+    if isinstance(recipe, Recipe):
+        return resolve_recipe(recipe.model_dump(mode="json"), overrides)
+    extra = [f"data.path={data}"] if data else []
+    return load_recipe(recipe, [*extra, *overrides], demo=data is None)
+
+
+def pretrain(
+    recipe: Recipe | str | Path,
+    *,
+    data: str | None = None,
+    output: str | Path | None = None,
+    max_steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    quiet: bool = False,
+) -> Path:
+    """Pretrain an MAE and return the run directory.
+
+    Args:
+        recipe: built-in name (``cellpainting``, ``sentinel``), YAML path, or a :class:`Recipe`.
+        data: the dataset path for the recipe; without it a named recipe runs its ``demo`` section
+            on the bundled samples.
+        output: run directory (default ``runs/<recipe>-<timestamp>``); with ``resume`` the run to continue.
+        overrides: ``dotted.key=value`` recipe overrides; ``max_steps``/``epochs``/``batch_size`` are shortcuts.
+    """
+    shortcuts = [f"train.{k}={v}" for k, v in
+                 (("max_steps", max_steps), ("epochs", epochs), ("batch_size", batch_size)) if v is not None]  # fmt: skip
+    run_dir = Path(output) if output is not None else None
+    resolved = _recipe_for_run(recipe, data, [*overrides, *shortcuts], run_dir, resume)
+    if run_dir is None:
+        run_dir = Path("runs") / f"{resolved.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    info = setup_distributed(device)
+    try:
+        torch.manual_seed(resolved.train.seed)
+        if info.is_main:
+            if not resume and (run_dir / "checkpoints" / LAST).exists():
+                raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_recipe(resolved, run_dir / "config.yaml")
+        Trainer(resolved, run_dir, info, resume, quiet).run()
+    finally:
+        cleanup_distributed()
+    return run_dir

@@ -1,0 +1,99 @@
+"""Reconstruction previews: original / masked input / reconstruction, as a PNG grid."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
+from .models import MAEOutput, MaskedAutoencoder  # noqa: E402
+from .models.patches import unpatchify, unpatchify_channels  # noqa: E402
+
+RGB_BANDS = ("B04", "B03", "B02")  # Sentinel-2 true colour
+
+
+@torch.no_grad()
+def reconstruction_images(
+    model: MaskedAutoencoder,
+    images: torch.Tensor | Mapping[str, torch.Tensor],
+    channels: Sequence | Mapping | None,
+    out: MAEOutput,
+    valid: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Per sensor: ``original``, ``masked`` (removed patches zeroed) and ``reconstruction``
+    (visible patches as given, masked ones predicted), each ``[B, C, H, W]``.
+
+    With a norm-pix model the prediction is brought back to pixel units with each target patch's
+    own mean and variance, as the MAE paper's visualisations do.
+    """
+    inputs, grid = model.split_inputs(images, channels, valid)
+    preds = out.pred if isinstance(out.pred, dict) else {inputs[0].name: out.pred}
+    masks = out.mask if isinstance(out.mask, dict) else {inputs[0].name: out.mask}
+    result = {}
+    for inp in inputs:
+        target, _ = model.targets(inp)
+        pred = preds[inp.name].float()
+        if model.norm_pix_loss:  # invert normalize_patches with the target patch's statistics
+            pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+        m = masks[inp.name].unsqueeze(-1)
+        to_image = (lambda x: unpatchify(x, model.patch_size, grid)) if inp.channels is None else (
+            lambda x: unpatchify_channels(x, model.patch_size, grid))  # fmt: skip
+        result[inp.name] = {
+            "original": inp.images.float(),
+            "masked": to_image(target * (1 - m)),
+            "reconstruction": to_image(target * (1 - m) + pred * m),
+        }
+    return result
+
+
+def _columns(names: Sequence[str]) -> list[tuple[str, list[int]]]:
+    """Panels of one sensor: a true-colour composite when R/G/B bands are there, else one per channel."""
+    if all(b in names for b in RGB_BANDS):
+        return [("RGB", [names.index(b) for b in RGB_BANDS])]
+    return [(n, [i]) for i, n in enumerate(names)]
+
+
+def _display(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``[k, H, W]`` -> an image in [0, 1] (grey or RGB), stretched with the original's percentiles."""
+    x = np.clip((x - lo[:, None, None]) / (hi - lo)[:, None, None], 0, 1)
+    return x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1)
+
+
+def save_reconstruction_grid(
+    images: dict[str, dict[str, torch.Tensor]],
+    channel_names: Mapping[str, Sequence[str]],
+    path: str | Path,
+    title: str = "",
+    max_samples: int = 2,
+) -> Path:
+    """Draw rows (original, masked, reconstruction) per sample and one column per channel (per
+    sensor: an RGB composite for Sentinel-2), and write the PNG atomically."""
+    panels = [(sensor, label, idx) for sensor in images for label, idx in _columns(list(channel_names[sensor]))]
+    n = min(max_samples, next(iter(images.values()))["original"].shape[0])
+    fig, axes = plt.subplots(3 * n, len(panels), figsize=(2.2 * len(panels), 2.2 * 3 * n), squeeze=False)
+    for s in range(n):
+        for col, (sensor, label, idx) in enumerate(panels):
+            original = images[sensor]["original"][s, idx].cpu().numpy()
+            lo, hi = np.percentile(original, 1, axis=(1, 2)), np.percentile(original, 99, axis=(1, 2))
+            hi = np.where(hi > lo, hi, lo + 1e-6)
+            for r, kind in enumerate(("original", "masked", "reconstruction")):
+                ax = axes[3 * s + r, col]
+                ax.imshow(_display(images[sensor][kind][s, idx].cpu().numpy(), lo, hi), cmap="gray")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if s == 0 and r == 0:
+                    ax.set_title(f"{sensor}: {label}" if len(images) > 1 else label, fontsize=9)
+                if col == 0:
+                    ax.set_ylabel(f"#{s} {kind}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return Path(path)

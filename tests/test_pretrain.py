@@ -1,0 +1,116 @@
+"""End-to-end pretraining on the bundled samples: run directory, loss, resume, DDP, guards."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import domainmae
+from domainmae.cli import main
+from domainmae.train import NonFiniteLossError, load_checkpoint, pretrain
+from domainmae.train.logging import read_metrics
+
+pytestmark = pytest.mark.slow
+QUICK = ["train.log_every=1", "train.checkpoint_every=15"]
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
+
+
+def test_cellpainting_demo_runs_end_to_end(tmp_path):
+    run = pretrain("cellpainting", output=tmp_path / "run", max_steps=30, overrides=QUICK, quiet=True)
+    assert (run / "config.yaml").is_file()
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 31))
+    assert {"step", "epoch", "loss", "lr", "samples_per_s"} <= set(records[0])
+    losses = _losses(run)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["last.ckpt", "step_00000015.ckpt", "step_00000030.ckpt"]
+    pngs = sorted((run / "reconstructions").glob("step_*.png"))
+    assert [p.name for p in pngs] == ["step_00000015.png", "step_00000030.png"]
+    with Image.open(pngs[-1]) as image:
+        assert image.format == "PNG" and image.width > 100
+    model, state = load_checkpoint(run)
+    assert state["step"] == 30 and model.config.channels[0]["name"] == "DNA"
+    assert isinstance(model, domainmae.MaskedAutoencoder)
+
+
+def test_resume_after_a_crash_continues_exactly(tmp_path):
+    straight = pretrain("cellpainting", output=tmp_path / "straight", max_steps=30, overrides=QUICK, quiet=True)
+    # A crash right after step 15: the run directory as it was then.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(straight, crashed)
+    shutil.copyfile(crashed / "checkpoints" / "step_00000015.ckpt", crashed / "checkpoints" / "last.ckpt")
+    resumed = pretrain("cellpainting", output=crashed, resume=True, quiet=True)
+    a, b = _losses(straight), _losses(resumed)
+    assert len(b) == 30
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-6
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    pretrain("cellpainting", output=tmp_path / "run", max_steps=2, overrides=QUICK, quiet=True)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        pretrain("cellpainting", output=tmp_path / "run", max_steps=2, quiet=True)
+
+
+def test_non_finite_losses_abort_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import domainmae.models.mae as mae
+
+    real = mae.reconstruction_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 15 else loss  # from step 16 on (one sensor, one call a step)
+
+    monkeypatch.setattr(mae, "reconstruction_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row at step 18"):
+        pretrain("cellpainting", output=tmp_path / "run", max_steps=30, quiet=True,
+                 overrides=[*QUICK, "train.max_bad_steps=3", "train.preview_every=100"])  # fmt: skip
+    _, state = load_checkpoint(tmp_path / "run")
+    assert state["step"] == 15
+
+
+def test_cli_pretrain_reports_recipe_errors(capsys):
+    assert main(["pretrain", "--recipe", "cellpainting", "--set", "train.batch_sise=4"]) == 1
+    assert "train.batch_sise: unknown key; did you mean batch_size" in capsys.readouterr().err
+
+
+def test_reconstruct_from_run_directory_with_hidden_channels(tmp_path):
+    run = pretrain("cellpainting", output=tmp_path / "run", max_steps=4, overrides=QUICK, quiet=True)
+    out = tmp_path / "recon.png"
+    assert main(["reconstruct", "--checkpoint", str(run), "--channels", "DNA,Actin", "--output", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+    assert main(["reconstruct", "--checkpoint", str(run), "--channels", "Mito", "--output", str(out)]) == 1
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    common = ["--recipe", "cellpainting", "--max-steps", "6", "--quiet", "--device", "cpu",
+              "--set", "train.log_every=1", "--set", "data.crops_per_read=4"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "domainmae", "pretrain", "--output", str(tmp_path / "one"), *common],
+                         env=env, capture_output=True, text=True)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "domainmae", "pretrain", "--output", str(tmp_path / "two"), *common],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(a) == len(b) == 6  # rank 1 wrote no metrics of its own
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["last.ckpt", "step_00000006.ckpt"]
+    one_model, _ = load_checkpoint(tmp_path / "one")
+    two_model, _ = load_checkpoint(tmp_path / "two")
+    torch.testing.assert_close(one_model.blocks[0].attn.qkv.weight, two_model.blocks[0].attn.qkv.weight, atol=1e-4, rtol=1e-3)
+    assert json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1

@@ -1,0 +1,100 @@
+"""Optimiser groups and schedule, atomic checkpoints, and the deterministic data order."""
+import math
+
+import pytest
+import torch
+
+import domainmae
+from domainmae.data.loader import StepBatchSampler, collate_samples
+from domainmae.train.checkpoint import LAST, load_checkpoint, prune_checkpoints, save_checkpoint
+from domainmae.train.optim import param_groups, scaled_lr, warmup_cosine
+
+from .conftest import TINY
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    model = domainmae.create_model("vit_tiny", sensors={"s2": ["B02", "B03"], "s1": ["VV"]}, **TINY)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert {"cls_token", "mask_token", "sensor_embed", "norm.weight", "blocks.0.attn.qkv.bias"} <= no_decay_names
+    assert "patch_embed.s2.channel_embed.learned" in no_decay_names
+    assert {"blocks.0.attn.qkv.weight", "patch_embed.s2.proj.weight", "decoder_pred.s1.weight"} <= decay_names
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(decay_names | no_decay_names) == len(list(model.parameters()))
+
+
+def test_lr_scaling_and_warmup_cosine_shape():
+    assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)
+    ramp = [warmup_cosine(s, 10, 110) for s in range(110)]
+    assert ramp[0] == pytest.approx(0.1) and ramp[9] == pytest.approx(1.0)
+    assert ramp[60] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(ramp[9:], ramp[10:]))  # monotone decay after warmup
+    assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    model = domainmae.create_model("vit_tiny", channels=["DNA"], **TINY)
+    state = {"model_config": model.config.to_dict(), "model": model.state_dict(), "step": 1}
+    path = save_checkpoint(tmp_path / "checkpoints" / LAST, state)
+
+    def crash(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"torn")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {**state, "step": 2})
+    monkeypatch.undo()
+    loaded, ckpt = load_checkpoint(tmp_path)  # a run directory resolves to checkpoints/last.ckpt
+    assert ckpt["step"] == 1
+    torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [LAST]  # no temp files left behind
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in run directory"):
+        load_checkpoint(tmp_path)
+    bad = tmp_path / "x.ckpt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="x.ckpt"):
+        load_checkpoint(bad)
+
+
+def test_prune_keeps_newest(tmp_path):
+    for step in (10, 20, 30, 40):
+        (tmp_path / f"step_{step:08d}.ckpt").write_bytes(b"x")
+    prune_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030.ckpt", "step_00000040.ckpt"]
+
+
+def _keys(sampler):
+    return [key for batch in sampler for key in batch]
+
+
+def test_data_order_does_not_depend_on_processes_or_micro_batches():
+    one = list(StepBatchSampler(20, 8, seed=3, total_steps=6))
+    two = [list(StepBatchSampler(20, 8, world=2, rank=r, seed=3, total_steps=6)) for r in (0, 1)]
+    accum = list(StepBatchSampler(20, 8, micro=2, seed=3, total_steps=6))
+    for step in range(6):
+        assert one[step] == two[0][step] + two[1][step]  # rank r takes chunk r of the global batch
+        assert one[step] == accum[2 * step] + accum[2 * step + 1]
+    # every epoch (2 steps of 8 out of 20) visits distinct items, and epochs reshuffle
+    epoch0, epoch1 = [i for i, _ in one[0] + one[1]], [i for i, _ in one[2] + one[3]]
+    assert len(set(epoch0)) == 16 and epoch0 != epoch1
+
+
+def test_resumed_sampler_continues_the_same_stream():
+    full = list(StepBatchSampler(20, 8, seed=1, total_steps=6))
+    assert list(StepBatchSampler(20, 8, seed=1, start_step=4, total_steps=6)) == full[4:]
+
+
+def test_collate_refuses_mixed_channel_sets():
+    a = {"image": torch.zeros(2, 4, 4), "channels": ("DNA", "RNA"), "meta": {}}
+    b = {"image": torch.zeros(2, 4, 4), "channels": ("DNA", "ER"), "meta": {}}
+    batch = collate_samples([[a, a], a])
+    assert batch["images"].shape == (3, 2, 4, 4) and batch["valid"] is None
+    with pytest.raises(ValueError, match=r"different channels \('DNA', 'RNA'\) and \('DNA', 'ER'\)"):
+        collate_samples([a, b])
