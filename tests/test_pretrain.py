@@ -114,3 +114,19 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     two_model, _ = load_checkpoint(tmp_path / "two")
     torch.testing.assert_close(one_model.blocks[0].attn.qkv.weight, two_model.blocks[0].attn.qkv.weight, atol=1e-4, rtol=1e-3)
     assert json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+def test_sentinel_demo_runs_end_to_end_with_per_sensor_losses(tmp_path):
+    run = pretrain("sentinel", output=tmp_path / "run", max_steps=30, overrides=QUICK, quiet=True)
+    records = read_metrics(run / "metrics.jsonl")
+    assert {"loss", "loss_s2", "loss_s1"} <= set(records[0])
+    for r in records:
+        assert r["loss"] == pytest.approx(r["loss_s2"] + r["loss_s1"], rel=1e-5)
+    losses = _losses(run)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    # band statistics measured on the data are kept with the run
+    stats = load_checkpoint(run)[1]["recipe"]["data"]["band_stats"]
+    assert set(stats) == {"s2", "s1"} and set(stats["s1"]) == {"VV", "VH"}
+    assert -25 < stats["s1"]["VV"]["mean"] < 0  # backscatter in dB
+    with Image.open(run / "reconstructions" / "step_00000030.png") as image:
+        assert image.format == "PNG"

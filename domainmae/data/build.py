@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
 from .fields import Field, FieldCrops
 from .geo import SceneWindows
-from .loader import SeededItems, StepBatchSampler, collate_samples, sample_seed
+from .loader import SeededItems, StepBatchSampler, TransformedItems, collate_samples, sample_seed
 from .raster import find_scenes
 from .stats import band_statistics
 from .tiff import load_data_fields, pattern_fields, stack_fields
@@ -28,6 +28,7 @@ from .zarr import zarr_fields
 MICROSCOPY_FORMATS = ("manifest", "pattern", "stack", "zarr", "ome-zarr")
 SENTINEL_FORMATS = ("bigearthnet", "scene")
 STATS_SAMPLES = 64  # windows measured when a recipe has no band statistics yet
+STATS_STREAM = 2**32 - 1  # the "epoch" of the statistics windows' seeds: one no training run reaches
 
 
 @dataclass
@@ -118,7 +119,7 @@ def _measure_stats(windows: SceneWindows, sensors: Sequence[str], seed: int) -> 
     """Per-band mean/std over a fixed sample of random windows (valid pixels only)."""
     items = SeededItems(windows)
     picks = range(min(len(windows), max(1, STATS_SAMPLES // windows.readers[0].windows_per_read)))
-    samples = [s for i in picks for s in items[(i, sample_seed(seed, -1, i))]]
+    samples = [s for i in picks for s in items[(i, sample_seed(seed, STATS_STREAM, i))]]
     single = len(sensors) == 1
     return {s: band_statistics([x[s] for x in samples] if not single else samples).as_dict() for s in sensors}
 
@@ -129,9 +130,9 @@ def build_training_data(section: Any, seed: int = 0) -> TrainingData:
     if section.kind == "microscopy":
         if not section.channels:
             raise ValueError("data.channels must list the channels the model is trained on")
-        crops = FieldCrops(microscopy_fields(section), section.crop_size, crops_per_field=k,
-                           transform=_compose([_normalizer(section, None), _augment(section)]), on_error=section.on_error)  # fmt: skip
-        return TrainingData(SeededItems(crops), k, channels=list(section.channels))
+        crops = FieldCrops(microscopy_fields(section), section.crop_size, crops_per_field=k, on_error=section.on_error)
+        items = TransformedItems(crops, _compose([_normalizer(section, None), _augment(section)]))
+        return TrainingData(SeededItems(items), k, channels=list(section.channels))
     scenes = sentinel_scenes(section)
     sensors = {name: list(bands) for name, bands in section.sensors.items()}
     windows = SceneWindows(scenes, section.crop_size, windows_per_read=k, min_valid=section.min_valid_fraction,
@@ -139,8 +140,8 @@ def build_training_data(section: Any, seed: int = 0) -> TrainingData:
     stats = section.band_stats
     if section.normalize == "stats" and not stats:
         stats = _measure_stats(windows, list(sensors), seed)
-    windows.transform = _compose([_normalizer(section, stats), _augment(section)])
-    return TrainingData(SeededItems(windows), k, sensors=sensors, band_stats=stats)
+    items = TransformedItems(windows, _compose([_normalizer(section, stats), _augment(section)]))
+    return TrainingData(SeededItems(items), k, sensors=sensors, band_stats=stats)
 
 
 def training_loader(data: TrainingData, recipe: Any, info: Any, *, start_step: int, total_steps: int, micro: int) -> DataLoader:

@@ -122,17 +122,19 @@ def valid_fraction(sample: Mapping[str, Any]) -> float:
     if is_multisensor(sample):
         return min(valid_fraction(s) for name, s in sample.items() if name != "meta")
     valid = sample.get("valid")
-    return 1.0 if valid is None else float(valid.float().mean())
+    # numpy, not torch: a tiny torch op can wake torch's thread pool, which then competes with GDAL.
+    return 1.0 if valid is None else np.count_nonzero(np.asarray(valid)) / valid.numel()
 
 
 class RasterWindowReader:
     """Cuts Sample windows of ``size`` px from one scene.
 
-    Random windows are tile-aware: each read fetches one region aligned to the scene's internal
-    tiles and cuts ``windows_per_read`` windows from it, with positions still uniform over the
-    scene (:func:`~domainmae.data.samplers.tile_aligned_windows`). Windows whose valid fraction is
-    below ``min_valid`` are redrawn from a fresh region; after ``max_redraws`` rejections in a row
-    :class:`NoValidWindowError` names the scene. ``regions_read`` counts reads, for benchmarks.
+    Random windows are tile-aware: ``windows_per_read`` windows share the tiles of one cell of the
+    scene's internal tiling, and one read of their span serves them all, with positions still
+    uniform over the scene (:func:`~domainmae.data.samplers.tile_aligned_windows`). Windows whose
+    valid fraction is below ``min_valid`` are redrawn from a fresh read; after ``max_redraws``
+    rejections in a row :class:`NoValidWindowError` names the scene. ``regions_read`` counts
+    reads, for benchmarks.
     """
 
     def __init__(
@@ -166,7 +168,7 @@ class RasterWindowReader:
             pixels = self._read(span(windows))  # one window: exactly a plain windowed read
             for window in windows:
                 sample = pixels.crop(window)
-                fraction = valid_fraction(sample)
+                fraction = valid_fraction(sample) if self.min_valid > 0 else 1.0
                 if fraction < self.min_valid:
                     rejected += 1
                     if rejected > self.max_redraws:
@@ -194,14 +196,15 @@ class RasterWindowReader:
 class SceneWindows(torch.utils.data.Dataset):
     """Windows of georeferenced scenes; item ``i`` is a list of Samples cut from one read.
 
-    ``sampling="random"``: scene ``i // reads_per_scene`` reads one tile-aligned region and cuts
-    ``windows_per_read`` windows (positions uniform over the scene, redrawn below ``min_valid``);
+    ``sampling="random"``: scene ``i // reads_per_scene`` gives ``windows_per_read`` tile-aware
+    windows from one read (positions uniform over the scene, redrawn below ``min_valid``);
     ``reads_per_scene`` items per scene make an epoch. ``sampling="grid"``: item ``i`` is the
     ``i``-th window of the row-major tiling of all scenes (export); the index is built from the
     scenes' grids on first use. Items are lists, as for
     :class:`~domainmae.data.fields.FieldCrops`; random positions draw from torch's RNG, which
     :class:`~domainmae.data.loader.SeededItems` seeds per item. A scene whose files are missing
-    or unreadable raises, or with ``on_error="skip"`` is logged, counted and yields no windows.
+    or unreadable raises, or with ``on_error="skip"`` is logged, counted and yields no windows;
+    a scene without enough valid windows (:class:`NoValidWindowError`) or CRS always raises.
     """
 
     def __init__(

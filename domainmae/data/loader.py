@@ -53,6 +53,20 @@ class SeededItems(Dataset):
         return self.dataset[index]
 
 
+class TransformedItems(Dataset):
+    """Applies a Sample transform to every sample of an item (a Sample or a list of crops)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[dict], dict]) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.dataset[index]
+        return [self.transform(s) for s in item] if isinstance(item, list) else self.transform(item)
+
+
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields this process's micro-batches of item keys, optimiser step by step.
 

@@ -67,7 +67,13 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, info: DistInfo, resume: bool, quiet: bool) -> None:
         t = recipe.train
         self.recipe, self.run_dir, self.info, self.quiet = recipe, run_dir, info, quiet
-        self.data = build_training_data(recipe.data)
+        self.data = build_training_data(recipe.data, seed=t.seed)
+        if self.data.band_stats and not recipe.data.band_stats:
+            # Measured on this run's data: keep them with the run so reconstruct/embed normalise alike.
+            data = recipe.data.model_copy(update={"band_stats": self.data.band_stats})
+            self.recipe = recipe = recipe.model_copy(update={"data": data})
+            if info.is_main:
+                save_recipe(recipe, run_dir / "config.yaml")
         self.model = _model_for(recipe, self.data).to(info.device)
         k = self.data.crops_per_item
         micro_rows = t.micro_batch or t.batch_size // info.world
