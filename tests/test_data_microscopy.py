@@ -17,7 +17,14 @@ from PIL import Image
 from zarr.storage import LocalStore
 
 from domainmae.data import (
-    ErrorPolicy, FieldCrops, FieldError, Window, load_data_fields, pattern_fields, stack_fields, zarr_fields,
+    ErrorPolicy,
+    FieldCrops,
+    FieldError,
+    Window,
+    load_data_fields,
+    pattern_fields,
+    stack_fields,
+    zarr_fields,
 )  # fmt: skip
 from domainmae.data import tiff as tiff_module
 

@@ -1,7 +1,12 @@
 import torch
 
 import domainmae
-from domainmae.models.losses import fourier_l1, masked_mse, normalize_patches, reconstruction_loss
+from domainmae.models.losses import (
+    fourier_l1,
+    masked_mse,
+    normalize_patches,
+    reconstruction_loss,
+)
 from domainmae.models.patches import patchify_channels
 
 from .conftest import TINY
@@ -18,7 +23,7 @@ def test_invalid_pixels_do_not_change_the_loss_and_empty_tokens_drop_out():
     noisy[~valid] += 1000.0
     torch.testing.assert_close(masked_mse(pred, noisy, mask, valid), loss)
 
-    per_token, count = [], 0
+    per_token = []
     for b in range(2):
         for i in range(6):
             if mask[b, i] and valid[b, i].any():

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from domainmae.models.masking import STRATEGIES, masking_from_scores, num_keep, sample_masking
+from domainmae.models.masking import (
+    STRATEGIES,
+    masking_from_scores,
+    num_keep,
+    sample_masking,
+)
 
 GRID = (8, 8)
 

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from domainmae.models.patches import patchify, patchify_channels, unpatchify, unpatchify_channels
+from domainmae.models.patches import (
+    patchify,
+    patchify_channels,
+    unpatchify,
+    unpatchify_channels,
+)
 from domainmae.models.posembed import sincos_2d
 
 from .reference import loop_patchify, numpy_reference_pos_embed

@@ -6,7 +6,12 @@ import torch
 
 import domainmae
 from domainmae.data.loader import StepBatchSampler, collate_samples
-from domainmae.train.checkpoint import LAST, load_checkpoint, prune_checkpoints, save_checkpoint
+from domainmae.train.checkpoint import (
+    LAST,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from domainmae.train.optim import param_groups, scaled_lr, warmup_cosine
 
 from .conftest import TINY

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from domainmae.data.transforms import (
-    Augment, BandStandardize, PercentileClip, SelfStandardize, percentile_clip, self_standardize,
+    Augment,
+    BandStandardize,
+    PercentileClip,
+    SelfStandardize,
+    percentile_clip,
+    self_standardize,
 )  # fmt: skip
 
 

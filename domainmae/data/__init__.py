@@ -8,8 +8,14 @@ __all__ = ["Sample", "Window", "grid_windows", "is_multisensor", "random_windows
 from .fields import ErrorPolicy, Field, FieldCrops, FieldError, resolve_channels
 from .tiff import ChannelFilesField, TiffStackField, load_data_fields, pattern_fields, stack_fields
 from .transforms import (
-    Augment, BandStandardize, PercentileClip, SelfStandardize, as_float_tensor, percentile_clip, self_standardize,
-)  # fmt: skip
+    Augment,
+    BandStandardize,
+    PercentileClip,
+    SelfStandardize,
+    as_float_tensor,
+    percentile_clip,
+    self_standardize,
+)
 from .zarr import ZarrField, zarr_fields
 
 __all__ += [
@@ -19,7 +25,14 @@ __all__ += [
 ]  # fmt: skip
 
 # Earth observation: raster scenes (rasterio), S1+S2 pairs, BigEarthNet, xarray/Zarr cubes, band statistics.
-from .bigearthnet import BEN19_LABELS, CLC43_LABELS, PatchMetadata, bigearthnet_pairs, bigearthnet_scenes, read_patch_metadata
+from .bigearthnet import (
+    BEN19_LABELS,
+    CLC43_LABELS,
+    PatchMetadata,
+    bigearthnet_pairs,
+    bigearthnet_scenes,
+    read_patch_metadata,
+)
 from .cube import CubeScene, cube_grid, open_cube
 from .geo import Grid, MissingCRSError, NoValidWindowError, RasterReadError, RasterWindowReader, Region, SceneWindows
 from .multisensor import MultiSensorScene, pair_scenes

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any, Literal
 
@@ -165,8 +165,9 @@ class FieldCrops(Dataset):
     ``tiling="grid"`` gives deterministic tiles ``stride`` apart that cover every pixel (export). A visit
     reads the region spanning its crops once: one crop is a windowed read, many crops cost one read
     instead of many. Items are lists, so a loader's collate should concatenate them (``batch_size``
-    then counts fields). ``transform`` is applied to each crop. Random positions come from torch's RNG, so
-    ``torch.manual_seed`` and the DataLoader's per-worker seeding make them reproducible.
+    then counts fields); normalisation and augmentation wrap the dataset
+    (:class:`~domainmae.data.loader.TransformedItems`). Random positions come from torch's RNG, so
+    :class:`~domainmae.data.loader.SeededItems` makes every item a pure function of its key.
 
     A field whose files are missing or unreadable raises, or with ``on_error="skip"`` is logged, counted
     and yields no crops. A field smaller than ``size`` always raises, naming the field.
@@ -179,7 +180,6 @@ class FieldCrops(Dataset):
         tiling: Literal["random", "grid"] = "random",
         crops_per_field: int = 1,
         stride: int | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
         on_error: OnError | ErrorPolicy = "raise",
     ) -> None:
         if tiling not in ("random", "grid"):
@@ -191,7 +191,6 @@ class FieldCrops(Dataset):
         self.tiling = tiling
         self.crops_per_field = crops_per_field
         self.stride = stride
-        self.transform = transform
         self.policy = as_policy(on_error)
 
     def __len__(self) -> int:
@@ -215,5 +214,4 @@ class FieldCrops(Dataset):
         except OSError as err:
             self.policy.handle(err)
             return []
-        crops = [field.crop(pixels, region, window) for window in windows]
-        return [self.transform(crop) for crop in crops] if self.transform else crops
+        return [field.crop(pixels, region, window) for window in windows]

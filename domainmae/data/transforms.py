@@ -31,6 +31,23 @@ def _valid_mask(image: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor
     return torch.as_tensor(valid, dtype=torch.bool).expand_as(image)
 
 
+def _per_channel(
+    image: np.ndarray | torch.Tensor,
+    valid: torch.Tensor | None,
+    fit: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]],
+) -> torch.Tensor:
+    """``[C, H, W]`` -> each channel mapped by ``fit(its valid pixel values)``; invalid pixels, and
+    channels without any valid pixel, become 0."""
+    x = as_float_tensor(image)
+    mask = _valid_mask(x, valid)
+    out = torch.zeros_like(x)
+    for c in range(x.shape[0]):
+        values = x[c][mask[c]]
+        if values.numel():
+            out[c] = torch.where(mask[c], fit(values)(x[c]), 0.0)
+    return out
+
+
 def self_standardize(image: np.ndarray | torch.Tensor, valid: torch.Tensor | None = None,
                      eps: float = 1e-6) -> torch.Tensor:
     """Per-channel zero mean and unit variance over the image's own valid pixels: ``[C, H, W]``.
@@ -38,15 +55,12 @@ def self_standardize(image: np.ndarray | torch.Tensor, valid: torch.Tensor | Non
     A constant channel (std below ``eps``) becomes all zeros instead of NaN/inf; invalid pixels are set to
     0 (the mean) so nodata does not reach the model as extreme values.
     """
-    x = as_float_tensor(image)
-    mask = _valid_mask(x, valid)
-    out = torch.zeros_like(x)
-    for c in range(x.shape[0]):
-        values = x[c][mask[c]]
-        if values.numel():
-            std, mean = torch.std_mean(values, correction=0)
-            out[c] = torch.where(mask[c], (x[c] - mean) / std.clamp_min(eps), 0.0)
-    return out
+
+    def fit(values: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        std, mean = torch.std_mean(values, correction=0)
+        return lambda channel: (channel - mean) / std.clamp_min(eps)
+
+    return _per_channel(image, valid, fit)
 
 
 def percentile_clip(image: np.ndarray | torch.Tensor, low: float = 1.0, high: float = 99.0,
@@ -58,17 +72,13 @@ def percentile_clip(image: np.ndarray | torch.Tensor, low: float = 1.0, high: fl
     """
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
-    x = as_float_tensor(image)
-    mask = _valid_mask(x, valid)
-    out = torch.zeros_like(x)
-    for c in range(x.shape[0]):
-        values = x[c][mask[c]]
-        if values.numel():
-            # numpy: torch.quantile refuses inputs over 2**24 elements (one 4096x4096 channel).
-            lo, hi = (float(v) for v in np.percentile(values.numpy(), [low, high]))
-            scaled = ((x[c] - lo) / max(hi - lo, eps)).clamp(0.0, 1.0)
-            out[c] = torch.where(mask[c], scaled, 0.0)
-    return out
+
+    def fit(values: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        # numpy: torch.quantile refuses inputs over 2**24 elements (one 4096x4096 channel).
+        lo, hi = (float(v) for v in np.percentile(values.numpy(), [low, high]))
+        return lambda channel: ((channel - lo) / max(hi - lo, eps)).clamp(0.0, 1.0)
+
+    return _per_channel(image, valid, fit)
 
 
 def _parts(sample: dict) -> list[str | None]:

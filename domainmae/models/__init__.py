@@ -1,6 +1,12 @@
 """The MAE family: embedders, masking, encoder/decoder, losses, factory, weight adaptation."""
 from .adapt import AdaptReport, load_pretrained, read_state_dict
-from .embed import ChannelEmbedding, ChannelPatchEmbed, ChannelSpec, StackedPatchEmbed, channel_specs
+from .embed import (
+    ChannelEmbedding,
+    ChannelPatchEmbed,
+    ChannelSpec,
+    StackedPatchEmbed,
+    channel_specs,
+)
 from .factory import MODEL_SIZES, MAEConfig, create_model, model_config
 from .mae import MAEOutput, MaskedAutoencoder
 from .masking import STRATEGIES, Masking, masking_from_scores, sample_masking

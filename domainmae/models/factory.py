@@ -82,6 +82,13 @@ class MAEConfig:
         return out
 
 
+# Config fields passed to MaskedAutoencoder as they are (token kinds go through sensor_specs()).
+_MODEL_ARGS = (
+    "img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
+    "decoder_num_heads", "mlp_ratio", "norm_pix_loss", "mask_ratio", "mask_strategy", "fourier_weight",
+)  # fmt: skip
+
+
 def _with_overrides(config: MAEConfig, overrides: Mapping[str, Any]) -> MAEConfig:
     names = [f.name for f in fields(MAEConfig)]
     for key in overrides:
@@ -115,21 +122,6 @@ def create_model(name_or_config: str | MAEConfig | Mapping[str, Any], **override
     overridden (``patch_size``, ``img_size``, ``embed_dim``, ``mask_strategy`` ...).
     """
     config = model_config(name_or_config, **overrides)
-    model = MaskedAutoencoder(
-        sensors=config.sensor_specs(),
-        img_size=config.img_size,
-        patch_size=config.patch_size,
-        embed_dim=config.embed_dim,
-        depth=config.depth,
-        num_heads=config.num_heads,
-        decoder_embed_dim=config.decoder_embed_dim,
-        decoder_depth=config.decoder_depth,
-        decoder_num_heads=config.decoder_num_heads,
-        mlp_ratio=config.mlp_ratio,
-        norm_pix_loss=config.norm_pix_loss,
-        mask_ratio=config.mask_ratio,
-        mask_strategy=config.mask_strategy,
-        fourier_weight=config.fourier_weight,
-    )
+    model = MaskedAutoencoder(sensors=config.sensor_specs(), **{k: getattr(config, k) for k in _MODEL_ARGS})
     model.config = config
     return model

@@ -21,12 +21,19 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .embed import ChannelEmbedding, ChannelLike, ChannelPatchEmbed, StackedPatchEmbed, channel_specs
+from .embed import (
+    ChannelEmbedding,
+    ChannelLike,
+    ChannelPatchEmbed,
+    StackedPatchEmbed,
+    channel_specs,
+)
 from .inputs import SensorInput, sensor_inputs
 from .losses import reconstruction_loss
 from .masking import Masking, masking_from_scores, num_keep, sample_masking
 from .patches import grid_size, patchify, patchify_channels
 from .posembed import sincos_2d
+
 
 @dataclass
 class MAEOutput:

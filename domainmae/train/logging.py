@@ -21,7 +21,9 @@ class MetricsLog:
         self._file = path.open("a")
         self._tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # optional: needs the tensorboard package
+            )
 
             self._tb = SummaryWriter(str(path.parent / "tensorboard"))
 
