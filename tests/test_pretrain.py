@@ -130,3 +130,28 @@ def test_sentinel_demo_runs_end_to_end_with_per_sensor_losses(tmp_path):
     assert -25 < stats["s1"]["VV"]["mean"] < 0  # backscatter in dB
     with Image.open(run / "reconstructions" / "step_00000030.png") as image:
         assert image.format == "PNG"
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    accum = pretrain("cellpainting", output=tmp_path / "accum", max_steps=6, quiet=True,
+                     overrides=[*QUICK, "train.micro_batch=4", "data.crops_per_read=4"])  # fmt: skip
+    plain = pretrain("cellpainting", output=tmp_path / "plain", max_steps=6, quiet=True,
+                     overrides=[*QUICK, "data.crops_per_read=4"])  # fmt: skip
+    assert len(_losses(accum)) == 6
+    assert max(abs(x - y) for x, y in zip(_losses(accum), _losses(plain))) < 1e-5
+
+
+def test_ctrl_c_writes_a_checkpoint_before_exiting(tmp_path, monkeypatch):
+    from domainmae.train.loop import Trainer
+
+    real = Trainer.train_step
+
+    def interrupted(self, batches):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return real(self, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain("cellpainting", output=tmp_path / "run", max_steps=30, overrides=QUICK, quiet=True)
+    assert load_checkpoint(tmp_path / "run")[1]["step"] == 4
