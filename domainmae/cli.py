@@ -9,9 +9,7 @@ from collections.abc import Sequence
 from . import __version__
 
 # Commands whose engine has not landed yet: they say so and fail instead of pretending.
-PLANNED = {
-    "embed": "export embeddings of a dataset with a trained checkpoint",
-}
+PLANNED: dict[str, str] = {}
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -53,6 +51,55 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from .data.inspect import inspect_path, render_report
+
+    data = None
+    if args.recipe:
+        from .recipes import load_recipe
+
+        data = load_recipe(args.recipe, overrides=args.set).data
+    elif args.set:
+        raise ValueError("--set overrides a recipe's data section; pass --recipe too")
+    print(render_report(inspect_path(args.path, data, samples=args.samples, max_side=args.max_side)))
+    return 0
+
+
+def _split(text: str | None) -> list[str] | None:
+    return text.split(",") if text else None
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .export import embed
+
+    path = embed(
+        args.checkpoint, output=args.output, data=args.data, pool=args.pool, level=args.level, format=args.format,
+        batch_size=args.batch_size, device=args.device, channels=_split(args.channels), stride=args.stride,
+        crs=args.crs, overrides=args.set, overwrite=args.overwrite, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"wrote {path}")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .export import profile
+
+    path = profile(args.input, args.output, level=args.level, strata=_split(args.strata), method=args.method,
+                   normalization=args.normalize, controls=args.controls, batch=args.batch,
+                   overwrite=args.overwrite)  # fmt: skip
+    print(f"wrote {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .export.evaluate import evaluate, format_table
+
+    result = evaluate(args.file, args.label, split=args.split, methods=_split(args.method), test_size=args.test_size,
+                      k=args.k, seed=args.seed, output=args.output)  # fmt: skip
+    print(format_table(result))
+    return 0
+
+
 def _planned(command: str):
     def run(args: argparse.Namespace) -> int:
         print(f"domainmae {command}: not available yet in {__version__} ({PLANNED[command]}).", file=sys.stderr)
@@ -90,6 +137,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="reconstruction.png")
     p.set_defaults(func=_reconstruct)
+
+    p = sub.add_parser("inspect", help="show what a reader sees at a path: layout, channels, shape, CRS, values")
+    p.add_argument("path", help="a manifest, TIFF, GeoTIFF, Zarr store or folder")
+    p.add_argument("--recipe", help="read the path with this recipe's data section, as training does")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    p.add_argument("--samples", type=int, default=8, help="fields/scenes opened to measure shapes and values")
+    p.add_argument("--max-side", type=int, default=1024, help="largest window (px) read per sampled field/scene")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("embed", help="export embeddings of a run's data (or --data) with its checkpoint")
+    p.add_argument("--checkpoint", required=True, help="run directory or .ckpt file")
+    p.add_argument("--output", required=True, help=".parquet or .h5ad (microscopy), .parquet or .tif/folder (EO)")
+    p.add_argument("--data", help="dataset path (default: the run's own data)")
+    p.add_argument("--format", choices=["parquet", "h5ad", "geoparquet", "geotiff"], help="default: from the suffix")
+    p.add_argument("--pool", choices=["mean", "cls"], default="mean")
+    p.add_argument("--level", choices=["tile", "image", "well"], default="tile", help="one row per tile/image/well")
+    p.add_argument("--channels", help="comma-separated subset of the model's channels to embed")
+    p.add_argument("--stride", type=int, help="tiling stride in px (default: crop size; rasters: half of it)")
+    p.add_argument("--crs", help="GeoParquet: reproject footprints, e.g. EPSG:4326")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_embed)
+
+    p = sub.add_parser("profile", help="aggregate and/or normalise an embeddings file against controls")
+    p.add_argument("input", help="embeddings .parquet or .h5ad")
+    p.add_argument("--output", required=True, help=".parquet or .h5ad")
+    p.add_argument("--level", choices=["image", "well"], help="aggregate per image (field) or per plate+well")
+    p.add_argument("--strata", help="comma-separated columns to aggregate by (instead of --level)")
+    p.add_argument("--method", choices=["mean", "median"], default="mean")
+    p.add_argument("--normalize", choices=["center_scale", "tvn"])
+    p.add_argument("--controls", help="rows to normalise against, e.g. \"Metadata_pert_type == 'negcon'\"")
+    p.add_argument("--batch", help="column whose groups are normalised separately (plate, batch)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_profile)
+
+    p = sub.add_parser("evaluate", help="linear probe and k-NN of an embeddings file against a label column")
+    p.add_argument("file", help="embeddings .parquet (GeoParquet too) or .h5ad")
+    p.add_argument("--label", required=True, help="label column (list-valued: multi-label)")
+    p.add_argument("--split", default="random", help="'random' or a group column kept apart (plate, scene_id)")
+    p.add_argument("--method", default="linear,knn", help="comma-separated: linear, knn")
+    p.add_argument("--test-size", type=float, default=0.25)
+    p.add_argument("--k", type=int, default=5, help="neighbours for k-NN")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="also write the result as JSON here")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("recipes", help="list the built-in recipes")
     p.set_defaults(func=_recipes)

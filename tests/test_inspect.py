@@ -8,11 +8,10 @@ import pytest
 import rasterio
 import tifffile
 import zarr
-from rasterio.crs import CRS
 from affine import Affine
+from rasterio.crs import CRS
 
 from domainmae.cli import main
-from domainmae.data import RasterScene
 from domainmae.data.bigearthnet import SENTINEL1_BANDS, SENTINEL2_BANDS
 from domainmae.data.inspect import Report, inspect_path, render_report
 from domainmae.recipes import load_recipe
