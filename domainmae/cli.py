@@ -8,9 +8,6 @@ from collections.abc import Sequence
 
 from . import __version__
 
-# Commands whose engine has not landed yet: they say so and fail instead of pretending.
-PLANNED: dict[str, str] = {}
-
 
 def _models(args: argparse.Namespace) -> int:
     from .models import MODEL_SIZES, model_config
@@ -100,14 +97,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _planned(command: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"domainmae {command}: not available yet in {__version__} ({PLANNED[command]}).", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="domainmae", description="Masked Autoencoders for microscopy and Earth-observation images."
@@ -190,17 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_recipes)
     p = sub.add_parser("models", help="list the named model sizes")
     p.set_defaults(func=_models)
-    for command, text in PLANNED.items():
-        p = sub.add_parser(command, help=f"{text} [not available yet]")
-        p.set_defaults(func=_planned(command))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in PLANNED:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0

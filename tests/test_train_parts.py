@@ -103,3 +103,14 @@ def test_collate_refuses_mixed_channel_sets():
     assert batch["images"].shape == (3, 2, 4, 4) and batch["valid"] is None
     with pytest.raises(ValueError, match=r"different channels \('DNA', 'RNA'\) and \('DNA', 'ER'\)"):
         collate_samples([a, b])
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+
+    from domainmae.atomic import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask

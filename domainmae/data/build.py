@@ -113,7 +113,8 @@ def _augment(section: Any) -> Augment:
                    crop_scale=a.resized_crop_scale or (0.2, 1.0))  # fmt: skip
 
 
-def _normalizer(section: Any, stats: dict | None) -> Callable[[dict], dict]:
+def normalizer(section: Any, stats: dict | None) -> Callable[[dict], dict]:
+    """The normalisation a data section asks for; training and export must use the same one."""
     if section.normalize == "standardize":
         return SelfStandardize()
     if section.normalize == "percentile":
@@ -137,7 +138,7 @@ def build_training_data(section: Any, seed: int = 0) -> TrainingData:
         if not section.channels:
             raise ValueError("data.channels must list the channels the model is trained on")
         crops = FieldCrops(microscopy_fields(section), section.crop_size, crops_per_field=k, on_error=section.on_error)
-        items = TransformedItems(crops, _compose([_normalizer(section, None), _augment(section)]))
+        items = TransformedItems(crops, _compose([normalizer(section, None), _augment(section)]))
         return TrainingData(SeededItems(items), k, channels=list(section.channels))
     scenes = sentinel_scenes(section)
     sensors = {name: list(bands) for name, bands in section.sensors.items()}
@@ -146,7 +147,7 @@ def build_training_data(section: Any, seed: int = 0) -> TrainingData:
     stats = section.band_stats
     if section.normalize == "stats" and not stats:
         stats = _measure_stats(windows, list(sensors), seed)
-    items = TransformedItems(windows, _compose([_normalizer(section, stats), _augment(section)]))
+    items = TransformedItems(windows, _compose([normalizer(section, stats), _augment(section)]))
     return TrainingData(SeededItems(items), k, sensors=sensors, band_stats=stats)
 
 

@@ -1,0 +1,7 @@
+"""Embedding export and downstream analysis: ``embed``, ``profile``, ``evaluate``."""
+from .embed import embed
+from .evaluate import evaluate
+from .profile import aggregate, normalize, profile
+from .tables import read_embeddings
+
+__all__ = ["aggregate", "embed", "evaluate", "normalize", "profile", "read_embeddings"]

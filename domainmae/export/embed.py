@@ -1,0 +1,283 @@
+"""``embed()``: a trained encoder over every field or scene, streamed into an embeddings file.
+
+The data are tiled deterministically (grid windows, no masking, no augmentation) and normalised
+exactly as in training (the run's recipe and band statistics). Samples are batched across fields,
+embedded under ``torch.inference_mode`` (bf16 autocast on CUDA only) and handed to a writer batch by
+batch, so memory holds one batch and one field's tiles, not the dataset. Every writer writes to a
+temporary name beside the output and renames it at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .. import __version__
+from ..data.build import microscopy_fields, normalizer, sentinel_scenes
+from ..data.fields import FieldCrops
+from ..data.geo import SceneWindows
+from ..data.loader import TransformedItems, collate_samples
+from ..models import MaskedAutoencoder
+from ..recipes import Recipe, resolve_recipe
+from ..train.checkpoint import checkpoint_file, load_checkpoint
+from ..train.distributed import resolve_device
+
+Level = Literal["tile", "image", "well"]
+#: Output formats by data kind; the first one is what ``.parquet`` means for that kind.
+FORMATS = {"microscopy": ("parquet", "h5ad"), "sentinel": ("geoparquet", "geotiff")}
+SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad", ".tif": "geotiff", ".tiff": "geotiff"}
+
+
+@dataclass
+class Export:
+    """What writers need to know about one export run."""
+
+    model: MaskedAutoencoder
+    recipe: Recipe
+    channels: dict[str, list[str]]  # {sensor: channel names given to the model}
+    device: torch.device
+    batch_size: int
+    provenance: dict[str, Any]
+    progress: bool = True
+
+    def forward(self, samples: Sequence[dict[str, Any]], pool: str | None) -> np.ndarray:
+        """Samples -> pooled embeddings ``[B, D]`` (``pool`` "mean"/"cls") or per-patch ``[B, h, w, D]`` (None)."""
+        images, channels = select_channels(collate_samples(samples), self.channels, self.model)
+        images = {k: v.to(self.device, non_blocking=True) for k, v in images.items()}
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            if pool is None:
+                out = self.model.embed_patches(images, channels)
+            else:
+                out = self.model.embed(images, channels, pool=pool)
+        return out.float().cpu().numpy()
+
+
+def resolve_format(output: Path, format: str | None, kind: str) -> str:  # noqa: A002 - the CLI's word
+    """The output format: ``format`` if given, else from the suffix; checked against the data kind."""
+    allowed = FORMATS[kind]
+    if format is None:
+        if output.suffix.lower() not in SUFFIXES:
+            raise ValueError(f"cannot tell the format of {output} from its suffix; pass format= one of {allowed}")
+        format = SUFFIXES[output.suffix.lower()]
+        format = allowed[0] if format == "parquet" else format
+    if format not in allowed:
+        raise ValueError(f"format {format!r} does not fit {kind} data ({output}); choose one of {', '.join(allowed)}")
+    return format
+
+
+def model_channels(model: MaskedAutoencoder) -> dict[str, list[str] | None]:
+    """``{sensor: channel names}`` the model knows (None for a stacked sensor, which has no names)."""
+    return {s: None if isinstance(spec, int) else [c.name for c in spec] for s, spec in model.sensors.items()}
+
+
+def select_channel_names(
+    model: MaskedAutoencoder, data_channels: Mapping[str, Sequence[str]], wanted: Sequence[str] | None
+) -> dict[str, list[str]]:
+    """``{sensor: names}`` to embed: ``wanted`` (any subset the model knows), else all the data's channels."""
+    known = model_channels(model)
+    missing = sorted(set(data_channels) - set(known))
+    if missing:
+        raise ValueError(f"the data has sensor(s) {missing} that the model does not know; it has {list(known)}")
+    if wanted is None:
+        return {s: list(names) for s, names in data_channels.items()}
+    chosen: dict[str, list[str]] = {}
+    for name in wanted:
+        owners = [s for s, names in known.items() if names is not None and name in names]
+        if not owners:
+            stacked = [s for s, names in known.items() if names is None]
+            hint = f"; sensor(s) {stacked} stack channels and cannot take a subset" if stacked else ""
+            raise ValueError(f"channel {name!r} is not known to the model; it knows {known}{hint}")
+        if len(owners) > 1:
+            raise ValueError(f"channel {name!r} is ambiguous: sensors {owners} all have it")
+        if name not in data_channels.get(owners[0], ()):
+            raise ValueError(f"channel {name!r} of sensor {owners[0]!r} is not in the data: {dict(data_channels)}")
+        chosen.setdefault(owners[0], []).append(name)
+    return chosen
+
+
+def select_channels(
+    batch: dict[str, Any], chosen: Mapping[str, Sequence[str]], model: MaskedAutoencoder
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, ...] | None]]:
+    """A collated batch -> ``({sensor: [B, C', H, W]}, {sensor: names})`` with only the chosen channels."""
+    images, names = batch["images"], batch["channels"]
+    if not isinstance(images, dict):  # a single-sensor batch
+        (sensor,) = model.sensors
+        images, names = {sensor: images}, {sensor: names}
+    known = model_channels(model)
+    out_images, out_names = {}, {}
+    for sensor, wanted in chosen.items():
+        have = list(names[sensor])
+        if known[sensor] is None:  # stacked channels go in as they are, in the data's order
+            out_images[sensor], out_names[sensor] = images[sensor], None
+            continue
+        missing = [c for c in wanted if c not in have]
+        if missing:
+            raise ValueError(f"channels {missing} of sensor {sensor!r} are missing from the data's {have}")
+        out_images[sensor] = images[sensor][:, [have.index(c) for c in wanted]]
+        out_names[sensor] = tuple(wanted)
+    return out_images, out_names
+
+
+def recipe_channels(recipe: Recipe, model: MaskedAutoencoder) -> dict[str, list[str]]:
+    """``{sensor: channels}`` the recipe's readers produce."""
+    section = recipe.data
+    if section.kind == "microscopy":
+        (sensor,) = model.sensors
+        return {sensor: list(section.channels or [])}
+    return {s: [b["name"] if isinstance(b, dict) else b for b in bands] for s, bands in (section.sensors or {}).items()}
+
+
+def export_items(recipe: Recipe, stride: int | None) -> Dataset:
+    """Items (lists of normalised samples) in a fixed order: every grid tile of every field/scene."""
+    section = recipe.data
+    if section.normalize == "stats" and not section.band_stats:
+        raise ValueError(f"recipe {recipe.name!r} has no data.band_stats; the run should have stored them")
+    normalize = normalizer(section, section.band_stats)
+    if section.kind == "microscopy":
+        tiles = FieldCrops(microscopy_fields(section), section.crop_size, tiling="grid", stride=stride,
+                           on_error=section.on_error)  # fmt: skip
+    else:
+        tiles = SceneWindows(sentinel_scenes(section), section.crop_size, sampling="grid", stride=stride,
+                             on_error=section.on_error)  # fmt: skip
+    return TransformedItems(tiles, normalize)
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def sample_batches(export: Export, items: Dataset, unit: str) -> Iterator[list[dict[str, Any]]]:
+    """Samples of all items, in order, in batches of ``export.batch_size`` (the last one shorter).
+
+    Reading runs in the recipe's DataLoader workers; only one batch plus one item is held here.
+    """
+    workers = export.recipe.data.num_workers
+    loader = DataLoader(items, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
+                        prefetch_factor=2 if workers else None)  # fmt: skip
+    pending: list[dict[str, Any]] = []
+    with tqdm(total=len(items), unit=unit, disable=not export.progress, dynamic_ncols=True) as bar:
+        for item in loader:
+            pending.extend(item)
+            bar.update()
+            while len(pending) >= export.batch_size:
+                yield pending[: export.batch_size]
+                pending = pending[export.batch_size :]
+    if pending:
+        yield pending
+
+
+def row_meta(sample: dict[str, Any]) -> dict[str, Any]:
+    """A sample's metadata; for a multi-sensor sample, the first (reference) sensor's, then the shared one."""
+    if "image" in sample:
+        return sample["meta"]
+    first = next(k for k in sample if k != "meta")
+    return {**sample[first].get("meta", {}), **sample["meta"]}
+
+
+def embedding_stream(export: Export, items: Dataset, pool: str) -> Iterator[tuple[list[dict[str, Any]], np.ndarray]]:
+    """``(metas, embeddings [B, D] float32)`` per batch, in data order."""
+    unit = "field" if export.recipe.data.kind == "microscopy" else "window"
+    for samples in sample_batches(export, items, unit):
+        yield [row_meta(s) for s in samples], export.forward(samples, pool)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_provenance(checkpoint: Path, state: dict[str, Any], recipe: Recipe, **details: Any) -> dict[str, Any]:
+    """What made a file: model config, checkpoint file/hash/step, recipe, and export settings."""
+    return {
+        "domainmae_version": __version__,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "step": state.get("step"),
+        "recipe": recipe.name,
+        "data_path": recipe.data.path,
+        "model_config": state["model_config"],
+        **details,
+    }
+
+
+def embed(
+    checkpoint: str | Path,
+    *,
+    output: str | Path,
+    data: str | Path | None = None,
+    pool: Literal["mean", "cls"] = "mean",
+    level: Level = "tile",
+    format: str | None = None,  # noqa: A002 - the CLI's word
+    batch_size: int = 64,
+    device: str = "auto",
+    channels: Sequence[str] | None = None,
+    stride: int | None = None,
+    crs: str | None = None,
+    overrides: Iterable[str] = (),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Embed every field (microscopy) or scene (EO) of a run's data with its checkpoint; return ``output``.
+
+    Args:
+        checkpoint: run directory or ``.ckpt`` file.
+        output: ``.parquet``/``.h5ad`` (microscopy: one row per tile/image/well, ``Metadata_*`` + ``emb_XXXX``),
+            ``.parquet`` (EO: GeoParquet of window footprints) or ``.tif`` (EO: per-patch embedding
+            raster; a folder of ``<scene>.tif`` when there are several scenes). ``format`` overrides the suffix.
+        data: dataset path (default: the run's own ``data.path``); ``overrides`` are further recipe
+            ``key=value`` settings (e.g. ``data.format=pattern``).
+        pool: ``mean`` of patch tokens or the ``cls`` token (tables; rasters are per patch).
+        level: ``tile`` (one row per window), ``image`` (mean over a field's/scene's tiles) or ``well``
+            (mean over a well's images, by ``Metadata_Plate``/``Metadata_Well``; microscopy).
+        channels: embed only these channels (any subset the model knows); recorded in the file.
+        stride: tiling stride in pixels (default: the crop size for tables, half of it for rasters).
+        crs: GeoParquet only: reproject footprints to this CRS (e.g. ``EPSG:4326``).
+        overwrite: replace an existing ``output`` (otherwise a FileExistsError).
+    """
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if pool not in ("mean", "cls"):
+        raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+    file = checkpoint_file(checkpoint)
+    dev = resolve_device(device)
+    model, state = load_checkpoint(file, dev)
+    recipe = resolve_recipe(state["recipe"], [*([f"data.path={data}"] if data else []), *overrides])
+    kind = recipe.data.kind
+    fmt = resolve_format(output, format, kind)
+    levels = ("tile", "image", "well") if kind == "microscopy" else ("tile", "image")
+    if level not in levels:
+        raise ValueError(f"level {level!r} does not fit {kind} data; choose one of {', '.join(levels)}")
+    if crs is not None and fmt != "geoparquet":
+        raise ValueError(f"crs= reprojects GeoParquet footprints; {fmt} output keeps the source CRS")
+    chosen = select_channel_names(model, recipe_channels(recipe, model), channels)
+    provenance = build_provenance(file, state, recipe, channels=chosen, pool=None if fmt == "geotiff" else pool,
+                                  level="patch" if fmt == "geotiff" else level, crop_size=recipe.data.crop_size,
+                                  stride=stride, format=fmt)  # fmt: skip
+    export = Export(model, recipe, chosen, dev, batch_size, provenance, progress)
+
+    if fmt == "geotiff":
+        from .geo import write_embedding_rasters
+
+        return write_embedding_rasters(export, export_items(recipe, stride), output, stride)
+    items = export_items(recipe, stride)
+    if fmt == "geoparquet":
+        from .geo import write_geoparquet
+
+        return write_geoparquet(export, items, output, pool=pool, level=level, crs=crs)
+    from .tables import write_microscopy
+
+    return write_microscopy(export, items, output, pool=pool, fmt=fmt, level=level)

@@ -1,0 +1,105 @@
+"""EO export: GeoParquet footprints and CRS, per-patch GeoTIFFs that overlay the source, seamless blending."""
+import json
+
+import geopandas as gpd
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+import shapely
+import torch
+from rasterio.transform import from_origin
+
+import domainmae
+from domainmae.export import embed
+from domainmae.recipes import load_recipe, resolve_recipe
+from domainmae.train.checkpoint import save_checkpoint
+
+BANDS = ["B02", "B03", "B04"]
+STATS = {"s2": {b: {"mean": 1000.0 + 100 * i, "std": 500.0} for i, b in enumerate(BANDS)}}
+HEIGHT, WIDTH, WINDOW, PATCH = 64, 96, 32, 8
+TRANSFORM = from_origin(500000.0, 4000000.0, 10.0, 10.0)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> dict:
+    """One smooth 3-band UTM scene (64 x 96 px, one GeoTIFF per band) and a tiny S2 model's checkpoint."""
+    root = tmp_path_factory.mktemp("eo")
+    folder = root / "S2A_MSIL2A_20200601T101031_T33UUP"
+    folder.mkdir()
+    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    pixels = np.stack([1000 + 400 * np.sin(rows / (7 + i) + cols / (11 - i)) for i in range(3)]).astype(np.float32)
+    for band, values in zip(BANDS, pixels):
+        with rasterio.open(folder / f"{band}.tif", "w", driver="GTiff", height=HEIGHT, width=WIDTH, count=1,
+                           dtype="float32", crs="EPSG:32633", transform=TRANSFORM) as dst:  # fmt: skip
+            dst.write(values, 1)
+    torch.manual_seed(0)  # module fixtures run before the per-test seeding
+    model = domainmae.create_model("vit_tiny", sensors={"s2": BANDS}, patch_size=PATCH, img_size=WINDOW, embed_dim=32,
+                                   depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+    recipe = load_recipe("sentinel").model_dump(mode="json")
+    recipe["data"].update(format="scene", path=str(root), sensors={"s2": BANDS}, crop_size=WINDOW, band_stats=STATS,
+                          num_workers=0)  # fmt: skip
+    recipe["model"]["patch_size"] = PATCH
+    ckpt = save_checkpoint(root / "model.ckpt", {"model_config": model.config.to_dict(), "model": model.state_dict(),
+                                                 "step": 2, "recipe": resolve_recipe(recipe).model_dump(mode="json")})  # fmt: skip
+    normalized = (pixels - np.array([1000.0, 1100.0, 1200.0])[:, None, None]) / 500.0
+    return {"ckpt": ckpt, "model": model.eval(), "image": torch.from_numpy(normalized.astype(np.float32))}
+
+
+def _patches(scene, row: int, col: int, size: int = WINDOW) -> np.ndarray:
+    """``model.embed_patches`` of one window: ``[D, h, w]``."""
+    window = scene["image"][None, :, row : row + size, col : col + size]
+    with torch.no_grad():
+        return scene["model"].embed_patches({"s2": window}, {"s2": BANDS})[0].permute(2, 0, 1).numpy()
+
+
+def test_geoparquet_footprints_tile_the_scene_in_its_crs(scene, tmp_path):
+    out = embed(scene["ckpt"], output=tmp_path / "chips.parquet", progress=False)
+    chips = gpd.read_parquet(out)
+    assert chips.crs.to_epsg() == 32633 and len(chips) == 2 * 3
+    left, top = TRANSFORM.c, TRANSFORM.f
+    scene_box = shapely.box(left, top - HEIGHT * 10, left + WIDTH * 10, top)
+    assert chips.union_all().equals(scene_box) and np.isclose(chips.area.sum(), scene_box.area)  # no gaps, no overlap
+    assert chips.datetime.iloc[0].year == 2020 and list(chips.sensors.iloc[0]) == ["s2"]
+    row = chips[(chips.window_row == 32) & (chips.window_col == 64)].iloc[0]
+    assert row.geometry.equals(shapely.box(left + 640, top - 640, left + 960, top - 320))
+    window = scene["image"][None, :, 32:64, 64:96]
+    with torch.no_grad():
+        expected = scene["model"].embed({"s2": window}, {"s2": BANDS})[0].numpy()
+    assert row.embedding.dtype == np.float32
+    np.testing.assert_allclose(row.embedding, expected, rtol=1e-4, atol=1e-5)
+    provenance = json.loads(pq.read_schema(out).metadata[b"domainmae"])
+    assert provenance["channels"] == {"s2": BANDS} and provenance["level"] == "tile"
+
+    wgs84 = gpd.read_parquet(embed(scene["ckpt"], output=tmp_path / "wgs84.parquet", crs="EPSG:4326", progress=False))
+    assert wgs84.crs.to_epsg() == 4326
+    np.testing.assert_allclose(wgs84.to_crs(32633).total_bounds, scene_box.bounds, atol=1e-3)
+
+
+def test_geotiff_overlays_the_source_and_matches_embed_patches(scene, tmp_path):
+    out = embed(scene["ckpt"], output=tmp_path / "patches.tif", stride=WINDOW, progress=False)  # no overlap
+    with rasterio.open(out) as raster, rasterio.open(next(scene["ckpt"].parent.glob("S2A*/B02.tif"))) as source:
+        assert raster.crs == source.crs and raster.bounds == source.bounds
+        assert raster.shape == (HEIGHT // PATCH, WIDTH // PATCH) and raster.count == 32 and raster.dtypes[0] == "float32"
+        values = raster.read()
+        assert json.loads(raster.tags()["domainmae"])["stride"] == WINDOW
+    np.testing.assert_allclose(values[:, 4:8, 8:12], _patches(scene, 32, 64), rtol=1e-4, atol=1e-5)
+
+
+def test_overlapping_windows_blend_without_seams(scene, tmp_path):
+    hard = embed(scene["ckpt"], output=tmp_path / "hard.tif", stride=WINDOW, progress=False)
+    blended = embed(scene["ckpt"], output=tmp_path / "blended.tif", progress=False)  # stride: half a window
+    with rasterio.open(hard) as a, rasterio.open(blended) as b:
+        hard, blended = a.read().astype(np.float64), b.read().astype(np.float64)
+
+    def seam_ratio(values: np.ndarray) -> float:
+        """Mean jump across the hard tiles' borders (after patch rows/cols 3 and 7) over the median jump."""
+        cols = np.abs(np.diff(values, axis=2)).mean(axis=(0, 1))  # [11]: between patch columns c and c + 1
+        rows = np.abs(np.diff(values, axis=1)).mean(axis=(0, 2))  # [7]
+        seams = np.r_[cols[[3, 7]], rows[[3]]]
+        return float(seams.mean() / np.median(np.r_[np.delete(cols, [3, 7]), np.delete(rows, [3])]))
+
+    assert seam_ratio(hard) > 1.2  # the windows' edges show in a hard tiling ...
+    assert seam_ratio(blended) < 1.1  # ... and not once overlapping windows are blended
+    # Where only one window covers (the top-left corner), blending returns that window's values exactly.
+    np.testing.assert_allclose(blended[:, :2, :2], _patches(scene, 0, 0)[:, :2, :2], rtol=1e-4, atol=1e-5)

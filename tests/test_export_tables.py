@@ -1,0 +1,176 @@
+"""Microscopy export: Parquet/h5ad contents and provenance, streaming, atomic writes, profiles, real clients."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+import torch
+
+import domainmae
+from domainmae.cli import main
+from domainmae.data.transforms import self_standardize
+from domainmae.export import aggregate, embed, normalize, profile, read_embeddings
+from domainmae.export import tables as tables_module
+from domainmae.export.embed import Export, file_sha256
+from domainmae.recipes import load_recipe
+from domainmae.train.checkpoint import save_checkpoint
+
+CHANNELS = ["DNA", "RNA", "AGP"]
+TILE, FIELD = 16, (32, 48)  # 2 x 3 tiles per field
+PLATES, WELLS = ("P1", "P2"), ("A01", "A02", "B01", "B02")
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory) -> dict:
+    """A two-plate manifest of 8 three-channel fields and a tiny model's checkpoint for it."""
+    root = tmp_path_factory.mktemp("plate")
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in PLATES:
+        for w in WELLS:
+            row = {"Metadata_Plate": p, "Metadata_Well": w, "Metadata_Site": "1",
+                   "Metadata_pert_type": "negcon" if w.startswith("A") else "trt", "Metadata_pert": w[0]}  # fmt: skip
+            for c in CHANNELS:
+                name = f"{p}_{w}_{c}.tif"
+                tifffile.imwrite(root / name, rng.integers(0, 4000, FIELD, dtype=np.uint16))
+                row |= {f"FileName_Orig{c}": name, f"PathName_Orig{c}": "."}
+            rows.append(row)
+    with open(root / "load_data.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    torch.manual_seed(0)  # module fixtures run before the per-test seeding
+    model = domainmae.create_model("vit_tiny", channels=CHANNELS, patch_size=8, img_size=TILE, embed_dim=32, depth=1,
+                                   num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+    recipe = load_recipe("cellpainting", [f"data.path={root / 'load_data.csv'}", f"data.channels={CHANNELS}",
+                                          f"data.crop_size={TILE}", "data.num_workers=0", "model.patch_size=8"])  # fmt: skip
+    ckpt = save_checkpoint(root / "run" / "checkpoints" / "last.ckpt", {
+        "model_config": model.config.to_dict(), "model": model.state_dict(), "step": 2,
+        "recipe": recipe.model_dump(mode="json"),
+    })  # fmt: skip
+    return {"root": root, "run": root / "run", "ckpt": ckpt, "model": model.eval()}
+
+
+def _tiles(root: Path, plate: str, well: str, channels=CHANNELS) -> torch.Tensor:
+    """The six grid tiles of one field, normalised as in training: ``[6, C, 16, 16]``, row-major."""
+    image = np.stack([tifffile.imread(root / f"{plate}_{well}_{c}.tif") for c in channels]).astype(np.float32)
+    tiles = [image[:, r : r + TILE, c : c + TILE] for r in range(0, FIELD[0], TILE) for c in range(0, FIELD[1], TILE)]
+    return torch.stack([self_standardize(t) for t in tiles])
+
+
+def test_parquet_has_metadata_features_provenance_and_model_values(plate, tmp_path, monkeypatch):
+    monkeypatch.setattr(tables_module, "ROWS_PER_GROUP", 10)  # 48 rows -> several row groups, streamed
+    out = embed(plate["run"], output=tmp_path / "emb.parquet", batch_size=5, progress=False)
+    file = pq.ParquetFile(out)
+    assert file.metadata.num_rows == 8 * 6 and file.metadata.num_row_groups == 5
+    df = file.read().to_pandas()
+    features = [c for c in df.columns if c.startswith("emb_")]
+    assert features == [f"emb_{i:04d}" for i in range(32)]
+    assert all(df[c].dtype == np.float32 for c in features)
+    assert {"Metadata_Plate", "Metadata_Well", "Metadata_pert_type", "Metadata_TileRow", "Metadata_TileCol"} <= set(df)
+    provenance = json.loads(file.schema_arrow.metadata[b"domainmae"])
+    assert provenance["checkpoint_sha256"] == file_sha256(plate["ckpt"])
+    assert provenance["channels"] == {"image": CHANNELS} and provenance["pool"] == "mean"
+    assert provenance["recipe"] == "cellpainting" and provenance["model_config"]["embed_dim"] == 32
+    rows = df[(df.Metadata_Plate == "P2") & (df.Metadata_Well == "B01")]
+    assert rows[["Metadata_TileRow", "Metadata_TileCol"]].values.tolist() == [[0, 0], [0, 16], [0, 32], [16, 0],
+                                                                              [16, 16], [16, 32]]  # fmt: skip
+    with torch.no_grad():
+        expected = plate["model"].embed(_tiles(plate["root"], "P2", "B01"), CHANNELS)
+    np.testing.assert_allclose(rows[features].to_numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_channel_subset_cls_pool_and_h5ad_image_level(plate, tmp_path):
+    anndata = pytest.importorskip("anndata")  # the optional [h5ad] extra
+
+    out = embed(plate["ckpt"], output=tmp_path / "emb.h5ad", channels=["AGP", "DNA"], pool="cls", level="image",
+                progress=False)  # fmt: skip
+    adata = anndata.read_h5ad(out)
+    assert adata.shape == (8, 32) and adata.X.dtype == np.float32
+    assert "Metadata_TileRow" not in adata.obs and list(adata.obs.Metadata_Well[:2]) == ["A01", "A02"]
+    assert json.loads(adata.uns["domainmae"])["channels"] == {"image": ["AGP", "DNA"]}
+    with torch.no_grad():
+        tiles = _tiles(plate["root"], "P1", "A02", ["AGP", "DNA"])
+        expected = plate["model"].embed(tiles, ["AGP", "DNA"], pool="cls").mean(0)
+    np.testing.assert_allclose(adata.X[1], expected.numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="'Mito' is not known to the model"):
+        embed(plate["ckpt"], output=tmp_path / "x.parquet", channels=["Mito"], progress=False)
+
+
+def test_existing_output_is_refused_and_a_crash_leaves_nothing(plate, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "emb.parquet"
+    out.write_text("keep me")
+    assert main(["embed", "--checkpoint", str(plate["run"]), "--output", str(out), "--quiet"]) == 1
+    assert "already exists" in capsys.readouterr().err and out.read_text() == "keep me"
+
+    calls = []
+    original = Export.forward
+
+    def crash_on_third_batch(self, samples, pool):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return original(self, samples, pool)
+
+    monkeypatch.setattr(tables_module, "ROWS_PER_GROUP", 4)  # rows already flushed to the temp file
+    monkeypatch.setattr(Export, "forward", crash_on_third_batch)
+    fresh = tmp_path / "fresh.parquet"
+    with pytest.raises(RuntimeError, match="simulated"):
+        embed(plate["run"], output=fresh, batch_size=8, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.parquet"]  # no final file, no temp left
+
+
+@pytest.fixture(scope="module")
+def tiles_file(plate, tmp_path_factory) -> Path:
+    return embed(plate["run"], output=tmp_path_factory.mktemp("tiles") / "tiles.parquet", progress=False)
+
+
+def test_well_level_and_normalisation_match_pycytominer(plate, tiles_file, tmp_path):
+    pycytominer = pytest.importorskip("pycytominer")
+    df, features, _ = read_embeddings(tiles_file)
+    strata = ["Metadata_Plate", "Metadata_Well"]
+    theirs = pycytominer.aggregate(pd.read_parquet(tiles_file), strata=strata, features=features, operation="mean")
+    wells = embed(plate["run"], output=tmp_path / "wells.parquet", level="well", progress=False)
+    ours = pd.read_parquet(wells).sort_values(strata).reset_index(drop=True)
+    theirs = theirs.sort_values(strata).reset_index(drop=True)
+    np.testing.assert_allclose(ours[features].to_numpy(), theirs[features].to_numpy(), rtol=1e-4, atol=1e-5)
+    assert set(ours.Metadata_pert_type) == {"negcon", "trt"}  # constant within wells: kept
+
+    query = "Metadata_pert_type == 'negcon'"
+    normalized = profile(wells, tmp_path / "norm.parquet", normalization="center_scale", controls=query)
+    theirs = pycytominer.normalize(str(wells), features=features, samples=query, method="standardize", output_file=None)
+    ours = pd.read_parquet(normalized)
+    np.testing.assert_allclose(ours[features].to_numpy(), theirs[features].to_numpy(), rtol=1e-3, atol=1e-4)
+    provenance = read_embeddings(normalized)[2]
+    assert provenance["profile"][0]["normalize"] == "center_scale" and "checkpoint_sha256" in provenance
+
+
+def test_tvn_whitens_controls_per_plate(tiles_file):
+    df, features, _ = read_embeddings(tiles_file)
+    images = aggregate(df, features, ["Metadata_Field"], "median")
+    assert len(images) == 8 and "Metadata_Plate" in images
+    out, names = normalize(df, features, method="tvn", controls="Metadata_pert_type == 'negcon'", batch="Metadata_Plate")
+    assert len(names) == 24 - 1  # 24 control tiles span 23 directions after centering
+    for _, group in out[out.Metadata_pert_type == "negcon"].groupby("Metadata_Plate"):
+        x = group[names].to_numpy(np.float64)
+        np.testing.assert_allclose(x.mean(0), 0, atol=1e-4)
+        assert np.allclose(x.std(0)[x.std(0) > 1e-3], 1, atol=1e-3)
+    with pytest.raises(ValueError, match="selects no rows"):
+        normalize(df, features, method="center_scale", controls="Metadata_pert_type == 'nothing'")
+
+
+def test_copairs_map_runs_on_the_exported_file(tiles_file):
+    copairs_map = pytest.importorskip("copairs.map")
+    df = pd.read_parquet(tiles_file)
+    features = [c for c in df.columns if c.startswith("emb_")]
+    meta = df[[c for c in df.columns if c.startswith("Metadata_")]]
+    ap = copairs_map.average_precision(meta, df[features].to_numpy(), pos_sameby=["Metadata_Field"], pos_diffby=[],
+                                       neg_sameby=[], neg_diffby=["Metadata_Field"], progress_bar=False)  # fmt: skip
+    assert len(ap) == len(df) and ap["average_precision"].between(0, 1).all()
+    maps = copairs_map.mean_average_precision(ap, ["Metadata_Field"], null_size=100, threshold=0.05, seed=0,
+                                              progress_bar=False)  # fmt: skip
+    assert len(maps) == 8 and maps["mean_average_precision"].notna().all()
