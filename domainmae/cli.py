@@ -72,7 +72,7 @@ def _embed(args: argparse.Namespace) -> int:
     path = embed(
         args.checkpoint, output=args.output, data=args.data, pool=args.pool, level=args.level, format=args.format,
         batch_size=args.batch_size, device=args.device, channels=_split(args.channels), stride=args.stride,
-        crs=args.crs, overrides=args.set, overwrite=args.overwrite, progress=not args.quiet,
+        crs=args.crs, dtype=args.dtype, overrides=args.set, overwrite=args.overwrite, progress=not args.quiet,
     )  # fmt: skip
     print(f"wrote {path}")
     return 0
@@ -137,14 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="export embeddings of a run's data (or --data) with its checkpoint")
     p.add_argument("--checkpoint", required=True, help="run directory or .ckpt file")
-    p.add_argument("--output", required=True, help=".parquet or .h5ad (microscopy), .parquet or .tif/folder (EO)")
+    p.add_argument("--output", required=True, help=".parquet or .h5ad (microscopy), .parquet or .tif/.zarr/folder (EO)")
     p.add_argument("--data", help="dataset path (default: the run's own data)")
-    p.add_argument("--format", choices=["parquet", "h5ad", "geoparquet", "geotiff"], help="default: from the suffix")
+    p.add_argument("--format", choices=["parquet", "h5ad", "geoparquet", "geotiff", "zarr"],
+                   help="default: from the suffix")  # fmt: skip
     p.add_argument("--pool", choices=["mean", "cls"], default="mean")
     p.add_argument("--level", choices=["tile", "image", "well"], default="tile", help="one row per tile/image/well")
     p.add_argument("--channels", help="comma-separated subset of the model's channels to embed")
     p.add_argument("--stride", type=int, help="tiling stride in px (default: crop size; rasters: half of it)")
     p.add_argument("--crs", help="GeoParquet: reproject footprints, e.g. EPSG:4326")
+    p.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+                   help="GeoTIFF: int8 stores per-band scale/offset (GDAL/QGIS unscale it)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -103,6 +104,9 @@ class DataSection(Section):
     path: str | None = None
     pattern: str | None = None
     channels: list[str] | None = None  # channels given to the model, in order (microscopy)
+    # Microscopy: fields may hold any non-empty subset of `channels` (then the model's vocabulary);
+    # every global batch is drawn from fields of one channel set.
+    allow_channel_subsets: bool = False
     channel_map: dict[str, str] = Field(default_factory=dict)  # source name -> model channel name
     sensors: dict[str, list[Any]] | None = None  # sentinel: {sensor: [band or {name, wavelength}]}
     crop_size: int = Field(224, gt=0)
@@ -113,6 +117,14 @@ class DataSection(Section):
     augment: Augment = Field(default_factory=Augment)
     on_error: Literal["raise", "skip"] = "raise"
     num_workers: int = Field(2, ge=0)
+
+    @field_validator("allow_channel_subsets")
+    @classmethod
+    def _subsets_need_a_vocabulary(cls, v: bool, info: ValidationInfo) -> bool:
+        # kind and channels are declared above, so they are validated (or missing after an error) by now.
+        if v and (info.data.get("kind") != "microscopy" or not info.data.get("channels")):
+            raise ValueError("needs data.kind microscopy and data.channels (the channel vocabulary)")
+        return v
 
 
 class TrainSection(Section):

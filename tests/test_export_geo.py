@@ -8,9 +8,11 @@ import pytest
 import rasterio
 import shapely
 import torch
-from rasterio.transform import from_origin
+import xarray as xr
+from rasterio.transform import array_bounds, from_origin
 
 import domainmae
+from domainmae.data.cube import cube_grid, open_cube
 from domainmae.export import embed
 from domainmae.recipes import load_recipe, resolve_recipe
 from domainmae.train.checkpoint import save_checkpoint
@@ -46,11 +48,11 @@ def scene(tmp_path_factory) -> dict:
     return {"ckpt": ckpt, "model": model.eval(), "image": torch.from_numpy(normalized.astype(np.float32))}
 
 
-def _patches(scene, row: int, col: int, size: int = WINDOW) -> np.ndarray:
-    """``model.embed_patches`` of one window: ``[D, h, w]``."""
-    window = scene["image"][None, :, row : row + size, col : col + size]
+def _patches(scene, row: int, col: int, size: int = WINDOW, bands: list[str] = BANDS) -> np.ndarray:
+    """``model.embed_patches`` of one window with ``bands`` only: ``[D, h, w]``."""
+    window = scene["image"][None, [BANDS.index(b) for b in bands], row : row + size, col : col + size]
     with torch.no_grad():
-        return scene["model"].embed_patches({"s2": window}, {"s2": BANDS})[0].permute(2, 0, 1).numpy()
+        return scene["model"].embed_patches({"s2": window}, {"s2": bands})[0].permute(2, 0, 1).numpy()
 
 
 def test_geoparquet_footprints_tile_the_scene_in_its_crs(scene, tmp_path):
@@ -103,3 +105,60 @@ def test_overlapping_windows_blend_without_seams(scene, tmp_path):
     assert seam_ratio(blended) < 1.1  # ... and not once overlapping windows are blended
     # Where only one window covers (the top-left corner), blending returns that window's values exactly.
     np.testing.assert_allclose(blended[:, :2, :2], _patches(scene, 0, 0)[:, :2, :2], rtol=1e-4, atol=1e-5)
+
+
+def test_zarr_overlays_the_source_and_equals_the_geotiff(scene, tmp_path, monkeypatch):
+    # Chunks of 3 x 3 patches: the blended strips (2 rows each at the default stride) must be regrouped
+    # across chunk borders, and the last chunk row (8 = 3 + 3 + 2) is partial.
+    monkeypatch.setattr("domainmae.export.geo.zarr_chunk_side", lambda dim: 3)
+    tif = embed(scene["ckpt"], output=tmp_path / "patches.tif", progress=False)
+    out = embed(scene["ckpt"], output=tmp_path / "patches.zarr", progress=False)
+    with rasterio.open(tif) as raster, rasterio.open(next(scene["ckpt"].parent.glob("S2A*/B02.tif"))) as source:
+        expected, source_crs, source_bounds = raster.read(), source.crs, tuple(source.bounds)
+    (cube,) = open_cube(out)  # GeoZarr attributes on the array
+    assert cube.grid.crs == source_crs and (cube.grid.height, cube.grid.width) == (HEIGHT // PATCH, WIDTH // PATCH)
+    assert array_bounds(cube.grid.height, cube.grid.width, cube.grid.transform) == (
+        source_bounds[0], source_bounds[1], source_bounds[2], source_bounds[3])  # fmt: skip
+    assert cube.channels == tuple(f"emb_{i:04d}" for i in range(32))
+    dataset = xr.open_dataset(out, engine="zarr", chunks=None)
+    array = dataset["embedding"]
+    assert array.dtype == np.float32 and array.encoding["chunks"] == (32, 3, 3)
+    np.testing.assert_allclose(array.values, expected, rtol=0, atol=1e-6)
+    # The CF/rioxarray grid mapping alone (as rioxarray/GDAL read it) gives the same grid.
+    cf = array.copy()
+    cf.attrs = {k: v for k, v in cf.attrs.items() if not k.startswith(("spatial:", "proj:"))}
+    assert cube_grid(cf) == cube.grid and "spatial_ref" in array.coords
+    np.testing.assert_allclose(array.x.values[:2], [TRANSFORM.c + 40, TRANSFORM.c + 120])
+    assert dataset.attrs["domainmae"]["format"] == "zarr" and dataset.attrs["domainmae"]["level"] == "patch"
+
+    with pytest.raises(FileExistsError, match="patches.zarr"):
+        embed(scene["ckpt"], output=out, progress=False)
+    embed(scene["ckpt"], output=out, stride=WINDOW, overwrite=True, progress=False)
+    assert xr.open_dataset(out, engine="zarr", chunks=None).attrs["domainmae"]["stride"] == WINDOW
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["patches.tif", "patches.zarr"]  # no temp leftovers
+
+
+def test_int8_geotiff_unscales_to_the_float32_export(scene, tmp_path):
+    exact = embed(scene["ckpt"], output=tmp_path / "float.tif", progress=False)
+    small = embed(scene["ckpt"], output=tmp_path / "int8.tif", dtype="int8", progress=False)
+    with rasterio.open(exact) as a, rasterio.open(small) as b:
+        expected, raw = a.read(), b.read()
+        scales, offsets = np.array(b.scales)[:, None, None], np.array(b.offsets)[:, None, None]
+        assert b.dtypes[0] == "int8" and b.bounds == a.bounds and b.crs == a.crs
+        assert json.loads(b.tags()["domainmae"])["dtype"] == "int8"
+    assert (raw.min(axis=(1, 2)) == -128).all() and (raw.max(axis=(1, 2)) == 127).all()  # each band's full range
+    error = np.abs(raw * scales + offsets - expected)
+    assert (error <= scales / 2 + 1e-6).all() and (scales < 0.05).all()  # within half a step, and steps are fine
+    with pytest.raises(ValueError, match="GeoTIFF option"):
+        embed(scene["ckpt"], output=tmp_path / "int8.zarr", dtype="int8", progress=False)
+
+
+def test_channel_subset_is_recorded_and_embedded_alone(scene, tmp_path):
+    subset = ["B02", "B04"]
+    out = embed(scene["ckpt"], output=tmp_path / "rb.tif", stride=WINDOW, channels=subset, progress=False)
+    with rasterio.open(out) as raster:
+        values = raster.read()
+        assert json.loads(raster.tags()["domainmae"])["channels"] == {"s2": subset}
+    window = values[:, 4:8, 8:12]
+    np.testing.assert_allclose(window, _patches(scene, 32, 64, bands=subset), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(window, _patches(scene, 32, 64), atol=1e-3)  # the dropped band changes the embedding

@@ -23,6 +23,7 @@ from .loader import (
     StepBatchSampler,
     TransformedItems,
     collate_samples,
+    group_items,
     sample_seed,
 )
 from .raster import find_scenes
@@ -43,9 +44,25 @@ class TrainingData:
 
     dataset: SeededItems
     crops_per_item: int
-    channels: list[Any] | None = None  # channel-agnostic microscopy model
+    channels: list[Any] | None = None  # channel-agnostic microscopy model (the vocabulary, with subsets)
     sensors: dict[str, list[Any]] | None = None  # multi-sensor EO model
     band_stats: dict[str, dict[str, dict[str, float]]] | None = None  # {sensor: {band: {mean, std}}}
+    channel_sets: list[tuple[str, ...]] | None = None  # per item, when fields hold channel subsets
+
+    def steps_per_epoch(self, items_per_step: int) -> int:
+        """Full global batches of ``items_per_step`` items in one epoch (each channel set fills its own).
+
+        A channel set with fewer fields than one step needs could never be trained on: that is an error
+        naming the set, rather than a warning a long run would bury.
+        """
+        members = group_items(self.channel_sets, len(self.dataset))
+        k = self.crops_per_item
+        need = f"one step needs {items_per_step} ({items_per_step * k} crops / {k} per read)"
+        for channels, items in members.items():
+            if len(items) < items_per_step:
+                what = "the data has" if channels is None else f"channel set {list(channels)} has"
+                raise ValueError(f"{what} {len(items)} fields/regions but {need}; lower train.batch_size")
+        return sum(len(items) // items_per_step for items in members.values())
 
 
 def _path(section: Any, what: str = "data.path") -> Path:
@@ -59,7 +76,8 @@ def _path(section: Any, what: str = "data.path") -> Path:
 
 def microscopy_fields(section: Any) -> list[Field]:
     """Fields of a microscopy ``data`` section, channels selected and ordered as the recipe says."""
-    kw = {"channel_map": section.channel_map or None, "channels": section.channels, "on_error": section.on_error}
+    kw = {"channel_map": section.channel_map or None, "channels": section.channels, "on_error": section.on_error,
+          "subsets": section.allow_channel_subsets}
     path = _path(section)
     if section.format == "manifest":
         return load_data_fields(path, **kw)
@@ -137,9 +155,11 @@ def build_training_data(section: Any, seed: int = 0) -> TrainingData:
     if section.kind == "microscopy":
         if not section.channels:
             raise ValueError("data.channels must list the channels the model is trained on")
-        crops = FieldCrops(microscopy_fields(section), section.crop_size, crops_per_field=k, on_error=section.on_error)
+        fields = microscopy_fields(section)
+        crops = FieldCrops(fields, section.crop_size, crops_per_field=k, on_error=section.on_error)
         items = TransformedItems(crops, _compose([normalizer(section, None), _augment(section)]))
-        return TrainingData(SeededItems(items), k, channels=list(section.channels))
+        sets = [field.channels for field in fields] if section.allow_channel_subsets else None
+        return TrainingData(SeededItems(items), k, channels=list(section.channels), channel_sets=sets)
     scenes = sentinel_scenes(section)
     sensors = {name: list(bands) for name, bands in section.sensors.items()}
     windows = SceneWindows(scenes, section.crop_size, windows_per_read=k, min_valid=section.min_valid_fraction,
@@ -156,7 +176,8 @@ def training_loader(data: TrainingData, recipe: Any, info: Any, *, start_step: i
     t = recipe.train
     k = data.crops_per_item
     sampler = StepBatchSampler(len(data.dataset), t.batch_size // k, micro=micro, world=info.world, rank=info.rank,
-                               seed=t.seed, start_step=start_step, total_steps=total_steps)  # fmt: skip
+                               seed=t.seed, start_step=start_step, total_steps=total_steps,
+                               groups=data.channel_sets)  # fmt: skip
     workers = recipe.data.num_workers
     return DataLoader(
         data.dataset, batch_sampler=sampler, collate_fn=collate_samples, num_workers=workers,

@@ -66,6 +66,7 @@ def resolve_channels(
     where: str,
     channel_map: Mapping[str, str] | None = None,
     channels: Sequence[str] | None = None,
+    subsets: bool = False,
 ) -> tuple[tuple[str, ...], list[int]]:
     """Output channel names and the source positions they are read from.
 
@@ -74,6 +75,10 @@ def resolve_channels(
     found names; an unknown key is an error, so a typo cannot silently keep the old name). ``channels`` are
     the channels expected, in output order: a named source is matched by name (this selects and reorders),
     an unnamed one by position (so the counts must agree).
+
+    With ``subsets``, ``channels`` is a vocabulary instead: a named source may hold any of its channels and
+    gets those it has, in vocabulary order; a found name outside the vocabulary is an error, since nothing
+    else would catch a misspelt channel (it would just look absent).
     """
     if isinstance(found, int):
         if channels is None:
@@ -91,6 +96,14 @@ def resolve_channels(
         raise ValueError(f"{where}: duplicate channel names {names}")
     if channels is None:
         return tuple(names), list(range(len(names)))
+    if subsets:
+        unknown = [name for name in names if name not in channels]
+        if unknown:
+            raise ValueError(
+                f"{where}: channels {unknown} are not in the vocabulary {list(channels)}; add them to the "
+                "channels or rename them with channel_map"
+            )
+        return tuple(c for c in channels if c in names), [names.index(c) for c in channels if c in names]
     missing = [name for name in channels if name not in names]
     if missing:
         raise ValueError(f"{where}: expected channels {list(channels)}, found {names} (missing {missing})")

@@ -7,11 +7,13 @@ resumed run continues exactly where it stopped.
 
 The global batch of an optimiser step is split into ``micro`` chunks; process ``rank`` of
 ``world`` takes chunks ``j * world + rank`` for its micro-steps ``j`` (see :func:`chunk_rows`).
+Items may belong to groups (fields of one channel set): then every global batch holds one group,
+so all processes and micro-batches of a step see the same channels.
 """
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,19 @@ def chunk_rows(micro_step: int, world: int, rank: int, rows_per_chunk: int) -> s
     """Rows of the global batch that ``rank`` handles in its ``micro_step``-th forward pass."""
     chunk = micro_step * world + rank
     return slice(chunk * rows_per_chunk, (chunk + 1) * rows_per_chunk)
+
+
+def group_items(groups: Sequence[Hashable] | None, num_items: int) -> dict[Hashable, np.ndarray]:
+    """Item indices of each group, groups in order of first appearance; all items form one group
+    (keyed None) when ``groups`` (one id per item) is None."""
+    if groups is None:
+        return {None: np.arange(num_items)}
+    if len(groups) != num_items:
+        raise ValueError(f"{len(groups)} group ids for {num_items} items")
+    members: dict[Hashable, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    return {group: np.asarray(indices) for group, indices in members.items()}
 
 
 class SeededItems(Dataset):
@@ -75,26 +90,44 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         items_per_step: items in one global batch (all processes, all micro-batches).
         micro: forward passes per step and process (gradient accumulation).
         start_step / total_steps: the steps to cover (resume starts mid-run).
+        groups: a group id per item (e.g. its channel set); every global batch is cut from one group.
+
+    Each epoch permutes every group, cuts it into full global batches (each group drops its own
+    remainder) and, with several groups, shuffles the order of those batches, all from the epoch's
+    RNG. With one group this is the plain permutation of all items.
     """
 
     def __init__(
         self, num_items: int, items_per_step: int, *, micro: int = 1, world: int = 1, rank: int = 0,
-        seed: int = 0, start_step: int = 0, total_steps: int,
+        seed: int = 0, start_step: int = 0, total_steps: int, groups: Sequence[Hashable] | None = None,
     ) -> None:  # fmt: skip
         if items_per_step % (micro * world):
             raise ValueError(f"{items_per_step} items per step do not split into {micro} micro-batches x {world} processes")
-        if num_items < items_per_step:
-            raise ValueError(f"the dataset has {num_items} items but one step needs {items_per_step}; lower the batch size")
-        self.num_items, self.items_per_step = num_items, items_per_step
+        self.members = group_items(groups, num_items)
+        short = {group: len(m) for group, m in self.members.items() if len(m) < items_per_step}
+        if short:
+            what = "the dataset" if groups is None else f"group(s) {short}"
+            raise ValueError(f"{what} has fewer items than the {items_per_step} one step needs; lower the batch size")
+        self.items_per_step = items_per_step
         self.micro, self.world, self.rank, self.seed = micro, world, rank, seed
         self.start_step, self.total_steps = start_step, total_steps
-        self.steps_per_epoch = num_items // items_per_step  # the incomplete last batch is dropped
+        self.steps_per_epoch = sum(len(m) // items_per_step for m in self.members.values())
 
     def __len__(self) -> int:
         return (self.total_steps - self.start_step) * self.micro
 
     def _order(self, epoch: int) -> list[int]:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_items).tolist()
+        """The items of ``epoch``'s full global batches, batch after batch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        batches = []
+        for members in self.members.values():
+            # members[permutation(n)] equals permutation(n) for the single group of all items.
+            shuffled = members[rng.permutation(len(members))]
+            full = len(members) // self.items_per_step
+            batches.extend(np.split(shuffled[: full * self.items_per_step], full))
+        if len(self.members) > 1:  # interleave the groups; one group needs no second draw
+            batches = [batches[b] for b in rng.permutation(len(batches))]
+        return np.concatenate(batches).tolist()
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         per_chunk = self.items_per_step // (self.micro * self.world)
@@ -116,7 +149,8 @@ def _stack_sensor(samples: Sequence[Sample], sensor: str) -> tuple[torch.Tensor,
         if tuple(s["channels"]) != tuple(channels):
             raise ValueError(
                 f"{sensor}: samples in one batch have different channels {tuple(channels)} and {tuple(s['channels'])}; "
-                "give the reader the channels to use so every sample has the same set"
+                "give the reader the channels to use so every sample has the same set, or set "
+                "data.allow_channel_subsets to group batches by channel set"
             )
     images = torch.stack([s["image"] for s in samples])
     if not any("valid" in s for s in samples):

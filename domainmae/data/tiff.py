@@ -141,6 +141,7 @@ def load_data_fields(
     channels: Sequence[str] | None = None,
     illum: bool = True,
     on_error: OnError | ErrorPolicy = "raise",
+    subsets: bool = False,
 ) -> list[ChannelFilesField]:
     """Fields of a CellProfiler ``load_data`` manifest (``.csv``, or ``.parquet``/``.pq``), one per row.
 
@@ -153,6 +154,8 @@ def load_data_fields(
     All ``Metadata_*`` columns go to ``meta`` as they are, with ``manifest``, ``row`` (1-based, header not
     counted) and the ``files``/``illum`` paths per channel. A row whose file is missing raises
     ``FileNotFoundError`` naming the file and row, or is skipped and logged with ``on_error="skip"``.
+    With ``subsets``, ``channels`` is a vocabulary (see :func:`~domainmae.data.fields.resolve_channels`)
+    and a row with an empty ``FileName_<X>`` cell is a field without channel ``<X>``.
     """
     manifest = Path(manifest)
     policy = as_policy(on_error)
@@ -163,24 +166,29 @@ def load_data_fields(
     if not images:
         raise ValueError(f"manifest {manifest} has no FileName_<channel>/PathName_<channel> column pairs")
     found = [s.removeprefix("Orig") for s in images]
-    names, index = resolve_channels(found, f"manifest {manifest}", channel_map, channels)
+    names, index = resolve_channels(found, f"manifest {manifest}", channel_map, channels, subsets)
     used = [(images[i], f"Illum{found[i]}" if illum and f"Illum{found[i]}" in suffixes else None) for i in index]
 
     fields, checked = [], set()
     for number, row in enumerate(rows, start=1):
         key = f"row {number} of {manifest}"
+        # Without subsets every channel is required, so an empty cell stays an error in _locate.
+        present = [k for k, (image, _) in enumerate(used) if not subsets or row[f"FileName_{image}"]]
+        row_names = tuple(names[k] for k in present)
         try:
-            files = [_locate(manifest, row, image, name, key, checked) for (image, _), name in zip(used, names)]
-            illums = [_locate(manifest, row, il, name, key, checked) if il else None
-                      for (_, il), name in zip(used, names)]
+            if not present:
+                raise FieldError(f"{key} has no file for any of the channels {list(names)}")
+            files = [_locate(manifest, row, used[k][0], names[k], key, checked) for k in present]
+            illums = [_locate(manifest, row, used[k][1], names[k], key, checked) if used[k][1] else None
+                      for k in present]
         except OSError as err:
             policy.handle(err)
             continue
         meta = {k: v for k, v in row.items() if k.startswith("Metadata_")}
-        meta.update(manifest=str(manifest), row=number, files=dict(zip(names, map(str, files))))
+        meta.update(manifest=str(manifest), row=number, files=dict(zip(row_names, map(str, files))))
         if any(illums):
-            meta["illum"] = {name: str(path) for name, path in zip(names, illums) if path}
-        fields.append(ChannelFilesField(key, names, meta, files, illums))
+            meta["illum"] = {name: str(path) for name, path in zip(row_names, illums) if path}
+        fields.append(ChannelFilesField(key, row_names, meta, files, illums))
     return fields
 
 
@@ -205,6 +213,7 @@ def pattern_fields(
     channels: Sequence[str] | None = None,
     recursive: bool = False,
     on_error: OnError | ErrorPolicy = "raise",
+    subsets: bool = False,
 ) -> list[ChannelFilesField]:
     """Fields from per-channel image files grouped by a regex with named groups.
 
@@ -213,7 +222,8 @@ def pattern_fields(
     their group names, e.g. ``r"(?P<field>.+)_(?P<channel>[DFR])\\.TIF"`` or RxRx's
     ``r"(?P<Metadata_Well>\\w+)_s(?P<Metadata_Site>\\d)_w(?P<channel>\\d)\\.png"``. Files that do not match
     are ignored. Channel tokens are sorted; ``channel_map`` renames them (``{"D": "DNA"}``) and ``channels``
-    selects and orders them. A field lacking a channel raises (or is skipped with ``on_error="skip"``).
+    selects and orders them. A field lacking a channel raises (or is skipped with ``on_error="skip"``),
+    unless ``subsets`` makes ``channels`` a vocabulary: then a field holds the channels it has files for.
     """
     folder, regex, policy = Path(folder), re.compile(pattern), as_policy(on_error)
     if "channel" not in regex.groupindex:
@@ -232,18 +242,19 @@ def pattern_fields(
     if not groups:
         raise ValueError(f"no file in {folder} matches {pattern!r}")
     tokens = sorted({token for by_channel in groups.values() for token in by_channel})
-    names, index = resolve_channels(tokens, f"files matching {pattern!r} in {folder}", channel_map, channels)
+    names, index = resolve_channels(tokens, f"files matching {pattern!r} in {folder}", channel_map, channels, subsets)
 
     fields = []
     for ident, by_channel in groups.items():
         key = ", ".join(f"{name}={value}" for name, value in ident) + f" in {folder}"
         missing = [f"{tokens[i]} ({name})" for i, name in zip(index, names) if tokens[i] not in by_channel]
-        if missing:
+        if missing and not subsets:
             policy.handle(FieldError(f"field {key} has no file for channel(s) {', '.join(missing)}"))
             continue
-        files = [by_channel[tokens[i]] for i in index]
-        meta = {**dict(ident), "files": dict(zip(names, map(str, files)))}
-        fields.append(ChannelFilesField(key, names, meta, files, [None] * len(files)))
+        have = [(by_channel[tokens[i]], name) for i, name in zip(index, names) if tokens[i] in by_channel]
+        files, field_names = [path for path, _ in have], tuple(name for _, name in have)
+        meta = {**dict(ident), "files": dict(zip(field_names, map(str, files)))}
+        fields.append(ChannelFilesField(key, field_names, meta, files, [None] * len(files)))
     return fields
 
 
@@ -296,13 +307,15 @@ def stack_fields(
     channel_map: Mapping[str, str] | None = None,
     channels: Sequence[str] | None = None,
     on_error: OnError | ErrorPolicy = "raise",
+    subsets: bool = False,
 ) -> list[TiffStackField]:
     """One field per multichannel TIFF (``CYX`` or ``YXC``; OME-TIFF, ImageJ or plain).
 
     The layout comes from the file (OME/ImageJ axes, or RGB-like samples) or from ``axes`` when the file
     does not say (plain shaped stacks). Channel names come from the OME metadata when present; otherwise
     ``channels`` must name the channels in file order. ``channel_map``/``channels`` rename and select named
-    channels as in :func:`~domainmae.data.fields.resolve_channels`.
+    channels as in :func:`~domainmae.data.fields.resolve_channels` (``subsets``: each stack holds any of
+    the ``channels``).
     """
     policy = as_policy(on_error)
     fields = []
@@ -314,7 +327,7 @@ def stack_fields(
             policy.handle(err)
             continue
         layout, count, found = _stack_layout(path, series, ome_xml, axes)
-        names, index = resolve_channels(found or count, str(path), channel_map, channels)
+        names, index = resolve_channels(found or count, str(path), channel_map, channels, subsets)
         meta = {"files": {"stack": str(path)}, "axes": layout}
         fields.append(TiffStackField(str(path), names, meta, path, layout, index))
     return fields

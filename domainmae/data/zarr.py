@@ -60,16 +60,18 @@ def zarr_fields(
     channel_map: Mapping[str, str] | None = None,
     channels: Sequence[str] | None = None,
     on_error: OnError | ErrorPolicy = "raise",
+    subsets: bool = False,
 ) -> list[ZarrField]:
     """Fields of a Zarr store or OME-Zarr image/plate at ``path`` (see the module docstring for layouts).
 
     OME channel names (omero labels) are renamed by ``channel_map`` and selected/ordered by ``channels``;
     plain arrays carry no names, so ``channels`` must name their channels in array order. A well or field
     listed in plate metadata but absent from the store raises, or is skipped with ``on_error="skip"``.
+    With ``subsets``, ``channels`` is a vocabulary: each named image holds any of them.
     """
     path = str(path)
     node = zarr.open(store=path, mode="r")
-    naming = {"channel_map": channel_map, "channels": channels}
+    naming = {"channel_map": channel_map, "channels": channels, "subsets": subsets}
     if isinstance(node, zarr.Array):
         return _plain_fields(path, node, naming)
     ome = node.attrs.get("ome", node.attrs)  # 0.5 nests OME metadata under "ome"; 0.4 keeps it top level

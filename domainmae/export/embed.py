@@ -31,8 +31,10 @@ from ..train.distributed import resolve_device
 
 Level = Literal["tile", "image", "well"]
 #: Output formats by data kind; the first one is what ``.parquet`` means for that kind.
-FORMATS = {"microscopy": ("parquet", "h5ad"), "sentinel": ("geoparquet", "geotiff")}
-SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad", ".tif": "geotiff", ".tiff": "geotiff"}
+FORMATS = {"microscopy": ("parquet", "h5ad"), "sentinel": ("geoparquet", "geotiff", "zarr")}
+SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad", ".tif": "geotiff", ".tiff": "geotiff",
+            ".zarr": "zarr"}  # fmt: skip
+RASTERS = ("geotiff", "zarr")  # per-patch outputs: no pooling, one value per patch
 
 
 @dataclass
@@ -224,6 +226,7 @@ def embed(
     channels: Sequence[str] | None = None,
     stride: int | None = None,
     crs: str | None = None,
+    dtype: Literal["float32", "int8"] = "float32",
     overrides: Iterable[str] = (),
     overwrite: bool = False,
     progress: bool = True,
@@ -233,8 +236,9 @@ def embed(
     Args:
         checkpoint: run directory or ``.ckpt`` file.
         output: ``.parquet``/``.h5ad`` (microscopy: one row per tile/image/well, ``Metadata_*`` + ``emb_XXXX``),
-            ``.parquet`` (EO: GeoParquet of window footprints) or ``.tif`` (EO: per-patch embedding
-            raster; a folder of ``<scene>.tif`` when there are several scenes). ``format`` overrides the suffix.
+            ``.parquet`` (EO: GeoParquet of window footprints), ``.tif`` or ``.zarr`` (EO: per-patch embedding
+            raster ``[D, H/p, W/p]``; a folder of ``<scene>.tif``/``<scene>.zarr`` when there are several
+            scenes, with ``format`` naming the kind). ``format`` overrides the suffix.
         data: dataset path (default: the run's own ``data.path``); ``overrides`` are further recipe
             ``key=value`` settings (e.g. ``data.format=pattern``).
         pool: ``mean`` of patch tokens or the ``cls`` token (tables; rasters are per patch).
@@ -243,6 +247,8 @@ def embed(
         channels: embed only these channels (any subset the model knows); recorded in the file.
         stride: tiling stride in pixels (default: the crop size for tables, half of it for rasters).
         crs: GeoParquet only: reproject footprints to this CRS (e.g. ``EPSG:4326``).
+        dtype: GeoTIFF only: ``float32`` or ``int8`` (per-band scale/offset from the min/max of the
+            written values, which GDAL/QGIS/rasterio apply when reading; error <= half a step).
         overwrite: replace an existing ``output`` (otherwise a FileExistsError).
     """
     output = Path(output)
@@ -252,6 +258,8 @@ def embed(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if pool not in ("mean", "cls"):
         raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+    if dtype not in ("float32", "int8"):
+        raise ValueError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
     file = checkpoint_file(checkpoint)
     dev = resolve_device(device)
     model, state = load_checkpoint(file, dev)
@@ -263,16 +271,19 @@ def embed(
         raise ValueError(f"level {level!r} does not fit {kind} data; choose one of {', '.join(levels)}")
     if crs is not None and fmt != "geoparquet":
         raise ValueError(f"crs= reprojects GeoParquet footprints; {fmt} output keeps the source CRS")
+    if dtype == "int8" and fmt != "geotiff":
+        raise ValueError(f"dtype='int8' is a GeoTIFF option; {fmt} output {output} is float32")
     chosen = select_channel_names(model, recipe_channels(recipe, model), channels)
-    provenance = build_provenance(file, state, recipe, channels=chosen, pool=None if fmt == "geotiff" else pool,
-                                  level="patch" if fmt == "geotiff" else level, crop_size=recipe.data.crop_size,
-                                  stride=stride, format=fmt)  # fmt: skip
+    raster = fmt in RASTERS
+    provenance = build_provenance(file, state, recipe, channels=chosen, pool=None if raster else pool,
+                                  level="patch" if raster else level, crop_size=recipe.data.crop_size,
+                                  stride=stride, format=fmt, dtype=dtype)  # fmt: skip
     export = Export(model, recipe, chosen, dev, batch_size, provenance, progress)
 
-    if fmt == "geotiff":
+    if raster:
         from .geo import write_embedding_rasters
 
-        return write_embedding_rasters(export, export_items(recipe, stride), output, stride)
+        return write_embedding_rasters(export, export_items(recipe, stride), output, stride, fmt=fmt, dtype=dtype)
     items = export_items(recipe, stride)
     if fmt == "geoparquet":
         from .geo import write_geoparquet

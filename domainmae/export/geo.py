@@ -1,22 +1,24 @@
-"""Earth-observation embeddings: GeoParquet of window footprints and per-patch embedding GeoTIFFs.
+"""Earth-observation embeddings: GeoParquet of window footprints and per-patch embedding rasters.
 
 * GeoParquet (spec 1.1): one row per window (or scene), ``geometry`` = the footprint polygon as WKB in
   the scene's CRS (or ``crs``), plus ``scene_id``, ``sensors``, ``datetime``, ``window_row``/``window_col``
   (pixel offsets), scene metadata such as BigEarthNet ``labels``, and ``embedding`` as a fixed-size list
   of float32. Written with pyarrow's streaming writer; the ``geo`` metadata that geopandas/GDAL/QGIS read
   is built here because geopandas only writes whole frames.
-* GeoTIFF: ``D`` float32 bands on the patch grid (the scene transform scaled by the patch size), so it
-  overlays the source. Sliding windows overlap (default stride: half a window) and are blended with tent
-  weights that fall towards each window's edge, so window borders leave no seams. Rows of the output are
-  written as soon as no later window can touch them: memory is one strip of windows, not the scene.
+* Per-patch rasters: ``D`` bands on the patch grid (the scene transform scaled by the patch size), so they
+  overlay the source. One engine (:func:`blended_rows`) runs overlapping sliding windows (default stride:
+  half a window) and blends them with tent weights that fall towards each window's edge, so window borders
+  leave no seams; it hands finished rows to a sink as soon as no later window can touch them, so memory is
+  one strip of windows, not the scene. Sinks: GeoTIFF float32, GeoTIFF int8 with per-band scale/offset,
+  and Zarr v3 with GeoZarr and CF/rioxarray georeferencing (readable by :func:`domainmae.data.cube.open_cube`).
+  Every sink builds its output beside the target and renames it at the end.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +27,15 @@ import numpy as np
 import pyarrow as pa
 import rasterio
 import shapely
+import zarr
 from affine import Affine
 from pyproj import CRS
 from rasterio.windows import Window as RioWindow
 from tqdm import tqdm
+from zarr.errors import ZarrUserWarning
 
-from ..atomic import atomic_path
+from ..atomic import atomic_dir, atomic_path
+from ..data.geo import Grid
 from ..data.samplers import Window, grid_windows
 from .profile import consecutive_groups, singletons
 from .tables import PROVENANCE_KEY, feature_names, parquet_stream
@@ -43,6 +48,11 @@ if TYPE_CHECKING:
 
 #: Sample metadata that becomes dedicated columns (or is not a per-window property) rather than copied as is.
 _OWN_KEYS = {"crs", "transform", "bounds", "window", "files", "scene_id", "scene_ids", "datetime", "field"}
+#: Raster suffixes by format; a path without one of them is a folder with one raster per scene.
+RASTER_SUFFIXES = {"geotiff": (".tif", ".tiff"), "zarr": (".zarr",)}
+ZARR_CHUNK_BYTES = 4 << 20  # one chunk of all bands: a few MiB reads fast and compresses well
+BLOCK_BYTES = 32 << 20  # rows quantised at a time by the int8 GeoTIFF sink
+Strip = tuple[int, np.ndarray]  # (first patch row, [D, rows, W/p]) handed from the blending engine to a sink
 
 
 def scene_name(meta: dict[str, Any]) -> str:
@@ -119,68 +129,189 @@ def tent(n: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
-def _write_scene(export: Export, reader: RasterWindowReader, normalize: Any, path: Path, stride: int) -> None:
-    """Blend sliding-window ``embed_patches`` of one scene into a ``D``-band GeoTIFF on the patch grid."""
-    p, size, scene = export.model.patch_size, reader.size, reader.scene
-    grid = scene.grid
-    rows, cols = grid.height // p, grid.width // p  # a last partial patch (< p px) is left out
-    windows = grid_windows(rows * p, cols * p, size, stride, what=f"scene {scene.name}")
-    n, dim = size // p, export.model.embed_dim
-    weight = tent(n)
-    profile = dict(driver="GTiff", height=rows, width=cols, count=dim, dtype="float32", crs=grid.crs,
-                   transform=grid.transform @ Affine.scale(p), compress="deflate", BIGTIFF="IF_SAFER")  # fmt: skip
-    # A strip of n output rows starting at patch row `base`: what the current row of windows can touch.
-    total = np.zeros((dim, n, cols))
-    weights = np.zeros((n, cols))
-    base = 0
+def _pop_rows(total: np.ndarray, weights: np.ndarray, count: int) -> np.ndarray:
+    """Blend and remove the first ``count`` rows of the strip ``total [D, n, W]`` / ``weights [n, W]``.
 
-    def flush(dst: rasterio.io.DatasetWriter, count: int) -> None:
-        nonlocal base
-        dst.write((total[:, :count] / weights[:count]).astype(np.float32), window=RioWindow(0, base, cols, count))
-        total[:, :-count or None], weights[:-count or None] = total[:, count:], weights[count:]
-        total[:, n - count :], weights[n - count :] = 0.0, 0.0
+    Returns float32 ``[D, count, W]``; the remaining rows move up and fresh zero rows enter at the bottom.
+    """
+    out = (total[:, :count] / weights[:count]).astype(np.float32)
+    keep = total.shape[1] - count
+    total[:, :keep], weights[:keep] = total[:, count:], weights[count:]
+    total[:, keep:], weights[keep:] = 0.0, 0.0
+    return out
+
+
+def blended_rows(export: Export, reader: RasterWindowReader, normalize: Any, stride: int) -> Iterator[Strip]:
+    """Sliding-window ``embed_patches`` of one scene blended on the patch grid, as strips from top to bottom.
+
+    Yields ``(first patch row, float32 [D, rows, W/p])``; together the strips cover every row once, in
+    order. A row is yielded as soon as no later window can touch it, so memory is one strip of windows
+    (``[D, window/p, W/p]``), not the scene. A last partial patch (< p px) at the right/bottom is left out.
+    """
+    p, size, scene = export.model.patch_size, reader.size, reader.scene
+    rows, cols = scene.grid.height // p, scene.grid.width // p
+    windows = grid_windows(rows * p, cols * p, size, stride, what=f"scene {scene.name}")
+    n, weight = size // p, tent(size // p)
+    total, weights = np.zeros((export.model.embed_dim, n, cols)), np.zeros((n, cols))
+    base = 0  # the patch row of the strip's first row
+    for start in tqdm(range(0, len(windows), export.batch_size), disable=not export.progress, unit="batch",
+                      desc=scene.name, dynamic_ncols=True):  # fmt: skip
+        batch: list[Window] = windows[start : start + export.batch_size]
+        emb = export.forward([normalize(reader.window(w)) for w in batch], None)  # [B, n, n, D]
+        for window, patches in zip(batch, emb):
+            top, left = window.row // p, window.col // p
+            if top > base:  # windows come row by row: rows above this window are final
+                yield base, _pop_rows(total, weights, top - base)
+                base = top
+            total[:, top - base : top - base + n, left : left + n] += weight * patches.transpose(2, 0, 1)
+            weights[top - base : top - base + n, left : left + n] += weight
+    while base < rows:
+        count = min(n, rows - base)
+        yield base, _pop_rows(total, weights, count)
         base += count
 
+
+def int8_scaling(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band ``(scale, offset)`` ``[D]`` mapping int8 -128..127 onto ``low..high``: value = q * scale + offset.
+
+    A constant band gets scale 1 so that it still round-trips (every q is -128 = ``low``).
+    """
+    scale = np.where(high > low, (high - low) / 255.0, 1.0)
+    return scale, low + 128.0 * scale
+
+
+def _write_geotiff(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], tags: dict[str, Any],
+                   dtype: str = "float32", scaling: tuple[np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
+    """GeoTIFF sink: ``D`` bands of ``dtype`` on ``grid``, written strip by strip to a temp file, renamed at the end."""
+    profile = dict(driver="GTiff", height=grid.height, width=grid.width, count=dim, dtype=dtype, crs=grid.crs,
+                   transform=grid.transform, compress="deflate", BIGTIFF="IF_SAFER")  # fmt: skip
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for i, name in enumerate(feature_names(dim), start=1):
             dst.set_band_description(i, name)
-        dst.update_tags(**{PROVENANCE_KEY: json.dumps({**export.provenance, "scene_id": scene.name, "stride": stride})})
-        for start in tqdm(range(0, len(windows), export.batch_size), disable=not export.progress, unit="batch",
-                          desc=scene.name, dynamic_ncols=True):  # fmt: skip
-            batch: list[Window] = windows[start : start + export.batch_size]
-            emb = export.forward([normalize(reader.window(w)) for w in batch], None)  # [B, n, n, D]
-            for window, patches in zip(batch, emb):
-                top, left = window.row // p, window.col // p
-                if top > base:  # rows above this window row are final
-                    flush(dst, top - base)
-                total[:, top - base : top - base + n, left : left + n] += weight * patches.transpose(2, 0, 1)
-                weights[top - base : top - base + n, left : left + n] += weight
-        while base < rows:
-            flush(dst, min(n, rows - base))
+        if scaling is not None:  # GDAL/QGIS/rasterio unscale with these: value = raw * scale + offset
+            dst.scales, dst.offsets = tuple(map(float, scaling[0])), tuple(map(float, scaling[1]))
+        dst.update_tags(**{PROVENANCE_KEY: json.dumps(tags)})
+        for base, strip in strips:
+            dst.write(strip, window=RioWindow(0, base, grid.width, strip.shape[1]))
 
 
-def write_embedding_rasters(export: Export, items: Dataset, output: Path, stride: int | None) -> Path:
-    """Per-patch embedding GeoTIFF of each scene: ``output`` (``.tif``, one scene) or ``output/<scene>.tif``."""
+def _write_int8_geotiff(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], tags: dict[str, Any]) -> None:
+    """int8 GeoTIFF sink with per-band scale/offset from the min/max of the values actually written.
+
+    Two passes because the range is only known once every strip is blended: the float32 strips are
+    spooled to a scratch file beside the target, row-major (``[rows, D, W]``) so that both passes are
+    sequential reads/writes and memory stays one block; then they are quantised block by block.
+    A fixed clip range would need a bound on the embeddings, and there is none worth having: the final
+    LayerNorm has a learned scale/bias per feature and ViT features have outlier dimensions, so a fixed
+    range either clips or wastes most of the 256 levels.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(prefix=f".{path.name}.", suffix=".raw", dir=path.parent) as spool:
+        low, high = np.full(dim, np.inf), np.full(dim, -np.inf)
+        for _, strip in strips:  # strips arrive in row order, so appending keeps the file in row order
+            np.ascontiguousarray(strip.transpose(1, 0, 2)).tofile(spool)
+            low, high = np.minimum(low, strip.min(axis=(1, 2))), np.maximum(high, strip.max(axis=(1, 2)))
+        spool.seek(0)
+        scale, offset = int8_scaling(low, high)
+        step = max(1, BLOCK_BYTES // (4 * dim * grid.width))
+
+        def quantised() -> Iterator[Strip]:
+            for base in range(0, grid.height, step):
+                block = np.fromfile(spool, np.float32, min(step, grid.height - base) * dim * grid.width)
+                block = block.reshape(-1, dim, grid.width).transpose(1, 0, 2)  # [D, rows, W]
+                steps = np.rint((block - offset[:, None, None]) / scale[:, None, None])
+                yield base, np.clip(steps, -128, 127).astype(np.int8)
+
+        tags = {**tags, "int8_scaling": "per band: min..max of the written values in 256 steps"}
+        _write_geotiff(path, grid, dim, quantised(), tags, "int8", (scale, offset))
+
+
+def zarr_chunk_side(dim: int) -> int:
+    """Spatial chunk side (a power of two, 16..512) so that one ``[D, side, side]`` float32 chunk is <= 4 MiB."""
+    side = 2 ** int(np.log2(np.sqrt(ZARR_CHUNK_BYTES / (4 * dim))))
+    return int(np.clip(side, 16, 512))
+
+
+def _write_zarr(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], attrs: dict[str, Any]) -> None:
+    """Zarr v3 sink: ``embedding [D, H/p, W/p]`` float32 in a store built in a temp folder and renamed at the end.
+
+    Chunks hold all ``D`` bands of a square (reading an embedding vector at a place touches one chunk);
+    strips are regrouped into whole chunk rows so no chunk is written twice. Georeferencing is written
+    twice over, for both kinds of reader: GeoZarr ``proj:wkt2``/``spatial:transform`` on the array, and a
+    CF/rioxarray ``spatial_ref`` grid mapping (``crs_wkt`` + GDAL ``GeoTransform``) with ``x``/``y``
+    pixel-centre coordinates. Provenance goes into the group's attributes under ``domainmae``.
+    """
+    height, width = grid.height, grid.width
+    side = zarr_chunk_side(dim)
+    geo: dict[str, Any] = {"spatial:dimensions": ["y", "x"], "spatial:transform": list(grid.transform)[:6],
+                           "spatial:shape": [height, width], "spatial:registration": "pixel"}  # fmt: skip
+    mapping = {"GeoTransform": " ".join(map(repr, grid.transform.to_gdal()))}
+    if grid.crs is not None:
+        geo["proj:wkt2"] = mapping["crs_wkt"] = mapping["spatial_ref"] = grid.crs.to_wkt()
+    with atomic_dir(path) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={PROVENANCE_KEY: attrs})
+        array = group.create_array(
+            "embedding", shape=(dim, height, width), chunks=(dim, min(side, height), min(side, width)),
+            dtype="float32", dimension_names=("band", "y", "x"),
+            attributes={**geo, "grid_mapping": "spatial_ref", "coordinates": "spatial_ref"},
+        )  # fmt: skip
+        group.create_array("spatial_ref", shape=(), dtype="int32", dimension_names=(), attributes=mapping)
+        group.create_array("band", shape=(dim,), dtype=str, dimension_names=("band",))[:] = feature_names(dim)
+        t = grid.transform
+        if t.b == 0 and t.d == 0:  # 1-D x/y coordinates describe only a north-up grid; else GeoTransform alone
+            for dim_name, centres in (("x", t.c + t.a * (np.arange(width) + 0.5)),
+                                      ("y", t.f + t.e * (np.arange(height) + 0.5))):  # fmt: skip
+                coord = group.create_array(dim_name, shape=centres.shape, dtype="float64", dimension_names=(dim_name,))
+                coord[:] = centres
+        rows_per_chunk, start = array.chunks[1], 0
+        pending = np.empty((dim, 0, width), np.float32)
+        for _, strip in strips:
+            pending = np.concatenate([pending, strip], axis=1)
+            ready = pending.shape[1] // rows_per_chunk * rows_per_chunk
+            array[:, start : start + ready], pending, start = pending[:, :ready], pending[:, ready:], start + ready
+        array[:, start:] = pending  # the last, partial chunk row
+        # xarray looks for consolidated metadata first and warns without it; zarr warns that v3 has no spec
+        # for it yet, which is true but not the user's concern here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", ZarrUserWarning)
+            zarr.consolidate_metadata(tmp)
+
+
+def _write_scene(export: Export, reader: RasterWindowReader, normalize: Any, path: Path, fmt: str, dtype: str,
+                 stride: int) -> None:  # fmt: skip
+    """One scene's blended per-patch embeddings into ``path``: GeoTIFF (float32 or int8) or Zarr."""
+    p, grid, dim = export.model.patch_size, reader.scene.grid, export.model.embed_dim
+    # The patch grid: the scene transform scaled by the patch size, so the raster overlays the source.
+    patch_grid = Grid(grid.crs, grid.transform @ Affine.scale(p), grid.height // p, grid.width // p)
+    strips = blended_rows(export, reader, normalize, stride)
+    attrs = {**export.provenance, "scene_id": reader.scene.name, "stride": stride}
+    if fmt == "zarr":
+        _write_zarr(path, patch_grid, dim, strips, attrs)
+    elif dtype == "int8":
+        _write_int8_geotiff(path, patch_grid, dim, strips, attrs)
+    else:
+        _write_geotiff(path, patch_grid, dim, strips, attrs)
+
+
+def write_embedding_rasters(export: Export, items: Dataset, output: Path, stride: int | None, *,
+                            fmt: str = "geotiff", dtype: str = "float32") -> Path:  # fmt: skip
+    """Per-patch embedding raster of each scene: ``output`` (``.tif``/``.zarr``, one scene) or ``output/<scene>.<ext>``.
+
+    ``fmt`` is ``geotiff`` (``dtype`` float32 or int8 with per-band scale/offset) or ``zarr`` (float32).
+    """
     windows, normalize = items.dataset, items.transform
     p, size = export.model.patch_size, export.recipe.data.crop_size
     stride = stride if stride is not None else max(p, size // 2 // p * p)
     if stride % p or not 0 < stride <= size:
         raise ValueError(f"raster stride must be a multiple of the patch size {p} between {p} and {size}, got {stride}")
     readers = windows.readers
-    if output.suffix.lower() in (".tif", ".tiff"):
+    if output.suffix.lower() in RASTER_SUFFIXES[fmt]:
         if len(readers) != 1:
-            raise ValueError(f"{len(readers)} scenes do not fit in one file {output}; give a folder (no .tif suffix)")
-        _write_scene(export, readers[0], normalize, output, stride)
+            raise ValueError(f"{len(readers)} scenes do not fit in one file {output}; give a folder (no suffix)")
+        _write_scene(export, readers[0], normalize, output, fmt, dtype, stride)
         return output
-    # A folder: build it beside the target and rename, so a crash leaves no half-filled folder.
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_dir(output) as tmp:  # a crash leaves no half-filled folder
         for reader in readers:
-            _write_scene(export, reader, normalize, tmp / f"{reader.scene.name}.tif", stride)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            path = tmp / f"{reader.scene.name}{RASTER_SUFFIXES[fmt][0]}"
+            _write_scene(export, reader, normalize, path, fmt, dtype, stride)
     return output

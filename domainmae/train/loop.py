@@ -96,12 +96,7 @@ class Trainer:
             )
         self.micro_rows = micro_rows
         self.micro = t.batch_size // (micro_rows * info.world)
-        self.steps_per_epoch = len(self.data.dataset) // (t.batch_size // k)
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"the data has {len(self.data.dataset)} fields/regions but one step needs {t.batch_size // k} "
-                f"({t.batch_size} crops / {k} per read); lower train.batch_size"
-            )
+        self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size // k)
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
         self.lr = scaled_lr(t.base_lr, t.batch_size)
         self.optimizer = build_optimizer(self.model, self.lr, t.weight_decay, t.betas)
