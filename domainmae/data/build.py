@@ -18,14 +18,7 @@ from torch.utils.data import DataLoader
 from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
 from .fields import Field, FieldCrops
 from .geo import SceneWindows
-from .loader import (
-    SeededItems,
-    StepBatchSampler,
-    TransformedItems,
-    collate_samples,
-    group_items,
-    sample_seed,
-)
+from .loader import SeededItems, StepBatchSampler, TransformedItems, collate_samples, group_items, sample_seed
 from .raster import find_scenes
 from .stats import band_statistics
 from .tiff import load_data_fields, pattern_fields, stack_fields

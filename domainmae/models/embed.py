@@ -137,3 +137,10 @@ class ChannelPatchEmbed(nn.Module):
         tokens = self.proj(imgs.reshape(b * c, 1, height, width)).flatten(2).transpose(1, 2)
         tokens = tokens.reshape(b, c, -1, tokens.shape[-1])
         return tokens + self.channel_embed(channels)[None, :, None, :].to(tokens.dtype)
+
+
+def patch_embedder(spec: int | Sequence[ChannelLike], patch_size: int, embed_dim: int) -> nn.Module:
+    """A sensor's embedder: stacked for ``in_chans`` (an int), channel-agnostic for a channel list."""
+    if isinstance(spec, int):
+        return StackedPatchEmbed(spec, patch_size, embed_dim)
+    return ChannelPatchEmbed(spec, patch_size, embed_dim)

@@ -21,13 +21,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .embed import (
-    ChannelEmbedding,
-    ChannelLike,
-    ChannelPatchEmbed,
-    StackedPatchEmbed,
-    channel_specs,
-)
+from .embed import ChannelEmbedding, ChannelLike, channel_specs, patch_embedder
 from .inputs import SensorInput, sensor_inputs
 from .losses import reconstruction_loss
 from .masking import Masking, masking_from_scores, num_keep, sample_masking
@@ -100,14 +94,7 @@ class MaskedAutoencoder(nn.Module):
         self.embed_dim, self.decoder_embed_dim = embed_dim, decoder_embed_dim
 
         # Encoder: per-sensor patch embedders, fixed 2-D sin-cos positions, cls token, ViT blocks.
-        self.patch_embed = nn.ModuleDict(
-            {
-                name: StackedPatchEmbed(spec, patch_size, embed_dim)
-                if isinstance(spec, int)
-                else ChannelPatchEmbed(spec, patch_size, embed_dim)
-                for name, spec in self.sensors.items()
-            }
-        )
+        self.patch_embed = nn.ModuleDict({n: patch_embedder(s, patch_size, embed_dim) for n, s in self.sensors.items()})
         self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid), persistent=False)
         self.sensor_embed = nn.Parameter(torch.zeros(len(self.sensors), embed_dim)) if self.multi_sensor else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -127,12 +114,9 @@ class MaskedAutoencoder(nn.Module):
         )
         self.decoder_blocks = transformer_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio)
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
-        self.decoder_pred = nn.ModuleDict(
-            {
-                n: nn.Linear(decoder_embed_dim, patch_size**2 * (s if isinstance(s, int) else 1))
-                for n, s in self.sensors.items()
-            }
-        )
+        # Pixels per token: p*p*C for stacked channels, p*p for a channel token.
+        pixels = {n: patch_size**2 * (s if isinstance(s, int) else 1) for n, s in self.sensors.items()}
+        self.decoder_pred = nn.ModuleDict({n: nn.Linear(decoder_embed_dim, k) for n, k in pixels.items()})
         self.initialize_weights()
 
     def initialize_weights(self) -> None:

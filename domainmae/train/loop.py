@@ -26,20 +26,8 @@ from ..data.loader import chunk_rows
 from ..models import MaskedAutoencoder, create_model, load_pretrained
 from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
 from ..viz import reconstruction_images, save_reconstruction_grid
-from .checkpoint import (
-    LAST,
-    prune_checkpoints,
-    read_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from .distributed import (
-    DistInfo,
-    cleanup_distributed,
-    mean_over_processes,
-    setup_distributed,
-)
+from .checkpoint import LAST, prune_checkpoints, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import DistInfo, cleanup_distributed, mean_over_processes, setup_distributed
 from .logging import MetricsLog, progress_bar
 from .optim import build_optimizer, build_scheduler, scaled_lr
 
