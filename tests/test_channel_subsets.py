@@ -185,3 +185,20 @@ def test_pretrain_on_mixed_channel_sets(tmp_path, monkeypatch):
     assert [r["epoch"] for r in records] == [0, 0, 1, 1, 2, 2]  # 3 + 3 fields -> one 2-field step per set
     model, _ = load_checkpoint(run)
     assert [c["name"] for c in model.config.channels] == VOCAB
+
+
+def test_channel_masking_refuses_one_channel_fields_before_training(tmp_path):
+    source = list(csv.DictReader(open(FLY / "load_data.csv", newline="")))
+    manifest = tmp_path / "dna_actin.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["Metadata_Site", "FileName_OrigDNA", "PathName_OrigDNA",
+                                                   "FileName_OrigActin", "PathName_OrigActin"])  # fmt: skip
+        writer.writeheader()
+        for n, row in enumerate(source):  # the middle field has DNA only
+            actin = ("", "") if n == 1 else (row["FileName_OrigActin"], str(FLY))
+            writer.writerow({"Metadata_Site": row["Metadata_Site"], "FileName_OrigDNA": row["FileName_OrigDNA"],
+                             "PathName_OrigDNA": str(FLY), "FileName_OrigActin": actin[0], "PathName_OrigActin": actin[1]})  # fmt: skip
+    overrides = [f"data.path={manifest}", "data.allow_channel_subsets=true", "data.channels=[DNA,Actin]",
+                 "data.crops_per_read=8", "model.mask_strategy=channel"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"fields with only \[\('DNA',\)\] would have nothing left to see"):
+        pretrain("cellpainting", output=tmp_path / "run", max_steps=2, overrides=overrides, quiet=True)

@@ -61,6 +61,17 @@ def _model_for(recipe: Recipe, data: TrainingData) -> MaskedAutoencoder:
     return model
 
 
+def _check_masking_fits_channel_sets(recipe: Recipe, data: TrainingData) -> None:
+    """Whole-channel masking needs a second channel to see: refuse one-channel fields before training."""
+    strategies = {recipe.model.mask_strategy, *(m.strategy for m in recipe.model.mask_mix or [])}
+    single = sorted({s for s in data.channel_sets or [] if len(s) == 1})
+    if "channel" in strategies and single:
+        raise ValueError(
+            f"masking strategy 'channel' hides whole channels, but fields with only {single} would have nothing "
+            "left to see; drop those fields or choose another model.mask_strategy / model.mask_mix"
+        )
+
+
 class Trainer:
     """Holds one run's model, optimiser, data stream and run directory."""
 
@@ -83,6 +94,7 @@ class Trainer:
                 f"process(es), each a multiple of data.crops_per_read {k}"
             )
         self.micro_rows = micro_rows
+        _check_masking_fits_channel_sets(recipe, self.data)
         self.micro = t.batch_size // (micro_rows * info.world)
         self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size // k)
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
