@@ -5,6 +5,10 @@ exactly as in training (the run's recipe and band statistics). Samples are batch
 embedded under ``torch.inference_mode`` (bf16 autocast on CUDA only) and handed to a writer batch by
 batch, so memory holds one batch and one field's tiles, not the dataset. Every writer writes to a
 temporary name beside the output and renames it at the end.
+
+A batch never mixes channel sets: when fields hold different subsets of the channel vocabulary
+(``data.allow_channel_subsets``), each field is embedded with the chosen channels it has, and every row
+records them in a ``Metadata_Channels`` column (e.g. ``"DNA,PH3"``).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ FORMATS = {"microscopy": ("parquet", "h5ad"), "sentinel": ("geoparquet", "geotif
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad", ".tif": "geotiff", ".tiff": "geotiff",
             ".zarr": "zarr"}  # fmt: skip
 RASTERS = ("geotiff", "zarr")  # per-patch outputs: no pooling, one value per patch
+CHANNELS_COLUMN = "Metadata_Channels"  # per-row channel names, only when fields hold channel subsets
 
 
 @dataclass
@@ -43,15 +48,33 @@ class Export:
 
     model: MaskedAutoencoder
     recipe: Recipe
-    channels: dict[str, list[str]]  # {sensor: channel names given to the model}
+    channels: dict[str, list[str]]  # {sensor: channel names given to the model; with subsets, the most it gets}
     device: torch.device
     batch_size: int
     provenance: dict[str, Any]
     progress: bool = True
 
+    @property
+    def subsets(self) -> bool:
+        """Whether fields may hold different subsets of the channel vocabulary (microscopy only)."""
+        return bool(self.recipe.data.allow_channel_subsets)
+
+    def batch_channels(self, samples: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+        """``{sensor: names}`` to embed a batch of one channel set with: the chosen channels or, when fields
+        hold channel subsets, those of them that the batch's field(s) have (in the chosen order)."""
+        if not self.subsets:
+            return self.channels
+        # The recipe allows subsets for microscopy only: one sensor, samples with "image"/"channels".
+        ((sensor, wanted),) = self.channels.items()
+        field, have = samples[0]["meta"]["field"], samples[0]["channels"]
+        used = [c for c in wanted if c in have]
+        if not used:
+            raise ValueError(f"field {field} has channels {list(have)}, none of the chosen {wanted}")
+        return {sensor: used}
+
     def forward(self, samples: Sequence[dict[str, Any]], pool: str | None) -> np.ndarray:
         """Samples -> pooled embeddings ``[B, D]`` (``pool`` "mean"/"cls") or per-patch ``[B, h, w, D]`` (None)."""
-        images, channels = select_channels(collate_samples(samples), self.channels, self.model)
+        images, channels = select_channels(collate_samples(samples), self.batch_channels(samples), self.model)
         images = {k: v.to(self.device, non_blocking=True) for k, v in images.items()}
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
@@ -156,10 +179,19 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def sample_batches(export: Export, items: Dataset, unit: str) -> Iterator[list[dict[str, Any]]]:
-    """Samples of all items, in order, in batches of ``export.batch_size`` (the last one shorter).
+def channel_set(sample: dict[str, Any]) -> tuple[Any, ...]:
+    """The channels a sample holds: its names, or ``((sensor, names), ...)`` for a multi-sensor sample."""
+    if "image" in sample:
+        return tuple(sample["channels"])
+    return tuple((k, tuple(v["channels"])) for k, v in sample.items() if k != "meta")
 
-    Reading runs in the recipe's DataLoader workers; only one batch plus one item is held here.
+
+def sample_batches(export: Export, items: Dataset, unit: str) -> Iterator[list[dict[str, Any]]]:
+    """Samples of all items, in order, in batches of ``export.batch_size`` of one channel set each.
+
+    A batch is shorter at the end and where the channel set changes (fields holding different channel
+    subsets), since a model call takes one set of channels; rows stay in data order. Reading runs in the
+    recipe's DataLoader workers; only one batch plus one item is held here.
     """
     workers = export.recipe.data.num_workers
     loader = DataLoader(items, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
@@ -167,6 +199,10 @@ def sample_batches(export: Export, items: Dataset, unit: str) -> Iterator[list[d
     pending: list[dict[str, Any]] = []
     with tqdm(total=len(items), unit=unit, disable=not export.progress, dynamic_ncols=True) as bar:
         for item in loader:
+            # An item is one field's (or region's) samples, so they share one channel set.
+            if item and pending and channel_set(item[0]) != channel_set(pending[0]):
+                yield pending
+                pending = []
             pending.extend(item)
             bar.update()
             while len(pending) >= export.batch_size:
@@ -185,10 +221,15 @@ def row_meta(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def embedding_stream(export: Export, items: Dataset, pool: str) -> Iterator[tuple[list[dict[str, Any]], np.ndarray]]:
-    """``(metas, embeddings [B, D] float32)`` per batch, in data order."""
+    """``(metas, embeddings [B, D] float32)`` per batch, in data order; with channel subsets every meta
+    also names the channels its row was embedded with (``Metadata_Channels``, comma-separated)."""
     unit = "field" if export.recipe.data.kind == "microscopy" else "window"
     for samples in sample_batches(export, items, unit):
-        yield [row_meta(s) for s in samples], export.forward(samples, pool)
+        metas = [row_meta(s) for s in samples]
+        if export.subsets:
+            (used,) = export.batch_channels(samples).values()
+            metas = [{**meta, CHANNELS_COLUMN: ",".join(used)} for meta in metas]
+        yield metas, export.forward(samples, pool)
 
 
 def file_sha256(path: Path) -> str:
@@ -244,7 +285,10 @@ def embed(
         pool: ``mean`` of patch tokens or the ``cls`` token (tables; rasters are per patch).
         level: ``tile`` (one row per window), ``image`` (mean over a field's/scene's tiles) or ``well``
             (mean over a well's images, by ``Metadata_Plate``/``Metadata_Well``; microscopy).
-        channels: embed only these channels (any subset the model knows); recorded in the file.
+        channels: embed only these channels (any subset the model knows); recorded in the file. When the
+            recipe allows channel subsets (``data.allow_channel_subsets``), each field is embedded with those
+            of the chosen channels (default: the vocabulary) it has, recorded per row in ``Metadata_Channels``;
+            a field with none of them is an error naming it.
         stride: tiling stride in pixels (default: the crop size for tables, half of it for rasters).
         crs: GeoParquet only: reproject footprints to this CRS (e.g. ``EPSG:4326``).
         dtype: GeoTIFF only: ``float32`` or ``int8`` (per-band scale/offset from the min/max of the

@@ -2,7 +2,8 @@
 
 A row is a tile, an image (field) or a well: ``Metadata_*`` columns (everything scalar the manifest had,
 plus ``Metadata_Field`` and, per tile, ``Metadata_TileRow``/``Metadata_TileCol``: the tile's top-left
-pixel) and float32 feature columns ``emb_0000``... . Provenance (model config, checkpoint hash, recipe,
+pixel; with ``data.allow_channel_subsets``, ``Metadata_Channels``: the channels the row was embedded with)
+and float32 feature columns ``emb_0000``... . Provenance (model config, checkpoint hash, recipe,
 channels, pooling) is JSON under the Parquet key-value metadata key ``domainmae``, and ``uns["domainmae"]``
 in AnnData.
 """
