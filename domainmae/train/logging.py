@@ -21,10 +21,10 @@ class MetricsLog:
         self._file = path.open("a")
         self._tb = None
         if tensorboard:
-            from torch.utils.tensorboard import (
-                SummaryWriter,  # optional: needs the tensorboard package
-            )
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:  # optional dependency: say which setting needs it
+                raise ImportError("train.tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
             self._tb = SummaryWriter(str(path.parent / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
