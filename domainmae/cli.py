@@ -104,22 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"domainmae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="pretrain an MAE with a recipe (cellpainting, sentinel)")
+    # Options several commands share, defined once (argparse parent parsers).
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    runtime = argparse.ArgumentParser(add_help=False)
+    runtime.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    runtime.add_argument("--quiet", action="store_true", help="no progress bar")
+    trained = argparse.ArgumentParser(add_help=False)
+    trained.add_argument("--checkpoint", required=True, help="run directory or .ckpt file")
+    trained.add_argument("--data", help="dataset path (default: the run's own data)")
+
+    p = sub.add_parser("pretrain", parents=[overrides, runtime],
+                       help="pretrain an MAE with a recipe (cellpainting, sentinel)")  # fmt: skip
     p.add_argument("--recipe", required=True, help="built-in recipe name or YAML path")
     p.add_argument("--data", help="dataset path; without it the recipe's demo runs on the bundled samples")
     p.add_argument("--output", help="run directory (default runs/<recipe>-<timestamp>)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch per optimiser step")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("reconstruct", help="draw original / masked / reconstructed images from a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="run directory or .ckpt file")
-    p.add_argument("--data", help="dataset path (default: the run's own data)")
+    p = sub.add_parser("reconstruct", parents=[trained],
+                       help="draw original / masked / reconstructed images from a checkpoint")  # fmt: skip
     p.add_argument("--mask-ratio", type=float)
     p.add_argument("--channels", help="comma-separated channels the model sees; the others are hidden and rebuilt")
     p.add_argument("--samples", type=int, default=2)
@@ -127,18 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="reconstruction.png")
     p.set_defaults(func=_reconstruct)
 
-    p = sub.add_parser("inspect", help="show what a reader sees at a path: layout, channels, shape, CRS, values")
+    p = sub.add_parser("inspect", parents=[overrides],
+                       help="show what a reader sees at a path: layout, channels, shape, CRS, values")  # fmt: skip
     p.add_argument("path", help="a manifest, TIFF, GeoTIFF, Zarr store or folder")
     p.add_argument("--recipe", help="read the path with this recipe's data section, as training does")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     p.add_argument("--samples", type=int, default=8, help="fields/scenes opened to measure shapes and values")
     p.add_argument("--max-side", type=int, default=1024, help="largest window (px) read per sampled field/scene")
     p.set_defaults(func=_inspect)
 
-    p = sub.add_parser("embed", help="export embeddings of a run's data (or --data) with its checkpoint")
-    p.add_argument("--checkpoint", required=True, help="run directory or .ckpt file")
+    p = sub.add_parser("embed", parents=[trained, overrides, runtime],
+                       help="export embeddings of a run's data (or --data) with its checkpoint")  # fmt: skip
     p.add_argument("--output", required=True, help=".parquet or .h5ad (microscopy), .parquet or .tif/.zarr/folder (EO)")
-    p.add_argument("--data", help="dataset path (default: the run's own data)")
     p.add_argument("--format", choices=["parquet", "h5ad", "geoparquet", "geotiff", "zarr"],
                    help="default: from the suffix")  # fmt: skip
     p.add_argument("--pool", choices=["mean", "cls"], default="mean")
@@ -149,10 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "int8"], default="float32",
                    help="GeoTIFF: int8 stores per-band scale/offset (GDAL/QGIS unscale it)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("profile", help="aggregate and/or normalise an embeddings file against controls")

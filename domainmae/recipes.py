@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,13 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the key(s) at fault."""
 
 
+def _one_of(value: str, allowed: Iterable[str], what: str) -> str:
+    """``value`` if it is one of ``allowed``, else an error listing them."""
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -42,9 +49,7 @@ class MaskMix(Section):
     @field_validator("strategy")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy {v!r}; choose one of {', '.join(STRATEGIES)}")
-        return v
+        return _one_of(v, STRATEGIES, "strategy")
 
 
 class ModelSection(Section):
@@ -66,14 +71,12 @@ class ModelSection(Section):
     @field_validator("size")
     @classmethod
     def _size(cls, v: str) -> str:
-        if v not in MODEL_SIZES:
-            raise ValueError(f"unknown model size {v!r}; choose one of {', '.join(MODEL_SIZES)}")
-        return v
+        return _one_of(v, MODEL_SIZES, "model size")
 
     @field_validator("mask_strategy")
     @classmethod
     def _strategy(cls, v: str) -> str:
-        return MaskMix._known(v)
+        return _one_of(v, STRATEGIES, "strategy")
 
     def overrides(self) -> dict[str, Any]:
         """Fields that override the named size in :func:`domainmae.create_model`."""
