@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import Block
@@ -300,6 +302,20 @@ class MaskedAutoencoder(nn.Module):
         x = self.forward_encoder(self.tokenize(inputs, (h, w)), None)[:, 1:]
         b, _, d = x.shape
         return x.reshape(b, -1, h * w, d).mean(dim=1).reshape(b, h, w, d)
+
+    # ------------------------------------------------------------------ sharing
+    def save_pretrained(self, directory: str | Path, **extra: Any) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (with ``extra`` entries) to ``directory``."""
+        from .pretrained import save_pretrained  # pretrained builds models through the factory, which imports us
+
+        return save_pretrained(self, directory, **extra)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path) -> MaskedAutoencoder:
+        """A model saved by :meth:`save_pretrained`, from its folder or (not a folder) a Hugging Face Hub id."""
+        from .pretrained import read_pretrained
+
+        return read_pretrained(name_or_path)[0]
 
     # ------------------------------------------------------------------ inputs
     def split_inputs(self, images, channels=None, valid=None) -> tuple[list[SensorInput], tuple[int, int]]:
