@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 
@@ -201,8 +203,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, KeyError, ArithmeticError) as err:  # user-actionable: no traceback
-        print(f"domainmae {args.command}: error: {err}", file=sys.stderr)
+        print(f"domainmae {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 1
+
+
+def describe_error(err: BaseException) -> str:
+    """The text a user sees for ``err``: its message, never a bare ``'s2'``.
+
+    ``str(KeyError(x))`` is ``repr(x)``: our own lookups raise KeyError with a sentence, which is shown as
+    it is; a KeyError carrying only a key comes from a lookup that no check caught (a bug, or an input we
+    did not foresee), so it says which key was missing where, and asks for a report.
+    """
+    if not isinstance(err, KeyError) or len(err.args) != 1:
+        return str(err)
+    key = err.args[0]
+    if isinstance(key, str) and " " in key.strip():
+        return key
+    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    where = f" (looked up at {Path(frame.filename).name}:{frame.lineno}, in {frame.name})" if frame else ""
+    return (f"no entry {key!r} where one was expected{where}; no check caught this mismatch between the recipe "
+            "and the data or model, so please report it with the command you ran")
 
 
 if __name__ == "__main__":

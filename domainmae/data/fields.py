@@ -106,7 +106,10 @@ def resolve_channels(
         return tuple(c for c in channels if c in names), [names.index(c) for c in channels if c in names]
     missing = [name for name in channels if name not in names]
     if missing:
-        raise ValueError(f"{where}: expected channels {list(channels)}, found {names} (missing {missing})")
+        raise ValueError(
+            f"{where}: expected channels {list(channels)}, found {names} (missing {missing}); set data.channels "
+            "to the channels the data has, rename them with data.channel_map, or allow data.allow_channel_subsets"
+        )
     return tuple(channels), [names.index(name) for name in channels]
 
 
