@@ -72,6 +72,28 @@ def _check_masking_fits_channel_sets(recipe: Recipe, data: TrainingData) -> None
         )
 
 
+def micro_batch_rows(batch_size: int, micro_batch: int | None, world: int, crops_per_read: int) -> int:
+    """Crops per forward pass: the largest split of one process's share of the batch within ``micro_batch``.
+
+    ``micro_batch`` is a memory cap, not a promise: lowering ``train.batch_size`` below it, or to a size
+    it does not divide, gives smaller micro-batches (gradient accumulation makes the step the same).
+    Each micro-batch holds whole field reads (``crops_per_read`` crops each).
+    """
+    unit = world * crops_per_read
+    if batch_size % unit:
+        below, above = batch_size // unit * unit, (batch_size // unit + 1) * unit
+        near = " or ".join(f"train.batch_size={n}" for n in (below, above) if n > 0)
+        raise ValueError(
+            f"train.batch_size {batch_size} must be a multiple of {world} process(es) x data.crops_per_read "
+            f"{crops_per_read} = {unit} (every process takes whole field reads); set {near}, "
+            "or change data.crops_per_read"
+        )
+    share = batch_size // world
+    cap = min(micro_batch or share, share)
+    # crops_per_read divides share, so this always ends at a valid size (at worst one read per micro-batch).
+    return next(m for m in range(cap - cap % crops_per_read, 0, -crops_per_read) if share % m == 0)
+
+
 class Trainer:
     """Holds one run's model, optimiser, data stream and run directory."""
 
@@ -87,13 +109,10 @@ class Trainer:
                 save_recipe(recipe, run_dir / "config.yaml")
         self.model = _model_for(recipe, self.data).to(info.device)
         k = self.data.crops_per_item
-        micro_rows = t.micro_batch or t.batch_size // info.world
-        if t.batch_size % (micro_rows * info.world) or micro_rows % k:
-            raise ValueError(
-                f"train.batch_size {t.batch_size} must split into micro-batches of {micro_rows} crops on {info.world} "
-                f"process(es), each a multiple of data.crops_per_read {k}"
-            )
-        self.micro_rows = micro_rows
+        self.micro_rows = micro_rows = micro_batch_rows(t.batch_size, t.micro_batch, info.world, k)
+        if t.micro_batch is not None and micro_rows != t.micro_batch:
+            log.info("micro-batches of %d crops (train.micro_batch %d is a cap; %d splits the batch of %d evenly)",
+                     micro_rows, t.micro_batch, micro_rows, t.batch_size)  # fmt: skip
         _check_masking_fits_channel_sets(recipe, self.data)
         self.micro = t.batch_size // (micro_rows * info.world)
         self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size // k)
