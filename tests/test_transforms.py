@@ -131,3 +131,43 @@ def test_band_standardize_uses_stored_statistics_by_channel_name() -> None:
     assert torch.equal(plain["image"], out["s1"]["image"])
     with pytest.raises(ValueError, match=r"no band statistics for channels \['VH'\] of sensor 's1'"):
         BandStandardize(stats)({"s1": {"image": torch.zeros(1, 2, 2), "channels": ("VH",)}, "meta": {}})
+
+
+NAN_STATS = {"s": {"a": {"mean": 10.0, "std": 3.0}, "b": {"mean": 9.0, "std": 2.0}}}
+
+
+@pytest.mark.parametrize("normalise", [SelfStandardize(), PercentileClip(), BandStandardize(NAN_STATS)],
+                         ids=["standardize", "percentile", "stats"])  # fmt: skip
+def test_normalisers_leave_out_nan_and_inf_fill_them_and_mark_them_invalid(normalise) -> None:
+    clean = torch.randn(2, 16, 16) * 3 + 10
+    image = clean.clone()
+    image[0, 2:6, 2:6] = float("nan")
+    image[1, 9, 9] = float("inf")
+    nodata = torch.ones(16, 16, dtype=torch.bool)
+    nodata[:, 0] = False
+    out = normalise({"image": image, "channels": ("a", "b"), "valid": nodata, "meta": {}})
+    expected = nodata & torch.isfinite(image)  # [2, 16, 16]: the NaN block is in one channel only
+    assert torch.equal(out["valid"], expected)
+    assert torch.isfinite(out["image"]).all() and (out["image"][~expected] == 0).all()
+    # The statistics see the valid pixels only: as if the non-finite ones had been marked invalid.
+    reference = normalise({"image": clean, "channels": ("a", "b"), "valid": expected, "meta": {}})
+    assert torch.equal(out["image"], reference["image"])
+
+
+def test_normalisers_keep_the_valid_mask_shape_when_every_pixel_is_finite() -> None:
+    image = torch.randn(2, 8, 8)
+    assert "valid" not in SelfStandardize()({"image": image, "channels": ("a", "b")})
+    nodata = torch.rand(8, 8) > 0.2
+    assert torch.equal(SelfStandardize()({"image": image, "channels": ("a", "b"), "valid": nodata})["valid"], nodata)
+    image[:, 3, 3] = float("nan")  # all channels at one pixel, as rasters mark nodata: still one [H, W] mask
+    assert torch.equal(SelfStandardize()({"image": image, "channels": ("a", "b")})["valid"], torch.isfinite(image[0]))
+
+
+def test_self_standardize_and_percentile_clip_ignore_nan_in_their_statistics() -> None:
+    image = torch.randn(1, 16, 16)
+    poisoned = image.clone()
+    poisoned[0, :4] = float("nan")
+    for normalise in (self_standardize, percentile_clip):
+        out = normalise(poisoned)
+        assert torch.isfinite(out).all()
+        assert torch.equal(out, normalise(image, valid=torch.isfinite(poisoned[0])))

@@ -153,9 +153,12 @@ def _stack_sensor(samples: Sequence[Sample], sensor: str) -> tuple[torch.Tensor,
                 "data.allow_channel_subsets to group batches by channel set"
             )
     images = torch.stack([s["image"] for s in samples])
-    if not any("valid" in s for s in samples):
+    masks = [s.get("valid") for s in samples]
+    if all(mask is None for mask in masks):
         return images, tuple(channels), None
-    valid = torch.stack([s.get("valid", torch.ones(images.shape[-2:], dtype=torch.bool)) for s in samples])
+    # [B, H, W], or [B, C, H, W] once one sample has a per-channel mask (NaN in some channels only).
+    shape = images.shape[1:] if any(mask is not None and mask.dim() == 3 for mask in masks) else images.shape[2:]
+    valid = torch.stack([torch.ones(shape, dtype=torch.bool) if mask is None else mask.expand(shape) for mask in masks])
     return images, tuple(channels), valid
 
 
@@ -163,7 +166,7 @@ def collate_samples(items: Sequence[Sample | Sequence[Sample]]) -> dict[str, Any
     """Items (a Sample, a multi-sensor sample, or a list of crops from one read) -> one batch::
 
         {"images": [B, C, H, W] | {sensor: [B, C_s, H, W]}, "channels": names | {sensor: names},
-         "valid": [B, H, W] bool | {sensor: ...} | None, "meta": [dict] * B}
+         "valid": [B, H, W] or [B, C, H, W] bool | {sensor: ...} | None, "meta": [dict] * B}
     """
     samples: list[dict[str, Any]] = []
     for item in items:

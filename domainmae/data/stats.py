@@ -1,4 +1,4 @@
-"""Per-band mean and standard deviation, streamed over sample windows, valid pixels only.
+"""Per-band mean and standard deviation, streamed over sample windows, valid (and finite) pixels only.
 
 Recipes store these to normalise bands. Statistics merge window by window with the parallel
 update of Chan et al. (in float64), so no more than one window is held at a time and the result
@@ -12,8 +12,10 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
+import torch
 
 from .sample import is_multisensor
+from .transforms import valid_pixels
 
 
 @dataclass(frozen=True)
@@ -39,20 +41,18 @@ class RunningBandStats:
         self._count = self._mean = self._m2 = np.zeros(0)
 
     def update(self, sample: Mapping[str, Any]) -> None:
-        """Add the valid pixels of a Sample (``image`` ``[C, H, W]``, ``valid`` ``[H, W]`` or ``[C, H, W]``)."""
+        """Add the valid, finite pixels of a Sample (``image`` ``[C, H, W]``, ``valid`` ``[H, W]`` or ``[C, H, W]``)."""
         channels = tuple(sample["channels"])
         if self.channels is None:
             self.channels = channels
             self._count, self._mean, self._m2 = (np.zeros(len(channels)) for _ in range(3))
         elif channels != self.channels:
             raise ValueError(f"channel set changed between samples: expected {self.channels}, found {channels}")
-        image = np.asarray(sample["image"], dtype=np.float64).reshape(len(channels), -1)
-        mask = np.ones(image.shape, dtype=bool)
-        if sample.get("valid") is not None:
-            valid = np.asarray(sample["valid"], dtype=bool)
-            mask = np.broadcast_to(valid.reshape(valid.shape[0] if valid.ndim == 3 else 1, -1), image.shape)
+        image = np.asarray(sample["image"], dtype=np.float64)
+        mask = valid_pixels(torch.from_numpy(image), sample.get("valid")).numpy().reshape(len(channels), -1)
+        image = np.where(mask, image.reshape(len(channels), -1), 0.0)  # NaN/inf out of every sum below
         count = mask.sum(axis=1).astype(np.float64)
-        mean = np.where(mask, image, 0.0).sum(axis=1) / np.maximum(count, 1.0)
+        mean = image.sum(axis=1) / np.maximum(count, 1.0)
         m2 = np.where(mask, (image - mean[:, None]) ** 2, 0.0).sum(axis=1)
         total = self._count + count
         delta = mean - self._mean

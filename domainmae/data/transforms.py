@@ -1,9 +1,11 @@
 """Normalisation and augmentation of Samples (plain and multi-sensor).
 
 Normalisers work per channel, on uint8/uint16/float ``[C, H, W]`` arrays or tensors: per-image
-self-standardisation, percentile clipping, or stored per-band statistics; pixels marked invalid are left out
-of the statistics. :class:`Augment` wraps albumentations so that one
-random geometric transform moves every channel of every sensor and the ``valid`` masks together.
+self-standardisation, percentile clipping, or stored per-band statistics. Invalid pixels (marked so in
+``valid``, or NaN/inf, the nodata of float TIFFs and rasters) are left out of the statistics, set to 0 in the
+output and marked invalid in the normalised Sample, so the loss skips them too. :class:`Augment` wraps
+albumentations so that one random geometric transform moves every channel of every sensor and the ``valid``
+masks together.
 """
 from __future__ import annotations
 
@@ -24,11 +26,14 @@ def as_float_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return image.float()
 
 
-def _valid_mask(image: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """``valid`` ([H, W] or [C, H, W]; None = all valid) as a bool mask ``[C, H, W]``."""
-    if valid is None:
-        return torch.ones_like(image, dtype=torch.bool)
-    return torch.as_tensor(valid, dtype=torch.bool).expand_as(image)
+def valid_pixels(image: torch.Tensor, valid: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+    """The pixels of ``image`` ``[C, H, W]`` that may enter statistics and the loss: bool ``[C, H, W]``.
+
+    A pixel is valid where ``valid`` (``[H, W]`` or ``[C, H, W]``; None = all) says so AND it is finite:
+    NaN/inf is how float files mark nodata, and one such value would make every statistic and loss NaN.
+    """
+    finite = torch.isfinite(image)
+    return finite if valid is None else finite & torch.as_tensor(valid, dtype=torch.bool)
 
 
 def _per_channel(
@@ -39,7 +44,7 @@ def _per_channel(
     """``[C, H, W]`` -> each channel mapped by ``fit(its valid pixel values)``; invalid pixels, and
     channels without any valid pixel, become 0."""
     x = as_float_tensor(image)
-    mask = _valid_mask(x, valid)
+    mask = valid_pixels(x, valid)
     out = torch.zeros_like(x)
     for c in range(x.shape[0]):
         values = x[c][mask[c]]
@@ -94,9 +99,25 @@ def _put(sample: dict, parts: dict[str | None, Sample]) -> dict:
     return parts[None] if None in parts else {**sample, **parts}
 
 
-def _map_images(sample: dict, fn: Callable[[str | None, Sample], torch.Tensor]) -> dict:
-    """``sample`` with each sensor's image replaced by ``fn(sensor, part)`` (sensor None for a plain Sample)."""
-    return _put(sample, {key: {**_get(sample, key), "image": fn(key, _get(sample, key))} for key in _parts(sample)})
+def _normalise(sample: dict, fn: Callable[[str | None, Sample], torch.Tensor]) -> dict:
+    """``sample`` with each sensor's image replaced by ``fn(sensor, part)`` (sensor None for a plain Sample).
+
+    ``fn`` gets the part with its image as a float tensor and ``valid`` as :func:`valid_pixels` ``[C, H, W]``,
+    and must set invalid pixels to a finite value. The result keeps those pixels marked invalid, so the loss
+    skips them: ``valid`` is ``[H, W]`` when every channel agrees (as readers give it), else ``[C, H, W]``
+    (NaN in one channel only), and absent when every pixel is valid and the part had no mask.
+    """
+
+    def one(key: str | None) -> Sample:
+        part = _get(sample, key)
+        image = as_float_tensor(part["image"])
+        valid = valid_pixels(image, part.get("valid"))
+        out = {**part, "image": fn(key, {**part, "image": image, "valid": valid})}
+        if part.get("valid") is not None or not valid.all():
+            out["valid"] = valid[0] if (valid == valid[:1]).all() else valid
+        return out
+
+    return _put(sample, {key: one(key) for key in _parts(sample)})
 
 
 class SelfStandardize:
@@ -109,7 +130,7 @@ class SelfStandardize:
         return self_standardize(part["image"], part.get("valid"), self.eps)
 
     def __call__(self, sample: dict) -> dict:
-        return _map_images(sample, self._standardize)
+        return _normalise(sample, self._standardize)
 
 
 class PercentileClip:
@@ -122,11 +143,12 @@ class PercentileClip:
         return percentile_clip(part["image"], self.low, self.high, part.get("valid"))
 
     def __call__(self, sample: dict) -> dict:
-        return _map_images(sample, self._clip)
+        return _normalise(sample, self._clip)
 
 
 class BandStandardize:
-    """Sample transform: ``(x - mean) / std`` per channel with stored statistics; invalid pixels set to 0.
+    """Sample transform: ``(x - mean) / std`` per channel with stored statistics; invalid (and NaN/inf) pixels
+    set to 0.
 
     ``stats`` is ``{sensor: {channel: {"mean": m, "std": s}}}``, as recipes store it (see ``stats.py``);
     channels are looked up by name, so any subset or order works. A plain Sample uses the only sensor's
@@ -148,11 +170,10 @@ class BandStandardize:
             raise ValueError(f"no band statistics for channels {missing} of sensor {sensor!r}; have {list(table)}")
         mean = torch.tensor([table[name]["mean"] for name in part["channels"]]).view(-1, 1, 1)
         std = torch.tensor([table[name]["std"] for name in part["channels"]]).view(-1, 1, 1).clamp_min(self.eps)
-        x = as_float_tensor(part["image"])
-        return torch.where(_valid_mask(x, part.get("valid")), (x - mean) / std, 0.0)
+        return torch.where(part["valid"], (part["image"] - mean) / std, 0.0)
 
     def __call__(self, sample: dict) -> dict:
-        return _map_images(sample, self._standardize)
+        return _normalise(sample, self._standardize)
 
 
 class Augment:

@@ -82,6 +82,9 @@ def reconstruction_loss(
     fourier_weight: float = 0.0,
 ) -> torch.Tensor:
     """MSE on masked tokens (+ ``fourier_weight`` x Fourier L1; CA-MAE used 0.01)."""
+    if valid is not None:
+        # Weights of 0 do not cancel NaN/inf (0 * NaN = NaN): invalid targets must be finite to be ignored.
+        target = target.masked_fill(~valid, 0.0)
     if norm_pix:
         target = normalize_patches(target, valid)
     loss = masked_mse(pred, target, mask, valid)
