@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,9 +20,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from .atomic import atomic_write_text
 from .models import MODEL_SIZES, STRATEGIES
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES_DIR = ROOT / "recipes"
-CONFIGS_DIR = ROOT / "configs"
+
+def _builtin_dir(name: str) -> Path:
+    """A folder of built-in data installed with the package (``recipes``, ``configs``, ``samples``).
+
+    setup.py maps the top-level ``recipes/``, ``configs/`` and ``datasets/samples/`` folders to
+    ``domainmae._builtin.*``, so this finds them in a wheel install and in an editable one alike,
+    whatever the working directory.
+    """
+    folder = files(f"{__package__}._builtin.{name}")
+    if not isinstance(folder, Path):  # e.g. imported from a zip: the readers need real files
+        raise ImportError(f"domainmae's built-in {name} are not on the file system ({folder}); install it unzipped")
+    return folder
+
+
+RECIPES_DIR = _builtin_dir("recipes")
+CONFIGS_DIR = _builtin_dir("configs")
+SAMPLES_DIR = _builtin_dir("samples")
+# Demo sections name bundled samples as in the checkout; they resolve against the installed copy.
+SAMPLES_PREFIX = ("datasets", "samples")
 
 
 class RecipeError(ValueError):
@@ -256,6 +273,16 @@ def _explain(err: ValidationError) -> str:
     return "invalid recipe:\n  " + "\n  ".join(lines)
 
 
+def bundled_sample_path(path: str) -> str:
+    """A demo section's data path: ``datasets/samples/...`` names the bundled samples installed with the
+    package (found wherever the command runs); any other path is left as written (relative to the working
+    directory, like ``--data``)."""
+    parts = Path(path).parts
+    if parts[: len(SAMPLES_PREFIX)] == SAMPLES_PREFIX:
+        return str(SAMPLES_DIR.joinpath(*parts[len(SAMPLES_PREFIX) :]))
+    return path
+
+
 def resolve_recipe(data: Mapping[str, Any], overrides: Sequence[str] = (), demo: bool = False) -> Recipe:
     """Validate a recipe dict after applying the demo section (if asked) and ``--set`` overrides."""
     data = copy.deepcopy(dict(data))
@@ -264,8 +291,8 @@ def resolve_recipe(data: Mapping[str, Any], overrides: Sequence[str] = (), demo:
         if not demo_section:
             raise RecipeError(f"recipe {data.get('name')!r} has no demo section; pass --data")
         demo_path = (demo_section.get("data") or {}).get("path")
-        if demo_path and not Path(demo_path).is_absolute():  # bundled samples live in the repository
-            demo_section = _merge(demo_section, {"data": {"path": str(ROOT / demo_path)}})
+        if demo_path:
+            demo_section = _merge(demo_section, {"data": {"path": bundled_sample_path(demo_path)}})
         data = _merge(data, demo_section)
     for text in overrides:
         _set(data, *parse_override(text))
