@@ -8,9 +8,15 @@ Public API (Python first; the ``domainmae`` command is a thin face over it)::
     emb = model.embed(images, channels=names)  # [B, D]
     domainmae.embed("runs/x", data="load_data.csv", output="emb.parquet")  # a dataset -> embeddings file
 """
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from .models import MAEConfig, MaskedAutoencoder, create_model, load_pretrained
 
-__version__ = "0.1.0"
+try:  # pyproject.toml is the one place the version is written
+    __version__ = _version("domainmae")
+except PackageNotFoundError:  # a source tree put on sys.path without installing it
+    __version__ = "0+unknown"
 __all__ = ["MAEConfig", "MaskedAutoencoder", "create_model", "embed", "evaluate", "load_pretrained", "profile",
            "__version__"]
 _EXPORT = ("embed", "evaluate", "profile")
