@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -170,12 +170,20 @@ def bigearthnet_scenes(
 
 
 def bigearthnet_pairs(
-    s2_root: str | Path, s1_root: str | Path, *, on_error: Literal["raise", "skip"] = "raise"
+    s2_root: str | Path,
+    s1_root: str | Path,
+    *,
+    bands: Mapping[str, Sequence[str]] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
 ) -> list[MultiSensorScene]:
-    """S2 + S1 patches paired by the trailing ``_<row>_<col>`` of their folder names."""
+    """S2 + S1 patches paired by the trailing ``_<row>_<col>`` of their folder names.
+
+    ``bands`` selects and orders each sensor's bands (``{"s2": [...], "s1": [...]}``; default: all of them).
+    """
+    bands = bands or {}
     return pair_scenes(
-        bigearthnet_scenes(s2_root, "s2", on_error=on_error),
-        bigearthnet_scenes(s1_root, "s1", on_error=on_error),
+        bigearthnet_scenes(s2_root, "s2", bands=bands.get("s2"), on_error=on_error),
+        bigearthnet_scenes(s1_root, "s1", bands=bands.get("s1"), on_error=on_error),
         key=PATCH_KEY_PATTERN,
         on_unpaired=on_error,
     )

@@ -91,7 +91,7 @@ def sentinel_scenes(section: Any) -> list[Any]:
     sensors = list(section.sensors or {})
     if not sensors or sensors[0] != "s2" or set(sensors) - {"s2", "s1"}:
         raise ValueError(f"data.sensors must be s2, optionally followed by s1; got {sensors}")
-    bands = [b["name"] if isinstance(b, dict) else b for b in section.sensors["s2"]]
+    bands = {sensor: [b["name"] if isinstance(b, dict) else b for b in listed] for sensor, listed in section.sensors.items()}
     path = _path(section)
     if section.format == "bigearthnet":
         s2_root, s1_root = path / "BigEarthNet-S2-Example", path / "BigEarthNet-S1-Example"
@@ -99,12 +99,12 @@ def sentinel_scenes(section: Any) -> list[Any]:
         if "s1" in sensors:
             if not s1_root.is_dir():
                 raise FileNotFoundError(f"no S1 patches next to the S2 ones: expected {s1_root}")
-            return bigearthnet_pairs(s2_root, s1_root, on_error=section.on_error)
-        return bigearthnet_scenes(s2_root, "s2", bands=bands, on_error=section.on_error)
+            return bigearthnet_pairs(s2_root, s1_root, bands=bands, on_error=section.on_error)
+        return bigearthnet_scenes(s2_root, "s2", bands=bands["s2"], on_error=section.on_error)
     if section.format == "scene":
         if "s1" in sensors:
             raise ValueError("format 'scene' reads one sensor's band files; use 'bigearthnet' for S1+S2 pairs")
-        return find_scenes(path, bands=bands, on_error=section.on_error)
+        return find_scenes(path, bands=bands["s2"], on_error=section.on_error)
     raise ValueError(f"data.format {section.format!r} is not an EO format; choose one of {', '.join(SENTINEL_FORMATS)}")
 
 

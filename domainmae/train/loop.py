@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data.build import TrainingData, build_training_data, training_loader
@@ -28,6 +29,7 @@ from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
 from ..viz import reconstruction_images, save_reconstruction_grid
 from .checkpoint import LAST, prune_checkpoints, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistInfo, cleanup_distributed, mean_over_processes, setup_distributed
+from .interrupts import StopRequests
 from .logging import MetricsLog, progress_bar
 from .optim import build_optimizer, build_scheduler, scaled_lr
 
@@ -209,61 +211,74 @@ class Trainer:
         with torch.no_grad(), self.autocast:
             out = self.model(batch["images"], batch["channels"], valid=batch["valid"], masking=masking)
         images = reconstruction_images(self.model, batch["images"], batch["channels"], out)
-        names = batch["channels"] if isinstance(batch["channels"], dict) else {"image": batch["channels"]}
+        # A single-sensor batch carries one channel tuple; the model names its one sensor ("image", "s2", ...).
+        names = batch["channels"] if isinstance(batch["channels"], dict) else {next(iter(images)): batch["channels"]}
         path = self.run_dir / "reconstructions" / f"step_{self.step:08d}.png"
         save_reconstruction_grid(images, names, path, title=f"{self.recipe.name} step {self.step}  loss {out.loss.item():.4f}")
         self.model.train()
 
     # --------------------------------------------------------------- run
+    def _any_process_stopping(self, requested: bool) -> bool:
+        """Whether any process was asked to stop: agreed at the step boundary, so all stop after the same step."""
+        flag = torch.tensor([float(requested)], device=self.info.device)
+        return bool(mean_over_processes(flag, self.info) > 0)
+
     def run(self) -> None:
         t = self.recipe.train
         main = self.info.is_main
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step, t.tensorboard) if main else None
-        loader = training_loader(self.data, self.recipe, self.info, start_step=self.step,
-                                 total_steps=self.total_steps, micro=self.micro)  # fmt: skip
-        batches = iter(loader)
         bar = progress_bar(self.total_steps, self.step, main and not self.quiet)
         preview_every = t.preview_every or t.checkpoint_every
         self.model.train()
+        # Checkpoints are written between steps only. A first SIGINT/SIGTERM lets the step in progress
+        # finish; a second one (or any other KeyboardInterrupt) leaves the last checkpoint as it is.
         try:
-            while self.step < self.total_steps:
-                start = time.perf_counter()
-                step_batches = [_to(next(batches), self.info.device) for _ in range(self.micro)]
-                record = self.train_step(step_batches)
-                self.scheduler.step()
-                self.step += 1
-                if record is None:
-                    self.bad_steps += 1
-                    log.warning("step %d: non-finite loss, update skipped (%d in a row)", self.step, self.bad_steps)
-                    if self.bad_steps >= t.max_bad_steps:
-                        raise NonFiniteLossError(
-                            f"{self.bad_steps} non-finite losses in a row at step {self.step}; "
-                            f"the last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
-                        )
-                    continue
-                self.bad_steps = 0
-                speed = t.batch_size / (time.perf_counter() - start)
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                                samples_s=f"{speed:.1f}")  # fmt: skip
-                last = self.step == self.total_steps
-                if main and (self.step % t.log_every == 0 or last):
-                    metrics.log({"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, **record,
-                                 "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": speed})  # fmt: skip
-                if self.step % t.checkpoint_every == 0 or last:
-                    self.save()
-                if main and (self.step % preview_every == 0 or last):
-                    masking = self._masking(step_batches[0]).rows(slice(0, self.micro_rows))
-                    self.preview(step_batches[0], masking)
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d: writing a checkpoint before exiting", self.step)
-            self.save()
-            raise
+            with StopRequests() as stop:  # before iter(): forked DataLoader workers inherit the handlers
+                batches = iter(training_loader(self.data, self.recipe, self.info, start_step=self.step,
+                                               total_steps=self.total_steps, micro=self.micro))  # fmt: skip
+                while self.step < self.total_steps:
+                    start = time.perf_counter()
+                    step_batches = [_to(next(batches), self.info.device) for _ in range(self.micro)]
+                    record = self.train_step(step_batches)
+                    self.scheduler.step()
+                    self.step += 1
+                    stopping = self._any_process_stopping(stop.received is not None)
+                    bar.update(1)
+                    if record is None:
+                        self.bad_steps += 1
+                        log.warning("step %d: non-finite loss, update skipped (%d in a row)", self.step, self.bad_steps)
+                        if self.bad_steps >= t.max_bad_steps:
+                            raise NonFiniteLossError(
+                                f"{self.bad_steps} non-finite losses in a row at step {self.step}; "
+                                f"the last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
+                            )
+                    else:
+                        self.bad_steps = 0
+                        self._report(record, time.perf_counter() - start, metrics, bar)
+                    last = self.step == self.total_steps
+                    # Also after a non-finite step: its update was skipped, so this is the last good state.
+                    if self.step % t.checkpoint_every == 0 or last or stopping:
+                        self.save()
+                    if main and record is not None and (self.step % preview_every == 0 or last):
+                        masking = self._masking(step_batches[0]).rows(slice(0, self.micro_rows))
+                        self.preview(step_batches[0], masking)
+                    if stopping and not last:
+                        raise KeyboardInterrupt(f"stopped by {stop.received or 'another process'} after step {self.step}; "
+                                                f"checkpoint written, continue with --resume")  # fmt: skip
         finally:
             bar.close()
             if metrics is not None:
                 metrics.close()
 
+    def _report(self, record: dict[str, float], seconds: float, metrics: MetricsLog | None, bar: tqdm) -> None:
+        """Progress bar and (main process, every ``log_every`` steps and the last) a ``metrics.jsonl`` line."""
+        t = self.recipe.train
+        speed = t.batch_size / seconds
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                        samples_s=f"{speed:.1f}")  # fmt: skip
+        if metrics is not None and (self.step % t.log_every == 0 or self.step == self.total_steps):
+            metrics.log({"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, **record,
+                         "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": speed})  # fmt: skip
 
 def _recipe_for_run(
     recipe: Recipe | str | Path, data: str | None, overrides: Sequence[str], run_dir: Path | None, resume: bool

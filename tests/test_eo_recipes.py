@@ -1,0 +1,31 @@
+"""EO recipes end to end on the bundled samples: band subsets, with and without S1, pretrain then embed."""
+from __future__ import annotations
+
+import geopandas as gpd
+import pytest
+
+import domainmae
+from domainmae.train import load_checkpoint, pretrain
+
+pytestmark = pytest.mark.slow
+SHORT = ["train.max_steps=2", "train.log_every=1", "train.checkpoint_every=2", "data.crop_size=32",
+         "train.batch_size=4", "data.crops_per_read=2"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sensors",
+    [
+        "data.sensors.s2=[B02,B03,B04]",  # S1 stays, from the recipe
+        "data.sensors={s2: [B02, B03, B04]}",  # S2 alone
+    ],
+    ids=["s2-subset+s1", "s2-subset"],
+)
+def test_sentinel_band_subset_trains_and_embeds(tmp_path, sensors):
+    run = pretrain("sentinel", output=tmp_path / "run", overrides=[*SHORT, sensors], quiet=True)
+    recipe = load_checkpoint(run)[1]["recipe"]
+    assert list(recipe["data"]["band_stats"]["s2"]) == ["B02", "B03", "B04"]
+    # The six samples lie in three UTM zones: one GeoParquet geometry column needs one CRS.
+    out = domainmae.embed(run, output=tmp_path / "emb.parquet", crs="EPSG:4326", progress=False)
+    table = gpd.read_parquet(out)
+    assert len(table) >= 6 and table.geometry.notna().all() and table.crs.to_epsg() == 4326
+    assert ("s1" in recipe["data"]["sensors"]) == ("{" not in sensors)
