@@ -82,11 +82,20 @@ def chip_rows(groups: Sequence[Sequence[dict[str, Any]]], sensors: list[str]) ->
     return rows
 
 
-def footprints(groups: Sequence[Sequence[dict[str, Any]]]) -> np.ndarray:
-    """Polygons ``[G]`` covering each group's windows, in the windows' CRS."""
+def footprints(groups: Sequence[Sequence[dict[str, Any]]], crs: CRS) -> gpd.GeoSeries:
+    """Polygons ``[G]`` covering each group's windows, projected to ``crs`` from each group's own CRS.
+
+    A batch can hold windows of scenes in different CRSs (UTM zones), so every group is projected from its
+    own; the windows of one group come from one scene.
+    """
     bounds = np.array([[min(m["bounds"][0] for m in g), min(m["bounds"][1] for m in g),
                         max(m["bounds"][2] for m in g), max(m["bounds"][3] for m in g)] for g in groups])  # fmt: skip
-    return shapely.box(*bounds.T)
+    boxes, sources = shapely.box(*bounds.T), np.array([g[0]["crs"] for g in groups])
+    out = np.empty(len(groups), dtype=object)
+    for source in set(sources.tolist()):
+        rows = sources == source
+        out[rows] = gpd.GeoSeries(boxes[rows], crs=source).to_crs(crs).to_numpy()
+    return gpd.GeoSeries(out, crs=crs)
 
 
 def geo_metadata(crs: CRS) -> dict[str, Any]:
@@ -105,16 +114,21 @@ def write_geoparquet(
     found = {r.scene.name: r.scene.grid.crs for r in readers}
     if any(c is None for c in found.values()):
         raise ValueError(f"scenes without a CRS cannot get footprints: {[n for n, c in found.items() if c is None]}")
-    if crs is None and len(set(found.values())) > 1:
-        raise ValueError(f"the scenes are in {len(set(found.values()))} CRSs ({ {n: c.to_string() for n, c in found.items()} }); "
-                         "one GeoParquet column has one CRS: pass crs= (e.g. 'EPSG:4326') to reproject")  # fmt: skip
+    by_crs: dict[str, list[str]] = {}
+    for name, scene_crs in found.items():
+        by_crs.setdefault(scene_crs.to_string(), []).append(name)
+    if crs is None and len(by_crs) > 1:
+        listed = "; ".join(f"{c}: {len(names)} scene(s), e.g. {names[0]}" for c, names in sorted(by_crs.items()))
+        raise ValueError(f"{output}: the scenes are in {len(by_crs)} CRSs ({listed}), and a GeoParquet geometry "
+                         "column has one CRS: pass --crs (crs= in Python), e.g. --crs EPSG:4326, to reproject the "
+                         "footprints")  # fmt: skip
     target = CRS.from_user_input(crs if crs is not None else next(iter(found.values())).to_wkt())
     stream = embedding_stream(export, items, pool)
     groups = singletons(stream) if level == "tile" else consecutive_groups(stream, scene_name)
     sensors = list(export.channels)
     with parquet_stream(output, export.provenance) as write:
         for metas, emb in groups:
-            geometry = gpd.GeoSeries(footprints(metas), crs=metas[0][0]["crs"]).to_crs(target)
+            geometry = footprints(metas, target)
             table = pa.Table.from_pylist(chip_rows(metas, sensors))
             values = pa.array(emb.astype(np.float32).ravel(), type=pa.float32())
             table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(values, emb.shape[1]))
