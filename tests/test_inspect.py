@@ -220,6 +220,24 @@ def test_multichannel_tiff_stack(tmp_path: Path) -> None:
     assert _ranges(report)["ER"] == (float(data[1].min()), float(data[1].max()))
 
 
+def test_nan_and_inf_pixels_are_counted_per_channel_and_left_out_of_ranges(tmp_path: Path) -> None:
+    data = np.random.default_rng(3).uniform(-5, 5, (3, 32, 32)).astype(np.float32)
+    data[0, 8:16, 8:16] = np.nan  # 64 of 1024 pixels
+    data[2, 0, 0], data[2, 31, 31] = np.inf, -np.inf
+    tifffile.imwrite(tmp_path / "field.tif", data, metadata={"axes": "CYX"})
+    report = inspect_path(tmp_path / "field.tif")
+    assert [c.invalid for c in report.groups[0].channels] == [64 / 1024, 0.0, 2 / 1024]
+    finite = [channel[np.isfinite(channel)] for channel in data]
+    assert list(_ranges(report).values()) == [(float(v.min()), float(v.max())) for v in finite]
+    text = render_report(report)
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  c")}
+    assert "6.25%" in rows["c0"] and "0.195%" in rows["c2"] and "%" not in rows["c1"] and "NaN/inf" in text
+    # A float raster whose nodata is NaN: the same count, through the raster reader's valid mask.
+    scene = data[:1].copy()
+    report = inspect_path(_geotiff(tmp_path / "scene.tif", scene, nodata=float("nan")))
+    assert [c.invalid for c in report.groups[0].channels] == [64 / 1024]
+
+
 # --------------------------------------------------------------------------- recipes and the command
 
 

@@ -4,7 +4,8 @@ Without a recipe the layout is detected by :func:`~domainmae.data.detect.detect`
 bands and radiometry). Shapes, CRS and value ranges come from a bounded, evenly spaced sample of fields or
 scenes (``samples``), each read through a window of at most ``max_side`` px, so inspecting a large dataset
 costs a few reads. Values are what the reader yields (float32 after illumination correction or radiometry),
-over valid pixels only; dtypes, native shapes, pixel sizes and nodata are those of the files.
+over valid pixels only, with the share of invalid ones (NaN/inf, nodata; what training leaves out); dtypes,
+native shapes, pixel sizes and nodata are those of the files.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import tifffile
+import torch
 import zarr
 
 from .detect import detect, with_recipe
@@ -23,13 +25,15 @@ from .fields import Field
 from .raster import RasterScene
 from .samplers import Window
 from .tiff import TIFF_SUFFIXES, ChannelFilesField, TiffStackField
+from .transforms import valid_pixels
 from .zarr import ZarrField
 
 
 @dataclass
 class ChannelReport:
     """One channel or band: ``dtype``, native ``shape`` (H, W) and ``pixel_size`` (x, y) as stored;
-    ``min``/``max`` over the valid pixels of the sampled windows, as the reader yields them."""
+    ``min``/``max`` over the valid pixels of the sampled windows, as the reader yields them, and the share
+    of ``invalid`` pixels there (NaN/inf, or nodata/masked as the reader marks it)."""
 
     name: str
     dtype: str
@@ -38,6 +42,7 @@ class ChannelReport:
     nodata: float | None = None
     min: float = float("nan")
     max: float = float("nan")
+    invalid: float = 0.0
 
 
 @dataclass
@@ -176,24 +181,29 @@ def _measure(name: str, items: Sequence[Any], samples: int, max_side: int) -> Gr
     is_field = isinstance(picked[0], Field)
     channels, unit = _field_channels(picked[0]) if is_field else _scene_channels(picked[0])
     low, high = np.full(len(channels), np.nan), np.full(len(channels), np.nan)
+    invalid, total = np.zeros(len(channels)), 0
     shapes, crs, blocks = [], [], []
     for item in picked:
         if is_field:
             shape = item.shape
-            pixels = item.read(_centred(*shape, max_side))
-            values = pixels.reshape(len(pixels), -1)
+            image, valid = item.read(_centred(*shape, max_side)), None
         else:
             grid = item.grid
             shape = (grid.height, grid.width)
             region = item.read(_centred(*shape, max_side))
-            values = region.image[:, region.valid]
+            image, valid = region.image, region.valid
             crs.append("none" if grid.crs is None else grid.crs.to_string())
             blocks.append(item.block_shape)
         shapes.append(shape)
-        if values.size:  # fmin/fmax skip NaN (float files) without warnings
+        # The pixels training keeps (valid_pixels, as the normalisers use it); the rest become NaN, which
+        # fmin/fmax skip without warnings.
+        mask = valid_pixels(torch.from_numpy(image), valid).numpy().reshape(len(image), -1)
+        values = np.where(mask, image.reshape(len(image), -1), np.nan)
+        invalid, total = invalid + (~mask).sum(axis=1), total + mask.shape[1]
+        if values.size:
             low, high = np.fmin(low, np.fmin.reduce(values, axis=1)), np.fmax(high, np.fmax.reduce(values, axis=1))
-    for channel, lo, hi in zip(channels, low, high):
-        channel.min, channel.max = float(lo), float(hi)
+    for channel, lo, hi, bad in zip(channels, low, high, invalid):
+        channel.min, channel.max, channel.invalid = float(lo), float(hi), float(bad / max(total, 1))
     distinct = [list(dict.fromkeys(values)) for values in (shapes, crs, blocks)]  # in order of appearance
     return GroupReport(name, len(items), len(picked), channels, *distinct[:2], unit, distinct[2])
 
@@ -219,12 +229,15 @@ def render_report(report: Report) -> str:
             lines.append("  crs:     " + ", ".join(group.crs))
         if group.blocks:
             lines.append("  tiles:   " + ", ".join(f"{h}x{w}" for h, w in group.blocks))
-        rows = [("channel", "dtype", "shape", "pixel size", "nodata", "min", "max")] + [
+        rows = [("channel", "dtype", "shape", "pixel size", "nodata", "min", "max", "invalid")] + [
             (c.name, c.dtype, f"{c.shape[0]}x{c.shape[1]}", _size(c.pixel_size, group.unit),
-             "-" if c.nodata is None else f"{c.nodata:g}", f"{c.min:.6g}", f"{c.max:.6g}")
+             "-" if c.nodata is None else f"{c.nodata:g}", f"{c.min:.6g}", f"{c.max:.6g}",
+             f"{100 * c.invalid:.3g}%" if c.invalid else "-")
             for c in group.channels
         ]  # fmt: skip
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+        if any(c.invalid for c in group.channels):
+            lines.append("  invalid: share of NaN/inf or nodata pixels; training leaves them out of statistics and loss")
     lines += [f"note:    {note}" for note in report.notes]
     return "\n".join(lines)
