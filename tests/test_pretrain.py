@@ -140,18 +140,3 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert len(_losses(accum)) == 6
     assert max(abs(x - y) for x, y in zip(_losses(accum), _losses(plain))) < 1e-5
 
-
-def test_ctrl_c_writes_a_checkpoint_before_exiting(tmp_path, monkeypatch):
-    from domainmae.train.loop import Trainer
-
-    real = Trainer.train_step
-
-    def interrupted(self, batches):
-        if self.step == 4:
-            raise KeyboardInterrupt
-        return real(self, batches)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain("cellpainting", output=tmp_path / "run", max_steps=30, overrides=QUICK, quiet=True)
-    assert load_checkpoint(tmp_path / "run")[1]["step"] == 4

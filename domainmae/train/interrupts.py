@@ -1,0 +1,52 @@
+"""Stop requests (Ctrl-C, SIGTERM from a scheduler or a spot-instance reclaim) that end a run at a step boundary.
+
+A checkpoint written in the middle of a step would pair the weights of one step with the counter of
+another, and a resumed run would replay or skip an update. So a signal only sets a flag; the loop
+finishes the step it is in, writes a checkpoint and stops. A second signal stops at once, without one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequests:
+    """Context manager that turns SIGINT/SIGTERM into a stop request while a run trains.
+
+    :attr:`received` is the name of the first signal (None until one arrives). Handlers are installed
+    only in the main thread (Python delivers signals there alone; elsewhere nothing changes) and the
+    previous ones are put back on exit. DataLoader workers forked meanwhile inherit the handlers and
+    ignore the signals, so the step in progress still gets its data; the main process shuts them down.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+        self._pid = os.getpid()
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            if handler is not None:  # None: a handler installed outside Python, which cannot be put back
+                signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: the main process decides
+            return
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            raise KeyboardInterrupt(f"{name} again: stopping at once, inside a step; no checkpoint written for it")
+        self.received = name
+        log.warning("%s: finishing this step, then writing a checkpoint and stopping (send it again to stop at once)", name)
