@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -46,11 +47,20 @@ class Grid:
     height: int
     width: int
 
+    @cached_property
+    def crs_string(self) -> str | None:
+        """``"EPSG:32633"``, or WKT for a CRS without an authority code; computed once per grid.
+
+        For such a CRS ``to_string()`` first searches the EPSG database (~200 ms), which per window
+        would throttle training to a few samples a second.
+        """
+        return None if self.crs is None else self.crs.to_string()
+
     def window_meta(self, window: Window) -> dict[str, Any]:
         """What export needs to georeference a window: CRS, its own transform and bounds."""
         transform = self.transform @ Affine.translation(window.col, window.row)
         return {
-            "crs": None if self.crs is None else self.crs.to_string(),
+            "crs": self.crs_string,
             "transform": transform,
             "bounds": array_bounds(window.height, window.width, transform),  # (left, bottom, right, top)
             "window": (window.row, window.col, window.height, window.width),
