@@ -13,7 +13,7 @@ import torch
 import domainmae
 from domainmae.cli import main
 from domainmae.data.transforms import self_standardize
-from domainmae.export import aggregate, embed, normalize, profile, read_embeddings
+from domainmae.export import aggregate, embed, evaluate, feature_columns, normalize, profile, read_embeddings
 from domainmae.export import tables as tables_module
 from domainmae.export.embed import Export, file_sha256
 from domainmae.recipes import load_recipe
@@ -147,6 +147,29 @@ def test_well_level_and_normalisation_match_pycytominer(plate, tiles_file, tmp_p
     np.testing.assert_allclose(ours[features].to_numpy(), theirs[features].to_numpy(), rtol=1e-3, atol=1e-4)
     provenance = read_embeddings(normalized)[2]
     assert provenance["profile"][0]["normalize"] == "center_scale" and "checkpoint_sha256" in provenance
+
+
+def test_pycytominer_gets_our_features_by_name_and_its_output_reads_back(tiles_file, tmp_path):
+    # pycytominer's features="infer" finds CellProfiler compartment columns (Cells_/Nuclei_/Cytoplasm_), which
+    # embeddings are not (as for its own DeepProfiler features): the documented call names them explicitly.
+    pycytominer = pytest.importorskip("pycytominer")
+    df = pd.read_parquet(tiles_file)
+    features = feature_columns(df)
+    assert features == [f"emb_{i:04d}" for i in range(32)] and features == read_embeddings(tiles_file)[1]
+    strata = ["Metadata_Plate", "Metadata_Well"]
+    wells = tmp_path / "wells.parquet"
+    pycytominer.aggregate(df, strata=strata, features=features, operation="median", output_file=str(wells),
+                          output_type="parquet")  # fmt: skip
+    kept = pycytominer.feature_select(str(wells), features=features, operation="variance_threshold", output_file=None)
+    assert feature_columns(kept) and set(feature_columns(kept)) <= set(features)
+    # pycytominer's file goes on through our profile and evaluate as one of ours would.
+    back, names, _ = read_embeddings(wells)
+    assert names == features and len(back) == 8
+    normalized = profile(wells, tmp_path / "norm.parquet", normalization="center_scale",
+                         controls="Metadata_Well in ['A01', 'A02']")  # fmt: skip
+    assert feature_columns(pd.read_parquet(normalized)) == features
+    report = evaluate(wells, label="Metadata_Plate", methods=["knn"], k=1, test_size=0.5)
+    assert report["n_test"] == 4
 
 
 def test_tvn_whitens_controls_per_plate(tiles_file):

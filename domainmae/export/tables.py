@@ -3,14 +3,15 @@
 A row is a tile, an image (field) or a well: ``Metadata_*`` columns (everything scalar the manifest had,
 plus ``Metadata_Field`` and, per tile, ``Metadata_TileRow``/``Metadata_TileCol``: the tile's top-left
 pixel; with ``data.allow_channel_subsets``, ``Metadata_Channels``: the channels the row was embedded with)
-and float32 feature columns ``emb_0000``... . Provenance (model config, checkpoint hash, recipe,
+and float32 feature columns ``emb_0000``... (:func:`feature_columns` finds them; pycytominer takes them as
+``features=``, since its ``"infer"`` looks for CellProfiler compartments). Provenance (model config, checkpoint hash, recipe,
 channels, pooling) is JSON under the Parquet key-value metadata key ``domainmae``, and ``uns["domainmae"]``
 in AnnData.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,18 @@ ROWS_PER_GROUP = 8192  # Parquet row group size: big enough for fast scans, smal
 
 
 def feature_names(dim: int) -> list[str]:
+    """The names of ``dim`` embedding features: ``emb_0000``, ``emb_0001``, ... ."""
     return [f"{PREFIX}{i:04d}" for i in range(dim)]
+
+
+def feature_columns(columns: Iterable[str]) -> list[str]:
+    """The embedding feature columns among ``columns`` (a DataFrame iterates over its column names).
+
+    Pass them to pycytominer by name, e.g. ``pycytominer.aggregate(df, features=feature_columns(df))``:
+    its ``features="infer"`` looks for CellProfiler compartment measurements (``Cells_``, ``Nuclei_``,
+    ``Cytoplasm_``), which embeddings are not (pycytominer names its own DeepProfiler features the same way).
+    """
+    return [c for c in columns if c.startswith(PREFIX)]
 
 
 def _scalar(value: Any) -> bool:
@@ -156,7 +168,7 @@ def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, list[str], dict[str
         features = feature_names(emb.shape[1])
         meta = table.drop_columns([c for c in ("embedding", "geometry") if c in table.column_names]).to_pandas()
         return pd.concat([meta, pd.DataFrame(emb, columns=features)], axis=1), features, provenance
-    features = [c for c in table.column_names if c.startswith(PREFIX)]
+    features = feature_columns(table.column_names)
     if not features:
         raise ValueError(f"{path} has no feature columns ({PREFIX}XXXX) and no 'embedding' column")
     return table.to_pandas(), features, provenance
@@ -176,7 +188,7 @@ def write_microscopy(export: Export, items: Dataset, output: Path, *, pool: str,
         return output
     # AnnData writes whole arrays, and wells may span non-adjacent fields: gather (tiles or images) here.
     df = pa.concat_tables(tables).to_pandas()
-    features = [c for c in df.columns if c.startswith(PREFIX)]
+    features = feature_columns(df.columns)
     if level == "well":
         df = aggregate(df, features, LEVEL_STRATA["well"])
     return write_embeddings(output, df, features, export.provenance)
