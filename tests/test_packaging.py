@@ -128,6 +128,7 @@ def test_every_third_party_import_is_declared() -> None:
         assert names & (declared | optional), f"domainmae imports {module} ({names}); pyproject.toml lacks it"
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and timm
 def test_torchvision_is_declared_because_timm_imports_it() -> None:
     # domainmae never imports torchvision; timm does on import. When it stops, drop the dependency.
     assert "torchvision" not in _third_party_imports()
