@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -108,6 +109,26 @@ class Augment(Section):
     resized_crop_scale: tuple[float, float] | None = None  # e.g. (0.5, 1.0); None = off
 
 
+class SensorRadiometry(Section):
+    """One sensor's raw values to physical ones (:class:`domainmae.data.radiometry.Radiometry`)."""
+
+    scale: float = Field(1.0, gt=0)
+    offset: float = 0.0  # DN added before scaling, where the file's processing baseline is unknown
+    nodata: float | None = None  # raw value of missing pixels in files that declare none
+    to_db: bool = False  # linear power -> decibels
+    db_floor: float = -50.0
+    baseline_offsets: dict[str, float] = Field(default_factory=dict)  # {"04.00": -1000}: offset from a baseline on
+
+    @field_validator("baseline_offsets", mode="before")
+    @classmethod
+    def _baselines(cls, v: Any) -> Any:
+        # An unquoted YAML 04.00 is the float 4.0: say how to write it rather than guess.
+        bad = [k for k in (v or {}) if not (isinstance(k, str) and re.fullmatch(r"\d{1,2}\.\d{1,2}", k))]
+        if bad:
+            raise ValueError(f"keys are processing baselines written as quoted strings like '04.00'; got {bad}")
+        return v
+
+
 class DataSection(Section):
     """Where the images come from and how windows are cut; fields a reader does not use are ignored."""
 
@@ -121,6 +142,7 @@ class DataSection(Section):
     allow_channel_subsets: bool = False
     channel_map: dict[str, str] = Field(default_factory=dict)  # source name -> model channel name
     sensors: dict[str, list[Any]] | None = None  # sentinel: {sensor: [band or {name, wavelength}]}
+    radiometry: dict[str, SensorRadiometry] = Field(default_factory=dict)  # sentinel: per sensor, from configs/sensors
     crop_size: int = Field(224, gt=0)
     crops_per_read: int = Field(4, gt=0)  # crops cut from one field/region read
     normalize: Literal["standardize", "percentile", "stats"] = "standardize"

@@ -29,7 +29,7 @@ from domainmae.data.geo import (
     valid_fraction,
 )
 from domainmae.data.multisensor import MultiSensorScene, pair_scenes
-from domainmae.data.radiometry import Radiometry, sentinel2_radiometry
+from domainmae.data.radiometry import SENTINEL2_L2A, Radiometry, baseline_in_name
 from domainmae.data.raster import BandSource, RasterScene, find_scenes
 from domainmae.data.samplers import Window, tile_aligned_windows
 from domainmae.data.stats import band_statistics
@@ -75,7 +75,7 @@ def pairs() -> list[MultiSensorScene]:
 
 def test_bigearthnet_coarse_bands_equal_rasterio_resampled_read(pairs):
     s2 = pairs[0].scenes["s2"]
-    assert s2.radiometry == Radiometry(scale=1e-4)  # baseline N0205 of the source product: no offset
+    assert s2.radiometry == Radiometry(scale=1e-4, nodata=0)  # baseline N0205 of the source product: no offset
     whole = RasterWindowReader(s2, 120).window(Window(0, 0, 120, 120))
     assert whole["image"].shape == (12, 120, 120) and whole["image"].dtype == torch.float32
     expected = {}
@@ -149,9 +149,11 @@ def test_labels_json_errors_name_file_and_key(tmp_path):
 
 
 def test_radiometry_scale_offset_and_db():
-    assert sentinel2_radiometry("S2B_MSIL2A_20230101T101031_N0509_R022_T33UUP") == Radiometry(1e-4, -1000.0)
-    assert sentinel2_radiometry("S2A_MSIL1C_20170613T101031_N0205_R022_T33UUP") == Radiometry(1e-4, 0.0)
-    assert sentinel2_radiometry("no_baseline_here") is None
+    assert baseline_in_name("S2B_MSIL2A_20230101T101031_N0509_R022_T33UUP") == (5, 9)
+    assert baseline_in_name("no_baseline_here") is None
+    assert SENTINEL2_L2A.for_baseline((5, 9)) == Radiometry(1e-4, -1000.0, nodata=0)
+    assert SENTINEL2_L2A.for_baseline((2, 5)) == Radiometry(1e-4, 0.0, nodata=0)
+    assert SENTINEL2_L2A.for_baseline(None) == SENTINEL2_L2A
     reflectance = Radiometry(1e-4, -1000.0).apply(np.array([1000, 3500, 11000], np.uint16))
     np.testing.assert_allclose(reflectance, [0.0, 0.25, 1.0])
     db = Radiometry(to_db=True, db_floor=-40.0).apply(np.array([1.0, 0.1, 1e-3, 0.0], np.float32))

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import rasterio.io
 from rasterio.crs import CRS
 
+from domainmae.data.build import sentinel_scenes
 from domainmae.data.geo import RasterWindowReader
 from domainmae.data.multisensor import MultiSensorScene
 from domainmae.data.raster import BandSource, RasterScene
+from domainmae.data.samplers import Window
+from domainmae.recipes import RecipeError, load_recipe
 
 from .test_data_raster import write_tif
 
@@ -41,3 +46,66 @@ def test_crs_without_epsg_code_is_described_once_per_scene(tmp_path, monkeypatch
         samples = list(reader.random(12, random.Random(0))) + list(reader.grid())
         assert len(samples) == 28 and CRS.from_user_input(samples[-1]["meta"]["crs"]) == CUSTOM_CRS
         assert CountingCRS.calls == 1, f"{CountingCRS.calls} CRS descriptions for {len(samples)} windows of one scene"
+
+
+# --------------------------------------------------------------------------- radiometry per sensor
+
+REFLECTANCE_B05 = 0.25  # a flat 20 m band: any nodata blended into a valid pixel shows as a smaller value
+
+
+def write_s2_scene(folder: Path, offset: int = 0, **tags: str) -> Path:
+    """A 64x64 px S2 scene (B02 at 10 m, B05 at 20 m) with a 16 px nodata (DN 0) border, DN = R*1e4 - offset.
+
+    ``tags`` go on the files (``PROCESSING_BASELINE`` on the file, ``BOA_ADD_OFFSET`` on the band).
+    The files declare no nodata: the sensor config says that DN 0 is nodata.
+    """
+    folder.mkdir(parents=True)
+    b02 = np.random.default_rng(0).integers(100, 9000, (1, 64, 64)) - offset
+    b05 = np.full((1, 32, 32), REFLECTANCE_B05 * 1e4 - offset)
+    b02[..., :16], b05[..., :8] = 0, 0
+    for name, data, res in (("B02", b02, 10.0), ("B05", b05, 20.0)):
+        path = write_tif(folder / f"T33UUP_{name}.tif", data.astype(np.uint16), res=res)
+        with rasterio.open(path, "r+") as dst:
+            dst.update_tags(**{k: v for k, v in tags.items() if k != "BOA_ADD_OFFSET"})
+            if "BOA_ADD_OFFSET" in tags:
+                dst.update_tags(1, BOA_ADD_OFFSET=tags["BOA_ADD_OFFSET"])
+    return folder
+
+
+def scene_recipe(path: Path, *overrides: str):
+    return load_recipe("sentinel", [f"data.path={path}", "data.format=scene", "data.sensors={s2: [B02, B05]}",
+                                    *overrides])  # fmt: skip
+
+
+def test_baselines_03_and_04_read_to_the_same_reflectance(tmp_path):
+    write_s2_scene(tmp_path / "S2A_MSIL2A_20210101T101031_N0300_R022_T33UUP_20210101T120000")
+    write_s2_scene(tmp_path / "S2A_MSIL2A_20230101T101031_N0400_R022_T33UUP_20230101T120000", offset=-1000)
+    write_s2_scene(tmp_path / "tagged_baseline", offset=-1000, PROCESSING_BASELINE="04.00")
+    write_s2_scene(tmp_path / "tagged_offset", offset=-1000, BOA_ADD_OFFSET="-1000")
+    scenes = sentinel_scenes(scene_recipe(tmp_path).data)
+    regions = [scene.read(Window(0, 0, 64, 64)) for scene in scenes]
+    reference = regions[0]
+    assert reference.image.shape == (2, 64, 64) and 0.01 < reference.image[0][reference.valid].min()
+    for region in regions[1:]:
+        np.testing.assert_allclose(region.image, reference.image, atol=1e-6)
+        np.testing.assert_array_equal(region.valid, reference.valid)
+
+
+def test_nodata_from_the_sensor_config_does_not_bleed_into_valid_pixels(tmp_path):
+    write_s2_scene(tmp_path / "S2A_MSIL2A_20210101T101031_N0300_R022_T33UUP_20210101T120000")
+    (scene,) = sentinel_scenes(scene_recipe(tmp_path).data)
+    region = scene.read(Window(0, 0, 64, 64))
+    assert not region.valid[:, :16].any() and region.valid[:, 17:].all()
+    # B05 is read bilinearly from 20 m: a valid pixel next to the border must not mix in the border's zeros.
+    np.testing.assert_allclose(region.image[1][region.valid], REFLECTANCE_B05, rtol=1e-6)
+
+
+def test_radiometry_is_set_from_the_recipe(tmp_path):
+    write_s2_scene(tmp_path / "no_baseline", offset=-1000)
+    plain = sentinel_scenes(scene_recipe(tmp_path).data)[0].read(Window(0, 0, 64, 64))
+    recipe = scene_recipe(tmp_path, "data.radiometry.s2.offset=-1000")
+    shifted = sentinel_scenes(recipe.data)[0].read(Window(0, 0, 64, 64))
+    np.testing.assert_allclose(plain.image[1][plain.valid], REFLECTANCE_B05 + 0.1, rtol=1e-6)
+    np.testing.assert_allclose(shifted.image[1][shifted.valid], REFLECTANCE_B05, rtol=1e-6)
+    with pytest.raises(RecipeError, match=r"data.radiometry.s2.baseline_offsets"):
+        scene_recipe(tmp_path, "data.radiometry.s2.baseline_offsets={4.0: -1000}")

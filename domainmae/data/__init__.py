@@ -36,7 +36,7 @@ from .bigearthnet import (
 from .cube import CubeScene, cube_grid, open_cube
 from .geo import Grid, MissingCRSError, NoValidWindowError, RasterReadError, RasterWindowReader, Region, SceneWindows
 from .multisensor import MultiSensorScene, pair_scenes
-from .radiometry import Radiometry, sentinel2_radiometry
+from .radiometry import Radiometry, baseline_in_name
 from .raster import BandSource, RasterScene, find_scenes, group_band_files
 from .samplers import tile_aligned_windows
 from .stats import BandStats, RunningBandStats, band_statistics
@@ -44,7 +44,7 @@ from .stats import BandStats, RunningBandStats, band_statistics
 __all__ += [
     "BEN19_LABELS", "BandSource", "BandStats", "CLC43_LABELS", "CubeScene", "Grid", "MissingCRSError",
     "MultiSensorScene", "NoValidWindowError", "PatchMetadata", "Radiometry", "RasterReadError", "RasterScene",
-    "RasterWindowReader", "Region", "RunningBandStats", "SceneWindows", "band_statistics", "bigearthnet_pairs",
-    "bigearthnet_scenes", "cube_grid", "find_scenes", "group_band_files", "open_cube", "pair_scenes",
-    "read_patch_metadata", "sentinel2_radiometry", "tile_aligned_windows",
+    "RasterWindowReader", "Region", "RunningBandStats", "SceneWindows", "band_statistics", "baseline_in_name",
+    "bigearthnet_pairs", "bigearthnet_scenes", "cube_grid", "find_scenes", "group_band_files", "open_cube",
+    "pair_scenes", "read_patch_metadata", "tile_aligned_windows",
 ]  # fmt: skip

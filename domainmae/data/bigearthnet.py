@@ -3,7 +3,7 @@
 Each patch folder holds one GeoTIFF per band and ``<folder>_labels_metadata.json`` with the
 CORINE Land Cover labels, the footprint, the source product and the acquisition time. S2 patches
 are L2A reflectance x 10000; the processing baseline in the source product name decides the
-offset (:func:`~domainmae.data.radiometry.sentinel2_radiometry`). S1 patches are VV/VH in dB.
+offset (:meth:`~domainmae.data.radiometry.Radiometry.for_baseline`). S1 patches are VV/VH in dB.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from .multisensor import PATCH_KEY_PATTERN, MultiSensorScene, pair_scenes
-from .radiometry import Radiometry, sentinel2_radiometry
+from .radiometry import SENTINEL1_DB, SENTINEL2_L2A, Radiometry, baseline_in_name
 from .raster import BAND_FILE_PATTERN, RasterScene, group_band_files
 
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
@@ -142,11 +142,11 @@ def bigearthnet_scenes(
 ) -> list[RasterScene]:
     """Every patch folder under ``root`` as a scene; labels go into each sample's ``meta``.
 
-    S2 radiometry comes from the processing baseline of the source product (``radiometry``,
-    default ``scale=1e-4``, only where the name has none); S1 values are taken as dB unless
-    ``radiometry`` says otherwise (``Radiometry(to_db=True)`` for linear power).
+    ``radiometry`` is the sensor's (default: :data:`~domainmae.data.radiometry.SENTINEL2_L2A`, or
+    for S1 values taken as dB); the processing baseline of each patch's source product picks its
+    offset (``Radiometry(to_db=True)`` for S1 in linear power).
     """
-    default = radiometry or (Radiometry(scale=1e-4) if sensor == "s2" else Radiometry())
+    radiometry = radiometry or (SENTINEL2_L2A if sensor == "s2" else SENTINEL1_DB)
     bands = bands or (SENTINEL2_BANDS if sensor == "s2" else SENTINEL1_BANDS)
     scenes, skipped = [], []
     for key, band_sources in group_band_files(root, BAND_FILE_PATTERN, bands=bands, on_error=on_error).items():
@@ -158,7 +158,7 @@ def bigearthnet_scenes(
                 raise
             skipped.append(str(err))
             continue
-        scene_radiometry = (sentinel2_radiometry(patch.source) if sensor == "s2" else None) or default
+        scene_radiometry = radiometry.for_baseline(baseline_in_name(patch.source))
         meta = {"labels": patch.labels, "source_product": patch.source}
         scene = RasterScene(
             band_sources, scene_id=folder.name, radiometry=scene_radiometry, datetime=patch.acquired, meta=meta
@@ -174,16 +174,18 @@ def bigearthnet_pairs(
     s1_root: str | Path,
     *,
     bands: Mapping[str, Sequence[str]] | None = None,
+    radiometry: Mapping[str, Radiometry] | None = None,
     on_error: Literal["raise", "skip"] = "raise",
 ) -> list[MultiSensorScene]:
     """S2 + S1 patches paired by the trailing ``_<row>_<col>`` of their folder names.
 
-    ``bands`` selects and orders each sensor's bands (``{"s2": [...], "s1": [...]}``; default: all of them).
+    ``bands`` selects and orders each sensor's bands and ``radiometry`` sets each sensor's
+    (``{"s2": ..., "s1": ...}``; default: all bands, the sensors' standard radiometry).
     """
-    bands = bands or {}
+    bands, radiometry = bands or {}, radiometry or {}
     return pair_scenes(
-        bigearthnet_scenes(s2_root, "s2", bands=bands.get("s2"), on_error=on_error),
-        bigearthnet_scenes(s1_root, "s1", bands=bands.get("s1"), on_error=on_error),
+        bigearthnet_scenes(s2_root, "s2", bands=bands.get("s2"), radiometry=radiometry.get("s2"), on_error=on_error),
+        bigearthnet_scenes(s1_root, "s1", bands=bands.get("s1"), radiometry=radiometry.get("s1"), on_error=on_error),
         key=PATCH_KEY_PATTERN,
         on_unpaired=on_error,
     )

@@ -85,13 +85,16 @@ def _on_lattice(dataset: DatasetReader, grid: Grid) -> bool:
 class RasterScene:
     """One scene: named bands (from one or several files) read on the grid of its finest band.
 
-    ``radiometry`` converts every image band unless the file's own band scale/offset/units say
-    otherwise (:meth:`~domainmae.data.radiometry.Radiometry.for_band`). Invalid pixels (``valid``
-    False, image set to 0 so no NaN reaches a model) are the file's nodata or mask - or every pixel equal to ``nodata``
-    when given, which overrides the file - non-finite values, and, for each band named in
-    ``invalid_classes`` (e.g. ``{"SCL": (0, 1, 3, 8, 9, 10)}``), the listed classes; such mask
-    bands are read with nearest resampling and are not part of the image. ``categorical`` bands
-    in the image are also resampled nearest. ``meta`` (e.g. labels) travels into every sample.
+    ``radiometry`` (the sensor's) converts every image band, refined by what each file says about
+    itself (:meth:`~domainmae.data.radiometry.Radiometry.for_band`: processing baseline, offsets,
+    scale, units). Invalid pixels (``valid`` False, image set to 0 so no NaN reaches a model) are
+    nodata - every pixel equal to ``nodata`` when given, else the file's nodata or mask, else
+    ``radiometry.nodata`` - non-finite values, and, for each band named in ``invalid_classes``
+    (e.g. ``{"SCL": (0, 1, 3, 8, 9, 10)}``), the listed classes; such mask bands are read with
+    nearest resampling and are not part of the image. ``categorical`` bands in the image are also
+    resampled nearest. GDAL knows the nodata value on every read, so a band resampled onto a finer
+    grid averages valid pixels only and never blends nodata into them. ``meta`` (e.g. labels)
+    travels into every sample.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class RasterScene:
         self.datetime, self.meta = datetime, dict(meta or {})
         self._datasets: dict[Path, DatasetReader] = {}
         self._vrts: dict[tuple[Path, Resampling, Grid], WarpedVRT] = {}
+        self._radiometry: dict[tuple[Path, int], Radiometry] = {}  # per band, from its file's metadata
         self._pid = os.getpid()
         self._reference_band: tuple[BandSource, Grid] | None = None
 
@@ -161,10 +165,23 @@ class RasterScene:
             self._datasets, self._vrts, self._pid = {}, {}, os.getpid()
         if path not in self._datasets:
             try:
-                self._datasets[path] = rasterio.open(path)
+                dataset = rasterio.open(path)
+                nodata = self.nodata if self.nodata is not None else dataset.nodata
+                nodata = self.radiometry.nodata if nodata is None else nodata
+                if nodata is not None and nodata != dataset.nodata:
+                    # Declared through GDAL's vrt:// syntax, GDAL masks it on every (resampled or warped) read.
+                    dataset.close()
+                    dataset = rasterio.open(f"vrt://{path}?a_nodata={nodata!r}")
+                self._datasets[path] = dataset
             except RasterioIOError as err:
                 raise RasterReadError(f"cannot open raster {path} (scene {self.scene_id}): {err}") from err
         return self._datasets[path]
+
+    def _band_radiometry(self, band: BandSource) -> Radiometry:
+        key = (band.path, band.index)
+        if key not in self._radiometry:
+            self._radiometry[key] = self.radiometry.for_band(self._open(band.path), band.index)
+        return self._radiometry[key]
 
     def _warped(self, path: Path, grid: Grid, resampling: Resampling) -> WarpedVRT:
         key = (path, resampling, grid)
@@ -173,7 +190,7 @@ class RasterScene:
             self._vrts[key] = WarpedVRT(
                 dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                 resampling=resampling, add_alpha=True,  # alpha marks what the source covers
-                src_nodata=self.nodata if self.nodata is not None else dataset.nodata,
+                src_nodata=dataset.nodata,
             )  # fmt: skip
         return self._vrts[key]
 
@@ -233,7 +250,7 @@ class RasterScene:
                     *(_snap(value) for value in (found.col_off, found.row_off, found.width, found.height))
                 )
                 raw = dataset.read(indexes, window=window, out_shape=(len(indexes), *shape), resampling=resampling)
-                return raw, self._window_valid(dataset, indexes, window, raw, resampling)
+                return raw, self._window_valid(dataset, indexes, window, shape)
             if dataset.crs is None or grid.crs is None:
                 raise MissingCRSError(
                     f"raster {path} (bands {[b.name for b in bands]} of scene {self.scene_id}) is not on the "
@@ -247,22 +264,15 @@ class RasterScene:
             names = [band.name for band in bands]
             raise RasterReadError(f"cannot read {region} of bands {names} from raster {path}: {err}") from err
 
+    @staticmethod
     def _window_valid(
-        self, dataset: DatasetReader, indexes: list[int], window: rasterio.windows.Window, raw: np.ndarray,
-        resampling: Resampling,
-    ) -> np.ndarray:  # fmt: skip
-        """Valid ``[h, w]`` for a plain window read ``raw`` ``[n, h, w]``: every band has data."""
-        if self.nodata is not None:
-            # GDAL does not know an override, so compare values; a nearest read keeps them unblended.
-            resampled = (window.height, window.width) != raw.shape[1:]
-            nearest = raw if resampling == Resampling.nearest or not resampled else dataset.read(
-                indexes, window=window, out_shape=raw.shape, resampling=Resampling.nearest
-            )
-            return (nearest != self.nodata).all(axis=0)
+        dataset: DatasetReader, indexes: list[int], window: rasterio.windows.Window, shape: tuple[int, int]
+    ) -> np.ndarray:
+        """Valid ``[h, w]`` for a plain window read of ``shape``: every band has data."""
         masked = [i for i in indexes if MaskFlags.all_valid not in dataset.mask_flag_enums[i - 1]]
         if not masked:
-            return np.ones(raw.shape[1:], dtype=bool)
-        out_shape = (len(masked), *raw.shape[1:])
+            return np.ones(shape, dtype=bool)
+        out_shape = (len(masked), *shape)
         masks = dataset.read_masks(masked, window=window, out_shape=out_shape, resampling=Resampling.nearest)
         return (masks > 0).all(axis=0)
 
@@ -286,8 +296,7 @@ class RasterScene:
                 elif band.name in self.categorical:
                     image[self.channels.index(band.name)] = values
                 else:
-                    radiometry = self.radiometry.for_band(self._open(path), band.index)
-                    image[self.channels.index(band.name)] = radiometry.apply(values)
+                    image[self.channels.index(band.name)] = self._band_radiometry(band).apply(values)
         valid &= np.isfinite(image).all(axis=0)
         image[:, ~valid] = 0.0
         meta = {"scene_id": self.scene_id, "datetime": self.datetime, "files": self.files, **self.meta}
