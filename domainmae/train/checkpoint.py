@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, pruning, exact-resume state, and loading a model back."""
+"""Checkpoints: atomic writes, pruning, exact-resume state. Reading them (weights-only) lives in
+:mod:`domainmae.runtime`, beside the other forms a trained model comes in; re-exported here."""
 from __future__ import annotations
 
 import random
@@ -9,10 +10,10 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
-from ..models import MaskedAutoencoder, create_model
+from ..runtime import FORMAT, LAST, checkpoint_file, load_checkpoint, read_checkpoint
 
-FORMAT = "domainmae-checkpoint/1"
-LAST = "last.ckpt"
+__all__ = ["FORMAT", "LAST", "checkpoint_file", "load_checkpoint", "prune_checkpoints", "read_checkpoint",
+           "rng_state", "save_checkpoint", "set_rng_state"]  # fmt: skip
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,39 +46,3 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
     for old in periodic[:-keep] if keep else periodic:
         old.unlink()
 
-
-def checkpoint_file(path: str | Path) -> Path:
-    """A checkpoint file from a file path or a run directory (its ``checkpoints/last.ckpt``)."""
-    path = Path(path)
-    if path.is_dir():
-        candidate = path / "checkpoints" / LAST
-        if not candidate.is_file():
-            raise FileNotFoundError(f"no checkpoint in run directory {path} (looked for {candidate})")
-        return candidate
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict; errors name the file."""
-    file = checkpoint_file(path)
-    try:
-        # Our own files hold numpy/python RNG states too, so they are not weights-only pickles.
-        state = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for torn or foreign files
-        raise ValueError(f"cannot read checkpoint {file}: {err}") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{file} is not a domainmae checkpoint (no '{FORMAT}' format tag)")
-    return state
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MaskedAutoencoder, dict[str, Any]]:
-    """Rebuild the model of a checkpoint (file or run directory) with its weights.
-
-    Returns ``(model, checkpoint)``; ``checkpoint["recipe"]`` is the resolved recipe of the run.
-    """
-    state = read_checkpoint(path)
-    model = create_model(state["model_config"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
