@@ -50,6 +50,13 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_model(args: argparse.Namespace) -> int:
+    from .runtime import export_model
+
+    print(f"wrote {export_model(args.run, args.directory, overwrite=args.overwrite)}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from .data.inspect import inspect_path, render_report
 
@@ -113,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--device", default="auto", help="auto, cpu or cuda")
     runtime.add_argument("--quiet", action="store_true", help="no progress bar")
     trained = argparse.ArgumentParser(add_help=False)
-    trained.add_argument("--checkpoint", required=True, help="run directory or .ckpt file")
+    trained.add_argument("--checkpoint", required=True,
+                         help="run directory, .ckpt file, or exported model folder (export-model) or its Hub id")  # fmt: skip
     trained.add_argument("--data", help="dataset path (default: the run's own data)")
 
     p = sub.add_parser("pretrain", parents=[overrides, runtime],
@@ -135,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="reconstruction.png")
     p.set_defaults(func=_reconstruct)
+
+    p = sub.add_parser("export-model",
+                       help="write a run's model as safetensors + config.json + recipe.yaml, safe to share")  # fmt: skip
+    p.add_argument("run", help="run directory, .ckpt file, or exported model folder")
+    p.add_argument("directory", help="folder to write (usable as --checkpoint, or uploaded to the Hub)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in that folder")
+    p.set_defaults(func=_export_model)
 
     p = sub.add_parser("inspect", parents=[overrides],
                        help="show what a reader sees at a path: layout, channels, shape, CRS, values")  # fmt: skip

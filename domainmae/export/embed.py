@@ -30,7 +30,7 @@ from ..data.geo import SceneWindows
 from ..data.loader import TransformedItems, collate_samples
 from ..models import MaskedAutoencoder
 from ..recipes import Recipe, resolve_recipe
-from ..train.checkpoint import checkpoint_file, load_checkpoint
+from ..runtime import Trained, load_trained
 from ..train.distributed import resolve_device
 
 Level = Literal["tile", "image", "well"]
@@ -240,16 +240,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_provenance(checkpoint: Path, state: dict[str, Any], recipe: Recipe, **details: Any) -> dict[str, Any]:
-    """What made a file: model config, checkpoint file/hash/step, recipe, and export settings."""
+def build_provenance(trained: Trained, recipe: Recipe, **details: Any) -> dict[str, Any]:
+    """What made a file: model config, weights file (checkpoint or safetensors)/hash/step, recipe, export settings."""
     return {
         "domainmae_version": __version__,
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": file_sha256(checkpoint),
-        "step": state.get("step"),
+        "checkpoint": str(trained.file),
+        "checkpoint_sha256": file_sha256(trained.file),
+        "step": trained.step,
         "recipe": recipe.name,
         "data_path": recipe.data.path,
-        "model_config": state["model_config"],
+        "model_config": trained.model.config.to_dict(),
         **details,
     }
 
@@ -275,7 +275,7 @@ def embed(
     """Embed every field (microscopy) or scene (EO) of a run's data with its checkpoint; return ``output``.
 
     Args:
-        checkpoint: run directory or ``.ckpt`` file.
+        checkpoint: run directory, ``.ckpt`` file, or exported model folder (``export_model``) or its Hub id.
         output: ``.parquet``/``.h5ad`` (microscopy: one row per tile/image/well, ``Metadata_*`` + ``emb_XXXX``),
             ``.parquet`` (EO: GeoParquet of window footprints), ``.tif`` or ``.zarr`` (EO: per-patch embedding
             raster ``[D, H/p, W/p]``; a folder of ``<scene>.tif``/``<scene>.zarr`` when there are several
@@ -304,10 +304,10 @@ def embed(
         raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
     if dtype not in ("float32", "int8"):
         raise ValueError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
-    file = checkpoint_file(checkpoint)
     dev = resolve_device(device)
-    model, state = load_checkpoint(file, dev)
-    recipe = resolve_recipe(state["recipe"], [*([f"data.path={data}"] if data else []), *overrides])
+    trained = load_trained(checkpoint, dev)
+    model = trained.model
+    recipe = resolve_recipe(trained.recipe, [*([f"data.path={data}"] if data else []), *overrides])
     kind = recipe.data.kind
     fmt = resolve_format(output, format, kind)
     levels = ("tile", "image", "well") if kind == "microscopy" else ("tile", "image")
@@ -319,7 +319,7 @@ def embed(
         raise ValueError(f"dtype='int8' is a GeoTIFF option; {fmt} output {output} is float32")
     chosen = select_channel_names(model, recipe_channels(recipe, model), channels)
     raster = fmt in RASTERS
-    provenance = build_provenance(file, state, recipe, channels=chosen, pool=None if raster else pool,
+    provenance = build_provenance(trained, recipe, channels=chosen, pool=None if raster else pool,
                                   level="patch" if raster else level, crop_size=recipe.data.crop_size,
                                   stride=stride, format=fmt, dtype=dtype)  # fmt: skip
     export = Export(model, recipe, chosen, dev, batch_size, provenance, progress)

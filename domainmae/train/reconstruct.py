@@ -12,8 +12,8 @@ from ..data.loader import collate_samples, sample_seed
 from ..models import Masking, masking_from_scores
 from ..models.masking import num_keep
 from ..recipes import resolve_recipe
+from ..runtime import load_trained
 from ..viz import reconstruction_images, save_reconstruction_grid
-from .checkpoint import load_checkpoint
 
 
 def _first_rows(batch: dict[str, Any], n: int) -> dict[str, Any]:
@@ -52,11 +52,14 @@ def reconstruct(
 ) -> Path:
     """Draw original / masked / reconstruction for ``samples`` crops of the run's data (or ``data``).
 
+    ``checkpoint`` is a run directory, ``.ckpt`` file, exported model folder or its Hub id.
+
     With ``visible_channels`` the model sees only those channels (at ``mask_ratio``) and rebuilds
     the others from them: the cross-channel prediction a channel-agnostic model is trained for.
     """
-    model, state = load_checkpoint(checkpoint)
-    recipe = resolve_recipe(state["recipe"], [f"data.path={data}"] if data else [])
+    trained = load_trained(checkpoint)
+    model = trained.model
+    recipe = resolve_recipe(trained.recipe, [f"data.path={data}"] if data else [])
     training = build_training_data(recipe.data)
     k = training.crops_per_item
     items = [training.dataset[(i % len(training.dataset), sample_seed(seed, 0, i))] for i in range(-(-samples // k))]
@@ -76,5 +79,5 @@ def reconstruct(
     images = reconstruction_images(model, batch["images"], batch["channels"], out)
     names = batch["channels"] if isinstance(batch["channels"], dict) else {"image": batch["channels"]}
     seen = f"  visible: {','.join(visible_channels)}" if visible_channels else ""
-    title = f"{recipe.name} step {state['step']}  mask {ratio:.2f}{seen}  loss {out.loss.item():.4f}"
+    title = f"{recipe.name} step {trained.step}  mask {ratio:.2f}{seen}  loss {out.loss.item():.4f}"
     return save_reconstruction_grid(images, names, output, title=title, max_samples=samples)
