@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from domainmae.train import load_checkpoint, pretrain
-from domainmae.train import loop
+from domainmae.train import load_checkpoint, loop, pretrain
 from domainmae.train.logging import read_metrics
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,9 @@ resumed run continues exactly where it stopped.
 The global batch of an optimiser step is split into ``micro`` chunks; process ``rank`` of
 ``world`` takes chunks ``j * world + rank`` for its micro-steps ``j`` (see :func:`chunk_rows`).
 Items may belong to groups (fields of one channel set): then every global batch holds one group,
-so all processes and micro-batches of a step see the same channels.
+so all processes and micro-batches of a step see the same channels. An unreadable item skipped under
+``on_error="skip"`` is replaced by a stand-in keyed the same way (see :class:`SeededItems`), so a
+batch keeps its size and the stream stays deterministic.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .fields import ErrorPolicy, FieldError, OnError, as_policy
 from .sample import Sample, is_multisensor
 
 
@@ -47,25 +50,79 @@ def group_items(groups: Sequence[Hashable] | None, num_items: int) -> dict[Hasha
     return {group: np.asarray(indices) for group, indices in members.items()}
 
 
+REPLACE_ATTEMPTS = 32  # stand-ins tried for one unreadable item before the data is declared unreadable
+SKIPPED = "skipped"  # meta key of the failed reads an item stands in for
+
+
+def replacement_key(key: tuple[int, int], attempt: int, candidates: np.ndarray) -> tuple[int, int]:
+    """The key read in place of ``key`` after its ``attempt``-th failed read: one of ``candidates`` (item
+    indices) and a fresh seed. A pure function of the key, whose seed already encodes (run seed, epoch,
+    position), and of the attempt, like the keys themselves: every process and a resumed run read the
+    same stand-in."""
+    pick, seed = np.random.SeedSequence([*key, attempt, 0x534B4950]).generate_state(2, np.uint64)
+    return int(candidates[int(pick) % len(candidates)]), int(seed) >> 1
+
+
+def skipped_reads(batch: dict[str, Any]) -> list[str]:
+    """The failed reads that items of a collated ``batch`` stand in for (one entry per failed read)."""
+    return [failure for meta in batch["meta"] for failure in meta.get(SKIPPED, ())]
+
+
 class SeededItems(Dataset):
     """Wraps a dataset whose items draw from the global torch/numpy/python RNGs: item ``(i, seed)``
-    reseeds them (and ``reseed(seed)``, e.g. an albumentations pipeline) before reading item ``i``."""
+    reseeds them (and ``reseed(seed)``, e.g. an albumentations pipeline) before reading item ``i``.
 
-    def __init__(self, dataset: Dataset, reseed: Callable[[int], None] | None = None) -> None:
+    An item that fails to read (``OSError``: a missing or corrupt file) raises, or with ``on_error="skip"``
+    is logged and replaced, so that a batch keeps the size its masks were drawn for: by the stand-ins of
+    :func:`replacement_key`, drawn from the item's group (its channel set, as ``groups`` gives one per
+    item), at most ``REPLACE_ATTEMPTS`` of them. The failed reads travel in the item's first sample's
+    ``meta["skipped"]`` (see :func:`skipped_reads`). When every attempt fails, one error names the files.
+    """
+
+    def __init__(
+        self, dataset: Dataset, reseed: Callable[[int], None] | None = None, *,
+        on_error: OnError | ErrorPolicy = "raise", groups: Sequence[Hashable] | None = None,
+    ) -> None:  # fmt: skip
         self.dataset = dataset
         self.reseed = reseed
+        self.policy = as_policy(on_error)
+        self.groups = groups
+        self.members = group_items(groups, len(dataset))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
+    def _read(self, index: int, seed: int) -> Any:
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         if self.reseed is not None:
             self.reseed(seed)
         return self.dataset[index]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        candidates = self.members[None if self.groups is None else self.groups[key[0]]]
+        failures: list[str] = []
+        read = key
+        for attempt in range(1, REPLACE_ATTEMPTS + 2):
+            try:
+                item = self._read(*read)
+            except OSError as err:
+                self.policy.handle(err)  # raises unless skipping
+                failures.append(str(err))
+                read = replacement_key(key, attempt, candidates)
+                continue
+            if failures:  # noted once per item (not per crop), so counts are counts of failed reads
+                first = item[0] if isinstance(item, list) else item
+                first["meta"] = {**first.get("meta", {}), SKIPPED: tuple(failures)}
+            return item
+        distinct = list(dict.fromkeys(failures))
+        more = f" (and {len(distinct) - 5} more)" if len(distinct) > 5 else ""
+        raise FieldError(
+            f"item {key[0]} and {REPLACE_ATTEMPTS} stand-ins for it all failed to read, so most of the data seems "
+            f"unreadable; data.on_error=skip replaces unreadable items but needs readable ones. Failures: "
+            + "; ".join(distinct[:5]) + more
+        )
 
 
 class TransformedItems(Dataset):

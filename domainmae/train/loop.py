@@ -10,6 +10,7 @@ import contextlib
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data.build import TrainingData, build_training_data, training_loader
-from ..data.loader import chunk_rows
+from ..data.loader import chunk_rows, skipped_reads
 from ..models import MaskedAutoencoder, create_model, load_pretrained
 from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
 from ..viz import reconstruction_images, save_reconstruction_grid
@@ -124,6 +125,7 @@ class Trainer:
         warmup = min(round(t.warmup_epochs * self.steps_per_epoch), self.total_steps)
         self.scheduler = build_scheduler(self.optimizer, warmup, self.total_steps, t.min_lr / self.lr)
         self.step, self.bad_steps = 0, 0
+        self.skipped = 0  # unreadable items replaced so far in the run (data.on_error=skip)
         if resume:
             self._restore(read_checkpoint(run_dir / "checkpoints" / LAST))
         self.ddp = (
@@ -145,6 +147,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
             "bad_steps": self.bad_steps,
+            "skipped": self.skipped,
             "rng": rng_state(),
             "recipe": self.recipe.model_dump(mode="json"),
         }
@@ -154,6 +157,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
+        self.skipped = state.get("skipped", 0)  # absent from checkpoints of older versions
         set_rng_state(state["rng"])
 
     def save(self) -> None:
@@ -218,10 +222,12 @@ class Trainer:
         self.model.train()
 
     # --------------------------------------------------------------- run
-    def _any_process_stopping(self, requested: bool) -> bool:
-        """Whether any process was asked to stop: agreed at the step boundary, so all stop after the same step."""
-        flag = torch.tensor([float(requested)], device=self.info.device)
-        return bool(mean_over_processes(flag, self.info) > 0)
+    def _agree(self, stop_requested: bool, skipped: int) -> tuple[bool, int]:
+        """Whether any process was asked to stop, and the reads skipped in the whole global batch: shared
+        at the step boundary, so all processes stop after the same step and count the same skips."""
+        local = torch.tensor([float(stop_requested), float(skipped)], dtype=torch.float64, device=self.info.device)
+        total = mean_over_processes(local, self.info) * self.info.world
+        return bool(total[0] > 0), round(float(total[1]))
 
     def run(self) -> None:
         t = self.recipe.train
@@ -230,6 +236,8 @@ class Trainer:
         bar = progress_bar(self.total_steps, self.step, main and not self.quiet)
         preview_every = t.preview_every or t.checkpoint_every
         self.model.train()
+        begun = (self.step, self.skipped)  # for the summary of skipped reads
+        failures: Counter[str] = Counter()  # the skipped reads this process saw
         # Checkpoints are written between steps only. A first SIGINT/SIGTERM lets the step in progress
         # finish; a second one (or any other KeyboardInterrupt) leaves the last checkpoint as it is.
         try:
@@ -242,7 +250,10 @@ class Trainer:
                     record = self.train_step(step_batches)
                     self.scheduler.step()
                     self.step += 1
-                    stopping = self._any_process_stopping(stop.received is not None)
+                    skipped_here = [failure for batch in step_batches for failure in skipped_reads(batch)]
+                    failures.update(skipped_here)
+                    stopping, skipped = self._agree(stop.received is not None, len(skipped_here))
+                    self.skipped += skipped
                     bar.update(1)
                     if record is None:
                         self.bad_steps += 1
@@ -269,6 +280,8 @@ class Trainer:
             bar.close()
             if metrics is not None:
                 metrics.close()
+            if main and failures:
+                self._summarise_skips(*begun, failures)
 
     def _report(self, record: dict[str, float], seconds: float, metrics: MetricsLog | None, bar: tqdm) -> None:
         """Progress bar and (main process, every ``log_every`` steps and the last) a ``metrics.jsonl`` line."""
@@ -278,7 +291,17 @@ class Trainer:
                         samples_s=f"{speed:.1f}")  # fmt: skip
         if metrics is not None and (self.step % t.log_every == 0 or self.step == self.total_steps):
             metrics.log({"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, **record,
-                         "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": speed})  # fmt: skip
+                         "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": speed,
+                         **({"skipped": self.skipped} if self.recipe.data.on_error == "skip" else {})})  # fmt: skip
+
+    def _summarise_skips(self, start_step: int, start_skipped: int, failures: Counter[str]) -> None:
+        """One warning at the end listing what was skipped (the log of each skip scrolls away in a long run)."""
+        listed = "\n  ".join(f"{n}x {failure}" for failure, n in failures.most_common(20))
+        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        log.warning("%d unreadable item read(s) were skipped and replaced in steps %d-%d (%d in the run so far); "
+                    "this process saw:\n  %s%s", self.skipped - start_skipped, start_step + 1, self.step, self.skipped,
+                    listed, more)  # fmt: skip
+
 
 def _recipe_for_run(
     recipe: Recipe | str | Path, data: str | None, overrides: Sequence[str], run_dir: Path | None, resume: bool
