@@ -51,6 +51,17 @@ def test_from_pretrained_errors_name_the_folder_or_hub_id(tmp_path, monkeypatch)
         domainmae.MaskedAutoencoder.from_pretrained("runs/typo")
 
 
+def test_a_hub_id_loads_the_downloaded_folder(tmp_path, monkeypatch):
+    folder = _tiny().save_pretrained(tmp_path / "snapshot")
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id: asked.append(repo_id) or str(folder))
+    loaded = domainmae.MaskedAutoencoder.from_pretrained("someone/tiny-mae")
+    assert asked == ["someone/tiny-mae"] and loaded.config == _tiny().config
+    asked.clear()
+    domainmae.MaskedAutoencoder.from_pretrained(folder)  # an existing folder never asks the Hub
+    assert asked == []
+
+
 class _WritesAFile:
     """Unpickling this calls ``open(path, "w")``: what a hostile checkpoint could do."""
 
