@@ -123,7 +123,8 @@ def test_exported_model_embeds_and_reconstructs_as_the_run(run, tmp_path, capsys
         assert main(["embed", "--checkpoint", str(source), *args]) == 0
     (a, features, prov_a), (b, _, prov_b) = read_embeddings(outputs["run"]), read_embeddings(outputs["shared"])
     assert len(a) > 0 and a[features].equals(b[features])
-    assert prov_b["checkpoint"] == str(shared / "model.safetensors") and prov_b["step"] == 2
+    assert prov_b["checkpoint"] == str(shared / "model.safetensors") and prov_b["step"] == prov_a["step"] == 2
+    assert prov_b["model_config"] == prov_a["model_config"] and prov_b["recipe"] == prov_a["recipe"] == "sentinel"
 
     png = tmp_path / "rec.png"
     assert main(["reconstruct", "--checkpoint", str(shared), "--output", str(png)]) == 0
