@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import shapely
+import tifffile
 import torch
 import xarray as xr
 from rasterio.transform import array_bounds, from_origin
@@ -39,8 +40,9 @@ def scene(tmp_path_factory) -> dict:
     model = domainmae.create_model("vit_tiny", sensors={"s2": BANDS}, patch_size=PATCH, img_size=WINDOW, embed_dim=32,
                                    depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
     recipe = load_recipe("sentinel").model_dump(mode="json")
+    # radiometry={}: the pixels are read as stored (they are not Sentinel-2 L2A DN).
     recipe["data"].update(format="scene", path=str(root), sensors={"s2": BANDS}, crop_size=WINDOW, band_stats=STATS,
-                          num_workers=0)  # fmt: skip
+                          radiometry={}, num_workers=0)  # fmt: skip
     recipe["model"]["patch_size"] = PATCH
     ckpt = save_checkpoint(root / "model.ckpt", {"model_config": model.config.to_dict(), "model": model.state_dict(),
                                                  "step": 2, "recipe": resolve_recipe(recipe).model_dump(mode="json")})  # fmt: skip
@@ -108,10 +110,10 @@ def test_overlapping_windows_blend_without_seams(scene, tmp_path):
 
 
 def test_zarr_overlays_the_source_and_equals_the_geotiff(scene, tmp_path, monkeypatch):
+    tif = embed(scene["ckpt"], output=tmp_path / "patches.tif", progress=False)
     # Chunks of 3 x 3 patches: the blended strips (2 rows each at the default stride) must be regrouped
     # across chunk borders, and the last chunk row (8 = 3 + 3 + 2) is partial.
-    monkeypatch.setattr("domainmae.export.geo.zarr_chunk_side", lambda dim: 3)
-    tif = embed(scene["ckpt"], output=tmp_path / "patches.tif", progress=False)
+    monkeypatch.setattr("domainmae.export.geo.block_side", lambda dim: 3)
     out = embed(scene["ckpt"], output=tmp_path / "patches.zarr", progress=False)
     with rasterio.open(tif) as raster, rasterio.open(next(scene["ckpt"].parent.glob("S2A*/B02.tif"))) as source:
         expected, source_crs, source_bounds = raster.read(), source.crs, tuple(source.bounds)
@@ -151,6 +153,34 @@ def test_int8_geotiff_unscales_to_the_float32_export(scene, tmp_path):
     assert (error <= scales / 2 + 1e-6).all() and (scales < 0.05).all()  # within half a step, and steps are fine
     with pytest.raises(ValueError, match="GeoTIFF option"):
         embed(scene["ckpt"], output=tmp_path / "int8.zarr", dtype="int8", progress=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_geotiffs_are_cloud_optimised_and_keep_values_and_metadata(scene, tmp_path, monkeypatch, dtype):
+    monkeypatch.setattr("domainmae.export.geo.OVERVIEW_MIN_SIZE", 3)  # the 8 x 12 patch grid: overviews 4 x 6, 2 x 3
+    reference = embed(scene["ckpt"], output=tmp_path / "reference.zarr", stride=WINDOW, progress=False)
+    out = embed(scene["ckpt"], output=tmp_path / "cog.tif", stride=WINDOW, dtype=dtype, progress=False)
+    with rasterio.open(out) as cog:
+        structure = cog.tags(ns="IMAGE_STRUCTURE")
+        assert structure["LAYOUT"] == "COG" and structure["COMPRESSION"] == "DEFLATE"
+        assert structure["PREDICTOR"] == ("3" if dtype == "float32" else "2")
+        assert cog.profile["tiled"] and cog.overviews(1) == [2, 4] and cog.dtypes[0] == dtype
+        assert cog.descriptions[:2] == ("emb_0000", "emb_0001")
+        assert json.loads(cog.tags()["domainmae"])["dtype"] == dtype
+        values = cog.read().astype(np.float64) * np.array(cog.scales)[:, None, None] + np.array(cog.offsets)[:, None, None]
+        steps = np.array(cog.scales)[:, None, None]
+        overview = cog.read(1, out_shape=(4, 6))  # served from the first overview
+    expected = xr.open_dataset(reference, engine="zarr", chunks=None)["embedding"].values
+    if dtype == "float32":
+        assert (steps == 1).all() and overview.shape == (4, 6)
+        np.testing.assert_allclose(values, expected, rtol=0, atol=1e-6)
+    else:
+        assert (np.abs(values - expected) <= steps / 2 + 1e-6).all()
+    # Every IFD (full resolution and overviews) precedes every tile of data, so a reader finds all with one read.
+    with tifffile.TiffFile(out) as tif:
+        ifds = [page.offset for page in tif.pages]
+        data = [offset for page in tif.pages for offset in page.dataoffsets]
+        assert len(ifds) == 3 and max(ifds) < min(data)
 
 
 def test_channel_subset_is_recorded_and_embedded_alone(scene, tmp_path):

@@ -9,7 +9,8 @@
   overlay the source. One engine (:func:`blended_rows`) runs overlapping sliding windows (default stride:
   half a window) and blends them with tent weights that fall towards each window's edge, so window borders
   leave no seams; it hands finished rows to a sink as soon as no later window can touch them, so memory is
-  one strip of windows, not the scene. Sinks: GeoTIFF float32, GeoTIFF int8 with per-band scale/offset,
+  one strip of windows, not the scene. Sinks: cloud-optimised GeoTIFF (tiled, overviews, deflate with a
+  predictor) in float32 or int8 with per-band scale/offset,
   and Zarr v3 with GeoZarr and CF/rioxarray georeferencing (readable by :func:`domainmae.data.cube.open_cube`).
   Every sink builds its output beside the target and renames it at the end.
 """
@@ -30,6 +31,8 @@ import shapely
 import zarr
 from affine import Affine
 from pyproj import CRS
+from rasterio.enums import Resampling
+from rasterio.shutil import copy as copy_dataset
 from rasterio.windows import Window as RioWindow
 from tqdm import tqdm
 from zarr.errors import ZarrUserWarning
@@ -50,8 +53,10 @@ if TYPE_CHECKING:
 _OWN_KEYS = {"crs", "transform", "bounds", "window", "files", "scene_id", "scene_ids", "datetime", "field"}
 #: Raster suffixes by format; a path without one of them is a folder with one raster per scene.
 RASTER_SUFFIXES = {"geotiff": (".tif", ".tiff"), "zarr": (".zarr",)}
-ZARR_CHUNK_BYTES = 4 << 20  # one chunk of all bands: a few MiB reads fast and compresses well
+BLOCK_ALL_BANDS_BYTES = 4 << 20  # a Zarr chunk / GeoTIFF tile of all bands: a few MiB reads fast, compresses well
 BLOCK_BYTES = 32 << 20  # rows quantised at a time by the int8 GeoTIFF sink
+OVERVIEW_MIN_SIZE = 256  # overviews halve the grid until its larger side is at most this (as gdaladdo -minsize)
+PREDICTORS = {"float32": "FLOATING_POINT", "int8": "STANDARD"}  # TIFF predictor 3 and 2
 Strip = tuple[int, np.ndarray]  # (first patch row, [D, rows, W/p]) handed from the blending engine to a sink
 
 
@@ -194,19 +199,46 @@ def int8_scaling(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndar
     return scale, low + 128.0 * scale
 
 
+def overview_factors(height: int, width: int) -> list[int]:
+    """Overview levels 2, 4, ... until the smallest overview's larger side is at most ``OVERVIEW_MIN_SIZE``."""
+    factors: list[int] = []
+    while -(-max(height, width) // 2 ** len(factors)) > OVERVIEW_MIN_SIZE:
+        factors.append(2 ** (len(factors) + 1))
+    return factors
+
+
 def _write_geotiff(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], tags: dict[str, Any],
                    dtype: str = "float32", scaling: tuple[np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
-    """GeoTIFF sink: ``D`` bands of ``dtype`` on ``grid``, written strip by strip to a temp file, renamed at the end."""
+    """Cloud-optimised GeoTIFF sink: ``D`` bands of ``dtype`` on ``grid``, tiled, deflate with a predictor, overviews.
+
+    Strips go into an uncompressed tiled scratch file beside the target (uncompressed, so a strip that
+    covers part of a tile is written in place rather than recompressed and appended); overviews are averaged
+    there, and GDAL's COG driver copies it, with every IFD before the data, into a temp name renamed to
+    ``path`` at the end. GDAL's COG driver interleaves by pixel (before GDAL 3.11), so a tile holds all
+    ``D`` bands: tiles are :func:`block_side` square, as Zarr chunks, to stay a few MiB however large ``D``.
+    The scratch file interleaves by band: GDAL builds overviews band by band (D = 384, 700 x 690 patches:
+    3 s, against 50 s from a pixel-interleaved one).
+    """
+    side = block_side(dim)
     profile = dict(driver="GTiff", height=grid.height, width=grid.width, count=dim, dtype=dtype, crs=grid.crs,
-                   transform=grid.transform, compress="deflate", BIGTIFF="IF_SAFER")  # fmt: skip
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        for i, name in enumerate(feature_names(dim), start=1):
-            dst.set_band_description(i, name)
-        if scaling is not None:  # GDAL/QGIS/rasterio unscale with these: value = raw * scale + offset
-            dst.scales, dst.offsets = tuple(map(float, scaling[0])), tuple(map(float, scaling[1]))
-        dst.update_tags(**{PROVENANCE_KEY: json.dumps(tags)})
-        for base, strip in strips:
-            dst.write(strip, window=RioWindow(0, base, grid.width, strip.shape[1]))
+                   transform=grid.transform, tiled=True, blockxsize=side, blockysize=side, interleave="band",
+                   BIGTIFF="IF_SAFER")  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch_dir:
+        scratch = Path(scratch_dir) / "strips.tif"
+        with rasterio.open(scratch, "w", **profile) as dst:
+            for i, name in enumerate(feature_names(dim), start=1):
+                dst.set_band_description(i, name)
+            if scaling is not None:  # GDAL/QGIS/rasterio unscale with these: value = raw * scale + offset
+                dst.scales, dst.offsets = tuple(map(float, scaling[0])), tuple(map(float, scaling[1]))
+            dst.update_tags(**{PROVENANCE_KEY: json.dumps(tags)})
+            for base, strip in strips:
+                dst.write(strip, window=RioWindow(0, base, grid.width, strip.shape[1]))
+            dst.build_overviews(overview_factors(grid.height, grid.width), Resampling.average)
+        with atomic_path(path) as tmp:
+            copy_dataset(scratch, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR=PREDICTORS[dtype],
+                         BLOCKSIZE=side, OVERVIEWS="FORCE_USE_EXISTING", BIGTIFF="IF_SAFER",
+                         NUM_THREADS="ALL_CPUS")  # fmt: skip
 
 
 def _write_int8_geotiff(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], tags: dict[str, Any]) -> None:
@@ -240,9 +272,9 @@ def _write_int8_geotiff(path: Path, grid: Grid, dim: int, strips: Iterable[Strip
         _write_geotiff(path, grid, dim, quantised(), tags, "int8", (scale, offset))
 
 
-def zarr_chunk_side(dim: int) -> int:
-    """Spatial chunk side (a power of two, 16..512) so that one ``[D, side, side]`` float32 chunk is <= 4 MiB."""
-    side = 2 ** int(np.log2(np.sqrt(ZARR_CHUNK_BYTES / (4 * dim))))
+def block_side(dim: int) -> int:
+    """Spatial side of a Zarr chunk or GeoTIFF tile (a power of two, 16..512): ``[D, side, side]`` float32 <= 4 MiB."""
+    side = 2 ** int(np.log2(np.sqrt(BLOCK_ALL_BANDS_BYTES / (4 * dim))))
     return int(np.clip(side, 16, 512))
 
 
@@ -256,7 +288,7 @@ def _write_zarr(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], attrs
     pixel-centre coordinates. Provenance goes into the group's attributes under ``domainmae``.
     """
     height, width = grid.height, grid.width
-    side = zarr_chunk_side(dim)
+    side = block_side(dim)
     geo: dict[str, Any] = {"spatial:dimensions": ["y", "x"], "spatial:transform": list(grid.transform)[:6],
                            "spatial:shape": [height, width], "spatial:registration": "pixel"}  # fmt: skip
     mapping = {"GeoTransform": " ".join(map(repr, grid.transform.to_gdal()))}
