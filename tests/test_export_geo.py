@@ -1,8 +1,10 @@
 """EO export: GeoParquet footprints and CRS, per-patch GeoTIFFs that overlay the source, seamless blending."""
 import json
+import shutil
 
 import geopandas as gpd
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import rasterio
@@ -78,6 +80,21 @@ def test_geoparquet_footprints_tile_the_scene_in_its_crs(scene, tmp_path):
     wgs84 = gpd.read_parquet(embed(scene["ckpt"], output=tmp_path / "wgs84.parquet", crs="EPSG:4326", progress=False))
     assert wgs84.crs.to_epsg() == 4326
     np.testing.assert_allclose(wgs84.to_crs(32633).total_bounds, scene_box.bounds, atol=1e-3)
+
+
+def test_geoparquet_scene_metadata_missing_in_the_first_batch(scene, tmp_path):
+    # Scene "A_undated" has no acquisition time in its name; with one scene (6 windows) a batch, the first
+    # batch's datetime column is all null and the second's timestamps.
+    source = next(scene["ckpt"].parent.glob("S2A*"))
+    for name in ("A_undated", source.name):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for band in BANDS:
+            shutil.copy(source / f"{band}.tif", tmp_path / "data" / name / f"{band}.tif")
+    out = embed(scene["ckpt"], data=tmp_path / "data", output=tmp_path / "chips.parquet", batch_size=6, progress=False)
+    chips = gpd.read_parquet(out)
+    assert list(chips.scene_id) == ["A_undated"] * 6 + [source.name] * 6
+    assert chips.datetime[:6].isna().all() and (chips.datetime[6:].dt.year == 2020).all()
+    assert pq.read_schema(out).field("datetime").type == pa.timestamp("us", tz="UTC")
 
 
 def test_geotiff_overlays_the_source_and_matches_embed_patches(scene, tmp_path):
@@ -167,8 +184,8 @@ def test_geotiffs_are_cloud_optimised_and_keep_values_and_metadata(scene, tmp_pa
         assert cog.profile["tiled"] and cog.overviews(1) == [2, 4] and cog.dtypes[0] == dtype
         assert cog.descriptions[:2] == ("emb_0000", "emb_0001")
         assert json.loads(cog.tags()["domainmae"])["dtype"] == dtype
-        values = cog.read().astype(np.float64) * np.array(cog.scales)[:, None, None] + np.array(cog.offsets)[:, None, None]
-        steps = np.array(cog.scales)[:, None, None]
+        steps, offsets = np.array(cog.scales)[:, None, None], np.array(cog.offsets)[:, None, None]
+        values = cog.read().astype(np.float64) * steps + offsets
         overview = cog.read(1, out_shape=(4, 6))  # served from the first overview
     expected = xr.open_dataset(reference, engine="zarr", chunks=None)["embedding"].values
     if dtype == "float32":

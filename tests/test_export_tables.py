@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tifffile
@@ -122,6 +123,41 @@ def test_existing_output_is_refused_and_a_crash_leaves_nothing(plate, tmp_path, 
     with pytest.raises(RuntimeError, match="simulated"):
         embed(plate["run"], output=fresh, batch_size=8, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.parquet"]  # no final file, no temp left
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_metadata_missing_in_the_first_batches_exports(plate, tmp_path, monkeypatch, suffix):
+    # The first three fields have no compound and no dose: with one field (6 tiles) a batch and a row group,
+    # the first batches hold only nulls (Parquet manifest) or empty cells (CSV), the later ones strings and ints.
+    monkeypatch.setattr(tables_module, "ROWS_PER_GROUP", 6)
+    with open(plate["root"] / "load_data.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for i, row in enumerate(rows):
+        row["Metadata_Compound"], row["Metadata_Dose"] = (None, None) if i < 3 else (f"cmpd{i}", 10 * i)
+    manifest = tmp_path / f"drift{suffix}"
+    for row in rows:  # the images stay where the plate fixture wrote them
+        row |= {f"PathName_Orig{c}": str(plate["root"]) for c in CHANNELS}
+    if suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), manifest)
+    else:
+        with open(manifest, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    tiles = embed(plate["run"], data=manifest, output=tmp_path / "tiles.parquet", batch_size=6, progress=False)
+    images = embed(plate["run"], data=manifest, output=tmp_path / "images.h5ad" if suffix == ".csv" else
+                   tmp_path / "images.parquet", level="image", batch_size=6, progress=False)  # fmt: skip
+    df = pd.read_parquet(tiles)
+    missing = None if suffix == ".parquet" else ""
+    assert len(df) == 8 * 6 and pq.ParquetFile(tiles).metadata.num_row_groups == 8
+    assert df.Metadata_Compound[:18].map(lambda v: v == missing or v is None).all()
+    assert list(df.Metadata_Compound[18::6]) == [f"cmpd{i}" for i in range(3, 8)]
+    if suffix == ".parquet":  # typed manifest: nullable int64 and string columns
+        schema = pq.read_schema(tiles)
+        assert schema.field("Metadata_Dose").type == pa.int64()
+        assert schema.field("Metadata_Compound").type == pa.string()
+        assert df.Metadata_Dose.isna().sum() == 18 and df.Metadata_Dose.iloc[-1] == 70
+    assert len(read_embeddings(images)[0]) == 8
 
 
 @pytest.fixture(scope="module")

@@ -39,14 +39,16 @@ from zarr.errors import ZarrUserWarning
 
 from ..atomic import atomic_dir, atomic_path
 from ..data.geo import Grid
+from ..data.multisensor import MultiSensorScene
 from ..data.samplers import Window, grid_windows
 from .profile import consecutive_groups, singletons
-from .tables import PROVENANCE_KEY, feature_names, parquet_stream
+from .tables import PROVENANCE_KEY, column_types, feature_names, metadata_table, parquet_stream
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from ..data.geo import RasterWindowReader
+    from ..data.raster import RasterScene
     from .embed import Export
 
 #: Sample metadata that becomes dedicated columns (or is not a per-window property) rather than copied as is.
@@ -85,6 +87,13 @@ def chip_rows(groups: Sequence[Sequence[dict[str, Any]]], sensors: list[str]) ->
             **{k: v for k, v in first.items() if k not in _OWN_KEYS and _extra(v)},
         })  # fmt: skip
     return rows
+
+
+def scene_meta(scene: RasterScene | MultiSensorScene) -> dict[str, Any]:
+    """What every window of ``scene`` carries besides its own place (the first sensor's, for co-registered
+    sensors, as :func:`~domainmae.export.embed.row_meta` merges it), placed at a stand-in window."""
+    first = next(iter(scene.scenes.values())) if isinstance(scene, MultiSensorScene) else scene
+    return {"scene_id": first.scene_id, "datetime": first.datetime, **first.meta, "window": (0, 0, 0, 0)}
 
 
 def footprints(groups: Sequence[Sequence[dict[str, Any]]], crs: CRS) -> gpd.GeoSeries:
@@ -128,13 +137,16 @@ def write_geoparquet(
                          "column has one CRS: pass --crs (crs= in Python), e.g. --crs EPSG:4326, to reproject the "
                          "footprints")  # fmt: skip
     target = CRS.from_user_input(crs if crs is not None else next(iter(found.values())).to_wkt())
+    sensors = list(export.channels)
+    # Columns typed from every scene up front: a batch of undated scenes then still has a timestamp column.
+    prototypes = chip_rows([[scene_meta(r.scene)] for r in readers], sensors)
+    types = column_types(prototypes, f"data {export.recipe.data.path}")
     stream = embedding_stream(export, items, pool)
     groups = singletons(stream) if level == "tile" else consecutive_groups(stream, scene_name)
-    sensors = list(export.channels)
     with parquet_stream(output, export.provenance) as write:
         for metas, emb in groups:
             geometry = footprints(metas, target)
-            table = pa.Table.from_pylist(chip_rows(metas, sensors))
+            table = metadata_table(chip_rows(metas, sensors), types)
             values = pa.array(emb.astype(np.float32).ravel(), type=pa.float32())
             table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(values, emb.shape[1]))
             table = table.append_column("geometry", pa.array(geometry.to_wkb(), type=pa.binary()))

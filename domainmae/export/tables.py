@@ -11,7 +11,7 @@ in AnnData.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,19 +53,54 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool, np.generic))
 
 
+def column_types(rows: Iterable[Mapping[str, Any]], source: str) -> dict[str, pa.DataType]:
+    """The Arrow type of every key of ``rows`` (e.g. a manifest's), from all rows' values together.
+
+    Streamed batches each see a few rows; typed from all of them up front, a column that is null or missing
+    in one batch and a string in another gets one nullable type, and ints mixed with floats become doubles.
+    Raises, naming ``source`` and the key, for values no one column can hold (e.g. numbers and strings).
+    """
+    values: dict[str, list[Any]] = {}
+    for row in rows:
+        for key, value in row.items():
+            values.setdefault(key, []).append(value)
+    types = {}
+    for key, column in values.items():
+        try:
+            types[key] = pa.array(column).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise ValueError(f"{source}: column {key!r} mixes values no one Parquet column holds: {err}") from err
+    return types
+
+
+def metadata_table(rows: list[dict[str, Any]], types: Mapping[str, pa.DataType]) -> pa.Table:
+    """Rows -> a table whose first columns are ``types``' in those types (null where rows lack them),
+    then the rows' other keys as Arrow infers them; so every batch of one file has one schema."""
+    table = pa.Table.from_pylist(rows)
+    typed = [table.column(k).cast(t) if k in table.column_names else pa.nulls(len(rows), t) for k, t in types.items()]
+    rest = [k for k in table.column_names if k not in types]
+    return pa.Table.from_arrays([*typed, *(table.column(k) for k in rest)], names=[*types, *rest])
+
+
+def manifest_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A field's ``Metadata_*`` cells that become columns (scalars: lists and paths do not)."""
+    return {k: v for k, v in meta.items() if k.startswith("Metadata_") and _scalar(v)}
+
+
 def metadata_row(metas: Sequence[dict[str, Any]], tile: bool) -> dict[str, Any]:
     """The ``Metadata_*`` cells of a group of tiles from one field (or one tile when ``tile``)."""
     first = metas[0]
-    row = {k: v for k, v in first.items() if k.startswith("Metadata_") and _scalar(v)}
+    row = manifest_metadata(first)
     row["Metadata_Field"] = first["field"]
     if tile:
         row["Metadata_TileRow"], row["Metadata_TileCol"] = first["window"].row, first["window"].col
     return row
 
 
-def feature_table(rows: list[dict[str, Any]], emb: np.ndarray) -> pa.Table:
-    """Metadata rows + embeddings ``[N, D]`` -> one table with ``emb_XXXX`` float32 columns."""
-    meta = pa.Table.from_pylist(rows)
+def feature_table(rows: list[dict[str, Any]], emb: np.ndarray, types: Mapping[str, pa.DataType]) -> pa.Table:
+    """Metadata rows (columns ``types`` typed as given) + embeddings ``[N, D]`` -> one table with
+    ``emb_XXXX`` float32 columns."""
+    meta = metadata_table(rows, types)
     features = emb.astype(np.float32, copy=False)
     return pa.Table.from_arrays([*meta.columns, *features.T], names=[*meta.column_names, *feature_names(emb.shape[1])])
 
@@ -178,9 +213,10 @@ def write_microscopy(export: Export, items: Dataset, output: Path, *, pool: str,
     """Stream microscopy embeddings at ``level`` into Parquet, or gather them into ``.h5ad``."""
     from .embed import embedding_stream
 
+    types = column_types((manifest_metadata(f.meta) for f in items.dataset.fields), f"data {export.recipe.data.path}")
     stream = embedding_stream(export, items, pool)
     groups: Groups = singletons(stream) if level == "tile" else consecutive_groups(stream, lambda m: m["field"])
-    tables = (feature_table([metadata_row(g, level == "tile") for g in metas], emb) for metas, emb in groups)
+    tables = (feature_table([metadata_row(g, level == "tile") for g in metas], emb, types) for metas, emb in groups)
     if fmt == "parquet" and level != "well":
         with parquet_stream(output, export.provenance) as write:
             for table in tables:
