@@ -133,7 +133,7 @@ class DataSection(Section):
     """Where the images come from and how windows are cut; fields a reader does not use are ignored."""
 
     kind: Literal["microscopy", "sentinel"]
-    format: str  # microscopy: manifest|pattern|stack|zarr|ome-zarr; sentinel: bigearthnet|scene
+    format: str  # microscopy: manifest|pattern|stack|zarr|ome-zarr; sentinel: bigearthnet|scene|stack
     path: str | None = None
     pattern: str | None = None
     channels: list[str] | None = None  # channels given to the model, in order (microscopy)

@@ -29,3 +29,13 @@ def test_sentinel_band_subset_trains_and_embeds(tmp_path, sensors):
     table = gpd.read_parquet(out)
     assert len(table) >= 6 and table.geometry.notna().all() and table.crs.to_epsg() == 4326
     assert ("s1" in recipe["data"]["sensors"]) == ("{" not in sensors)
+
+
+def test_multispectral_demo_trains_on_a_stacked_geotiff_with_bands_named_by_descriptions(tmp_path):
+    run = pretrain("multispectral", output=tmp_path / "run", overrides=SHORT, quiet=True)
+    recipe = load_checkpoint(run)[1]["recipe"]
+    assert list(recipe["data"]["sensors"]) == ["optical"]
+    assert list(recipe["data"]["band_stats"]["optical"]) == ["blue", "green", "red", "nir"]
+    assert 0.0 < recipe["data"]["band_stats"]["optical"]["red"]["mean"] < 0.5  # reflectance: the demo scales DN
+    table = gpd.read_parquet(domainmae.embed(run, output=tmp_path / "emb.parquet", progress=False))
+    assert len(table) >= 3 and table.crs.to_epsg() == 32629

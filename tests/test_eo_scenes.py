@@ -109,3 +109,30 @@ def test_radiometry_is_set_from_the_recipe(tmp_path):
     np.testing.assert_allclose(shifted.image[1][shifted.valid], REFLECTANCE_B05, rtol=1e-6)
     with pytest.raises(RecipeError, match=r"data.radiometry.s2.baseline_offsets"):
         scene_recipe(tmp_path, "data.radiometry.s2.baseline_offsets={4.0: -1000}")
+
+
+# --------------------------------------------------------------------------- stacked multi-band rasters
+
+
+def test_stacked_rasters_are_scenes_with_bands_named_by_descriptions(tmp_path):
+    data = np.arange(4 * 32 * 32, dtype=np.uint16).reshape(4, 32, 32)
+    with rasterio.open(write_tif(tmp_path / "ortho_a.tif", data), "r+") as dst:
+        dst.descriptions = ("blue", "green", "red", "nir")
+    write_tif(tmp_path / "ortho_b.tif", data + 1)
+    named = sentinel_scenes(stack_recipe(tmp_path / "ortho_a.tif", "data.sensors.optical=[nir, red]").data)
+    assert [s.scene_id for s in named] == ["ortho_a"] and named[0].channels == ("nir", "red")
+    np.testing.assert_array_equal(named[0].read(Window(0, 0, 32, 32)).image, data[[3, 2]].astype(np.float32))
+    # Without descriptions the recipe names the bands, in order; a folder is one scene per raster.
+    with pytest.raises(ValueError, match=r"ortho_b.tif has 4 bands without \(distinct\) descriptions; 2 band names "
+                                         r"were given: \['nir', 'red'\]"):
+        sentinel_scenes(stack_recipe(tmp_path, "data.sensors.optical=[nir, red]").data)
+    scenes = sentinel_scenes(stack_recipe(tmp_path, "data.sensors.optical=[blue, green, red, nir]").data)
+    assert [s.channels for s in scenes] == [("blue", "green", "red", "nir")] * 2
+    np.testing.assert_array_equal(scenes[1].read(Window(0, 0, 32, 32)).image, (data + 1).astype(np.float32))
+    with pytest.raises(ValueError, match=r"ortho_a.tif has no band described as 'swir'; its bands are "
+                                         r"\['blue', 'green', 'red', 'nir'\]"):
+        sentinel_scenes(stack_recipe(tmp_path / "ortho_a.tif", "data.sensors.optical=[red, swir]").data)
+
+
+def stack_recipe(path: Path, *overrides: str):
+    return load_recipe("multispectral", [f"data.path={path}", *overrides])

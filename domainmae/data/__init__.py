@@ -37,8 +37,9 @@ from .cube import CubeScene, cube_grid, open_cube
 from .geo import Grid, MissingCRSError, NoValidWindowError, RasterReadError, RasterWindowReader, Region, SceneWindows
 from .multisensor import MultiSensorScene, pair_scenes
 from .radiometry import Radiometry, baseline_in_name
-from .raster import BandSource, RasterScene, find_scenes, group_band_files
+from .raster import BandSource, RasterScene
 from .samplers import tile_aligned_windows
+from .scenes import find_scenes, group_band_files, stacked_scenes
 from .stats import BandStats, RunningBandStats, band_statistics
 
 __all__ += [
@@ -46,5 +47,5 @@ __all__ += [
     "MultiSensorScene", "NoValidWindowError", "PatchMetadata", "Radiometry", "RasterReadError", "RasterScene",
     "RasterWindowReader", "Region", "RunningBandStats", "SceneWindows", "band_statistics", "baseline_in_name",
     "bigearthnet_pairs", "bigearthnet_scenes", "cube_grid", "find_scenes", "group_band_files", "open_cube",
-    "pair_scenes", "read_patch_metadata", "tile_aligned_windows",
+    "pair_scenes", "read_patch_metadata", "stacked_scenes", "tile_aligned_windows",
 ]  # fmt: skip

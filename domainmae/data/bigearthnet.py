@@ -19,7 +19,8 @@ import numpy as np
 
 from .multisensor import PATCH_KEY_PATTERN, MultiSensorScene, pair_scenes
 from .radiometry import SENTINEL1_DB, SENTINEL2_L2A, Radiometry, baseline_in_name
-from .raster import BAND_FILE_PATTERN, RasterScene, group_band_files
+from .raster import RasterScene
+from .scenes import BAND_FILE_PATTERN, group_band_files
 
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 SENTINEL1_BANDS = ("VV", "VH")

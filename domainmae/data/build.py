@@ -1,10 +1,10 @@
 """A recipe's ``data`` section -> the training dataset and its loader.
 
 Microscopy: fields from a plate manifest, a file pattern, TIFF stacks or Zarr/OME-Zarr, random crops
-(several per field read). Earth observation: BigEarthNet S2(+S1) patches or per-band scene folders,
-tile-aware random windows. Both: normalise, then one augmentation for all channels and sensors.
-Items are keyed ``(index, seed)`` (:class:`~domainmae.data.loader.SeededItems`) so the data stream
-is deterministic and resumable.
+(several per field read). Earth observation: BigEarthNet S2(+S1) patches, per-band scene folders or
+stacked multi-band rasters, each sensor's radiometry applied, tile-aware random windows. Both:
+normalise, then one augmentation for all channels and sensors. Items are keyed ``(index, seed)``
+(:class:`~domainmae.data.loader.SeededItems`) so the data stream is deterministic and resumable.
 """
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
 from .fields import Field, FieldCrops
 from .geo import SceneWindows
 from .loader import SeededItems, StepBatchSampler, TransformedItems, collate_samples, group_items, sample_seed
-from .raster import find_scenes
+from .radiometry import Radiometry
+from .scenes import find_scenes, stacked_scenes
 from .stats import band_statistics
 from .tiff import load_data_fields, pattern_fields, stack_fields
 from .transforms import Augment, BandStandardize, PercentileClip, SelfStandardize
 from .zarr import zarr_fields
 
 MICROSCOPY_FORMATS = ("manifest", "pattern", "stack", "zarr", "ome-zarr")
-SENTINEL_FORMATS = ("bigearthnet", "scene")
+SENTINEL_FORMATS = ("bigearthnet", "scene", "stack")
 STATS_SAMPLES = 64  # windows measured when a recipe has no band statistics yet
 STATS_STREAM = 2**32 - 1  # the "epoch" of the statistics windows' seeds: one no training run reaches
 
@@ -86,26 +87,37 @@ def microscopy_fields(section: Any) -> list[Field]:
     raise ValueError(f"data.format {section.format!r} is not a microscopy format; choose one of {', '.join(MICROSCOPY_FORMATS)}")
 
 
+def sensor_radiometry(section: Any, sensor: str) -> Radiometry:
+    """The radiometry ``data.radiometry.<sensor>`` sets (from ``configs/sensors``); none: values as stored."""
+    config = (section.radiometry or {}).get(sensor)
+    return Radiometry() if config is None else Radiometry.from_config(config.model_dump())
+
+
 def sentinel_scenes(section: Any) -> list[Any]:
-    """Scenes of an EO ``data`` section: S2 alone, or S2+S1 pairs on the S2 grid."""
+    """Scenes of an EO ``data`` section: BigEarthNet S2 (+S1 pairs on the S2 grid), or one sensor's
+    per-band files (``scene``) or stacked multi-band rasters (``stack``) under any sensor name."""
     sensors = list(section.sensors or {})
-    if not sensors or sensors[0] != "s2" or set(sensors) - {"s2", "s1"}:
-        raise ValueError(f"data.sensors must be s2, optionally followed by s1; got {sensors}")
     bands = {sensor: [b["name"] if isinstance(b, dict) else b for b in listed] for sensor, listed in section.sensors.items()}
+    radiometry = {sensor: sensor_radiometry(section, sensor) for sensor in sensors}
     path = _path(section)
     if section.format == "bigearthnet":
+        if not sensors or sensors[0] != "s2" or set(sensors) - {"s2", "s1"}:
+            raise ValueError(f"data.sensors must be s2, optionally followed by s1, for format 'bigearthnet'; got {sensors}")
         s2_root, s1_root = path / "BigEarthNet-S2-Example", path / "BigEarthNet-S1-Example"
         s2_root = s2_root if s2_root.is_dir() else path
         if "s1" in sensors:
             if not s1_root.is_dir():
                 raise FileNotFoundError(f"no S1 patches next to the S2 ones: expected {s1_root}")
-            return bigearthnet_pairs(s2_root, s1_root, bands=bands, on_error=section.on_error)
-        return bigearthnet_scenes(s2_root, "s2", bands=bands["s2"], on_error=section.on_error)
-    if section.format == "scene":
-        if "s1" in sensors:
-            raise ValueError("format 'scene' reads one sensor's band files; use 'bigearthnet' for S1+S2 pairs")
-        return find_scenes(path, bands=bands["s2"], on_error=section.on_error)
-    raise ValueError(f"data.format {section.format!r} is not an EO format; choose one of {', '.join(SENTINEL_FORMATS)}")
+            return bigearthnet_pairs(s2_root, s1_root, bands=bands, radiometry=radiometry, on_error=section.on_error)
+        return bigearthnet_scenes(s2_root, "s2", bands=bands["s2"], radiometry=radiometry["s2"], on_error=section.on_error)
+    if section.format not in SENTINEL_FORMATS:
+        raise ValueError(f"data.format {section.format!r} is not an EO format; choose one of {', '.join(SENTINEL_FORMATS)}")
+    if len(sensors) != 1:
+        raise ValueError(f"format {section.format!r} reads one sensor, but data.sensors has {sensors}; "
+                         "use 'bigearthnet' for S2+S1 pairs")  # fmt: skip
+    (sensor,) = sensors
+    read = find_scenes if section.format == "scene" else stacked_scenes
+    return read(path, bands=bands[sensor], radiometry=radiometry[sensor], on_error=section.on_error)
 
 
 def _compose(steps: Sequence[Callable[[dict], dict]]) -> Callable[[dict], dict]:
@@ -133,9 +145,11 @@ def normalizer(section: Any, stats: dict | None) -> Callable[[dict], dict]:
     return BandStandardize(stats)
 
 
-def _measure_stats(windows: SceneWindows, sensors: Sequence[str], seed: int) -> dict[str, dict[str, dict[str, float]]]:
+def _measure_stats(
+    windows: SceneWindows, sensors: Sequence[str], seed: int, on_error: str
+) -> dict[str, dict[str, dict[str, float]]]:
     """Per-band mean/std over a fixed sample of random windows (valid pixels only)."""
-    items = SeededItems(windows)
+    items = SeededItems(windows, on_error=on_error)
     picks = range(min(len(windows), max(1, STATS_SAMPLES // windows.readers[0].windows_per_read)))
     samples = [s for i in picks for s in items[(i, sample_seed(seed, STATS_STREAM, i))]]
     single = len(sensors) == 1
@@ -149,19 +163,20 @@ def build_training_data(section: Any, seed: int = 0) -> TrainingData:
         if not section.channels:
             raise ValueError("data.channels must list the channels the model is trained on")
         fields = microscopy_fields(section)
-        crops = FieldCrops(fields, section.crop_size, crops_per_field=k, on_error=section.on_error)
+        # Read errors reach SeededItems, which under on_error=skip reads a stand-in so the batch keeps its size.
+        crops = FieldCrops(fields, section.crop_size, crops_per_field=k)
         items = TransformedItems(crops, _compose([normalizer(section, None), _augment(section)]))
         sets = [field.channels for field in fields] if section.allow_channel_subsets else None
-        return TrainingData(SeededItems(items), k, channels=list(section.channels), channel_sets=sets)
+        return TrainingData(SeededItems(items, on_error=section.on_error, groups=sets), k, channels=list(section.channels),
+                            channel_sets=sets)  # fmt: skip
     scenes = sentinel_scenes(section)
     sensors = {name: list(bands) for name, bands in section.sensors.items()}
-    windows = SceneWindows(scenes, section.crop_size, windows_per_read=k, min_valid=section.min_valid_fraction,
-                           on_error=section.on_error)  # fmt: skip
+    windows = SceneWindows(scenes, section.crop_size, windows_per_read=k, min_valid=section.min_valid_fraction)
     stats = section.band_stats
     if section.normalize == "stats" and not stats:
-        stats = _measure_stats(windows, list(sensors), seed)
+        stats = _measure_stats(windows, list(sensors), seed, section.on_error)
     items = TransformedItems(windows, _compose([normalizer(section, stats), _augment(section)]))
-    return TrainingData(SeededItems(items), k, sensors=sensors, band_stats=stats)
+    return TrainingData(SeededItems(items, on_error=section.on_error), k, sensors=sensors, band_stats=stats)
 
 
 def training_loader(data: TrainingData, recipe: Any, info: Any, *, start_step: int, total_steps: int, micro: int) -> DataLoader:

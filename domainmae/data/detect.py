@@ -7,7 +7,7 @@ Layouts are tried in this order:
 * a folder: a Zarr store (plain arrays or OME-Zarr image/plate), BigEarthNet S2/S1 patch folders (or the
   ``BigEarthNet-S2-*`` + ``BigEarthNet-S1-*`` roots of BigEarthNet-MM, read as pairs), per-channel microscopy
   images named by a known pattern (:data:`CHANNEL_FILE_PATTERNS`), per-band rasters
-  (:data:`~domainmae.data.raster.BAND_FILE_PATTERN`), a folder of TIFF stacks or GeoTIFFs, or a folder
+  (:data:`~domainmae.data.scenes.BAND_FILE_PATTERN`), a folder of TIFF stacks or GeoTIFFs, or a folder
   holding one ``load_data`` manifest.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import zarr
 from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
 from .build import microscopy_fields, sentinel_scenes
 from .multisensor import MultiSensorScene
-from .raster import BAND_FILE_PATTERN, RasterScene, find_scenes
+from .raster import RasterScene
+from .scenes import BAND_FILE_PATTERN, find_scenes
 from .tiff import TIFF_SUFFIXES, TiffStackField, _stack_layout, load_data_fields, pattern_fields, stack_fields
 from .zarr import zarr_fields
 

@@ -1,7 +1,7 @@
 """Raster scenes read with rasterio: band files, radiometry, nodata and clouds, one pixel grid.
 
-A scene is one multi-band file (:meth:`RasterScene.from_file`) or one file per band grouped by a
-regex (:func:`find_scenes`, as in SAFE/BigEarthNet folders). Reads are windowed: a region of the
+A scene is one multi-band file (:meth:`RasterScene.from_file`) or one file per band (found on disk
+by :mod:`domainmae.data.scenes`, as in SAFE/BigEarthNet folders). Reads are windowed: a region of the
 scene's grid is fetched band by band, never the whole scene. Bands are put on one grid on read:
 
 * same CRS, pixel lattice through the grid origin, covering the grid: a (fractional) rasterio
@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -34,8 +33,6 @@ from .geo import Grid, MissingCRSError, RasterReadError, Region
 from .radiometry import Radiometry
 from .samplers import Window
 
-#: Regex grouping one-file-per-band layouts (Sentinel-2 SAFE/BigEarthNet, Sentinel-1 VV/VH).
-BAND_FILE_PATTERN = r"(?P<band>B\d\dA?|B8A|SCL|VV|VH)\.tiff?$"
 
 def datetime_from_name(name: str) -> datetime | None:
     """Acquisition time from a Sentinel-style name (``..._20170613T101031_...``), UTC."""
@@ -50,11 +47,6 @@ class BandSource:
     name: str
     path: Path
     index: int = 1
-
-
-def _natural_key(name: str) -> tuple[Any, ...]:
-    # Sorts Sentinel-2 bands the way ESA lists them: B01 ... B08, B8A, B09, B11, B12.
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def _snap(value: float) -> float:
@@ -133,22 +125,30 @@ class RasterScene:
 
     @classmethod
     def from_file(cls, path: str | Path, bands: Sequence[str] | None = None, **kwargs: Any) -> RasterScene:
-        """A multi-band file; band names from ``bands`` or else from the file's band descriptions."""
+        """A multi-band file (GeoTIFF, COG) as a scene.
+
+        When every band has a description, the descriptions name the bands and ``bands`` selects
+        and orders them (default: all); otherwise ``bands`` names every band of the file, in order.
+        """
         path = Path(path)
         try:
             with rasterio.open(path) as dataset:
-                count, descriptions = dataset.count, dataset.descriptions
+                count, descriptions = dataset.count, list(dataset.descriptions)
         except RasterioIOError as err:
             raise RasterReadError(f"cannot open raster {path}: {err}") from err
-        if bands is None:
-            if not all(descriptions):
-                raise ValueError(f"raster {path} lacks descriptions for some of its {count} bands; pass bands=[names]")
-            bands = descriptions
-        if len(bands) != count:
-            raise ValueError(f"raster {path} has {count} bands but {len(bands)} names were given: {list(bands)}")
+        if all(descriptions) and len(set(descriptions)) == count:
+            missing = [name for name in bands or () if name not in descriptions]
+            if missing:
+                raise ValueError(f"raster {path} has no band described as {missing[0]!r}; its bands are {descriptions}")
+            sources = [BandSource(name, path, descriptions.index(name) + 1) for name in bands or descriptions]
+        elif bands is None or len(bands) != count:
+            given = "no band names were given" if bands is None else f"{len(bands)} band names were given: {list(bands)}"
+            raise ValueError(f"raster {path} has {count} bands without (distinct) descriptions; {given}")
+        else:
+            sources = [BandSource(name, path, i + 1) for i, name in enumerate(bands)]
         kwargs.setdefault("scene_id", path.stem)
         kwargs.setdefault("datetime", datetime_from_name(path.name))
-        return cls([BandSource(name, path, i + 1) for i, name in enumerate(bands)], **kwargs)
+        return cls(sources, **kwargs)
 
     @property
     def name(self) -> str:
@@ -301,71 +301,3 @@ class RasterScene:
         image[:, ~valid] = 0.0
         meta = {"scene_id": self.scene_id, "datetime": self.datetime, "files": self.files, **self.meta}
         return Region(region, grid, image, valid, self.channels, meta)
-
-
-def group_band_files(
-    root: str | Path,
-    pattern: str = BAND_FILE_PATTERN,
-    *,
-    bands: Sequence[str] | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
-) -> dict[str, list[BandSource]]:
-    """Files stored one per band under ``root``, grouped into scenes by a regex.
-
-    ``pattern`` is searched in each file's path relative to ``root`` and must have a ``band``
-    group; files are grouped by its ``scene`` group if it has one, else by folder (the keys of
-    the result). ``bands`` selects and orders bands (default: every band found, in natural order
-    B01..B08, B8A, B09..). A scene lacking one of ``bands`` raises, or with ``on_error="skip"``
-    is left out with a warning that counts the skipped scenes.
-    """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    regex, root = re.compile(pattern), Path(root)
-    if "band" not in regex.groupindex:
-        raise ValueError(f"pattern {pattern!r} needs a named group (?P<band>...)")
-    groups: dict[str, dict[str, Path]] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        match = regex.search(path.relative_to(root).as_posix())
-        if match is None:
-            continue
-        key = match["scene"] if "scene" in regex.groupindex else path.parent.relative_to(root).as_posix()
-        files = groups.setdefault(key, {})
-        if match["band"] in files:
-            raise ValueError(f"band {match['band']} of scene {key} is in two files: {files[match['band']]} and {path}")
-        files[match["band"]] = path
-    if not groups:
-        raise FileNotFoundError(f"no file under {root} matches {pattern!r}")
-    scenes, skipped = {}, []
-    for key, files in groups.items():
-        names = list(bands) if bands is not None else sorted(files, key=_natural_key)
-        missing = [name for name in names if name not in files]
-        if not missing:
-            scenes[key] = [BandSource(name, files[name]) for name in names]
-            continue
-        message = f"scene {key} under {root} has no file for band(s) {missing} (found {sorted(files)})"
-        if on_error == "raise":
-            raise FileNotFoundError(message)
-        skipped.append(message)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} of {len(groups)} scenes: " + "; ".join(skipped), stacklevel=2)
-    return scenes
-
-
-def find_scenes(
-    root: str | Path,
-    pattern: str = BAND_FILE_PATTERN,
-    *,
-    bands: Sequence[str] | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
-    **scene_kwargs: Any,
-) -> list[RasterScene]:
-    """:class:`RasterScene` per group of :func:`group_band_files`; ``scene_kwargs`` go to each.
-
-    Scene ids are the last part of the group key; acquisition times come from the ids.
-    """
-    scenes = []
-    for key, band_sources in group_band_files(root, pattern, bands=bands, on_error=on_error).items():
-        scene_id = Path(key).name or key
-        kwargs = {"scene_id": scene_id, "datetime": datetime_from_name(scene_id), **scene_kwargs}
-        scenes.append(RasterScene(band_sources, **kwargs))
-    return scenes

@@ -1,0 +1,126 @@
+"""Scenes found on disk: one file per band grouped by a regex, or stacked multi-band rasters.
+
+* :func:`find_scenes` - one file per band (Sentinel-2 SAFE/BigEarthNet ``..._B02.tif``, S1 ``..._VV.tif``),
+  grouped into scenes by folder or by a ``scene`` group of the regex;
+* :func:`stacked_scenes` - one multi-band GeoTIFF/COG per scene (Landsat, PlanetScope, a drone
+  orthomosaic), bands named by the file's band descriptions or by the caller.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from .geo import RasterReadError
+from .raster import BandSource, RasterScene, datetime_from_name
+from .tiff import TIFF_SUFFIXES
+
+#: Regex grouping one-file-per-band layouts (Sentinel-2 SAFE/BigEarthNet, Sentinel-1 VV/VH).
+BAND_FILE_PATTERN = r"(?P<band>B\d\dA?|B8A|SCL|VV|VH)\.tiff?$"
+
+
+def _natural_key(name: str) -> tuple[Any, ...]:
+    # Sorts Sentinel-2 bands the way ESA lists them: B01 ... B08, B8A, B09, B11, B12.
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def group_band_files(
+    root: str | Path,
+    pattern: str = BAND_FILE_PATTERN,
+    *,
+    bands: Sequence[str] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> dict[str, list[BandSource]]:
+    """Files stored one per band under ``root``, grouped into scenes by a regex.
+
+    ``pattern`` is searched in each file's path relative to ``root`` and must have a ``band``
+    group; files are grouped by its ``scene`` group if it has one, else by folder (the keys of
+    the result). ``bands`` selects and orders bands (default: every band found, in natural order
+    B01..B08, B8A, B09..). A scene lacking one of ``bands`` raises, or with ``on_error="skip"``
+    is left out with a warning that counts the skipped scenes.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    regex, root = re.compile(pattern), Path(root)
+    if "band" not in regex.groupindex:
+        raise ValueError(f"pattern {pattern!r} needs a named group (?P<band>...)")
+    groups: dict[str, dict[str, Path]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        match = regex.search(path.relative_to(root).as_posix())
+        if match is None:
+            continue
+        key = match["scene"] if "scene" in regex.groupindex else path.parent.relative_to(root).as_posix()
+        files = groups.setdefault(key, {})
+        if match["band"] in files:
+            raise ValueError(f"band {match['band']} of scene {key} is in two files: {files[match['band']]} and {path}")
+        files[match["band"]] = path
+    if not groups:
+        raise FileNotFoundError(f"no file under {root} matches {pattern!r}")
+    scenes, skipped = {}, []
+    for key, files in groups.items():
+        names = list(bands) if bands is not None else sorted(files, key=_natural_key)
+        missing = [name for name in names if name not in files]
+        if not missing:
+            scenes[key] = [BandSource(name, files[name]) for name in names]
+            continue
+        message = f"scene {key} under {root} has no file for band(s) {missing} (found {sorted(files)})"
+        if on_error == "raise":
+            raise FileNotFoundError(message)
+        skipped.append(message)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} of {len(groups)} scenes: " + "; ".join(skipped), stacklevel=2)
+    return scenes
+
+
+def find_scenes(
+    root: str | Path,
+    pattern: str = BAND_FILE_PATTERN,
+    *,
+    bands: Sequence[str] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    **scene_kwargs: Any,
+) -> list[RasterScene]:
+    """:class:`RasterScene` per group of :func:`group_band_files`; ``scene_kwargs`` go to each.
+
+    Scene ids are the last part of the group key; acquisition times come from the ids.
+    """
+    scenes = []
+    for key, band_sources in group_band_files(root, pattern, bands=bands, on_error=on_error).items():
+        scene_id = Path(key).name or key
+        kwargs = {"scene_id": scene_id, "datetime": datetime_from_name(scene_id), **scene_kwargs}
+        scenes.append(RasterScene(band_sources, **kwargs))
+    return scenes
+
+
+def stacked_scenes(
+    root: str | Path,
+    *,
+    bands: Sequence[str] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    **scene_kwargs: Any,
+) -> list[RasterScene]:
+    """One :class:`RasterScene` per multi-band raster: ``root`` itself, or each ``.tif``/``.tiff`` in it.
+
+    Bands are named as :meth:`RasterScene.from_file` says (descriptions, else ``bands`` in order);
+    ``scene_kwargs`` go to each scene. A raster that cannot be opened or lacks one of ``bands``
+    raises, or with ``on_error="skip"`` is left out with a warning that counts the skipped rasters.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    root = Path(root)
+    paths = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no GeoTIFF ({', '.join(sorted(TIFF_SUFFIXES))}) in {root}")
+    scenes, skipped = [], []
+    for path in paths:
+        try:
+            scenes.append(RasterScene.from_file(path, bands, **scene_kwargs))
+        except (RasterReadError, ValueError) as err:
+            if on_error == "raise":
+                raise
+            skipped.append(str(err))
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} of {len(paths)} rasters: " + "; ".join(skipped), stacklevel=2)
+    return scenes
