@@ -145,8 +145,9 @@ def test_metadata_missing_in_the_first_batches_exports(plate, tmp_path, monkeypa
             writer.writeheader()
             writer.writerows(rows)
     tiles = embed(plate["run"], data=manifest, output=tmp_path / "tiles.parquet", batch_size=6, progress=False)
-    images = embed(plate["run"], data=manifest, output=tmp_path / "images.h5ad" if suffix == ".csv" else
-                   tmp_path / "images.parquet", level="image", batch_size=6, progress=False)  # fmt: skip
+    # Image level: gathered for .h5ad (nulls included, from the Parquet manifest), streamed for .parquet.
+    images = embed(plate["run"], data=manifest, output=tmp_path / ("images.h5ad" if suffix == ".parquet" else
+                   "images.parquet"), level="image", batch_size=6, progress=False)  # fmt: skip
     df = pd.read_parquet(tiles)
     missing = None if suffix == ".parquet" else ""
     assert len(df) == 8 * 6 and pq.ParquetFile(tiles).metadata.num_row_groups == 8
@@ -157,7 +158,8 @@ def test_metadata_missing_in_the_first_batches_exports(plate, tmp_path, monkeypa
         assert schema.field("Metadata_Dose").type == pa.int64()
         assert schema.field("Metadata_Compound").type == pa.string()
         assert df.Metadata_Dose.isna().sum() == 18 and df.Metadata_Dose.iloc[-1] == 70
-    assert len(read_embeddings(images)[0]) == 8
+    per_image = read_embeddings(images)[0]
+    assert len(per_image) == 8 and list(per_image.Metadata_Compound[3:]) == [f"cmpd{i}" for i in range(3, 8)]
 
 
 @pytest.fixture(scope="module")
