@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strata", help="comma-separated columns to aggregate by (instead of --level)")
     p.add_argument("--method", choices=["mean", "median"], default="mean")
     p.add_argument("--normalize", choices=["center_scale", "tvn"])
-    p.add_argument("--controls", help="rows to normalise against, e.g. \"Metadata_pert_type == 'negcon'\"")
+    p.add_argument("--controls", help="rows to normalise against, e.g. \"Metadata_pert_type == 'negcon'\" "
+                   "(default: all rows)")
     p.add_argument("--batch", help="column whose groups are normalised separately (plate, batch)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_profile)

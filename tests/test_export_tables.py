@@ -224,6 +224,22 @@ def test_tvn_whitens_controls_per_plate(tiles_file):
         normalize(df, features, method="center_scale", controls="Metadata_pert_type == 'nothing'")
 
 
+def test_without_controls_every_row_is_the_reference_as_in_pycytominer(tiles_file, tmp_path):
+    # pycytominer normalises against samples="all" by default: plates without negative controls still profile.
+    pycytominer = pytest.importorskip("pycytominer")
+    df, features, _ = read_embeddings(tiles_file)
+    out, names = normalize(df, features, method="center_scale", batch="Metadata_Plate")
+    for _, group in out.groupby("Metadata_Plate"):
+        x = group[names].to_numpy(np.float64)
+        np.testing.assert_allclose(x.mean(0), 0, atol=1e-4)
+        np.testing.assert_allclose(x.std(0), 1, atol=1e-3)
+    path = profile(tiles_file, tmp_path / "all.parquet", normalization="center_scale")
+    theirs = pycytominer.normalize(str(tiles_file), features=features, samples="all", method="standardize",
+                                   output_file=None)  # fmt: skip
+    np.testing.assert_allclose(pd.read_parquet(path)[features].to_numpy(), theirs[features].to_numpy(), atol=1e-4)
+    assert read_embeddings(path)[2]["profile"][0]["controls"] == "all rows"
+
+
 def test_copairs_map_runs_on_the_exported_file(tiles_file):
     copairs_map = pytest.importorskip("copairs.map")
     df = pd.read_parquet(tiles_file)

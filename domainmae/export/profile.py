@@ -78,10 +78,11 @@ def aggregate(df: pd.DataFrame, features: Sequence[str], strata: Sequence[str], 
 
 
 def normalize(
-    df: pd.DataFrame, features: Sequence[str], *, method: Literal["center_scale", "tvn"], controls: str,
+    df: pd.DataFrame, features: Sequence[str], *, method: Literal["center_scale", "tvn"], controls: str | None = None,
     batch: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
-    """Normalise features against the rows selected by the ``controls`` query (pandas ``eval`` syntax).
+    """Normalise features against the rows selected by the ``controls`` query (pandas ``eval`` syntax), or
+    against all rows without one (pycytominer's ``samples="all"``, for plates without negative controls).
 
     Returns the table with new float32 feature columns and their names (TVN keeps the principal
     components with non-zero control variance, at most ``min(#controls - 1, D)``, named like the input).
@@ -89,7 +90,7 @@ def normalize(
     if method not in ("center_scale", "tvn"):
         raise ValueError(f"normalisation must be 'center_scale' or 'tvn', got {method!r}")
     try:
-        is_control = np.asarray(df.eval(controls), dtype=bool)
+        is_control = np.ones(len(df), bool) if controls is None else np.asarray(df.eval(controls), dtype=bool)
     except Exception as err:  # pandas raises many types for a bad query; name the query
         raise ValueError(f"cannot evaluate the controls query {controls!r} on columns {list(df.columns)}: {err}") from err
     x = df[list(features)].to_numpy(np.float64)
@@ -137,8 +138,6 @@ def profile(
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
     if level is not None and strata is not None:
         raise ValueError("give level or strata, not both")
-    if normalization is not None and not controls:
-        raise ValueError(f"normalisation {normalization!r} needs a controls query, e.g. Metadata_pert_type == 'negcon'")
     df, features, provenance = read_embeddings(input)
     steps = []
     strata = LEVEL_STRATA[level] if level is not None else strata
@@ -147,7 +146,7 @@ def profile(
         steps.append({"aggregate": list(strata), "method": method})
     if normalization is not None:
         df, features = normalize(df, features, method=normalization, controls=controls, batch=batch)
-        steps.append({"normalize": normalization, "controls": controls, "batch": batch})
+        steps.append({"normalize": normalization, "controls": controls or "all rows", "batch": batch})
     if not steps:
         raise ValueError("nothing to do: give level/strata and/or a normalisation")
     provenance = {**provenance, "profile": [*provenance.get("profile", []), *steps]}
