@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -215,9 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # 128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM (schedulers requeue on it).
+        print(f"domainmae {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(err, "signum", signal.SIGINT)
     except (ValueError, OSError, KeyError, ArithmeticError) as err:  # user-actionable: no traceback
         print(f"domainmae {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 1

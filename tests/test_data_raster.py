@@ -31,8 +31,8 @@ from domainmae.data.geo import (
 from domainmae.data.multisensor import MultiSensorScene, pair_scenes
 from domainmae.data.radiometry import SENTINEL2_L2A, Radiometry, baseline_in_name
 from domainmae.data.raster import BandSource, RasterScene
-from domainmae.data.scenes import find_scenes
 from domainmae.data.samplers import Window, tile_aligned_windows
+from domainmae.data.scenes import find_scenes
 from domainmae.data.stats import band_statistics
 
 from .conftest import SAMPLES

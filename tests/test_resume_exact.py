@@ -115,3 +115,21 @@ def test_a_non_finite_final_step_still_writes_the_final_checkpoint(straight, tmp
     good = load_checkpoint(straight / "checkpoints" / f"step_{STEPS - 1:08d}.ckpt")[0]
     for (name, x), y in zip(model.state_dict().items(), good.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_the_command_exits_with_128_plus_the_signal_so_schedulers_can_requeue(tmp_path, monkeypatch, capsys):
+    from domainmae.cli import main
+
+    def unhandled(*_):  # stands in for SIGTERM's default action, which would end pytest itself
+        raise AssertionError("SIGTERM reached the handler that was there before the run")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        _interrupt_after_optimizer_step(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        argv = ["pretrain", "--recipe", "cellpainting", "--output", str(tmp_path / "run"), "--max-steps", "4",
+                "--quiet", *[w for kv in FAST for w in ("--set", kv)]]  # fmt: skip
+        assert main(argv) == 128 + signal.SIGTERM == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert "stopped by SIGTERM after step 2; checkpoint written, continue with --resume" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run")[1]["step"] == 2

@@ -18,17 +18,26 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal at a step boundary, its checkpoint written; ``signum`` is the signal, so a
+    command can exit with ``128 + signum`` (143 for SIGTERM), which schedulers read as "killed, requeue"."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class StopRequests:
     """Context manager that turns SIGINT/SIGTERM into a stop request while a run trains.
 
-    :attr:`received` is the name of the first signal (None until one arrives). Handlers are installed
+    :attr:`received` is the first signal (None until one arrives). Handlers are installed
     only in the main thread (Python delivers signals there alone; elsewhere nothing changes) and the
     previous ones are put back on exit. DataLoader workers forked meanwhile inherit the handlers and
     ignore the signals, so the step in progress still gets its data; the main process shuts them down.
     """
 
     def __init__(self) -> None:
-        self.received: str | None = None
+        self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
         self._pid = os.getpid()
 
@@ -45,8 +54,9 @@ class StopRequests:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker: the main process decides
             return
-        name = signal.Signals(signum).name
+        received = signal.Signals(signum)
         if self.received is not None:
-            raise KeyboardInterrupt(f"{name} again: stopping at once, inside a step; no checkpoint written for it")
-        self.received = name
-        log.warning("%s: finishing this step, then writing a checkpoint and stopping (send it again to stop at once)", name)
+            raise KeyboardInterrupt(f"{received.name} again: stopping at once, inside a step; no checkpoint written for it")
+        self.received = received
+        log.warning("%s: finishing this step, then writing a checkpoint and stopping (send it again to stop at once)",
+                    received.name)  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
 from ..viz import reconstruction_images, save_reconstruction_grid
 from .checkpoint import LAST, prune_checkpoints, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistInfo, cleanup_distributed, mean_over_processes, setup_distributed
-from .interrupts import StopRequests
+from .interrupts import Stopped, StopRequests
 from .logging import MetricsLog, progress_bar
 from .optim import build_optimizer, build_scheduler, scaled_lr
 
@@ -274,8 +275,10 @@ class Trainer:
                         masking = self._masking(step_batches[0]).rows(slice(0, self.micro_rows))
                         self.preview(step_batches[0], masking)
                     if stopping and not last:
-                        raise KeyboardInterrupt(f"stopped by {stop.received or 'another process'} after step {self.step}; "
-                                                f"checkpoint written, continue with --resume")  # fmt: skip
+                        # Another process's signal stops this one too: it ends as if it had received SIGTERM.
+                        signum = stop.received or signal.SIGTERM
+                        raise Stopped(f"stopped by {signum.name if stop.received else 'another process'} after step "
+                                      f"{self.step}; checkpoint written, continue with --resume", signum)  # fmt: skip
         finally:
             bar.close()
             if metrics is not None:
