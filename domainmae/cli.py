@@ -83,6 +83,7 @@ def _embed(args: argparse.Namespace) -> int:
         args.checkpoint, output=args.output, data=args.data, pool=args.pool, level=args.level, format=args.format,
         batch_size=args.batch_size, device=args.device, channels=_split(args.channels), stride=args.stride,
         crs=args.crs, dtype=args.dtype, overrides=args.set, overwrite=args.overwrite, progress=not args.quiet,
+        features=args.features, seed=args.seed,
     )  # fmt: skip
     print(f"wrote {path}")
     return 0
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "int8"], default="float32",
                    help="GeoTIFF: int8 stores per-band scale/offset (GDAL/QGIS unscale it)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--features", choices=["model", "raw", "random"], default="model",
+                   help="baselines: raw = per-channel mean/std/percentiles of each tile, random = untrained model")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="--features random: the initialisation seed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_embed)
 

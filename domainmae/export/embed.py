@@ -28,12 +28,15 @@ from ..data.build import microscopy_fields, normalizer, sentinel_scenes
 from ..data.fields import FieldCrops
 from ..data.geo import SceneWindows
 from ..data.loader import TransformedItems, collate_samples
-from ..models import MaskedAutoencoder
+from ..models import MaskedAutoencoder, create_model
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import Trained, load_trained
 from ..train.distributed import resolve_device
+from .raw import STATS, raw_feature_names, raw_features, with_invalid_as_nan
 
 Level = Literal["tile", "image", "well"]
+#: What a row holds: the trained model's embedding, raw-pixel statistics, or the same architecture at random init.
+Features = Literal["model", "raw", "random"]
 #: Output formats by data kind; the first one is what ``.parquet`` means for that kind.
 FORMATS = {"microscopy": ("parquet", "h5ad"), "sentinel": ("geoparquet", "geotiff", "zarr")}
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad", ".tif": "geotiff", ".tiff": "geotiff",
@@ -53,6 +56,14 @@ class Export:
     batch_size: int
     provenance: dict[str, Any]
     progress: bool = True
+    features: Features = "model"  # "raw": channel statistics instead of the model's forward (model: the grid)
+
+    @property
+    def dim(self) -> int:
+        """Features per row (or per patch): the embedding width, or 7 statistics per chosen channel."""
+        if self.features == "raw":
+            return len(STATS) * sum(len(names) for names in self.channels.values())
+        return self.model.embed_dim
 
     @property
     def subsets(self) -> bool:
@@ -73,8 +84,13 @@ class Export:
         return {sensor: used}
 
     def forward(self, samples: Sequence[dict[str, Any]], pool: str | None) -> np.ndarray:
-        """Samples -> pooled embeddings ``[B, D]`` (``pool`` "mean"/"cls") or per-patch ``[B, h, w, D]`` (None)."""
-        images, channels = select_channels(collate_samples(samples), self.batch_channels(samples), self.model)
+        """Samples -> pooled embeddings ``[B, D]`` (``pool`` "mean"/"cls") or per-patch ``[B, h, w, D]`` (None);
+        ``D`` is :attr:`dim`."""
+        batch = collate_samples(samples)
+        if self.features == "raw":
+            images, _ = select_channels(with_invalid_as_nan(batch), self.batch_channels(samples), self.model)
+            return raw_features(images, None if pool else self.model.patch_size)
+        images, channels = select_channels(batch, self.batch_channels(samples), self.model)
         images = {k: v.to(self.device, non_blocking=True) for k, v in images.items()}
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
@@ -271,6 +287,8 @@ def embed(
     overrides: Iterable[str] = (),
     overwrite: bool = False,
     progress: bool = True,
+    features: Features = "model",
+    seed: int = 0,
 ) -> Path:
     """Embed every field (microscopy) or scene (EO) of a run's data with its checkpoint; return ``output``.
 
@@ -294,6 +312,10 @@ def embed(
         dtype: GeoTIFF only: ``float32`` or ``int8`` (per-band scale/offset from the min/max of the
             written values, which GDAL/QGIS/rasterio apply when reading; error <= half a step).
         overwrite: replace an existing ``output`` (otherwise a FileExistsError).
+        features: ``model`` (the checkpoint's embeddings), ``raw`` (per chosen channel: mean, std and the
+            5/25/50/75/95th percentiles of each normalised tile's valid pixels, or of each patch's in a raster;
+            no model forward) or ``random`` (the run's architecture freshly initialised from ``seed``). Baselines
+            for ``evaluate``: same rows, order and formats; the provenance records ``features`` (and ``seed``).
     """
     output = Path(output)
     if output.exists() and not overwrite:
@@ -304,9 +326,16 @@ def embed(
         raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
     if dtype not in ("float32", "int8"):
         raise ValueError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
+    if features not in ("model", "raw", "random"):
+        raise ValueError(f"features must be 'model', 'raw' or 'random', got {features!r}")
     dev = resolve_device(device)
     trained = load_trained(checkpoint, dev)
     model = trained.model
+    if features == "random":
+        with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+            torch.manual_seed(seed)
+            model = create_model(model.config).to(dev).eval()
+    overrides = list(overrides)
     recipe = resolve_recipe(trained.recipe, [*([f"data.path={data}"] if data else []), *overrides])
     kind = recipe.data.kind
     fmt = resolve_format(output, format, kind)
@@ -318,11 +347,19 @@ def embed(
     if dtype == "int8" and fmt != "geotiff":
         raise ValueError(f"dtype='int8' is a GeoTIFF option; {fmt} output {output} is float32")
     chosen = select_channel_names(model, recipe_channels(recipe, model), channels)
+    if features == "raw" and recipe.data.allow_channel_subsets:
+        raise ValueError(f"features='raw' needs one channel set for every row of {output}, and recipe "
+                         f"{recipe.name!r} allows fields with channel subsets; embed a --channels set every field has")
     raster = fmt in RASTERS
+    # Enough to embed the same rows again (evaluate's baselines): the source as given, overrides, level, stride.
+    source = Path(checkpoint).resolve() if Path(checkpoint).exists() else checkpoint
+    extra = {"feature_names": raw_feature_names(chosen)} if features == "raw" else {}
     provenance = build_provenance(trained, recipe, channels=chosen, pool=None if raster else pool,
                                   level="patch" if raster else level, crop_size=recipe.data.crop_size,
-                                  stride=stride, format=fmt, dtype=dtype)  # fmt: skip
-    export = Export(model, recipe, chosen, dev, batch_size, provenance, progress)
+                                  stride=stride, format=fmt, dtype=dtype, crs=crs, source=str(source),
+                                  overrides=overrides, features=features,
+                                  seed=seed if features == "random" else None, **extra)  # fmt: skip
+    export = Export(model, recipe, chosen, dev, batch_size, provenance, progress, features)
 
     if raster:
         from .geo import write_embedding_rasters

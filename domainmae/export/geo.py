@@ -183,7 +183,7 @@ def blended_rows(export: Export, reader: RasterWindowReader, normalize: Any, str
     rows, cols = scene.grid.height // p, scene.grid.width // p
     windows = grid_windows(rows * p, cols * p, size, stride, what=f"scene {scene.name}")
     n, weight = size // p, tent(size // p)
-    total, weights = np.zeros((export.model.embed_dim, n, cols)), np.zeros((n, cols))
+    total, weights = np.zeros((export.dim, n, cols)), np.zeros((n, cols))
     base = 0  # the patch row of the strip's first row
     for start in tqdm(range(0, len(windows), export.batch_size), disable=not export.progress, unit="batch",
                       desc=scene.name, dynamic_ncols=True):  # fmt: skip
@@ -338,7 +338,7 @@ def _write_zarr(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], attrs
 def _write_scene(export: Export, reader: RasterWindowReader, normalize: Any, path: Path, fmt: str, dtype: str,
                  stride: int) -> None:  # fmt: skip
     """One scene's blended per-patch embeddings into ``path``: GeoTIFF (float32 or int8) or Zarr."""
-    p, grid, dim = export.model.patch_size, reader.scene.grid, export.model.embed_dim
+    p, grid, dim = export.model.patch_size, reader.scene.grid, export.dim
     # The patch grid: the scene transform scaled by the patch size, so the raster overlays the source.
     patch_grid = Grid(grid.crs, grid.transform @ Affine.scale(p), grid.height // p, grid.width // p)
     strips = blended_rows(export, reader, normalize, stride)
