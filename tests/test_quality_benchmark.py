@@ -1,0 +1,55 @@
+"""The mitosis benchmark's dataset builder on one real ExampleFly field, read back with the toolkit's reader."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from domainmae.data.tiff import load_data_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mitosis():
+    # benchmarks/ is a folder of scripts, not a package: load the builder from its file.
+    spec = importlib.util.spec_from_file_location("mitosis", ROOT / "benchmarks" / "mitosis.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mitosis"] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_builder_on_one_fly_field(tmp_path: Path) -> None:
+    mitosis = _mitosis()
+    manifest, counts = mitosis.build(tmp_path, crop=32, limit=1)
+    (count,) = counts
+    assert count["field"] == "ExampleFly/POS002"
+    # ~300 nuclei in a 1006x1000 field of Kc167 cells; a broken threshold or watershed gives a handful or thousands.
+    assert 200 <= count["nuclei"] <= 450
+    assert count["positive"] >= 1 and count["negative"] > 10 * count["positive"]  # mitosis is rare
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == count["positive"] + count["negative"] == count["nuclei"] - count["dropped"]
+    assert {r["Metadata_Mitotic"] for r in rows} == {"0", "1"}
+    assert {r["Metadata_Field"] for r in rows} == {"ExampleFly/POS002"}
+    # Positives are the nuclei whose mean pH3 is above the field's threshold, and only those.
+    ph3 = np.array([float(r["Metadata_PH3"]) for r in rows])
+    mitotic = np.array([r["Metadata_Mitotic"] == "1" for r in rows])
+    assert ph3[mitotic].min() > count["threshold"] >= ph3[~mitotic].max()
+
+    fields = load_data_fields(manifest)  # the normal manifest reader: pH3 is not among the crops' channels
+    assert len(fields) == len(rows)
+    assert fields[0].channels == ("DNA", "Actin")
+    assert fields[0].read().shape == (2, 32, 32)
+    assert fields[0].meta["Metadata_Field"] == "ExampleFly/POS002"
+
+
+def test_ph3_rule_is_a_robust_outlier_threshold() -> None:
+    means = np.array([10.0, 11, 12, 13, 14, 40])
+    positive, threshold = _mitosis().ph3_positive(means, k=3.0)
+    assert positive.tolist() == [False] * 5 + [True]
+    assert threshold == pytest.approx(12.5 + 3 * 1.4826 * 1.5)  # median 12.5, MAD 1.5
