@@ -72,18 +72,21 @@ def save_reconstruction_grid(
     title: str = "",
     max_samples: int = 2,
 ) -> Path:
-    """Draw rows (original, masked, reconstruction) per sample and one column per channel (per
-    sensor: an RGB composite for Sentinel-2), and write the PNG atomically."""
+    """Draw rows (original, masked, reconstruction, and any further entries of ``images[sensor]``,
+    e.g. a baseline's reconstruction) per sample and one column per channel (per sensor: an RGB
+    composite for Sentinel-2), and write the PNG atomically."""
     panels = [(sensor, label, idx) for sensor in images for label, idx in _columns(list(channel_names[sensor]))]
+    kinds = list(next(iter(images.values())))
+    rows = len(kinds)
     n = min(max_samples, next(iter(images.values()))["original"].shape[0])
-    fig, axes = plt.subplots(3 * n, len(panels), figsize=(2.2 * len(panels), 2.2 * 3 * n), squeeze=False)
+    fig, axes = plt.subplots(rows * n, len(panels), figsize=(2.2 * len(panels), 2.2 * rows * n), squeeze=False)
     for s in range(n):
         for col, (sensor, label, idx) in enumerate(panels):
             original = images[sensor]["original"][s, idx].cpu().numpy()
             lo, hi = np.percentile(original, 1, axis=(1, 2)), np.percentile(original, 99, axis=(1, 2))
             hi = np.where(hi > lo, hi, lo + 1e-6)
-            for r, kind in enumerate(("original", "masked", "reconstruction")):
-                ax = axes[3 * s + r, col]
+            for r, kind in enumerate(kinds):
+                ax = axes[rows * s + r, col]
                 ax.imshow(_display(images[sensor][kind][s, idx].cpu().numpy(), lo, hi), cmap="gray")
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -1,4 +1,12 @@
-"""``reconstruct()``: reconstruction grids from a trained checkpoint, also of hidden channels."""
+"""``reconstruct()``: reconstruction grids from a trained checkpoint, also of hidden channels, and
+``score_reconstruction()``: masked-patch MSE of the model and of three baselines on held-out crops.
+
+Held-out crops are drawn from their own seed stream (``SCORE_STREAM``), which no training epoch and no
+preview (stream 0) uses, without augmentation. They are other crops of the same fields/scenes unless
+``data`` points at data the run did not train on: the bundled demos train on all their samples, so
+there they are fresh crops, not unseen images. The linear baseline is fitted on crops of the run's own
+training data (all channels known, ``REFERENCE_STREAM``), as the model learned from it.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,22 +15,24 @@ from typing import Any
 
 import torch
 
-from ..data.build import build_training_data
+from ..data.build import TrainingData, build_training_data
 from ..data.loader import collate_samples, sample_seed
-from ..models import Masking, masking_from_scores
+from ..models import MaskedAutoencoder, Masking, masking_from_scores
+from ..models.baselines import channel_gram
 from ..models.masking import num_keep
 from ..recipes import resolve_recipe
-from ..runtime import load_trained
+from ..runtime import Trained, load_trained
 from ..viz import reconstruction_images, save_reconstruction_grid
+from .score import baseline_images, hidden_pixels, score_batch, take_rows
+
+SCORE_STREAM = 2**32 - 2  # the "epoch" of held-out crops' seeds (band statistics use 2**32 - 1)
+REFERENCE_STREAM = 2**32 - 3  # crops the linear baseline is fitted on
+NO_AUGMENT = ["data.augment.hflip=false", "data.augment.vflip=false", "data.augment.rot90=false",
+              "data.augment.resized_crop_scale=null"]  # fmt: skip
 
 
 def _first_rows(batch: dict[str, Any], n: int) -> dict[str, Any]:
-    def cut(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            return x[:n]
-        return {k: cut(v) for k, v in x.items()} if isinstance(x, dict) else x
-
-    return {k: cut(v) for k, v in batch.items() if k != "meta"}
+    return {k: take_rows(v, slice(0, n)) for k, v in batch.items() if k != "meta"}
 
 
 def hide_channels_masking(
@@ -40,6 +50,70 @@ def hide_channels_masking(
     return masking_from_scores(torch.rand(batch, hidden.numel(), generator=generator) + hidden, keep)
 
 
+def _crops(training: TrainingData, samples: int, seed: int, stream: int) -> dict[str, Any]:
+    """``samples`` crops, fixed by ``seed`` and ``stream``, collated (``images``, ``channels``, ``valid``)."""
+    k = training.crops_per_item
+    items = [training.dataset[(i % len(training.dataset), sample_seed(seed, stream, i))] for i in range(-(-samples // k))]
+    return _first_rows(collate_samples(items), samples)
+
+
+def _masking(
+    model: MaskedAutoencoder, batch: dict[str, Any], ratio: float, visible_channels: Sequence[str] | None, seed: int
+) -> Masking:
+    """The model's own mask sampler, or with ``visible_channels`` every other channel hidden."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs, grid = model.split_inputs(batch["images"], batch["channels"])
+    samples = inputs[0].images.shape[0]
+    if not visible_channels:
+        return model.sample_masking(inputs, grid, mask_ratio=ratio, generator=generator)
+    if any(inp.channels is None for inp in inputs):
+        raise ValueError("--channels needs a channel-agnostic model; this one stacks its channels")
+    per_token = [str(getattr(c, "name", c)) for inp in inputs for c in inp.channels]
+    return hide_channels_masking(per_token, visible_channels, samples, grid[0] * grid[1], ratio, generator)
+
+
+def reference_gram(trained: Trained, samples: int, seed: int) -> torch.Tensor:
+    """:func:`~domainmae.models.baselines.channel_gram` of ``samples`` crops of the run's training data,
+    channels of all sensors in the model's order: what the linear baseline is fitted on."""
+    training = build_training_data(resolve_recipe(trained.recipe, NO_AUGMENT).data)
+    batch = _crops(training, samples, seed, REFERENCE_STREAM)
+    inputs, _ = trained.model.split_inputs(batch["images"], batch["channels"], batch["valid"])
+    images = torch.cat([inp.images.float() for inp in inputs], dim=1)
+    valid = [torch.ones_like(inp.images, dtype=torch.bool) if inp.valid is None else inp.valid for inp in inputs]
+    return channel_gram(images, torch.cat(valid, dim=1))
+
+
+def score_reconstruction(
+    checkpoint: str | Path,
+    *,
+    data: str | None = None,
+    mask_ratio: float | None = None,
+    visible_channels: Sequence[str] | None = None,
+    samples: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Masked-patch MSE of the model and the baselines (mean of visible patches, interpolation,
+    per-pixel linear regression from the other channels) on ``samples`` held-out crops, same masks.
+
+    Returns :func:`~domainmae.train.score.score_batch`'s dict (``units``, ``scores``, ``best_baseline``)
+    with what was scored: ``checkpoint``, ``recipe``, ``step``, ``data``, ``samples``, ``seed``,
+    ``mask_ratio``, ``visible_channels``, ``held_out``.
+    """
+    trained = load_trained(checkpoint)
+    model = trained.model
+    recipe = resolve_recipe(trained.recipe, [*NO_AUGMENT, *([f"data.path={data}"] if data else [])])
+    batch = _crops(build_training_data(recipe.data), samples, seed, SCORE_STREAM)
+    ratio = model.mask_ratio if mask_ratio is None else mask_ratio
+    masking = _masking(model, batch, ratio, visible_channels, seed)
+    result = score_batch(model, batch["images"], batch["channels"], batch["valid"], masking,
+                         gram=reference_gram(trained, samples, seed))  # fmt: skip
+    held_out = "the given data" if data else "fresh crops of the run's own training data (no separate split)"
+    return {"checkpoint": str(checkpoint), "recipe": recipe.name, "step": trained.step, "data": str(recipe.data.path),
+            "samples": samples, "seed": seed, "mask_ratio": ratio,
+            "visible_channels": list(visible_channels) if visible_channels else None, "held_out": held_out,
+            **result}  # fmt: skip
+
+
 def reconstruct(
     checkpoint: str | Path,
     *,
@@ -49,6 +123,7 @@ def reconstruct(
     visible_channels: Sequence[str] | None = None,
     samples: int = 2,
     seed: int = 0,
+    baseline: str | None = None,
 ) -> Path:
     """Draw original / masked / reconstruction for ``samples`` crops of the run's data (or ``data``).
 
@@ -56,27 +131,26 @@ def reconstruct(
 
     With ``visible_channels`` the model sees only those channels (at ``mask_ratio``) and rebuilds
     the others from them: the cross-channel prediction a channel-agnostic model is trained for.
+    With ``baseline`` (``mean``, ``interpolation`` or ``linear``) a further row shows that baseline's
+    reconstruction from the same visible patches.
     """
     trained = load_trained(checkpoint)
     model = trained.model
     recipe = resolve_recipe(trained.recipe, [f"data.path={data}"] if data else [])
-    training = build_training_data(recipe.data)
-    k = training.crops_per_item
-    items = [training.dataset[(i % len(training.dataset), sample_seed(seed, 0, i))] for i in range(-(-samples // k))]
-    batch = _first_rows(collate_samples(items), samples)
+    batch = _crops(build_training_data(recipe.data), samples, seed, 0)
     ratio = model.mask_ratio if mask_ratio is None else mask_ratio
-    generator = torch.Generator().manual_seed(seed)
-    inputs, grid = model.split_inputs(batch["images"], batch["channels"])
-    if visible_channels:
-        if any(inp.channels is None for inp in inputs):
-            raise ValueError("--channels needs a channel-agnostic model; this one stacks its channels")
-        per_token = [str(getattr(c, "name", c)) for inp in inputs for c in inp.channels]
-        masking = hide_channels_masking(per_token, visible_channels, samples, grid[0] * grid[1], ratio, generator)
-    else:
-        masking = model.sample_masking(inputs, grid, mask_ratio=ratio, generator=generator)
+    masking = _masking(model, batch, ratio, visible_channels, seed)
     with torch.no_grad():
         out = model(batch["images"], batch["channels"], valid=batch["valid"], masking=masking)
     images = reconstruction_images(model, batch["images"], batch["channels"], out)
+    if baseline:
+        inputs, grid = model.split_inputs(batch["images"], batch["channels"], batch["valid"])
+        masks = out.mask if isinstance(out.mask, dict) else {inputs[0].name: out.mask}
+        gram = reference_gram(trained, samples, seed) if baseline == "linear" else None
+        predicted = baseline_images(model, inputs, masks, grid, gram, names=[baseline])[baseline]
+        for inp in inputs:  # visible patches as given, masked ones from the baseline
+            hidden = hidden_pixels(masks[inp.name], inp, model.patch_size, grid)
+            images[inp.name][f"baseline: {baseline}"] = torch.where(hidden, predicted[inp.name], inp.images.float())
     names = batch["channels"] if isinstance(batch["channels"], dict) else {"image": batch["channels"]}
     seen = f"  visible: {','.join(visible_channels)}" if visible_channels else ""
     title = f"{recipe.name} step {trained.step}  mask {ratio:.2f}{seen}  loss {out.loss.item():.4f}"

@@ -1,0 +1,160 @@
+"""Reconstruction scores: the three baselines' arithmetic on hand-made images, and the model and the
+baselines scored on the same masked tokens, in the units of the model's own loss."""
+import json
+
+import pytest
+import torch
+
+from domainmae.cli import main
+from domainmae.models import MaskedAutoencoder, masking_from_scores
+from domainmae.models.baselines import channel_gram, interpolate_visible, linear_from_channels, mean_of_visible
+from domainmae.train import pretrain
+from domainmae.train.reconstruct import score_reconstruction
+from domainmae.train.score import format_scores, score_batch
+
+
+def _ramp(h: int = 16, w: int = 16) -> torch.Tensor:
+    """``[H, W]`` a linear ramp 0.5 * row - 0.25 * col + 3."""
+    rows, cols = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    return 0.5 * rows - 0.25 * cols + 3
+
+
+def _cells(hidden: list[tuple[int, int]], grid: int = 4, p: int = 4) -> torch.Tensor:
+    """``[H, W]`` bool visible pixels with the listed patch cells hidden."""
+    cells = torch.ones(grid, grid, dtype=torch.bool)
+    for i, j in hidden:
+        cells[i, j] = False
+    return cells.repeat_interleave(p, 0).repeat_interleave(p, 1)
+
+
+def test_mean_of_visible_is_the_per_channel_mean_of_visible_pixels_and_nan_for_a_hidden_channel():
+    images = torch.randn(2, 3, 16, 16)
+    visible = torch.stack([_cells([(0, 0), (1, 2), (3, 3)]), _cells([(2, 2)]), torch.zeros(16, 16, dtype=torch.bool)])
+    visible = visible.expand(2, -1, -1, -1)
+    pred = mean_of_visible(images, visible)
+    for b in range(2):
+        for c in range(2):
+            assert torch.allclose(pred[b, c], images[b, c][visible[b, c]].mean().expand(16, 16))
+        assert pred[b, 2].isnan().all()  # nothing of that channel was seen: no prediction, not a guess
+
+
+def test_interpolation_of_a_linear_ramp_is_exact_in_the_interior():
+    ramp = _ramp()
+    visible = _cells([(1, 1), (1, 2), (2, 1)])  # interior cells, surrounded by visible ones
+    images = torch.stack([ramp, -ramp]).unsqueeze(0)
+    pred = interpolate_visible(images, visible.expand(1, 2, -1, -1))
+    hidden = ~visible
+    assert torch.allclose(pred[0, 0][hidden], ramp[hidden], atol=1e-4)
+    assert torch.allclose(pred[0, 1][hidden], -ramp[hidden], atol=1e-4)
+    assert torch.equal(pred[0, 0][visible], ramp[visible])  # visible pixels are kept as they are
+
+
+def test_interpolation_ignores_invalid_pixel_values_and_covers_the_edges():
+    ramp = _ramp()
+    visible = _cells([(0, 0), (3, 3)])  # corner cells: outside the visible pixels' hull, nearest fills them
+    images = ramp.clone().expand(1, 1, -1, -1).clone()
+    images[0, 0, 0, 8] = float("nan")  # an invalid (nodata) pixel, not visible
+    pred = interpolate_visible(images, (visible & images[0, 0].isfinite()).expand(1, 1, -1, -1))
+    assert pred.isfinite().all()
+    assert (pred[0, 0] - ramp).abs().max() < 3  # nearest values at the corners, not exact there
+
+
+def test_linear_baseline_recovers_a_channel_that_is_a_linear_function_of_another():
+    reference = torch.randn(3, 3, 16, 16)
+    reference[:, 1] = 2 * reference[:, 0] - 1  # channel 1 = 2 * channel 0 - 1 (channel 2 is noise)
+    gram = channel_gram(reference)
+    images = torch.randn(2, 3, 16, 16)
+    images[:, 1] = 2 * images[:, 0] - 1
+    visible = torch.ones(2, 3, 16, 16, dtype=torch.bool)
+    visible[:, 1] = False  # channel 1 hidden entirely: rebuilt from the others, pixel by pixel
+    pred = linear_from_channels(images, visible, gram)
+    assert torch.allclose(pred[:, 1], images[:, 1], atol=1e-4)
+    visible[:, 0] = visible[:, 2] = False  # nothing to regress on
+    assert linear_from_channels(images, visible, gram)[:, 1].isnan().all()
+
+
+def _tiny(norm_pix: bool, sensors=None) -> MaskedAutoencoder:
+    torch.manual_seed(0)
+    sensors = sensors or {"image": ["DNA", "PH3", "Actin"]}
+    return MaskedAutoencoder(sensors=sensors, img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
+                             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, norm_pix_loss=norm_pix)
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_model_mse_is_its_own_loss_on_the_same_masks(norm_pix):
+    model = _tiny(norm_pix).eval()
+    images = torch.randn(4, 3, 16, 16)
+    valid = torch.rand(4, 16, 16) > 0.1
+    masking = model.sample_masking(model.split_inputs(images)[0], (4, 4), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(images, valid=valid, masking=masking)
+    scores = score_batch(model, images, None, valid, masking, gram=channel_gram(torch.randn(2, 3, 16, 16)))
+    assert scores["units"] == ("norm-pix" if norm_pix else "normalised")
+    assert scores["scores"]["model"]["overall"] == pytest.approx(out.loss.item(), rel=1e-5)
+    per_channel = scores["scores"]["model"]["sensors"]["image"]["channels"]
+    assert set(per_channel) == {"DNA", "PH3", "Actin"}
+    for name in ("mean", "interpolation", "linear"):
+        assert scores["scores"][name]["overall"] is not None
+    if norm_pix:  # a constant patch standardises to 0: the mean baseline predicts 0 for every patch
+        assert scores["scores"]["mean"]["overall"] == pytest.approx(_zero_loss(model, images, valid, masking), rel=1e-5)
+
+
+def _zero_loss(model, images, valid, masking) -> float:
+    from domainmae.models.losses import reconstruction_loss
+
+    inp = model.split_inputs(images, None, valid)[0][0]
+    target, valid_px = model.targets(inp)
+    return reconstruction_loss(torch.zeros_like(target), target, masking.mask, patch_size=4, valid=valid_px,
+                               norm_pix=True).item()
+
+
+def test_hidden_channel_scores_none_for_baselines_that_cannot_see_it():
+    model = _tiny(False).eval()
+    images = torch.randn(2, 3, 16, 16)
+    images[:, 1] = 3 * images[:, 0] + 0.5
+    # PH3 hidden, DNA fully visible, one Actin patch masked
+    scores_ = torch.cat([torch.zeros(16), 2 * torch.ones(16), torch.zeros(16)]).expand(2, -1).clone()
+    scores_[:, 40] = 1
+    masking = masking_from_scores(scores_, 31)
+    reference = torch.randn(4, 3, 16, 16)
+    reference[:, 1] = 3 * reference[:, 0] + 0.5
+    scores = score_batch(model, images, None, None, masking, gram=channel_gram(reference))["scores"]
+    ph3 = {name: scores[name]["sensors"]["image"]["channels"]["PH3"] for name in ("mean", "interpolation", "linear")}
+    assert ph3["mean"] is None and ph3["interpolation"] is None
+    assert scores["mean"]["overall"] is None  # it has no prediction for every masked token
+    assert ph3["linear"] < 1e-6  # PH3 = 3 DNA + 0.5 and DNA is visible wherever PH3 is hidden
+
+
+def test_multi_sensor_scores_per_sensor_sum_to_the_model_loss():
+    model = _tiny(False, {"s2": [{"name": "B04", "wavelength": 665}, {"name": "B08", "wavelength": 842}],
+                          "s1": ["VV", "VH"]}).eval()
+    images = {"s2": torch.randn(2, 2, 16, 16), "s1": torch.randn(2, 2, 16, 16)}
+    masking = model.sample_masking(model.split_inputs(images)[0], (4, 4), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = model(images, masking=masking)
+    result = score_batch(model, images, None, None, masking, gram=channel_gram(torch.randn(2, 4, 16, 16)))
+    model_scores = result["scores"]["model"]
+    assert model_scores["overall"] == pytest.approx(out.loss.item(), rel=1e-5)
+    for sensor in ("s2", "s1"):
+        assert model_scores["sensors"][sensor]["mse"] == pytest.approx(out.losses[sensor].item(), rel=1e-5)
+    assert result["best_baseline"] in ("mean", "interpolation", "linear")
+    assert "s1/VV" in format_scores(result)
+
+
+@pytest.mark.slow
+def test_score_from_a_run_directory_cli_and_json(tmp_path, capsys):
+    run = pretrain("cellpainting", output=tmp_path / "run", max_steps=2, overrides=["train.log_every=1"], quiet=True)
+    first = score_reconstruction(run, samples=4, seed=3)
+    again = score_reconstruction(run, samples=4, seed=3)
+    assert first["scores"] == again["scores"]  # held-out crops and masks are fixed by the seed
+    assert first["samples"] == 4 and first["best_baseline"] in ("mean", "interpolation", "linear")
+    hidden = score_reconstruction(run, samples=4, seed=3, visible_channels=["DNA", "Actin"])
+    assert hidden["scores"]["mean"]["sensors"]["image"]["channels"]["PH3"] is None
+    assert hidden["best_baseline"] == "linear"
+    out, report = tmp_path / "recon.png", tmp_path / "scores.json"
+    assert main(["reconstruct", "--checkpoint", str(run), "--score", "--score-samples", "4", "--output", str(out),
+                 "--output-json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "best baseline" in printed and "model" in printed
+    assert json.loads(report.read_text())["scores"]["model"]["overall"] > 0
+    assert out.is_file()
