@@ -45,8 +45,23 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from .train import reconstruct
 
     channels = args.channels.split(",") if args.channels else None
+    best = None
+    if args.score or args.output_json:
+        import json
+
+        from .atomic import atomic_write_text
+        from .train.reconstruct import score_reconstruction
+        from .train.score import format_scores
+
+        result = score_reconstruction(args.checkpoint, data=args.data, mask_ratio=args.mask_ratio,
+                                      visible_channels=channels, samples=args.score_samples, seed=args.seed)  # fmt: skip
+        print(format_scores(result))
+        if args.output_json:
+            atomic_write_text(args.output_json, json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.output_json}")
+        best = result["best_baseline"]
     path = reconstruct(args.checkpoint, data=args.data, mask_ratio=args.mask_ratio, output=args.output,
-                       visible_channels=channels, samples=args.samples, seed=args.seed)  # fmt: skip
+                       visible_channels=channels, samples=args.samples, seed=args.seed, baseline=best)  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -103,7 +118,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .export.evaluate import evaluate, format_table
 
     result = evaluate(args.file, args.label, split=args.split, methods=_split(args.method), test_size=args.test_size,
-                      k=args.k, seed=args.seed, output=args.output)  # fmt: skip
+                      k=args.k, seed=args.seed, baselines=_split(args.baselines) or (), gap=args.gap,
+                      output=args.output)  # fmt: skip
     print(format_table(result))
     return 0
 
@@ -144,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="reconstruction.png")
+    p.add_argument("--score", action="store_true",
+                   help="print masked-patch MSE of the model and three baselines on held-out crops (same masks); "
+                        "the PNG then shows the best baseline too")  # fmt: skip
+    p.add_argument("--score-samples", type=int, default=32, help="held-out crops scored")
+    p.add_argument("--output-json", help="write the scores as JSON (implies --score)")
     p.set_defaults(func=_reconstruct)
 
     p = sub.add_parser("export-model",
@@ -196,11 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="linear probe and k-NN of an embeddings file against a label column")
     p.add_argument("file", help="embeddings .parquet (GeoParquet too) or .h5ad")
     p.add_argument("--label", required=True, help="label column (list-valued: multi-label)")
-    p.add_argument("--split", default="random", help="'random' or a group column kept apart (plate, scene_id)")
+    p.add_argument("--split", default="random",
+                   help="'random', a group column kept apart (plate, scene_id), or blocks:SIZE (GeoParquet: "
+                        "SIZE x SIZE px blocks per scene held out, train windows within --gap px dropped)")  # fmt: skip
+    p.add_argument("--gap", type=int, help="blocks split: px kept free around test windows (default one window)")
+    p.add_argument("--baselines", help="comma-separated: raw (pixel statistics), random (untrained model); "
+                   "embedded again from the file's provenance and scored on the same split")
     p.add_argument("--method", default="linear,knn", help="comma-separated: linear, knn")
     p.add_argument("--test-size", type=float, default=0.25)
     p.add_argument("--k", type=int, default=5, help="neighbours for k-NN")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="split and random-init seed")
     p.add_argument("--output", help="also write the result as JSON here")
     p.set_defaults(func=_evaluate)
 

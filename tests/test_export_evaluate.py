@@ -1,4 +1,5 @@
-"""``evaluate``: linear probe and k-NN beat chance on separable embeddings; grouped splits keep groups apart."""
+"""``evaluate``: probes beat chance on separable embeddings; grouped and block splits keep test rows apart;
+baselines (raw pixels, random init) are scored on the same rows and split."""
 import json
 
 import numpy as np
@@ -6,9 +7,12 @@ import pandas as pd
 import pytest
 
 from domainmae.cli import main
-from domainmae.export import evaluate
-from domainmae.export.evaluate import split_rows
+from domainmae.export import embed, evaluate, read_embeddings
+from domainmae.export.splits import split_rows
 from domainmae.export.tables import feature_names, write_embeddings
+from tests import test_export_tables
+
+plate = test_export_tables.plate  # its module fixture: a two-plate manifest and a tiny checkpoint
 
 DIM = 16
 
@@ -32,17 +36,17 @@ def test_probes_beat_chance_with_a_grouped_split(tmp_path, capsys):
     path = _embeddings(tmp_path / "emb.parquet")
     result = evaluate(path, "Metadata_Label", split="Metadata_Plate", output=tmp_path / "eval.json")
     assert result["chance"] < 0.5 and result["n_classes"] == 3 and result["checkpoint_sha256"] == "abc"
-    for method in ("linear", "knn"):
-        assert result["results"][method]["accuracy"] > 0.9 and result["results"][method]["macro_f1"] > 0.9
-    assert json.loads((tmp_path / "eval.json").read_text())["results"] == result["results"]
+    for scores in result["features"]["model"].values():
+        assert scores["accuracy"] > 0.9 and scores["macro_f1"] > 0.9 and scores["balanced_accuracy"] > 0.9
+    assert json.loads((tmp_path / "eval.json").read_text())["features"] == result["features"]
     assert main(["evaluate", str(path), "--label", "Metadata_Label", "--method", "knn"]) == 0
     assert "knn" in capsys.readouterr().out
 
 
 def test_grouped_split_keeps_groups_apart(tmp_path):
     df = pd.DataFrame({"plate": [f"P{i % 5}" for i in range(50)]})
-    train, test = split_rows(df, np.zeros(50), "plate", 0.4, seed=0, multilabel=False)
-    assert set(df.plate[train]).isdisjoint(df.plate[test]) and len(train) + len(test) == 50
+    train, test, dropped = split_rows(df, np.zeros(50), "plate", 0.4, seed=0, multilabel=False)
+    assert set(df.plate[train]).isdisjoint(df.plate[test]) and len(train) + len(test) == 50 and dropped == 0
     with pytest.raises(KeyError, match="'well' is not in the table"):
         split_rows(df, np.zeros(50), "well", 0.4, seed=0, multilabel=False)
 
@@ -51,6 +55,67 @@ def test_multilabel_reports_map(tmp_path):
     path = _embeddings(tmp_path / "multi.parquet", multilabel=True)
     result = evaluate(path, "labels", methods=["linear"])
     assert result["multilabel"] and result["n_classes"] == 4
-    assert result["results"]["linear"]["map"] > 0.8
+    assert result["features"]["model"]["linear"]["map"] > 0.8
     with pytest.raises(ValueError, match="'labels' holds lists"):
         _embeddings(tmp_path / "multi.h5ad", multilabel=True)
+
+
+def _windows(stride: int) -> pd.DataFrame:
+    """Two scenes of 32 px windows on a 320 x 320 px grid at ``stride``, as a GeoParquet table has them."""
+    starts = range(0, 320 - 32 + 1, stride)
+    rows = [(scene, r, c) for scene in ("S1", "S2") for r in starts for c in starts]
+    df = pd.DataFrame(rows, columns=["scene_id", "window_row", "window_col"])
+    return df.assign(window_height=32, window_width=32)
+
+
+def _gap(a: pd.Series, b: pd.Series) -> int:
+    """Pixels between two windows' boxes (Chebyshev; negative when they overlap), one pair at a time."""
+    rows = max(b.window_row - (a.window_row + 32), a.window_row - (b.window_row + 32))
+    cols = max(b.window_col - (a.window_col + 32), a.window_col - (b.window_col + 32))
+    return max(rows, cols)
+
+
+@pytest.mark.parametrize("stride, gap", [(32, None), (16, None), (32, 0), (16, 64)])
+def test_blocks_split_holds_out_whole_blocks_and_keeps_train_a_gap_away(stride, gap):
+    df = _windows(stride)
+    train, test, dropped = split_rows(df, np.zeros(len(df)), "blocks:96", 0.3, seed=1, multilabel=False, gap=gap)
+    assert len(train) + len(test) + dropped == len(df) and len(train) > 0
+    assert (dropped > 0) == (gap != 0 or stride < 32)  # side by side, windows at stride 32 only touch
+    block = df.scene_id + "/" + (df.window_row // 96).astype(str) + "/" + (df.window_col // 96).astype(str)
+    assert set(np.flatnonzero(block.isin(set(block[test])))) == set(test)  # every row of a test block, only them
+    assert set(block[train]).isdisjoint(block[test])
+    for i in train:
+        near = df.loc[test][df.scene_id[test] == df.scene_id[i]]
+        assert all(_gap(df.loc[i], near.loc[j]) >= (32 if gap is None else gap) for j in near.index)
+
+
+def test_blocks_split_names_what_it_lacks():
+    df = pd.DataFrame({"Metadata_Plate": ["P1", "P2"] * 5})
+    with pytest.raises(KeyError, match=r"lacks \['scene_id', 'window_row'"):
+        split_rows(df, np.zeros(10), "blocks:64", 0.3, seed=0, multilabel=False)
+    with pytest.raises(ValueError, match="blocks:SIZE takes a block size"):
+        split_rows(df, np.zeros(10), "blocks:big", 0.3, seed=0, multilabel=False)
+
+def test_evaluate_scores_every_feature_set_on_the_same_split(plate, tmp_path, capsys):
+    path = embed(plate["run"], output=tmp_path / "emb.parquet", progress=False)
+    result = evaluate(path, "Metadata_pert", split="Metadata_Plate", baselines=["raw", "random"],
+                      output=tmp_path / "eval.json")  # fmt: skip
+    assert list(result["features"]) == ["model", "raw", "random"]
+    for scores in result["features"].values():
+        assert set(scores) == {"linear", "knn"}
+        assert set(scores["linear"]) == {"accuracy", "macro_f1", "balanced_accuracy"}
+    assert result["n_train"] + result["n_test"] == 48 and result["n_test"] == 24  # one plate of two held out
+    assert json.loads((tmp_path / "eval.json").read_text())["features"] == result["features"]
+    assert main(["evaluate", str(path), "--label", "Metadata_pert", "--baselines", "raw"]) == 0
+    table = capsys.readouterr().out
+    assert "model" in table and "raw" in table and "balanced_accuracy" in table
+
+
+def test_baseline_rows_that_do_not_line_up_are_an_error(plate, tmp_path):
+    df, features, provenance = read_embeddings(embed(plate["run"], output=tmp_path / "emb.parquet", progress=False))
+    shuffled = write_embeddings(tmp_path / "shuffled.parquet", df.iloc[::-1].reset_index(drop=True), features, provenance)
+    with pytest.raises(ValueError, match="do not line up"):
+        evaluate(shuffled, "Metadata_pert", baselines=["raw"])
+    bare = write_embeddings(tmp_path / "bare.parquet", df, features, {})
+    with pytest.raises(ValueError, match="no 'checkpoint' in its provenance"):
+        evaluate(bare, "Metadata_pert", baselines=["raw"])

@@ -357,7 +357,8 @@ def embed(
     provenance = build_provenance(trained, recipe, channels=chosen, pool=None if raster else pool,
                                   level="patch" if raster else level, crop_size=recipe.data.crop_size,
                                   stride=stride, format=fmt, dtype=dtype, crs=crs, source=str(source),
-                                  overrides=overrides, features=features,
+                                  overrides=overrides, channels_requested=list(channels) if channels else None,
+                                  features=features,
                                   seed=seed if features == "random" else None, **extra)  # fmt: skip
     export = Export(model, recipe, chosen, dev, batch_size, provenance, progress, features)
 

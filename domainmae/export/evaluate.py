@@ -1,13 +1,19 @@
-"""Linear-probe and k-NN evaluation of an embeddings file against a label column.
+"""Linear-probe and k-NN evaluation of an embeddings file against a label column, beside baselines.
 
-Single-label columns report accuracy and macro-F1; list-valued columns (multi-label, e.g. BigEarthNet
-CORINE labels) report subset accuracy, macro-F1 and macro mean average precision. The split is random
-(stratified when every class has two rows) or by a group column (plate, scene, ...), so that no group
-is on both sides. ``chance`` is the accuracy of always predicting the most frequent training label set.
+Single-label columns report accuracy, macro-F1 and balanced accuracy; list-valued columns (multi-label,
+e.g. BigEarthNet CORINE labels) report subset accuracy, macro-F1 and macro mean average precision. The
+split (:mod:`~domainmae.export.splits`) is random (stratified when every class has two rows), by a group
+column (plate, scene, ...) or by spatial blocks with a gap. ``chance`` is the accuracy of always
+predicting the most frequent training label set.
+
+Baselines answer "is the model better than the obvious?": ``raw`` (per-channel pixel statistics of each
+tile) and ``random`` (the same architecture at random init) are embedded again from the file's provenance,
+checked to hold the same rows in the same order, and scored on the very same train and test rows.
 """
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -16,17 +22,18 @@ import numpy as np
 import pandas as pd
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
+from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
 from ..atomic import atomic_write_text
+from .splits import split_rows
 from .tables import read_embeddings
 
 Method = Literal["linear", "knn"]
+Baseline = Literal["raw", "random"]
 
 
 def _classifier(method: str, k: int, n_train: int, multilabel: bool) -> Any:
@@ -40,21 +47,57 @@ def _classifier(method: str, k: int, n_train: int, multilabel: bool) -> Any:
     return make_pipeline(StandardScaler(), OneVsRestClassifier(head) if multilabel else head)
 
 
-def split_rows(
-    df: pd.DataFrame, y: np.ndarray, split: str, test_size: float, seed: int, multilabel: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test row indices: ``"random"`` or grouped by the column named ``split``."""
-    rows = np.arange(len(df))
-    if split == "random":
-        counts = pd.Series(list(map(str, y)) if multilabel else y).value_counts()
-        stratify = None if multilabel or counts.min() < 2 else y
-        return train_test_split(rows, test_size=test_size, random_state=seed, stratify=stratify)
-    if split not in df.columns:
-        raise KeyError(f"split column {split!r} is not in the table; it has {list(df.columns)}")
-    groups = df[split].astype(str).to_numpy()
-    if len(set(groups)) < 2:
-        raise ValueError(f"split column {split!r} has a single group; a grouped split needs at least two")
-    return next(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed).split(rows, groups=groups))
+def baseline_file(file: Path, provenance: dict[str, Any], features: Baseline, folder: Path, seed: int) -> Path:
+    """Embed the rows of ``file`` again as ``features``, with the settings its provenance records."""
+    source = provenance.get("source") or provenance.get("checkpoint")
+    if not source:
+        raise ValueError(f"{file} has no 'checkpoint' in its provenance, so its baselines cannot be embedded; "
+                         "baselines need a file written by domainmae embed")  # fmt: skip
+    from .embed import embed
+
+    out = embed(source, output=folder / f"{features}{file.suffix}", data=provenance.get("data_path"),
+                pool=provenance.get("pool") or "mean", level=provenance.get("level", "tile"),
+                format=provenance.get("format"), channels=provenance.get("channels_requested"),
+                stride=provenance.get("stride"), crs=provenance.get("crs"), overrides=provenance.get("overrides", ()),
+                features=features, seed=seed, progress=False)  # fmt: skip
+    made = read_embeddings(out)[2].get("checkpoint_sha256")
+    if provenance.get("checkpoint_sha256") not in (None, made):
+        raise ValueError(f"{source} is not the checkpoint {file} was embedded with (its SHA-256 differs)")
+    return out
+
+
+def same_rows(file: Path, df: pd.DataFrame, other: pd.DataFrame, features: Sequence[str], name: str) -> None:
+    """Raise unless ``other`` holds the rows of ``df`` in the same order (same metadata columns and values)."""
+    meta = [c for c in df.columns if c not in features]
+    missing = [c for c in meta if c not in other.columns]
+    if len(other) != len(df) or missing:
+        raise ValueError(f"the {name} baseline's rows do not line up with {file}: {len(other)} rows against "
+                         f"{len(df)}, columns {missing} missing; was the file, or the data, changed?")  # fmt: skip
+    # As text: list cells (CORINE labels) and nulls compare too.
+    unequal = (df[meta].astype(str).to_numpy() != other[meta].astype(str).to_numpy()).any(axis=1)
+    if unequal.any():
+        first = int(np.flatnonzero(unequal)[0])
+        raise ValueError(f"the {name} baseline's rows do not line up with {file}: {int(unequal.sum())} rows differ, "
+                         f"the first at row {first}; was the file reordered, or the data changed?")  # fmt: skip
+
+
+def score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, methods: Sequence[str], k: int,
+          multilabel: bool) -> dict[str, dict[str, float]]:  # fmt: skip
+    """``{method: {metric: value}}`` of probes fit on ``x[train]`` and scored on ``x[test]``."""
+    results = {}
+    for method in methods:
+        model = _classifier(method, k, len(train), multilabel).fit(x[train], y[train])
+        predicted = model.predict(x[test])
+        scores = {"accuracy": float(accuracy_score(y[test], predicted)),
+                  "macro_f1": float(f1_score(y[test], predicted, average="macro", zero_division=0))}  # fmt: skip
+        if multilabel:
+            present = y[test].any(axis=0)  # AP is undefined for labels absent from the test rows
+            proba = model.predict_proba(x[test])
+            scores["map"] = float(average_precision_score(y[test][:, present], proba[:, present], average="macro"))
+        else:
+            scores["balanced_accuracy"] = float(balanced_accuracy_score(y[test], predicted))
+        results[method] = scores
+    return results
 
 
 def evaluate(
@@ -66,51 +109,65 @@ def evaluate(
     test_size: float = 0.25,
     k: int = 5,
     seed: int = 0,
+    baselines: Sequence[Baseline] = (),
+    gap: int | None = None,
     output: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Fit each method on the train rows and score the test rows; optionally write the result as JSON.
+    """Fit each method on the train rows and score the test rows, for the file's features and each baseline.
 
-    Returns ``{"file", "label", "split", "n_train", "n_test", "n_classes", "multilabel", "chance",
-    "results": {method: {metric: value}}}``.
+    Args:
+        split: ``random``, a group column (plate, well, ``scene_id``...) kept on one side, or ``blocks:SIZE``
+            (GeoParquet windows: SIZE x SIZE source-pixel blocks per scene held out whole; training windows
+            nearer than ``gap`` px to a test window dropped, default one window).
+        baselines: ``raw`` and/or ``random`` features (see ``embed(features=...)``), embedded again from the
+            file's provenance (checkpoint, data, level, stride, channels) into a temporary folder, the random
+            one from ``seed``; an error if their rows differ from the file's.
+
+    Returns ``{"file", "label", "split", "n_train", "n_test", "n_dropped", "n_classes", "multilabel",
+    "chance", "checkpoint_sha256", "seed", "features": {name: {method: {metric: value}}}}``, the file's own
+    features first (named by its provenance: ``model`` unless it holds a baseline).
     """
+    file = Path(file)
     df, features, provenance = read_embeddings(file)
     if label not in df.columns:
         raise KeyError(f"label column {label!r} is not in {file}; it has {[c for c in df.columns if c not in features]}")
-    df = df[df[label].notna()].reset_index(drop=True)
-    x = df[features].to_numpy(np.float32)
+    unknown = [b for b in baselines if b not in ("raw", "random")]
+    if unknown:
+        raise ValueError(f"baselines must be 'raw' and/or 'random', got {unknown}")
+    sets = {provenance.get("features", "model"): df[features].to_numpy(np.float32)}
+    with tempfile.TemporaryDirectory(prefix="domainmae-baselines-") as folder:
+        for name in baselines:
+            other, other_features, _ = read_embeddings(baseline_file(file, provenance, name, Path(folder), seed))
+            same_rows(file, df, other, features, name)
+            sets[name] = other[other_features].to_numpy(np.float32)
+    labelled = df[label].notna().to_numpy()
+    df = df[labelled].reset_index(drop=True)
     multilabel = isinstance(df[label].iloc[0], (list, tuple, np.ndarray))
     y = MultiLabelBinarizer().fit_transform(df[label]) if multilabel else df[label].astype(str).to_numpy()
-    train, test = split_rows(df, y, split, test_size, seed, multilabel)
+    train, test, dropped = split_rows(df, y, split, test_size, seed, multilabel, gap=gap)
     if len(np.unique(y[train], axis=0)) < 2:
         raise ValueError(f"the training rows hold a single value of {label!r}; nothing to learn")
-    chance = DummyClassifier(strategy="most_frequent").fit(x[train], y[train]).predict(x[test])
+    chance = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(train), 1)), y[train]).predict(test[:, None])
     result: dict[str, Any] = {
         "file": str(file), "label": label, "split": split, "n_train": len(train), "n_test": len(test),
-        "n_classes": int(y.shape[1]) if multilabel else len(np.unique(y)), "multilabel": multilabel,
-        "chance": float(accuracy_score(y[test], chance)), "checkpoint_sha256": provenance.get("checkpoint_sha256"),
-        "results": {},
+        "n_dropped": dropped, "n_classes": int(y.shape[1]) if multilabel else len(np.unique(y)),
+        "multilabel": multilabel, "chance": float(accuracy_score(y[test], chance)),
+        "checkpoint_sha256": provenance.get("checkpoint_sha256"), "seed": seed,
+        "features": {name: score(x[labelled], y, train, test, methods, k, multilabel) for name, x in sets.items()},
     }  # fmt: skip
-    for method in methods:
-        model = _classifier(method, k, len(train), multilabel).fit(x[train], y[train])
-        predicted = model.predict(x[test])
-        scores = {"accuracy": float(accuracy_score(y[test], predicted)),
-                  "macro_f1": float(f1_score(y[test], predicted, average="macro", zero_division=0))}  # fmt: skip
-        if multilabel:
-            present = y[test].any(axis=0)  # AP is undefined for labels absent from the test rows
-            proba = model.predict_proba(x[test])
-            scores["map"] = float(average_precision_score(y[test][:, present], proba[:, present], average="macro"))
-        result["results"][method] = scores
     if output is not None:
         atomic_write_text(output, json.dumps(result, indent=2) + "\n")
     return result
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The result as a small text table, one row per method."""
-    metrics = sorted({m for scores in result["results"].values() for m in scores})
-    head = (f"{result['file']}  label={result['label']}  split={result['split']}  "
-            f"train={result['n_train']} test={result['n_test']} classes={result['n_classes']} chance={result['chance']:.3f}")  # fmt: skip
-    lines = [head, f"{'method':<8}" + "".join(f"{m:>10}" for m in metrics)]
-    for method, scores in result["results"].items():
-        lines.append(f"{method:<8}" + "".join(f"{scores[m]:>10.3f}" for m in metrics))
+    """The result as a small text table, one row per feature set and method."""
+    rows = [(name, method, scores) for name, by_method in result["features"].items() for method, scores in by_method.items()]
+    metrics = [m for m in ("accuracy", "balanced_accuracy", "macro_f1", "map") if any(m in s for _, _, s in rows)]
+    dropped = f" dropped(gap)={result['n_dropped']}" if result.get("n_dropped") else ""
+    head = (f"{result['file']}  label={result['label']}  split={result['split']}  train={result['n_train']} "
+            f"test={result['n_test']}{dropped} classes={result['n_classes']} chance={result['chance']:.3f}")  # fmt: skip
+    lines = [head, f"{'features':<10}{'method':<8}" + "".join(f"{m:>19}" for m in metrics)]
+    for name, method, scores in rows:
+        lines.append(f"{name:<10}{method:<8}" + "".join(f"{scores[m]:>19.3f}" for m in metrics))
     return "\n".join(lines)

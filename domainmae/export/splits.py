@@ -1,0 +1,85 @@
+"""Train/test splits for ``evaluate`` that do not leak: random, by a group column, or by spatial blocks.
+
+Neighbouring windows of one scene look alike, so a random split of a window table measures how well a
+probe interpolates between neighbours rather than how well the features transfer. ``blocks:SIZE`` cuts
+every scene into squares of ``SIZE`` x ``SIZE`` source pixels (by each window's top-left pixel,
+``window_row``/``window_col``), holds out whole blocks, and drops training windows that come within
+``gap`` pixels of a held-out window (default: one window), so no training window overlaps or touches
+the test area. How many were dropped is reported.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
+#: The GeoParquet columns a blocks split reads (``embed`` writes them for every window).
+WINDOW_COLUMNS = ("scene_id", "window_row", "window_col", "window_height", "window_width")
+
+
+class Split(NamedTuple):
+    """Row indices of a split; ``dropped`` training rows were left out for being too near the test rows."""
+
+    train: np.ndarray
+    test: np.ndarray
+    dropped: int = 0
+
+
+def split_rows(
+    df: pd.DataFrame, y: np.ndarray, split: str, test_size: float, seed: int, multilabel: bool,
+    gap: int | None = None,
+) -> Split:  # fmt: skip
+    """Train and test row indices: ``"random"``, ``"blocks:SIZE"``, or grouped by the column named ``split``."""
+    rows = np.arange(len(df))
+    if split == "random":
+        counts = pd.Series(list(map(str, y)) if multilabel else y).value_counts()
+        stratify = None if multilabel or counts.min() < 2 else y
+        return Split(*train_test_split(rows, test_size=test_size, random_state=seed, stratify=stratify))
+    if split.startswith("blocks:"):
+        size = split.removeprefix("blocks:")
+        if not size.isdigit() or int(size) < 1:
+            raise ValueError(f"split {split!r}: blocks:SIZE takes a block size in source pixels, e.g. blocks:1024")
+        return block_split(df, int(size), gap, test_size, seed)
+    if split not in df.columns:
+        raise KeyError(f"split column {split!r} is not in the table; it has {list(df.columns)}")
+    return Split(*grouped(rows, df[split].astype(str).to_numpy(), test_size, seed, f"split column {split!r}"))
+
+
+def grouped(rows: np.ndarray, groups: np.ndarray, test_size: float, seed: int, what: str) -> tuple[np.ndarray, ...]:
+    """Train and test rows with no group on both sides."""
+    if len(set(groups)) < 2:
+        raise ValueError(f"{what} has a single group; a grouped split needs at least two")
+    return next(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed).split(rows, groups=groups))
+
+
+def window_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Chebyshev gaps ``[A, B]`` in pixels between window boxes ``[A, 4]`` and ``[B, 4]`` (row, col, height,
+    width): 0 for windows that touch, negative for windows that overlap."""
+    a, b = a[:, None, :], b[None, :, :]
+    rows = np.maximum(b[..., 0] - (a[..., 0] + a[..., 2]), a[..., 0] - (b[..., 0] + b[..., 2]))
+    cols = np.maximum(b[..., 1] - (a[..., 1] + a[..., 3]), a[..., 1] - (b[..., 1] + b[..., 3]))
+    return np.maximum(rows, cols)
+
+
+def block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, seed: int) -> Split:
+    """Whole ``size`` x ``size`` px blocks per scene held out; training windows nearer than ``gap`` px to a
+    test window of their scene dropped (``gap`` default: the largest window side)."""
+    missing = [c for c in WINDOW_COLUMNS if c not in df.columns]
+    if missing:
+        raise KeyError(f"split 'blocks:{size}' needs the window columns {list(WINDOW_COLUMNS)} of a GeoParquet "
+                       f"window table (embed --level tile); the table lacks {missing}")  # fmt: skip
+    scenes = df["scene_id"].astype(str).to_numpy()
+    boxes = df[list(WINDOW_COLUMNS[1:])].to_numpy(np.int64)
+    if gap is None:
+        gap = int(boxes[:, 2:].max())
+    if gap < 0:
+        raise ValueError(f"gap must be at least 0 pixels, got {gap}")
+    blocks = np.array(["/".join(map(str, key)) for key in zip(scenes, boxes[:, 0] // size, boxes[:, 1] // size)])
+    train, test = grouped(np.arange(len(df)), blocks, test_size, seed, f"split 'blocks:{size}'")
+    near = np.zeros(len(train), dtype=bool)
+    for scene in np.unique(scenes[test]):  # only windows of one scene can be neighbours
+        ours, theirs = scenes[train] == scene, test[scenes[test] == scene]
+        near[ours] = (window_distance(boxes[train[ours]], boxes[theirs]) < gap).any(axis=1)
+    return Split(train[~near], test, int(near.sum()))
