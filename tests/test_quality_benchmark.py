@@ -35,7 +35,7 @@ def test_builder_on_one_fly_field(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert len(rows) == count["positive"] + count["negative"] == count["nuclei"] - count["dropped"]
     assert {r["Metadata_Mitotic"] for r in rows} == {"0", "1"}
-    assert {r["Metadata_Field"] for r in rows} == {"ExampleFly/POS002"}
+    assert {r["Metadata_SourceField"] for r in rows} == {"ExampleFly/POS002"}
     # Positives are the nuclei whose mean pH3 is above the field's threshold, and only those.
     ph3 = np.array([float(r["Metadata_PH3"]) for r in rows])
     mitotic = np.array([r["Metadata_Mitotic"] == "1" for r in rows])
@@ -45,7 +45,7 @@ def test_builder_on_one_fly_field(tmp_path: Path) -> None:
     assert len(fields) == len(rows)
     assert fields[0].channels == ("DNA", "Actin")
     assert fields[0].read().shape == (2, 32, 32)
-    assert fields[0].meta["Metadata_Field"] == "ExampleFly/POS002"
+    assert fields[0].meta["Metadata_SourceField"] == "ExampleFly/POS002"
 
 
 def test_ph3_rule_is_a_robust_outlier_threshold() -> None:
