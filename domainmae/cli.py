@@ -119,7 +119,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.file, args.label, split=args.split, methods=_split(args.method), test_size=args.test_size,
                       k=args.k, seed=args.seed, baselines=_split(args.baselines) or (), gap=args.gap,
-                      output=args.output)  # fmt: skip
+                      labels=args.labels, purity=args.purity, output=args.output)  # fmt: skip
     print(format_table(result))
     return 0
 
@@ -215,8 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_profile)
 
     p = sub.add_parser("evaluate", help="linear probe and k-NN of an embeddings file against a label column")
-    p.add_argument("file", help="embeddings .parquet (GeoParquet too) or .h5ad")
-    p.add_argument("--label", required=True, help="label column (list-valued: multi-label)")
+    p.add_argument("file", help="embeddings .parquet (GeoParquet too) or .h5ad; with --labels a per-patch .tif/.zarr")
+    p.add_argument("--label", help="label column (list-valued: multi-label)")
+    p.add_argument("--labels", help="categorical label raster (any CRS): majority class per patch of FILE")
+    p.add_argument("--purity", type=float, default=0.5,
+                   help="--labels: least share of a patch's valid label pixels its class must hold")  # fmt: skip
     p.add_argument("--split", default="random",
                    help="'random', a group column kept apart (plate, scene_id), or blocks:SIZE (GeoParquet: "
                         "SIZE x SIZE px blocks per scene held out, train windows within --gap px dropped)")  # fmt: skip

@@ -29,6 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
 from ..atomic import atomic_write_text
+from .labels import LABEL, raster_table, read_embedding_raster
 from .splits import split_rows
 from .tables import read_embeddings
 
@@ -48,19 +49,24 @@ def _classifier(method: str, k: int, n_train: int, multilabel: bool) -> Any:
 
 
 def baseline_file(file: Path, provenance: dict[str, Any], features: Baseline, folder: Path, seed: int) -> Path:
-    """Embed the rows of ``file`` again as ``features``, with the settings its provenance records."""
+    """Embed the rows of ``file`` again as ``features``, with the settings its provenance records; for a
+    per-patch raster, the same scene's raster of the baseline."""
     source = provenance.get("source") or provenance.get("checkpoint")
     if not source:
         raise ValueError(f"{file} has no 'checkpoint' in its provenance, so its baselines cannot be embedded; "
                          "baselines need a file written by domainmae embed")  # fmt: skip
-    from .embed import embed
+    from .embed import RASTERS, embed
 
-    out = embed(source, output=folder / f"{features}{file.suffix}", data=provenance.get("data_path"),
-                pool=provenance.get("pool") or "mean", level=provenance.get("level", "tile"),
+    raster = provenance.get("format") in RASTERS
+    name = features if raster else f"{features}{file.suffix}"  # rasters: a folder of <scene>.tif/.zarr, however many
+    out = embed(source, output=folder / name, data=provenance.get("data_path"),
+                pool=provenance.get("pool") or "mean", level="tile" if raster else provenance.get("level", "tile"),
                 format=provenance.get("format"), channels=provenance.get("channels_requested"),
                 stride=provenance.get("stride"), crs=provenance.get("crs"), overrides=provenance.get("overrides", ()),
-                features=features, seed=seed, progress=False)  # fmt: skip
-    made = read_embeddings(out)[2].get("checkpoint_sha256")
+                dtype=provenance.get("dtype", "float32"), features=features, seed=seed, progress=False)  # fmt: skip
+    if raster:
+        out = out / f"{provenance.get('scene_id', file.stem)}{file.suffix}"
+    made = (read_embedding_raster(out)[3] if raster else read_embeddings(out)[2]).get("checkpoint_sha256")
     if provenance.get("checkpoint_sha256") not in (None, made):
         raise ValueError(f"{source} is not the checkpoint {file} was embedded with (its SHA-256 differs)")
     return out
@@ -102,7 +108,7 @@ def score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, met
 
 def evaluate(
     file: str | Path,
-    label: str,
+    label: str | None = None,
     *,
     split: str = "random",
     methods: Sequence[Method] = ("linear", "knn"),
@@ -111,6 +117,8 @@ def evaluate(
     seed: int = 0,
     baselines: Sequence[Baseline] = (),
     gap: int | None = None,
+    labels: str | Path | None = None,
+    purity: float = 0.5,
     output: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit each method on the train rows and score the test rows, for the file's features and each baseline.
@@ -122,13 +130,27 @@ def evaluate(
         baselines: ``raw`` and/or ``random`` features (see ``embed(features=...)``), embedded again from the
             file's provenance (checkpoint, data, level, stride, channels) into a temporary folder, the random
             one from ``seed``; an error if their rows differ from the file's.
+        labels: a categorical label raster (any CRS) for ``file``, a per-patch embedding GeoTIFF/Zarr: each
+            patch takes its majority class when at least ``purity`` of its valid label pixels hold it
+            (:mod:`~domainmae.export.labels`); the label column is then ``label``.
 
     Returns ``{"file", "label", "split", "n_train", "n_test", "n_dropped", "n_classes", "multilabel",
     "chance", "checkpoint_sha256", "seed", "features": {name: {method: {metric: value}}}}``, the file's own
     features first (named by its provenance: ``model`` unless it holds a baseline).
     """
     file = Path(file)
-    df, features, provenance = read_embeddings(file)
+    if labels is not None:
+        if label not in (None, LABEL):
+            raise ValueError(f"with a label raster the label column is {LABEL!r}, not {label!r}")
+        label = LABEL
+
+        def read(path: Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+            return raster_table(path, Path(labels), purity)
+    elif label is None:
+        raise ValueError(f"evaluate {file} needs a label column (label=, --label) or a label raster (labels=, --labels)")
+    else:
+        read = read_embeddings
+    df, features, provenance = read(file)
     if label not in df.columns:
         raise KeyError(f"label column {label!r} is not in {file}; it has {[c for c in df.columns if c not in features]}")
     unknown = [b for b in baselines if b not in ("raw", "random")]
@@ -137,7 +159,7 @@ def evaluate(
     sets = {provenance.get("features", "model"): df[features].to_numpy(np.float32)}
     with tempfile.TemporaryDirectory(prefix="domainmae-baselines-") as folder:
         for name in baselines:
-            other, other_features, _ = read_embeddings(baseline_file(file, provenance, name, Path(folder), seed))
+            other, other_features, _ = read(baseline_file(file, provenance, name, Path(folder), seed))
             same_rows(file, df, other, features, name)
             sets[name] = other[other_features].to_numpy(np.float32)
     labelled = df[label].notna().to_numpy()
