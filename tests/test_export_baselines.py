@@ -9,6 +9,7 @@ import torch
 
 import domainmae
 from domainmae.export import embed, read_embeddings
+from domainmae.export.raw import channel_stats, with_invalid_as_nan
 from tests import test_export_geo, test_export_tables
 from tests.test_export_geo import BANDS, PATCH, WINDOW
 from tests.test_export_tables import CHANNELS, _tiles
@@ -68,3 +69,17 @@ def test_raw_raster_holds_each_patchs_channel_stats(scene, tmp_path):
     for row, col in [(0, 0), (5, 9), (7, 11)]:  # patch-grid positions
         patch = image[:, row * PATCH : (row + 1) * PATCH, col * PATCH : (col + 1) * PATCH]
         np.testing.assert_allclose(values[:, row, col], _stats(patch), rtol=1e-4, atol=1e-5)
+
+
+def test_invalid_pixels_are_left_out_of_the_stats_and_an_empty_channel_is_zeros():
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.normal(size=(2, 3, 8, 8)).astype(np.float32))
+    valid = torch.from_numpy(rng.random((2, 3, 8, 8)) > 0.3)
+    valid[1, 2] = False  # a channel with no valid pixel
+    batch = with_invalid_as_nan({"images": images, "valid": valid, "channels": ("a", "b", "c")})
+    got = channel_stats(batch["images"], None).reshape(2, 3, STATS)
+    for b in range(2):
+        for c in range(3):
+            kept = images[b, c][valid[b, c]].numpy()
+            expected = _stats(kept[None, :, None]) if kept.size else np.zeros(STATS)
+            np.testing.assert_allclose(got[b, c], expected, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """Label rasters: per-patch embeddings joined with a categorical raster in another resolution or CRS."""
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 from rasterio.transform import from_origin
@@ -79,3 +80,11 @@ def test_evaluate_with_a_label_raster_blocks_and_baselines(rasters, tmp_path, ca
     assert result["n_dropped"] > 0  # train patches touching a test block
     assert main(["evaluate", str(rasters["emb"]), "--labels", str(rasters["wgs84"]), "--method", "knn"]) == 0
     assert "knn" in capsys.readouterr().out
+
+
+def test_zarr_embeddings_join_like_the_geotiff(scene, rasters, tmp_path):
+    store = embed(scene["ckpt"], output=tmp_path / "emb.zarr", stride=WINDOW, progress=False)
+    tif, features, _ = raster_table(rasters["emb"], rasters["utm"])
+    zarr_table, _, provenance = raster_table(store, rasters["utm"])
+    assert provenance["format"] == "zarr"
+    pd.testing.assert_frame_equal(zarr_table, tif, check_exact=False, rtol=1e-6)
