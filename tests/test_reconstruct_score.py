@@ -51,12 +51,12 @@ def test_interpolation_of_a_linear_ramp_is_exact_in_the_interior():
 
 def test_interpolation_ignores_invalid_pixel_values_and_covers_the_edges():
     ramp = _ramp()
-    visible = _cells([(0, 0), (3, 3)])  # corner cells: outside the visible pixels' hull, nearest fills them
+    visible = _cells([(0, 0), (3, 3)])  # corner cells: the border reflects, so not exact there
     images = ramp.clone().expand(1, 1, -1, -1).clone()
     images[0, 0, 0, 8] = float("nan")  # an invalid (nodata) pixel, not visible
     pred = interpolate_visible(images, (visible & images[0, 0].isfinite()).expand(1, 1, -1, -1))
     assert pred.isfinite().all()
-    assert (pred[0, 0] - ramp).abs().max() < 3  # nearest values at the corners, not exact there
+    assert (pred[0, 0] - ramp).abs().max() < 3
 
 
 def test_linear_baseline_recovers_a_channel_that_is_a_linear_function_of_another():
@@ -67,10 +67,15 @@ def test_linear_baseline_recovers_a_channel_that_is_a_linear_function_of_another
     images[:, 1] = 2 * images[:, 0] - 1
     visible = torch.ones(2, 3, 16, 16, dtype=torch.bool)
     visible[:, 1] = False  # channel 1 hidden entirely: rebuilt from the others, pixel by pixel
+    visible[0, 0, :8] = False  # where channel 0 is masked too, channel 2 (noise) alone is a poor predictor
     pred = linear_from_channels(images, visible, gram)
-    assert torch.allclose(pred[:, 1], images[:, 1], atol=1e-4)
-    visible[:, 0] = visible[:, 2] = False  # nothing to regress on
-    assert linear_from_channels(images, visible, gram)[:, 1].isnan().all()
+    assert torch.allclose(pred[1, 1], images[1, 1], atol=1e-4)
+    assert torch.allclose(pred[0, 1, 8:], images[0, 1, 8:], atol=1e-4)
+    assert (pred[0, 1, :8] - images[0, 1, :8]).abs().mean() > 0.5
+    assert torch.equal(pred[:, 0][visible[:, 0]], images[:, 0][visible[:, 0]])  # visible pixels kept
+    visible[:] = False  # nothing to regress on: the intercept alone, the reference mean of the channel
+    assert torch.allclose(linear_from_channels(images, visible, gram)[:, 1], reference[:, 1].mean().expand(2, 16, 16),
+                          atol=1e-4)
 
 
 def _tiny(norm_pix: bool, sensors=None) -> MaskedAutoencoder:

@@ -6,22 +6,22 @@ pixel it has no basis for is NaN, so a score can say "not applicable" instead of
 Channels of several sensors on one pixel grid are simply concatenated (S1 can then predict S2).
 
 * :func:`mean_of_visible`: each channel's mean over its visible pixels (NaN for a channel never seen).
-* :func:`interpolate_visible`: per channel, piecewise-linear interpolation over the Delaunay
-  triangulation of its visible pixels (``scipy.interpolate.griddata``), the nearest visible pixel
-  outside their convex hull; exact for a linear ramp inside the hull. NaN for a channel never seen.
-* :func:`linear_from_channels`: per-pixel least squares of a channel on the other channels, fitted on
-  reference images with every channel known (:func:`channel_gram`), as the model learned its
-  cross-channel mapping from training crops. A masked image has no visible pixels of a hidden channel
-  to fit on, so a per-image fit could not rebuild it; the reference fit can. At a pixel where a
-  predictor channel is itself masked its value is interpolated from its visible neighbours, and a
-  channel with no visible pixel in the image is left out of the regression.
+* :func:`interpolate_visible`: per channel, harmonic (membrane) interpolation: masked pixels solve
+  Laplace's equation with the visible pixels held fixed and the image border reflecting, so each is
+  the mean of its neighbours. Exact for a linear ramp in a region enclosed by visible pixels; smooth
+  and bounded by the visible values elsewhere. NaN for a channel never seen.
+* :func:`linear_from_channels`: per-pixel least squares of a masked channel on the channels visible at
+  that pixel (+ an intercept; the intercept alone, the reference mean, where none is visible). Fitted
+  on reference images with every channel known (:func:`channel_gram`), as the model learned its
+  cross-channel mapping from training crops: a masked image has no visible pixel of a hidden channel
+  to fit on, so a per-image fit could never rebuild it (S1 -> S2, DNA -> other stains).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.interpolate import griddata
-from scipy.spatial import QhullError
+from scipy import sparse
+from scipy.sparse.linalg import spsolve
 
 BASELINES = ("mean", "interpolation", "linear")
 
@@ -36,19 +36,33 @@ def mean_of_visible(images: torch.Tensor, visible: torch.Tensor) -> torch.Tensor
 
 
 def _interpolate_plane(values: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """One channel ``[H, W]``: visible pixels kept, the rest interpolated from them."""
-    points = np.argwhere(seen).astype(np.float64)
-    known = values[seen].astype(np.float64)
-    grid = np.argwhere(np.ones_like(seen)).astype(np.float64)
-    try:
-        filled = griddata(points, known, grid, method="linear")
-    except QhullError:  # fewer than 3 points, or all on one line: no triangle to interpolate in
-        filled = np.full(len(grid), np.nan)
-    outside = np.isnan(filled)
-    if outside.any():
-        filled[outside] = griddata(points, known, grid[outside], method="nearest")
-    out = filled.reshape(seen.shape)
-    out[seen] = values[seen]
+    """One channel ``[H, W]``: visible pixels kept, the rest solving Laplace's equation around them.
+
+    Every hidden pixel equals the mean of its 4 neighbours inside the image (one sparse linear system).
+    A hidden region always touches a visible pixel when any is visible, so the system is regular.
+    """
+    h, w = seen.shape
+    out = np.where(seen, values, 0.0).astype(np.float64)
+    ys, xs = np.nonzero(~seen)
+    n = len(ys)
+    if not n:
+        return out
+    index = np.full((h, w), -1)
+    index[ys, xs] = np.arange(n)
+    degree, rhs, rows, cols = np.zeros(n), np.zeros(n), [np.arange(n)], [np.arange(n)]
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        i, ny, nx = np.arange(n)[inside], ny[inside], nx[inside]
+        degree[i] += 1  # one neighbour per pixel per direction: no repeated index
+        j = index[ny, nx]
+        rows.append(i[j >= 0])
+        cols.append(j[j >= 0])
+        rhs[i[j < 0]] += out[ny[j < 0], nx[j < 0]]
+    off = sum(len(r) for r in rows[1:])
+    data = np.concatenate([degree, -np.ones(off)])
+    system = sparse.csr_matrix((data, (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    out[ys, xs] = spsolve(system, rhs)
     return out
 
 
@@ -78,31 +92,31 @@ def channel_gram(images: torch.Tensor, valid: torch.Tensor | None = None) -> tor
     return x.T @ x
 
 
-def linear_from_channels(
-    images: torch.Tensor, visible: torch.Tensor, gram: torch.Tensor, fill: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``[B, C, H, W]``: each channel predicted pixel by pixel from the other channels of its image.
+def linear_from_channels(images: torch.Tensor, visible: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]``: each masked pixel of a channel predicted from the channels visible at it.
+
+    The least-squares fit of the channel on exactly those channels (and an intercept) comes from
+    ``gram``; where no other channel is visible that is the intercept alone, the reference mean.
+    Visible pixels are kept as they are.
 
     Args:
         gram: :func:`channel_gram` of reference images with the same ``C`` channels.
-        fill: predictor values where a predictor is not visible (default :func:`interpolate_visible`).
     """
-    b, c = images.shape[:2]
+    b, c, h, w = images.shape
     if gram.shape != (c + 1, c + 1):
         raise ValueError(f"a channel Gram matrix of shape {tuple(gram.shape)} does not fit {c} channels")
-    fill = interpolate_visible(images, visible) if fill is None else fill
-    x = torch.where(visible, images, fill).double()
-    ones = torch.ones_like(x[:, :1])
-    out = torch.full(images.shape, float("nan"), dtype=torch.float64, device=images.device)
-    seen = visible.flatten(2).any(dim=-1)  # [B, C]
-    gram = gram.to(x.device)
-    for i in range(b):
-        for t in range(c):
-            predictors = [k for k in range(c) if k != t and seen[i, k]]
-            if not predictors:
-                continue
-            rows = predictors + [c]  # + intercept
+    gram = gram.to(images.device)
+    x = torch.where(visible, images, 0.0).double().movedim(1, -1).reshape(-1, c)  # [pixels, C]
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
+    out = x[:, :c].clone()
+    # Pixels with the same visible channels share one regression (one solve for all hidden channels).
+    patterns, inverse = torch.unique(visible.movedim(1, -1).reshape(-1, c), dim=0, return_inverse=True)
+    groups = torch.argsort(inverse).split(torch.bincount(inverse, minlength=len(patterns)).tolist())
+    for pattern, at in zip(patterns.tolist(), groups):
+        rows = [j for j in range(c) if pattern[j]] + [c]
+        hidden = [j for j in range(c) if not pattern[j]]
+        if hidden:
             # pinv: channels that are exact linear functions of each other make the Gram singular.
-            coef = torch.linalg.pinv(gram[rows][:, rows]) @ gram[rows, t]
-            out[i, t] = torch.einsum("khw,k->hw", torch.cat([x[i, predictors], ones[i]]), coef)
-    return out.to(images.dtype)
+            coef = torch.linalg.pinv(gram[rows][:, rows]) @ gram[rows][:, hidden]
+            out[at.unsqueeze(1), torch.tensor(hidden)] = x[at][:, rows] @ coef
+    return out.reshape(b, h, w, c).movedim(-1, 1).to(images.dtype)

@@ -54,9 +54,8 @@ def baseline_images(
         & inp.images.isfinite() & (True if inp.valid is None else inp.valid)
         for inp in inputs
     ], dim=1)  # fmt: skip
-    fill = interpolate_visible(images, visible)
-    made = {"mean": lambda: mean_of_visible(images, visible), "interpolation": lambda: fill,
-            "linear": lambda: linear_from_channels(images, visible, gram, fill)}  # fmt: skip
+    made = {"mean": lambda: mean_of_visible(images, visible), "interpolation": lambda: interpolate_visible(images, visible),
+            "linear": lambda: linear_from_channels(images, visible, gram)}  # fmt: skip
     sizes = [inp.images.shape[1] for inp in inputs]
     return {n: dict(zip((inp.name for inp in inputs), made[n]().split(sizes, dim=1))) for n in names}
 
@@ -141,9 +140,9 @@ def format_scores(result: Mapping[str, Any]) -> str:
     """A table: one row per sensor channel, per sensor and overall; one column per predictor."""
     scores = result["scores"]
     names = list(scores)
-    cell = lambda v: f"{'n/a':>13}" if v is None else f"{v:>13.4f}"  # noqa: E731
+    cell = lambda v: f"{'n/a':>15}" if v is None else f"{v:>15.4f}"  # noqa: E731
     lines = [f"masked-patch MSE ({result['units']} units; n/a: the baseline has no prediction there)",
-             f"{'':<16}" + "".join(f"{n:>13}" for n in names)]  # fmt: skip
+             f"{'':<16}" + "".join(f"{n:>15}" for n in names)]  # fmt: skip
     first = scores[names[0]]["sensors"]
     multi = len(first) > 1
     for sensor, part in first.items():
