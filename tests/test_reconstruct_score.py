@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from domainmae.cli import main
 from domainmae.models import MaskedAutoencoder, masking_from_scores
@@ -162,4 +163,9 @@ def test_score_from_a_run_directory_cli_and_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "best baseline" in printed and "model" in printed
     assert json.loads(report.read_text())["scores"]["model"]["overall"] > 0
-    assert out.is_file()
+    plain = tmp_path / "plain.png"
+    assert main(["reconstruct", "--checkpoint", str(run), "--output", str(plain)]) == 0
+    with Image.open(out) as scored, Image.open(plain) as without:
+        assert scored.height > without.height * 1.2  # a fourth row per sample: the best baseline
+    given = score_reconstruction(run, samples=2, data=first["data"])
+    assert given["held_out"] == "the given data" and given["samples"] == 2

@@ -1,8 +1,9 @@
 """Reconstruction baselines: what a masked patch looks like without a network.
 
 Each baseline takes images ``[B, C, H, W]`` and the pixels it may look at, ``visible`` ``[B, C, H, W]``
-bool (the patches the encoder sees, valid pixels only), and predicts every pixel ``[B, C, H, W]``. A
-pixel it has no basis for is NaN, so a score can say "not applicable" instead of inventing a number.
+bool (the patches the encoder sees, valid pixels only), and returns ``[B, C, H, W]`` with every masked
+pixel predicted. A pixel it has no basis for is NaN, so a score can say "not applicable" instead of
+inventing a number.
 Channels of several sensors on one pixel grid are simply concatenated (S1 can then predict S2).
 
 * :func:`mean_of_visible`: each channel's mean over its visible pixels (NaN for a channel never seen).
