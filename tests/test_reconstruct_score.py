@@ -169,3 +169,23 @@ def test_score_from_a_run_directory_cli_and_json(tmp_path, capsys):
         assert scored.height > without.height * 1.2  # a fourth row per sample: the best baseline
     given = score_reconstruction(run, samples=2, data=first["data"])
     assert given["held_out"] == "the given data" and given["samples"] == 2
+
+
+def test_hiding_channels_at_mask_ratio_zero_shows_the_other_channels_whole():
+    from domainmae.train.reconstruct import hide_channels_masking
+
+    masking = hide_channels_masking(["B04", "B08", "VV", "VH"], ["VV", "VH"], 3, 16, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(masking.mask, torch.cat([torch.ones(32), torch.zeros(32)]).expand(3, -1))
+    model = _tiny(False, {"s2": [{"name": "B04", "wavelength": 665}, {"name": "B08", "wavelength": 842}],
+                          "s1": ["VV", "VH"]}).eval()
+    images = {"s2": torch.randn(3, 2, 16, 16), "s1": torch.randn(3, 2, 16, 16)}
+    with torch.no_grad():
+        out = model(images, masking=masking)
+    result = score_batch(model, images, None, None, masking, gram=channel_gram(torch.randn(2, 4, 16, 16)))
+    s1 = result["scores"]["model"]["sensors"]["s1"]
+    assert s1["tokens"] == 0 and s1["mse"] is None and s1["channels"] == {"VV": None, "VH": None}  # nothing masked
+    assert result["scores"]["model"]["overall"] == pytest.approx(out.loss.item(), rel=1e-5)
+    assert result["scores"]["linear"]["overall"] is not None and result["scores"]["mean"]["overall"] is None
+    assert "s1/VV" in format_scores(result)
+    with pytest.raises(ValueError, match="hides nothing"):
+        hide_channels_masking(["VV", "VH"], ["VV", "VH"], 1, 16, 0.0, torch.Generator())

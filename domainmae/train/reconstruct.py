@@ -38,15 +38,19 @@ def _first_rows(batch: dict[str, Any], n: int) -> dict[str, Any]:
 def hide_channels_masking(
     channels_per_token: Sequence[str], visible: Sequence[str], batch: int, cells: int, ratio: float, generator: torch.Generator
 ) -> Masking:
-    """Every token of a channel not in ``visible`` removed, and ``ratio`` of the visible ones.
+    """Every token of a channel not in ``visible`` removed, and ``ratio`` of the visible ones (ratio 0:
+    the visible channels whole, e.g. all of S1 to rebuild S2).
 
     ``channels_per_token`` lists the channel of each token row (channel-major, ``cells`` tokens each).
     """
     unknown = sorted(set(visible) - set(channels_per_token))
     if unknown:
         raise KeyError(f"--channels {unknown} are not in the data's channels {list(channels_per_token)}")
+    shown = [c for c in channels_per_token if c in visible]
+    if ratio == 0 and len(shown) == len(channels_per_token):
+        raise ValueError("--mask-ratio 0 with every channel visible hides nothing; leave a channel out of --channels")
     hidden = torch.tensor([0.0 if c in visible else 2.0 for c in channels_per_token]).repeat_interleave(cells)
-    keep = num_keep(len(visible) * cells, ratio)
+    keep = len(shown) * cells if ratio == 0 else num_keep(len(shown) * cells, ratio)
     return masking_from_scores(torch.rand(batch, hidden.numel(), generator=generator) + hidden, keep)
 
 

@@ -62,9 +62,10 @@ def baseline_images(
 
 def _mse(model: MaskedAutoencoder, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
          valid: torch.Tensor | None) -> float | None:  # fmt: skip
-    """The loss's MSE of ``[B, L, P]`` tokens, or None when a scored pixel has no prediction."""
+    """The loss's MSE of ``[B, L, P]`` tokens, or None when a scored pixel has no prediction or
+    nothing is masked (a visible channel at mask ratio 0)."""
     scored = mask.bool().unsqueeze(-1) & (True if valid is None else valid)
-    if pred[scored.expand_as(pred)].isnan().any():
+    if not scored.any() or pred[scored.expand_as(pred)].isnan().any():
         return None
     # Unscored NaNs (visible tokens of a hidden channel) must not reach the sum: 0 * NaN is NaN.
     pred = pred.nan_to_num(0.0)
@@ -73,8 +74,8 @@ def _mse(model: MaskedAutoencoder, pred: torch.Tensor, target: torch.Tensor, mas
 
 
 def _sensor_scores(model: MaskedAutoencoder, inp: SensorInput, pred: torch.Tensor, mask: torch.Tensor) -> dict:
-    """``{"mse", "channels": {name: mse}}`` of one sensor (per channel for channel tokens only:
-    stacked tokens mix all channels in one patch, and so does their norm-pix statistic)."""
+    """``{"mse", "channels": {name: mse}, "tokens": scored tokens}`` of one sensor (per channel for
+    channel tokens only: stacked tokens mix all channels in one patch, and so does their norm-pix statistic)."""
     target, valid = model.targets(inp)
     channels = {}
     if inp.channels is not None:
@@ -84,12 +85,14 @@ def _sensor_scores(model: MaskedAutoencoder, inp: SensorInput, pred: torch.Tenso
             channels[str(getattr(name, "name", name))] = _mse(
                 model, pred[:, part], target[:, part], mask[:, part], None if valid is None else valid[:, part]
             )
-    return {"mse": _mse(model, pred, target, mask, valid), "channels": channels}
+    scored = mask.bool() & (True if valid is None else valid.any(dim=-1))
+    return {"mse": _mse(model, pred, target, mask, valid), "channels": channels, "tokens": int(scored.sum())}
 
 
 def _total(sensors: dict[str, dict]) -> float | None:
-    """Sum over sensors, as the model's loss is; None when a sensor has no score."""
-    values = [s["mse"] for s in sensors.values()]
+    """Sum over the sensors with masked tokens, as the model's loss is (a sensor with none adds 0);
+    None when one of them has no score."""
+    values = [s["mse"] for s in sensors.values() if s["tokens"]]
     return None if any(v is None for v in values) else sum(values)
 
 
@@ -136,21 +139,30 @@ def score_batch(
             "best_baseline": ranked[0][1] if ranked else None}  # fmt: skip
 
 
+def _cells(values: list[float | None]) -> str:
+    """One table row's values, the model's first: the model always predicts, so its None means that
+    nothing was masked there."""
+    if values[0] is None:
+        return "".join(f"{'-':>15}" for _ in values)
+    return "".join(f"{'n/a':>15}" if v is None else f"{v:>15.4f}" for v in values)
+
+
 def format_scores(result: Mapping[str, Any]) -> str:
     """A table: one row per sensor channel, per sensor and overall; one column per predictor."""
     scores = result["scores"]
     names = list(scores)
-    cell = lambda v: f"{'n/a':>15}" if v is None else f"{v:>15.4f}"  # noqa: E731
-    lines = [f"masked-patch MSE ({result['units']} units; n/a: the baseline has no prediction there)",
+    lines = [f"masked-patch MSE ({result['units']} units; n/a: the baseline has no prediction there; "
+             "-: nothing masked)",
              f"{'':<16}" + "".join(f"{n:>15}" for n in names)]  # fmt: skip
     first = scores[names[0]]["sensors"]
     multi = len(first) > 1
     for sensor, part in first.items():
         for channel in part["channels"]:
             label = f"{sensor}/{channel}" if multi else channel
-            lines.append(f"{label:<16}" + "".join(cell(scores[n]["sensors"][sensor]["channels"][channel]) for n in names))
+            values = [scores[n]["sensors"][sensor]["channels"][channel] for n in names]
+            lines.append(f"{label:<16}" + _cells(values))
         if multi:
-            lines.append(f"{sensor:<16}" + "".join(cell(scores[n]["sensors"][sensor]["mse"]) for n in names))
-    lines.append(f"{'overall':<16}" + "".join(cell(scores[n]["overall"]) for n in names))
+            lines.append(f"{sensor:<16}" + _cells([scores[n]["sensors"][sensor]["mse"] for n in names]))
+    lines.append(f"{'overall':<16}" + _cells([scores[n]["overall"] for n in names]))
     lines.append(f"best baseline: {result['best_baseline'] or 'none applies to every masked token'}")
     return "\n".join(lines)
