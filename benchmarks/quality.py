@@ -12,9 +12,9 @@ the random baseline. Pretraining is self-supervised on all crops (transductive: 
 
 ``eo-reconstruction``: per seed, pretrain the sentinel recipe's demo model on the six bundled BigEarthNet
 S2+S1 patches and score, with ``score_reconstruction``, the masked-patch MSE (random masking at 75%) and the
-cross-sensor MSE (S1 rebuilt from S2 and S2 from S1; 75% of the shown sensor's tokens are masked as well) of
-the model beside its reconstruction baselines (mean of visible patches, interpolation, per-pixel linear
-regression from the other channels) on the same crops and masks. The crops come from the training patches: six patches leave none to hold out.
+cross-sensor MSE (S1 rebuilt from all of S2, and S2 from all of S1) of the model beside its reconstruction
+baselines (mean of visible patches, interpolation, per-pixel linear regression from the other channels) on
+the same crops and masks. The crops come from the training patches: six patches leave none to hold out.
 
 The budget covers the whole run: building the data, a short timing run, and per seed pretraining and
 scoring. Pretraining gets what the measured cost of the rest leaves, as a step count all seeds share.
@@ -177,12 +177,12 @@ def eo_recipe(seed: int) -> Recipe:
 
 
 def eo_scores(run: Path, bands: dict[str, list[str]], samples: int, seed: int) -> dict[str, dict[str, float | None]]:
-    """``{case: {predictor: MSE}}``: random masking of all sensors, and each sensor rebuilt from the other."""
+    """``{case: {predictor: MSE}}``: random masking of all sensors, and each sensor rebuilt from all of the other."""
     masked = score_reconstruction(run, samples=samples, seed=seed)
     out = {"masked 75%": {p: s["overall"] for p, s in masked["scores"].items()}}
     for hidden, shown in (("s1", "s2"), ("s2", "s1")):
-        # The hidden sensor is removed whole and, as in training, the model's mask ratio of the shown one's tokens.
-        result = score_reconstruction(run, samples=samples, seed=seed, visible_channels=bands[shown])
+        # Ratio 0 with visible channels: the shown sensor whole, the hidden one removed whole.
+        result = score_reconstruction(run, samples=samples, seed=seed, mask_ratio=0.0, visible_channels=bands[shown])
         out[f"{hidden} from {shown}"] = {p: s["sensors"][hidden]["mse"] for p, s in result["scores"].items()}
     return out
 
