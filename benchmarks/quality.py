@@ -230,19 +230,18 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    m = commands.add_parser("mitosis", help="pH3+ nuclei from DNA+actin crops of the bundled fly/human fields")
-    m.add_argument("--workdir", required=True, help="folder for the crops, runs and embeddings (created)")
-    m.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock budget of the whole run")
-    m.add_argument("--seeds", default="0,1,2", help="comma-separated pretraining seeds (default 0,1,2)")
-    m.add_argument("--steps", type=int, default=None, help="pretraining steps per seed (default: from the budget)")
+    # What both benchmarks share: where they work, their budget and their seeds (argparse parent parser).
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--workdir", required=True, help="folder for the data, runs and embeddings (created)")
+    run.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock budget of the whole run")
+    run.add_argument("--seeds", default="0,1,2", help="comma-separated pretraining seeds (default 0,1,2)")
+    run.add_argument("--steps", type=int, default=None, help="pretraining steps per seed (default: from the budget)")
+    m = commands.add_parser("mitosis", parents=[run], help="pH3+ nuclei from DNA+actin crops of the bundled fly/human fields")
     m.add_argument("--batch", type=int, default=64, help="pretraining batch (default 64)")
     m.add_argument("--crop", type=int, default=32, help="crop size in pixels, a multiple of 8 (default 32)")
     m.add_argument("--k", type=float, default=3.0, help="pH3+ above median + k*MAD of the field (default 3)")
-    e = commands.add_parser("eo-reconstruction", help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")
-    e.add_argument("--workdir", required=True, help="folder for the runs (created)")
-    e.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock budget of the whole run")
-    e.add_argument("--seeds", default="0,1,2", help="comma-separated pretraining seeds (default 0,1,2)")
-    e.add_argument("--steps", type=int, default=None, help="pretraining steps per seed (default: from the budget)")
+    e = commands.add_parser("eo-reconstruction", parents=[run],
+                            help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")  # fmt: skip
     e.add_argument("--samples", type=int, default=32, help="crops scored per case (default 32)")
     args = parser.parse_args()
     (run_mitosis if args.command == "mitosis" else run_eo)(args)
