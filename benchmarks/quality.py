@@ -52,15 +52,16 @@ CALIBRATION_STEPS = 20
 TEST_SIZE = 0.25  # evaluate's grouped split: ceil(0.25 * 4 fields) = 1 field held out
 
 
-def mitosis_recipe(manifest: Path, crop: int, seed: int, batch: int) -> Recipe:
-    """The cellpainting demo model (ViT-tiny, D=64, patch 8) on the crops' DNA and actin."""
+def mitosis_recipe(manifest: Path, crop: int, seed: int, batch: int, overrides: list[str]) -> Recipe:
+    """The cellpainting demo model (ViT-tiny, D=64, patch 8) on the crops' DNA and actin; ``overrides``
+    (``--set``, an ablation) come last."""
     return load_recipe("cellpainting", [
         f"data.path={manifest}", f"data.channels=[{','.join(mitosis.ENCODER_CHANNELS)}]", f"data.crop_size={crop}",
         "data.crops_per_read=1",  # a crop is the whole field: one read, one sample
         "data.num_workers=0",  # two cores: a loader worker would only compete with torch's threads
         f"train.batch_size={batch}", "train.base_lr=0.006",  # lr = 0.006 * 64 / 256 = 1.5e-3, as the demo's ~1e-3
         "train.warmup_epochs=1", "train.log_every=10", "train.checkpoint_every=100000", "train.keep_checkpoints=1",
-        f"train.seed={seed}",
+        f"train.seed={seed}", *overrides,
     ], demo=True)  # fmt: skip
 
 
@@ -121,7 +122,8 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     print(mitosis.format_counts(counts), flush=True)
     n_fields = len(counts)
 
-    per_step, startup = time_pretraining(mitosis_recipe(manifest, args.crop, 0, args.batch), work / "calibration")
+    recipe = mitosis_recipe(manifest, args.crop, 0, args.batch, args.set)
+    per_step, startup = time_pretraining(recipe, work / "calibration")
     start = time.perf_counter()
     embed_crops(work / "calibration", work / "calibration.parquet")
     embed_s = time.perf_counter() - start
@@ -135,7 +137,8 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     for seed in seeds:
         run = work / f"run-seed{seed}"
         shutil.rmtree(run, ignore_errors=True)
-        pretrain(mitosis_recipe(manifest, args.crop, seed, args.batch), output=run, max_steps=steps, quiet=True)
+        recipe = mitosis_recipe(manifest, args.crop, seed, args.batch, args.set)
+        pretrain(recipe, output=run, max_steps=steps, quiet=True)
         loss = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
         table = embed_crops(run, work / f"model-seed{seed}.parquet")
         for field, split_seed in fold_seeds(table, 100 * seed).items():
@@ -164,16 +167,18 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     print("\nlinear macro-F1 per held-out field (mean over seeds)\n" + by_field[list(FEATURES)].round(3).to_string())
     wall = time.perf_counter() - began
     print(f"\nwall time {wall:.0f} s of a {budget:.0f} s budget")
-    summary = {"counts": counts, "seeds": seeds, "steps": steps, "batch": args.batch, "crop": args.crop, "k": args.k,
+    summary = {"set": args.set, "counts": counts, "seeds": seeds,
+               "steps": steps, "batch": args.batch, "crop": args.crop, "k": args.k,
                "wall_s": wall, "budget_s": budget, "scores": rows}  # fmt: skip
     (work / "mitosis.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
 
 
-def eo_recipe(seed: int) -> Recipe:
-    """The sentinel recipe's demo: ViT-tiny (D=64, patch 8), S2+S1, 64 px windows of the bundled patches."""
+def eo_recipe(seed: int, overrides: list[str]) -> Recipe:
+    """The sentinel recipe's demo: ViT-tiny (D=64, patch 8), S2+S1, 64 px windows of the bundled patches;
+    ``overrides`` (``--set``, an ablation) come last."""
     return load_recipe("sentinel", [f"train.seed={seed}", "train.log_every=10", "train.checkpoint_every=100000",
-                                    "train.keep_checkpoints=1"], demo=True)  # fmt: skip
+                                    "train.keep_checkpoints=1", *overrides], demo=True)  # fmt: skip
 
 
 def eo_scores(run: Path, bands: dict[str, list[str]], samples: int, seed: int) -> dict[str, dict[str, float | None]]:
@@ -193,7 +198,7 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    recipe = eo_recipe(0)
+    recipe = eo_recipe(0, args.set)
     bands = {sensor: [b["name"] if isinstance(b, dict) else b for b in listed]
              for sensor, listed in recipe.data.sensors.items()}  # fmt: skip
     per_step, startup = time_pretraining(recipe, work / "calibration")
@@ -207,7 +212,7 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
     for seed in seeds:
         run = work / f"run-seed{seed}"
         shutil.rmtree(run, ignore_errors=True)
-        pretrain(eo_recipe(seed), output=run, max_steps=steps, quiet=True)
+        pretrain(eo_recipe(seed, args.set), output=run, max_steps=steps, quiet=True)
         for case, scores in eo_scores(run, bands, args.samples, seed).items():
             rows += [{"seed": seed, "case": case, "predictor": p, "mse": v} for p, v in scores.items()]
         print(f"seed {seed} done; {time.perf_counter() - began:.0f} s so far", flush=True)
@@ -222,7 +227,7 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{case:<14}" + "".join(f"{'n/a' if None in c or any(pd.isna(c)) else spread(c):>20}" for c in cells))
     wall = time.perf_counter() - began
     print(f"\nwall time {wall:.0f} s of a {args.budget_minutes * 60:.0f} s budget")
-    summary = {"seeds": seeds, "steps": steps, "samples": args.samples, "wall_s": wall, "scores": rows}
+    summary = {"set": args.set, "seeds": seeds, "steps": steps, "samples": args.samples, "wall_s": wall, "scores": rows}
     (work / "eo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -236,7 +241,10 @@ def main() -> None:
     run.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock budget of the whole run")
     run.add_argument("--seeds", default="0,1,2", help="comma-separated pretraining seeds (default 0,1,2)")
     run.add_argument("--steps", type=int, default=None, help="pretraining steps per seed (default: from the budget)")
-    m = commands.add_parser("mitosis", parents=[run], help="pH3+ nuclei from DNA+actin crops of the bundled fly/human fields")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="recipe override for an ablation row, e.g. data.normalize=stats (repeatable)")
+    m = commands.add_parser("mitosis", parents=[run],
+                            help="pH3+ nuclei from DNA+actin crops of the bundled fly/human fields")  # fmt: skip
     m.add_argument("--batch", type=int, default=64, help="pretraining batch (default 64)")
     m.add_argument("--crop", type=int, default=32, help="crop size in pixels, a multiple of 8 (default 32)")
     m.add_argument("--k", type=float, default=3.0, help="pH3+ above median + k*MAD of the field (default 3)")
