@@ -1,4 +1,5 @@
-"""Loading a trained model, whatever form it comes in, without running code from the file; exporting one.
+"""Choosing a device; loading a trained model, whatever form it comes in, without running code from the file;
+exporting one.
 
 A trained model comes as
 
@@ -30,6 +31,15 @@ from .recipes import resolve_recipe, save_recipe
 FORMAT = "domainmae-checkpoint/1"
 LAST = "last.ckpt"  # a run directory's newest checkpoint: <run>/checkpoints/last.ckpt
 RECIPE = "recipe.yaml"  # an exported folder's resolved recipe
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device")
+    return torch.device(device)
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -30,8 +30,7 @@ from ..data.geo import SceneWindows
 from ..data.loader import TransformedItems, collate_samples
 from ..models import MaskedAutoencoder, create_model
 from ..recipes import Recipe, resolve_recipe
-from ..runtime import Trained, load_trained
-from ..train.distributed import resolve_device
+from ..runtime import Trained, load_trained, resolve_device
 from .raw import STATS, raw_feature_names, raw_features, with_invalid_as_nan
 
 Level = Literal["tile", "image", "well"]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..runtime import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -19,15 +21,6 @@ class DistInfo:
     def is_main(self) -> bool:
         """Only the main process writes files and prints progress."""
         return self.rank == 0
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device")
-    return torch.device(device)
 
 
 def setup_distributed(device: str = "auto") -> DistInfo:
