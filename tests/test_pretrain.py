@@ -6,14 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import tifffile
 import torch
+import yaml
 from PIL import Image
 
 import domainmae
 from domainmae.cli import main
 from domainmae.train import NonFiniteLossError, load_checkpoint, pretrain
 from domainmae.train.logging import read_metrics
+
+from .conftest import SAMPLES
 
 pytestmark = pytest.mark.slow
 QUICK = ["train.log_every=1", "train.checkpoint_every=15"]
@@ -140,3 +146,16 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert len(_losses(accum)) == 6
     assert max(abs(x - y) for x, y in zip(_losses(accum), _losses(plain))) < 1e-5
 
+
+
+def test_microscopy_with_dataset_statistics_measures_keeps_and_embeds_with_them(tmp_path):
+    # normalize: stats on a plate: the band statistics are measured on the fields (as for EO scenes), kept
+    # with the run, and the export normalises with the same numbers.
+    run = pretrain("cellpainting", output=tmp_path / "run", max_steps=2, overrides=[*QUICK, "data.normalize=stats"],
+                   quiet=True)  # fmt: skip
+    stats = yaml.safe_load((run / "config.yaml").read_text())["data"]["band_stats"]
+    assert list(stats) == ["image"] and list(stats["image"]) == ["DNA", "PH3", "Actin"]
+    dna = tifffile.imread(SAMPLES / "examplefly" / "01_POS002_D.TIF").astype(np.float64)
+    assert 0.2 * dna.mean() < stats["image"]["DNA"]["mean"] < 5 * dna.mean()  # measured on crops, in the data's units
+    table = domainmae.embed(run, output=tmp_path / "emb.parquet", level="image", progress=False)
+    assert pd.read_parquet(table).filter(like="emb_").notna().all().all()

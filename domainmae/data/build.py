@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
 from .fields import Field, FieldCrops
@@ -146,14 +146,24 @@ def normalizer(section: Any, stats: dict | None) -> Callable[[dict], dict]:
 
 
 def _measure_stats(
-    windows: SceneWindows, sensors: Sequence[str], seed: int, on_error: str
+    reads: Dataset, per_read: int, sensors: Sequence[str], seed: int, on_error: str
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Per-band mean/std over a fixed sample of random windows (valid pixels only)."""
-    items = SeededItems(windows, on_error=on_error)
-    picks = range(min(len(windows), max(1, STATS_SAMPLES // windows.readers[0].windows_per_read)))
+    """Per-band mean/std over a fixed sample of random crops/windows (valid pixels only).
+
+    ``reads`` is a windowed dataset whose items are lists of ``per_read`` samples (fields or scenes).
+    """
+    items = SeededItems(reads, on_error=on_error)
+    picks = range(min(len(reads), max(1, STATS_SAMPLES // per_read)))
     samples = [s for i in picks for s in items[(i, sample_seed(seed, STATS_STREAM, i))]]
     single = len(sensors) == 1
     return {s: band_statistics([x[s] for x in samples] if not single else samples).as_dict() for s in sensors}
+
+
+def _band_stats(section: Any, reads: Dataset, sensors: Sequence[str], seed: int) -> dict | None:
+    """The recipe's band statistics, measured on the data when ``normalize: stats`` has none yet."""
+    if section.normalize != "stats" or section.band_stats:
+        return section.band_stats
+    return _measure_stats(reads, section.crops_per_read, sensors, seed, section.on_error)
 
 
 def build_training_data(section: Any, seed: int = 0) -> TrainingData:
@@ -165,16 +175,16 @@ def build_training_data(section: Any, seed: int = 0) -> TrainingData:
         fields = microscopy_fields(section)
         # Read errors reach SeededItems, which under on_error=skip reads a stand-in so the batch keeps its size.
         crops = FieldCrops(fields, section.crop_size, crops_per_field=k)
-        items = TransformedItems(crops, _compose([normalizer(section, None), _augment(section)]))
+        # One sensor, named as the model names a channel-agnostic model's only one.
+        stats = _band_stats(section, crops, ["image"], seed)
+        items = TransformedItems(crops, _compose([normalizer(section, stats), _augment(section)]))
         sets = [field.channels for field in fields] if section.allow_channel_subsets else None
         return TrainingData(SeededItems(items, on_error=section.on_error, groups=sets), k, channels=list(section.channels),
-                            channel_sets=sets)  # fmt: skip
+                            channel_sets=sets, band_stats=stats)  # fmt: skip
     scenes = sentinel_scenes(section)
     sensors = {name: list(bands) for name, bands in section.sensors.items()}
     windows = SceneWindows(scenes, section.crop_size, windows_per_read=k, min_valid=section.min_valid_fraction)
-    stats = section.band_stats
-    if section.normalize == "stats" and not stats:
-        stats = _measure_stats(windows, list(sensors), seed, section.on_error)
+    stats = _band_stats(section, windows, list(sensors), seed)
     items = TransformedItems(windows, _compose([normalizer(section, stats), _augment(section)]))
     return TrainingData(SeededItems(items, on_error=section.on_error), k, sensors=sensors, band_stats=stats)
 
