@@ -4,16 +4,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# A Figure of its own, not pyplot: it draws with Agg for the file and leaves the process's backend alone
+# (matplotlib.use("Agg") at import switched a notebook user's plotting backend).
+from matplotlib.figure import Figure
 
-from .atomic import atomic_path  # noqa: E402
-from .models import MAEOutput, MaskedAutoencoder  # noqa: E402
-from .models.patches import unpatchify, unpatchify_channels  # noqa: E402
+from .atomic import atomic_path
+from .models import MAEOutput, MaskedAutoencoder
+from .models.patches import unpatchify, unpatchify_channels
 
 RGB_BANDS = ("B04", "B03", "B02")  # Sentinel-2 true colour
 
@@ -79,7 +79,8 @@ def save_reconstruction_grid(
     kinds = list(next(iter(images.values())))
     rows = len(kinds)
     n = min(max_samples, next(iter(images.values()))["original"].shape[0])
-    fig, axes = plt.subplots(rows * n, len(panels), figsize=(2.2 * len(panels), 2.2 * rows * n), squeeze=False)
+    fig = Figure(figsize=(2.2 * len(panels), 2.2 * rows * n))
+    axes = fig.subplots(rows * n, len(panels), squeeze=False)
     for s in range(n):
         for col, (sensor, label, idx) in enumerate(panels):
             original = images[sensor]["original"][s, idx].cpu().numpy()
@@ -98,5 +99,4 @@ def save_reconstruction_grid(
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
     return Path(path)
