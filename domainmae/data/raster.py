@@ -158,6 +158,11 @@ class RasterScene:
     def files(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(str(band.path) for band in self.bands))
 
+    @property
+    def scene_meta(self) -> dict[str, Any]:
+        """What every region (and window) of this scene carries besides its place."""
+        return {"scene_id": self.scene_id, "datetime": self.datetime, "files": self.files, **self.meta}
+
     # -- opening -----------------------------------------------------------------------------
     def _open(self, path: Path) -> DatasetReader:
         # Handles opened before a DataLoader forked belong to the parent; each process opens its own.
@@ -299,5 +304,4 @@ class RasterScene:
                     image[self.channels.index(band.name)] = self._band_radiometry(band).apply(values)
         valid &= np.isfinite(image).all(axis=0)
         image[:, ~valid] = 0.0
-        meta = {"scene_id": self.scene_id, "datetime": self.datetime, "files": self.files, **self.meta}
-        return Region(region, grid, image, valid, self.channels, meta)
+        return Region(region, grid, image, valid, self.channels, self.scene_meta)

@@ -93,7 +93,7 @@ def scene_meta(scene: RasterScene | MultiSensorScene) -> dict[str, Any]:
     """What every window of ``scene`` carries besides its own place (the first sensor's, for co-registered
     sensors, as :func:`~domainmae.export.embed.row_meta` merges it), placed at a stand-in window."""
     first = next(iter(scene.scenes.values())) if isinstance(scene, MultiSensorScene) else scene
-    return {"scene_id": first.scene_id, "datetime": first.datetime, **first.meta, "window": (0, 0, 0, 0)}
+    return {**first.scene_meta, "window": (0, 0, 0, 0)}
 
 
 def footprints(groups: Sequence[Sequence[dict[str, Any]]], crs: CRS) -> gpd.GeoSeries:
