@@ -118,7 +118,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .export.evaluate import evaluate, format_table
 
     result = evaluate(args.file, args.label, split=args.split, methods=_split(args.method), test_size=args.test_size,
-                      k=args.k, seed=args.seed, baselines=_split(args.baselines) or (), gap=args.gap,
+                      k=args.k, seed=args.seed, baselines=_split(args.baselines) or (), against=args.against,
+                      balanced=args.balanced, gap=args.gap,
                       labels=args.labels, purity=args.purity, output=args.output)  # fmt: skip
     print(format_table(result))
     return 0
@@ -187,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help=".parquet or .h5ad (microscopy), .parquet or .tif/.zarr/folder (EO)")
     p.add_argument("--format", choices=["parquet", "h5ad", "geoparquet", "geotiff", "zarr"],
                    help="default: from the suffix")  # fmt: skip
-    p.add_argument("--pool", choices=["mean", "cls"], default="mean")
+    p.add_argument("--pool", choices=["mean", "cls", "channels"], default="mean",
+                   help="tables: mean of the tokens, the cls token, or channels (each channel's token mean side by "
+                        "side: C x D columns)")  # fmt: skip
     p.add_argument("--level", choices=["tile", "image", "well"], default="tile", help="one row per tile/image/well")
     p.add_argument("--channels", help="comma-separated subset of the model's channels to embed")
     p.add_argument("--stride", type=int, help="tiling stride in px (default: crop size; rasters: half of it)")
@@ -221,11 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purity", type=float, default=0.5,
                    help="--labels: least share of a patch's valid label pixels its class must hold")  # fmt: skip
     p.add_argument("--split", default="random",
-                   help="'random', a group column kept apart (plate, scene_id), or blocks:SIZE (GeoParquet: "
-                        "SIZE x SIZE px blocks per scene held out, train windows within --gap px dropped)")  # fmt: skip
+                   help="'random', a group column kept apart (plate, scene_id), COLUMN=VALUE[,VALUE] (those groups "
+                        "held out), or blocks:SIZE (GeoParquet: SIZE x SIZE px blocks per scene held out, train "
+                        "windows within --gap px dropped)")  # fmt: skip
     p.add_argument("--gap", type=int, help="blocks split: px kept free around test windows (default one window)")
     p.add_argument("--baselines", help="comma-separated: raw (pixel statistics), random (untrained model); "
                    "embedded again from the file's provenance and scored on the same split")
+    p.add_argument("--against", action="append", default=[], metavar="FILE",
+                   help="another embeddings file of the same rows (a baseline embedded once, another checkpoint), "
+                        "scored on the same split (repeatable)")  # fmt: skip
+    p.add_argument("--balanced", action="store_true",
+                   help="weight the linear probe's classes inversely to their frequency (rare labels)")
     p.add_argument("--method", default="linear,knn", help="comma-separated: linear, knn")
     p.add_argument("--test-size", type=float, default=0.25)
     p.add_argument("--k", type=int, default=5, help="neighbours for k-NN")

@@ -55,6 +55,25 @@ def _non_embedding_params(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "channel_embed" not in n)
 
 
+def test_channels_pool_is_each_channels_token_mean_side_by_side(model):
+    """``[B, C * D]``: block c is channel c's mean token; the blocks' mean is the mean pool; reordering the
+    channels reorders the blocks (and nothing else)."""
+    imgs = torch.randn(3, 5, 32, 32)
+    perm = [3, 0, 4, 1, 2]
+    with torch.no_grad():
+        tokens = model.forward_encoder(model.tokenize(*model.split_inputs(imgs, NAMES)), None)[:, 1:]
+        pooled = model.embed(imgs, channels=NAMES, pool="channels")
+        shuffled = model.embed(imgs[:, perm], channels=[NAMES[i] for i in perm], pool="channels")
+    assert pooled.shape == (3, 5 * 32)
+    blocks = pooled.reshape(3, 5, 32)
+    for c in range(5):  # channel c's tokens are the c-th run of 4 x 4 positions
+        torch.testing.assert_close(blocks[:, c], tokens[:, c * 16 : (c + 1) * 16].mean(dim=1))
+    torch.testing.assert_close(blocks.mean(dim=1), model.embed(imgs, channels=NAMES, pool="mean"))
+    torch.testing.assert_close(shuffled.reshape(3, 5, 32), blocks[:, perm], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pool must be one of"):
+        model.embed(imgs, channels=NAMES, pool="max")
+
+
 def test_parameter_count_does_not_grow_with_channels():
     small = domainmae.create_model("vit_tiny", channels=["a"], **TINY)
     big = domainmae.create_model("vit_tiny", channels=[f"c{i}" for i in range(8)], **TINY)

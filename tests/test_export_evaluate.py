@@ -119,3 +119,63 @@ def test_baseline_rows_that_do_not_line_up_are_an_error(plate, tmp_path):
     bare = write_embeddings(tmp_path / "bare.parquet", df, features, {})
     with pytest.raises(ValueError, match="no 'checkpoint' in its provenance"):
         evaluate(bare, "Metadata_pert", baselines=["raw"])
+
+
+def test_named_groups_are_the_test_set(tmp_path):
+    df = pd.DataFrame({"plate": [f"P{i % 5}" for i in range(50)]})
+    train, test, dropped = split_rows(df, np.zeros(50), "plate=P1,P3", 0.4, seed=0, multilabel=False)
+    assert set(df.plate[test]) == {"P1", "P3"} and set(df.plate[train]) == {"P0", "P2", "P4"}
+    assert len(train) + len(test) == 50 and dropped == 0
+    with pytest.raises(ValueError, match=r"\['P9'\] not among the values of 'plate'"):
+        split_rows(df, np.zeros(50), "plate=P1,P9", 0.4, seed=0, multilabel=False)
+    with pytest.raises(ValueError, match="holds out every row"):
+        split_rows(df, np.zeros(50), "plate=P0,P1,P2,P3,P4", 0.4, seed=0, multilabel=False)
+    path = _embeddings(tmp_path / "emb.parquet")
+    result = evaluate(path, "Metadata_Label", split="Metadata_Plate=P0", methods=["linear"])
+    assert result["n_test"] == 20 and result["n_train"] == 100
+
+
+def test_balanced_probe_finds_a_rare_class_the_plain_probe_ignores(tmp_path):
+    """5% positives shifted by one sd in one of 8 dimensions: an unweighted probe says "negative" to all."""
+    rng = np.random.default_rng(0)
+    y = np.array(["pos" if i % 20 == 0 else "neg" for i in range(400)])
+    x = rng.normal(0, 1, (400, 8)) + np.where(y == "pos", 1.5, 0.0)[:, None] * np.eye(8)[0]
+    df = pd.DataFrame(x.astype(np.float32), columns=feature_names(8))
+    df.insert(0, "Metadata_Mitotic", y)
+    df.insert(0, "Metadata_Field", [f"F{i % 3}" for i in range(400)])
+    path = write_embeddings(tmp_path / "rare.parquet", df, feature_names(8), {})
+    plain = evaluate(path, "Metadata_Mitotic", split="Metadata_Field=F0", methods=["linear"])
+    weighted = evaluate(path, "Metadata_Mitotic", split="Metadata_Field=F0", methods=["linear"], balanced=True)
+    assert plain["features"]["model"]["linear"]["balanced_accuracy"] == 0.5  # the majority class, always
+    assert weighted["features"]["model"]["linear"]["balanced_accuracy"] > 0.65 and weighted["balanced"]
+
+
+def test_files_embedded_once_join_like_baselines(plate, tmp_path, capsys):
+    path = embed(plate["run"], output=tmp_path / "emb.parquet", progress=False)
+    raw = embed(plate["run"], output=tmp_path / "raw.parquet", features="raw", progress=False)
+    joined = evaluate(path, "Metadata_pert", split="Metadata_Plate", against=[raw])
+    again = evaluate(path, "Metadata_pert", split="Metadata_Plate", baselines=["raw"])
+    assert list(joined["features"]) == ["model", "raw"] and joined["features"] == again["features"]
+    df, features, provenance = read_embeddings(raw)
+    shuffled = write_embeddings(tmp_path / "shuffled.parquet", df.iloc[::-1].reset_index(drop=True), features,
+                                provenance)  # fmt: skip
+    with pytest.raises(ValueError, match="raw baseline's rows do not line up"):
+        evaluate(path, "Metadata_pert", against=[shuffled])
+    assert main(["evaluate", str(path), "--label", "Metadata_pert", "--against", str(raw), "--balanced"]) == 0
+    assert "raw" in capsys.readouterr().out
+
+
+def test_channels_pool_writes_a_block_per_channel_and_its_baselines_follow(plate, tmp_path):
+    path = embed(plate["run"], output=tmp_path / "emb.parquet", pool="channels", channels=["DNA", "RNA"],
+                 progress=False)  # fmt: skip
+    df, features, provenance = read_embeddings(path)
+    assert len(features) == 2 * 32 and provenance["pool"] == "channels"
+    mean = read_embeddings(embed(plate["run"], output=tmp_path / "mean.parquet", channels=["DNA", "RNA"],
+                                 progress=False))[0]  # fmt: skip
+    blocks = df[features].to_numpy().reshape(len(df), 2, 32)
+    np.testing.assert_allclose(blocks.mean(axis=1), mean[feature_names(32)].to_numpy(), atol=1e-5)
+    result = evaluate(path, "Metadata_pert", split="Metadata_Plate", baselines=["random"], methods=["linear"])
+    assert list(result["features"]) == ["model", "random"]  # the random init re-embedded with the same pool
+    with pytest.raises(ValueError, match="pool='channels' needs one channel set"):
+        embed(plate["run"], output=tmp_path / "subsets.parquet", pool="channels", progress=False,
+              overrides=["data.allow_channel_subsets=true"])  # fmt: skip

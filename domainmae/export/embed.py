@@ -29,6 +29,7 @@ from ..data.fields import FieldCrops
 from ..data.geo import SceneWindows
 from ..data.loader import TransformedItems, collate_samples
 from ..models import MaskedAutoencoder, create_model
+from ..models.mae import POOLS
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import Trained, load_trained, resolve_device
 from .raw import STATS, raw_feature_names, raw_features, with_invalid_as_nan
@@ -83,8 +84,8 @@ class Export:
         return {sensor: used}
 
     def forward(self, samples: Sequence[dict[str, Any]], pool: str | None) -> np.ndarray:
-        """Samples -> pooled embeddings ``[B, D]`` (``pool`` "mean"/"cls") or per-patch ``[B, h, w, D]`` (None);
-        ``D`` is :attr:`dim`."""
+        """Samples -> pooled embeddings ``[B, D]`` (``pool`` "mean"/"cls"; "channels": ``[B, C * D]``) or
+        per-patch ``[B, h, w, D]`` (None); per patch ``D`` is :attr:`dim`."""
         batch = collate_samples(samples)
         if self.features == "raw":
             images, _ = select_channels(with_invalid_as_nan(batch), self.batch_channels(samples), self.model)
@@ -274,7 +275,7 @@ def embed(
     *,
     output: str | Path,
     data: str | Path | None = None,
-    pool: Literal["mean", "cls"] = "mean",
+    pool: Literal["mean", "cls", "channels"] = "mean",
     level: Level = "tile",
     format: str | None = None,  # noqa: A002 - the CLI's word
     batch_size: int = 64,
@@ -299,7 +300,8 @@ def embed(
             scenes, with ``format`` naming the kind). ``format`` overrides the suffix.
         data: dataset path (default: the run's own ``data.path``); ``overrides`` are further recipe
             ``key=value`` settings (e.g. ``data.format=pattern``).
-        pool: ``mean`` of patch tokens or the ``cls`` token (tables; rasters are per patch).
+        pool: ``mean`` of patch tokens, the ``cls`` token, or ``channels`` (each chosen channel's token mean,
+            side by side: C x D columns) (tables; rasters are per patch).
         level: ``tile`` (one row per window), ``image`` (mean over a field's/scene's tiles) or ``well``
             (mean over a well's images, by ``Metadata_Plate``/``Metadata_Well``; microscopy).
         channels: embed only these channels (any subset the model knows); recorded in the file. When the
@@ -321,8 +323,8 @@ def embed(
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if pool not in ("mean", "cls"):
-        raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     if dtype not in ("float32", "int8"):
         raise ValueError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
     if features not in ("model", "raw", "random"):
@@ -346,10 +348,11 @@ def embed(
     if dtype == "int8" and fmt != "geotiff":
         raise ValueError(f"dtype='int8' is a GeoTIFF option; {fmt} output {output} is float32")
     chosen = select_channel_names(model, recipe_channels(recipe, model), channels)
-    if features == "raw" and recipe.data.allow_channel_subsets:
-        raise ValueError(f"features='raw' needs one channel set for every row of {output}, and recipe "
-                         f"{recipe.name!r} allows fields with channel subsets; embed a --channels set every field has")
     raster = fmt in RASTERS
+    widths = "features='raw'" if features == "raw" else "pool='channels'" if pool == "channels" and not raster else None
+    if widths and recipe.data.allow_channel_subsets:  # their width is per channel: every row needs the same set
+        raise ValueError(f"{widths} needs one channel set for every row of {output}, and recipe "
+                         f"{recipe.name!r} allows fields with channel subsets; embed a --channels set every field has")
     # Enough to embed the same rows again (evaluate's baselines): the source as given, overrides, level, stride.
     source = Path(checkpoint).resolve() if Path(checkpoint).exists() else checkpoint
     extra = {"feature_names": raw_feature_names(chosen)} if features == "raw" else {}

@@ -8,7 +8,11 @@ predicting the most frequent training label set.
 
 Baselines answer "is the model better than the obvious?": ``raw`` (per-channel pixel statistics of each
 tile) and ``random`` (the same architecture at random init) are embedded again from the file's provenance,
-checked to hold the same rows in the same order, and scored on the very same train and test rows.
+checked to hold the same rows in the same order, and scored on the very same train and test rows. Files
+embedded once (a baseline reused across folds, another checkpoint) join the same way with ``against``.
+
+Rare classes (a few % mitotic cells) leave an unweighted probe predicting the majority class: ``balanced``
+weights the linear probe's classes inversely to their training frequency (k-NN has no class weights).
 """
 from __future__ import annotations
 
@@ -37,9 +41,9 @@ Method = Literal["linear", "knn"]
 Baseline = Literal["raw", "random"]
 
 
-def _classifier(method: str, k: int, n_train: int, multilabel: bool) -> Any:
+def _classifier(method: str, k: int, n_train: int, multilabel: bool, balanced: bool) -> Any:
     if method == "linear":
-        head = LogisticRegression(max_iter=2000)
+        head = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None)
     elif method == "knn":
         head = KNeighborsClassifier(n_neighbors=min(k, n_train))
     else:
@@ -88,11 +92,11 @@ def same_rows(file: Path, df: pd.DataFrame, other: pd.DataFrame, features: Seque
 
 
 def score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, methods: Sequence[str], k: int,
-          multilabel: bool) -> dict[str, dict[str, float]]:  # fmt: skip
+          multilabel: bool, balanced: bool = False) -> dict[str, dict[str, float]]:  # fmt: skip
     """``{method: {metric: value}}`` of probes fit on ``x[train]`` and scored on ``x[test]``."""
     results = {}
     for method in methods:
-        model = _classifier(method, k, len(train), multilabel).fit(x[train], y[train])
+        model = _classifier(method, k, len(train), multilabel, balanced).fit(x[train], y[train])
         predicted = model.predict(x[test])
         scores = {"accuracy": float(accuracy_score(y[test], predicted)),
                   "macro_f1": float(f1_score(y[test], predicted, average="macro", zero_division=0))}  # fmt: skip
@@ -116,6 +120,8 @@ def evaluate(
     k: int = 5,
     seed: int = 0,
     baselines: Sequence[Baseline] = (),
+    against: Sequence[str | Path] = (),
+    balanced: bool = False,
     gap: int | None = None,
     labels: str | Path | None = None,
     purity: float = 0.5,
@@ -124,12 +130,16 @@ def evaluate(
     """Fit each method on the train rows and score the test rows, for the file's features and each baseline.
 
     Args:
-        split: ``random``, a group column (plate, well, ``scene_id``...) kept on one side, or ``blocks:SIZE``
-            (GeoParquet windows: SIZE x SIZE source-pixel blocks per scene held out whole; training windows
-            nearer than ``gap`` px to a test window dropped, default one window).
+        split: ``random``, a group column (plate, well, ``scene_id``...) kept on one side, ``COLUMN=VALUE,...``
+            (those groups are the test set), or ``blocks:SIZE`` (GeoParquet windows: SIZE x SIZE source-pixel
+            blocks per scene held out whole; training windows nearer than ``gap`` px to a test window dropped,
+            default one window).
         baselines: ``raw`` and/or ``random`` features (see ``embed(features=...)``), embedded again from the
             file's provenance (checkpoint, data, level, stride, channels) into a temporary folder, the random
             one from ``seed``; an error if their rows differ from the file's.
+        against: more embedding files of the same rows in the same order (checked), scored on the same split,
+            each named by its provenance's features (``model``, ``raw``, ``random``) or else its file name.
+        balanced: class weights inversely proportional to class frequency in the linear probe.
         labels: a categorical label raster (any CRS) for ``file``, a per-patch embedding GeoTIFF/Zarr: each
             patch takes its majority class when at least ``purity`` of its valid label pixels hold it
             (:mod:`~domainmae.export.labels`); the label column is then ``label``.
@@ -157,11 +167,21 @@ def evaluate(
     if unknown:
         raise ValueError(f"baselines must be 'raw' and/or 'random', got {unknown}")
     sets = {provenance.get("features", "model"): df[features].to_numpy(np.float32)}
+
+    def join(path: Path, name: str | None) -> None:
+        other, other_features, other_provenance = read(path)
+        name = name or other_provenance.get("features", "model")
+        name = name if name not in sets else path.stem
+        if name in sets:
+            raise ValueError(f"two feature sets are named {name!r} ({path}); rename one of the files")
+        same_rows(file, df, other, features, name)
+        sets[name] = other[other_features].to_numpy(np.float32)
+
+    for path in against:
+        join(Path(path), None)
     with tempfile.TemporaryDirectory(prefix="domainmae-baselines-") as folder:
         for name in baselines:
-            other, other_features, _ = read(baseline_file(file, provenance, name, Path(folder), seed))
-            same_rows(file, df, other, features, name)
-            sets[name] = other[other_features].to_numpy(np.float32)
+            join(baseline_file(file, provenance, name, Path(folder), seed), name)
     labelled = df[label].notna().to_numpy()
     df = df[labelled].reset_index(drop=True)
     multilabel = isinstance(df[label].iloc[0], (list, tuple, np.ndarray))
@@ -174,8 +194,9 @@ def evaluate(
         "file": str(file), "label": label, "split": split, "n_train": len(train), "n_test": len(test),
         "n_dropped": dropped, "n_classes": int(y.shape[1]) if multilabel else len(np.unique(y)),
         "multilabel": multilabel, "chance": float(accuracy_score(y[test], chance)),
-        "checkpoint_sha256": provenance.get("checkpoint_sha256"), "seed": seed,
-        "features": {name: score(x[labelled], y, train, test, methods, k, multilabel) for name, x in sets.items()},
+        "checkpoint_sha256": provenance.get("checkpoint_sha256"), "seed": seed, "balanced": balanced,
+        "features": {name: score(x[labelled], y, train, test, methods, k, multilabel, balanced)
+                     for name, x in sets.items()},
     }  # fmt: skip
     if output is not None:
         atomic_write_text(output, json.dumps(result, indent=2) + "\n")

@@ -5,7 +5,8 @@ probe interpolates between neighbours rather than how well the features transfer
 every scene into squares of ``SIZE`` x ``SIZE`` source pixels (by each window's top-left pixel,
 ``window_row``/``window_col``), holds out whole blocks, and drops training windows that come within
 ``gap`` pixels of a held-out window (default: one window), so no training window overlaps or touches
-the test area. How many were dropped is reported.
+the test area. How many were dropped is reported. ``COLUMN=VALUE[,VALUE...]`` names the held-out groups
+instead of drawing them (leave-one-field-out, a fixed test plate).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def split_rows(
     df: pd.DataFrame, y: np.ndarray, split: str, test_size: float, seed: int, multilabel: bool,
     gap: int | None = None,
 ) -> Split:  # fmt: skip
-    """Train and test row indices: ``"random"``, ``"blocks:SIZE"``, or grouped by the column named ``split``."""
+    """Train and test row indices: ``"random"``, ``"blocks:SIZE"``, ``"COLUMN=VALUE[,VALUE...]"`` (those groups
+    held out), or grouped by the column named ``split`` (groups drawn by ``seed``)."""
     rows = np.arange(len(df))
     if split == "random":
         counts = pd.Series(list(map(str, y)) if multilabel else y).value_counts()
@@ -42,6 +44,8 @@ def split_rows(
         if not size.isdigit() or int(size) < 1:
             raise ValueError(f"split {split!r}: blocks:SIZE takes a block size in source pixels, e.g. blocks:1024")
         return block_split(df, int(size), gap, test_size, seed)
+    if "=" in split:
+        return held_out(df, *split.split("=", 1))
     if split not in df.columns:
         raise KeyError(f"split column {split!r} is not in the table; it has {list(df.columns)}")
     return Split(*grouped(rows, df[split].astype(str).to_numpy(), test_size, seed, f"split column {split!r}"))
@@ -52,6 +56,22 @@ def grouped(rows: np.ndarray, groups: np.ndarray, test_size: float, seed: int, w
     if len(set(groups)) < 2:
         raise ValueError(f"{what} has a single group; a grouped split needs at least two")
     return next(GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed).split(rows, groups=groups))
+
+
+def held_out(df: pd.DataFrame, column: str, values: str) -> Split:
+    """The rows whose ``column`` holds one of the comma-separated ``values`` are the test set."""
+    if column not in df.columns:
+        raise KeyError(f"split column {column!r} is not in the table; it has {list(df.columns)}")
+    groups = df[column].astype(str).to_numpy()
+    wanted = [v for v in values.split(",") if v]
+    missing = [v for v in wanted if v not in set(groups)]
+    if not wanted or missing:
+        raise ValueError(f"split {column}={values}: {missing or 'no value'} not among the values of {column!r}: "
+                         f"{sorted(set(groups))}")  # fmt: skip
+    test = np.isin(groups, wanted)
+    if test.all():
+        raise ValueError(f"split {column}={values} holds out every row; nothing is left to train on")
+    return Split(np.flatnonzero(~test), np.flatnonzero(test))
 
 
 def window_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -30,6 +30,9 @@ from .masking import Masking, masking_from_scores, num_keep, sample_masking
 from .patches import grid_size, patchify, patchify_channels
 from .posembed import sincos_2d
 
+#: Pooled embeddings: mean of all tokens, the cls token, or per-channel token means side by side.
+POOLS = ("mean", "cls", "channels")
+
 
 @dataclass
 class MAEOutput:
@@ -285,12 +288,20 @@ class MaskedAutoencoder(nn.Module):
         channels: Sequence[ChannelLike] | Mapping[str, Sequence[ChannelLike]] | None = None,
         pool: str = "mean",
     ) -> torch.Tensor:
-        """Encoder on all tokens (no masking), pooled to ``[B, D]`` by ``"mean"`` of tokens or ``"cls"``."""
-        if pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
-        inputs, grid = self.split_inputs(images, channels, None)
-        x = self.forward_encoder(self.tokenize(inputs, grid), None)
-        return x[:, 0] if pool == "cls" else x[:, 1:].mean(dim=1)
+        """Encoder on all tokens (no masking), pooled to ``[B, D]`` by ``"mean"`` of tokens or ``"cls"``, or to
+        ``[B, C * D]`` by ``"channels"``: each channel's token mean, side by side in the given channel order
+        (sensors in the model's order). Per-channel means keep what a stain or band alone carries, which the
+        mean over channels blends; their mean over channels is the ``"mean"`` pool."""
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        inputs, (h, w) = self.split_inputs(images, channels, None)
+        x = self.forward_encoder(self.tokenize(inputs, (h, w)), None)
+        if pool == "cls":
+            return x[:, 0]
+        if pool == "mean":
+            return x[:, 1:].mean(dim=1)
+        b, _, d = x.shape  # tokens are channel-major per sensor: [B, 1 + sum(C_s) * h * w, D]
+        return x[:, 1:].reshape(b, -1, h * w, d).mean(dim=2).flatten(1)
 
     def embed_patches(
         self,
