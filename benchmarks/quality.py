@@ -4,11 +4,11 @@
 labelled pH3-positive or not (``benchmarks/mitosis.py`` states the segmentation and the threshold rule).
 Per seed: pretrain the cellpainting recipe's demo model on the crops' DNA and actin (pH3 is never given to
 the encoder), embed every crop, and probe ``Metadata_Mitotic`` with ``evaluate`` next to its ``raw``
-(per-channel pixel statistics) and ``random`` (same architecture, random init) baselines, on the same rows.
-The split is leave-one-field-out: each field is the test set once. ``evaluate``'s grouped split holds out
-one of the four fields, chosen by its seed; for each field the benchmark uses the first seed (from
-``100 * seed`` on) whose split holds that field out, so the folds are fixed and that seed also initialises
-the random baseline. Pretraining is self-supervised on all crops (transductive: no labels, no pH3).
+(per-channel pixel statistics, embedded once) and ``random`` (same architecture, initialised from the seed,
+embedded once per seed) baselines, on the same rows. The split is leave-one-field-out: each field is the
+test set once (``split="Metadata_SourceField=<field>"``). Probes: logistic regression plain and with
+balanced class weights (3.9% positives), and 5-NN. ``--steps 100,300,756`` gives a curve: one full
+pretraining run per count. Pretraining is self-supervised on all crops (transductive: no labels, no pH3).
 
 ``eo-reconstruction``: per seed, pretrain the sentinel recipe's demo model on the six bundled BigEarthNet
 S2+S1 patches and score, with ``score_reconstruction``, the masked-patch MSE (random masking at 75%) and the
@@ -20,6 +20,7 @@ The budget covers the whole run: building the data, a short timing run, and per 
 scoring. Pretraining gets what the measured cost of the rest leaves, as a step count all seeds share.
 
     python benchmarks/quality.py mitosis --workdir /tmp/q --budget-minutes 10 --seeds 0,1,2
+    python benchmarks/quality.py mitosis --workdir /tmp/q --steps 100,300,756 --seeds 0,1,2 --set data.normalize=stats
     python benchmarks/quality.py eo-reconstruction --workdir /tmp/q-eo --budget-minutes 10 --seeds 0,1,2
 """
 from __future__ import annotations
@@ -37,7 +38,6 @@ import pandas as pd
 
 import domainmae
 from domainmae.export.evaluate import evaluate
-from domainmae.export.splits import split_rows
 from domainmae.recipes import Recipe, load_recipe
 from domainmae.train import pretrain
 from domainmae.train.reconstruct import score_reconstruction
@@ -49,7 +49,6 @@ FEATURES = ("model", "raw", "random")
 METHODS = ("linear", "knn")
 METRICS = ("macro_f1", "balanced_accuracy")
 CALIBRATION_STEPS = 20
-TEST_SIZE = 0.25  # evaluate's grouped split: ceil(0.25 * 4 fields) = 1 field held out
 
 
 def mitosis_recipe(manifest: Path, crop: int, seed: int, batch: int, overrides: list[str]) -> Recipe:
@@ -65,26 +64,27 @@ def mitosis_recipe(manifest: Path, crop: int, seed: int, batch: int, overrides: 
     ], demo=True)  # fmt: skip
 
 
-def embed_crops(run: Path, output: Path) -> Path:
-    """One row per crop (the crop is one tile), DNA and actin only."""
-    return domainmae.embed(run, output=output, channels=list(mitosis.ENCODER_CHANNELS), level="tile",
-                           overwrite=True, progress=False)  # fmt: skip
+def embed_crops(run: Path, output: Path, pool: str, features: str = "model", seed: int = 0) -> Path:
+    """One row per crop (the crop is one tile), DNA and actin only; ``features`` raw/random for baselines."""
+    return domainmae.embed(run, output=output, channels=list(mitosis.ENCODER_CHANNELS), level="tile", pool=pool,
+                           features=features, seed=seed, overwrite=True, progress=False)  # fmt: skip
 
 
-def fold_seeds(table: Path, start: int) -> dict[str, int]:
-    """``{field: seed}``: for each field the first seed from ``start`` whose grouped split holds it out."""
-    df = pd.read_parquet(table, columns=[mitosis.FIELD, mitosis.LABEL])
-    fields = df[mitosis.FIELD].to_numpy()
-    y = df[mitosis.LABEL].astype(str).to_numpy()
-    found: dict[str, int] = {}
-    for seed in range(start, start + 1000):
-        _, test, _ = split_rows(df, y, mitosis.FIELD, TEST_SIZE, seed, False)
-        held = set(fields[test])
-        if len(held) == 1 and (field := held.pop()) not in found:
-            found[field] = seed
-        if len(found) == len(set(fields)):
-            return dict(sorted(found.items()))
-    raise RuntimeError(f"no split seed in [{start}, {start + 1000}) holds out each of the fields {sorted(set(fields))}")
+def probe_folds(model: Path, against: list[Path]) -> list[dict[str, Any]]:
+    """Leave-one-field-out: per held-out field, every feature set under each probe (plain and class-weighted
+    linear, 5-NN), one row per (field, features, probe)."""
+    fields = sorted(pd.read_parquet(model, columns=[mitosis.FIELD])[mitosis.FIELD].unique())
+    rows = []
+    for field in fields:
+        for balanced in (False, True):
+            result = evaluate(model, mitosis.LABEL, split=f"{mitosis.FIELD}={field}", against=against,
+                              methods=("linear",) if balanced else METHODS, balanced=balanced)  # fmt: skip
+            for features, methods in result["features"].items():
+                for method, scores in methods.items():
+                    probe = "linear-balanced" if balanced else method
+                    rows.append({"field": field, "features": features, "probe": probe,
+                                 **{m: scores[m] for m in METRICS}})  # fmt: skip
+    return rows
 
 
 def time_pretraining(recipe: Recipe, run: Path) -> tuple[float, float]:
@@ -101,7 +101,7 @@ def time_pretraining(recipe: Recipe, run: Path) -> tuple[float, float]:
 def plan_steps(args: argparse.Namespace, began: float, seeds: list[int], per_step: float, per_seed_other: float) -> int:
     """Pretraining steps per seed: what the budget leaves after the measured cost of everything else."""
     left = (args.budget_minutes * 60 - (time.perf_counter() - began)) / len(seeds) - per_seed_other
-    return args.steps or max(CALIBRATION_STEPS, int(left / per_step))
+    return max(CALIBRATION_STEPS, int(left / per_step))
 
 
 def spread(values: list[float]) -> str:
@@ -112,7 +112,8 @@ def spread(values: list[float]) -> str:
 
 
 def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
-    """Build, calibrate, then per seed pretrain, embed and probe; print and return every score."""
+    """Build, calibrate, then per seed (and per step count of ``--steps``) pretrain, embed and probe; print
+    and return every score."""
     began = time.perf_counter()
     budget = args.budget_minutes * 60
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -120,55 +121,55 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     manifest, counts = mitosis.build(work / "crops", crop=args.crop, k=args.k)
     print(mitosis.format_counts(counts), flush=True)
-    n_fields = len(counts)
 
     recipe = mitosis_recipe(manifest, args.crop, 0, args.batch, args.set)
     per_step, startup = time_pretraining(recipe, work / "calibration")
     start = time.perf_counter()
-    embed_crops(work / "calibration", work / "calibration.parquet")
+    # The raw statistics depend on the data and its normalisation only: one table serves every run.
+    raw = embed_crops(work / "calibration", work / "raw.parquet", args.pool, "raw")
     embed_s = time.perf_counter() - start
-    # Per seed: one model embedding, and per fold two baseline embeddings inside evaluate (probes are ~1 s).
-    steps = plan_steps(args, began, seeds, per_step, startup + embed_s * (1 + 2 * n_fields) + 2 * n_fields)
+    # Per seed and step count: the model's and the random-init embeddings, and 4 folds x 2 probe fits (~1 s).
+    schedule = [int(s) for s in args.steps.split(",")] if args.steps else None
+    steps_list = schedule or [plan_steps(args, began, seeds, per_step, startup + 2 * embed_s + 8)]
     crops = sum(c["positive"] + c["negative"] for c in counts)
     print(f"\ncalibration: {per_step:.2f} s/step (batch {args.batch}), start-up {startup:.1f} s, embedding "
-          f"{embed_s:.1f} s; {steps} pretraining steps per seed ({steps * args.batch / crops:.1f} epochs)", flush=True)
+          f"{embed_s:.1f} s; pretraining steps per seed {steps_list} "
+          f"({', '.join(f'{s * args.batch / crops:.1f}' for s in steps_list)} epochs)", flush=True)  # fmt: skip
 
     rows: list[dict[str, Any]] = []
     for seed in seeds:
-        run = work / f"run-seed{seed}"
-        shutil.rmtree(run, ignore_errors=True)
-        recipe = mitosis_recipe(manifest, args.crop, seed, args.batch, args.set)
-        pretrain(recipe, output=run, max_steps=steps, quiet=True)
-        loss = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
-        table = embed_crops(run, work / f"model-seed{seed}.parquet")
-        for field, split_seed in fold_seeds(table, 100 * seed).items():
-            result = evaluate(table, mitosis.LABEL, split=mitosis.FIELD, methods=METHODS, test_size=TEST_SIZE,
-                              seed=split_seed, baselines=("raw", "random"))  # fmt: skip
-            for features, methods in result["features"].items():
-                for method, scores in methods.items():
-                    rows.append({"seed": seed, "field": field, "features": features, "method": method,
-                                 **{m: scores[m] for m in METRICS}})  # fmt: skip
-            model = result["features"]["model"]["linear"]["macro_f1"]
-            print(f"seed {seed}  test {field:<30} (split seed {split_seed}, train {result['n_train']}, test "
-                  f"{result['n_test']}): linear macro-F1 model {model:.3f} raw "
-                  f"{result['features']['raw']['linear']['macro_f1']:.3f} random "
-                  f"{result['features']['random']['linear']['macro_f1']:.3f}", flush=True)  # fmt: skip
-        print(f"seed {seed}: final pretraining loss {loss:.4f}; {time.perf_counter() - began:.0f} s so far", flush=True)
+        random_init = embed_crops(work / "calibration", work / f"random-seed{seed}.parquet", args.pool, "random", seed)
+        for steps in steps_list:
+            run = work / f"run-seed{seed}-steps{steps}"
+            shutil.rmtree(run, ignore_errors=True)
+            pretrain(mitosis_recipe(manifest, args.crop, seed, args.batch, args.set), output=run, max_steps=steps,
+                     quiet=True)  # fmt: skip
+            loss = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
+            table = embed_crops(run, work / f"model-seed{seed}-steps{steps}.parquet", args.pool)
+            folds = [{"seed": seed, "steps": steps, **row} for row in probe_folds(table, [raw, random_init])]
+            rows += folds
+            means = pd.DataFrame(folds).query("probe == 'linear-balanced'").groupby("features").macro_f1.mean()
+            print(f"seed {seed}, {steps} steps: loss {loss:.4f}; balanced linear macro-F1 (mean of folds) "
+                  + ", ".join(f"{f} {means[f]:.3f}" for f in FEATURES)
+                  + f"; {time.perf_counter() - began:.0f} s so far", flush=True)  # fmt: skip
 
     scores = pd.DataFrame(rows)
     # Per seed the mean over the leave-one-field-out folds; then mean and spread over seeds.
-    per_seed = scores.groupby(["features", "method", "seed"])[list(METRICS)].mean().reset_index()
-    print(f"\nmitosis (pH3+) from DNA+actin crops, leave-one-field-out ({n_fields} folds), {len(seeds)} seed(s) "
-          f"{seeds}, {steps} steps: mean over folds, then mean ± sd over seeds")  # fmt: skip
-    print(f"{'features':<10}{'probe':<8}" + "".join(f"{m:>24}" for m in METRICS))
-    for (features, method), group in per_seed.groupby(["features", "method"], sort=False):
-        print(f"{features:<10}{method:<8}" + "".join(f"{spread(group[m].tolist()):>24}" for m in METRICS))
-    by_field = scores[scores.method == "linear"].pivot_table(index="field", columns="features", values="macro_f1")
-    print("\nlinear macro-F1 per held-out field (mean over seeds)\n" + by_field[list(FEATURES)].round(3).to_string())
+    per_seed = scores.groupby(["steps", "features", "probe", "seed"])[list(METRICS)].mean().reset_index()
+    print(f"\nmitosis (pH3+) from DNA+actin crops, leave-one-field-out ({len(counts)} folds), {len(seeds)} seed(s) "
+          f"{seeds}: mean over folds, then mean ± sd over seeds")  # fmt: skip
+    print(f"{'steps':>6}  {'features':<10}{'probe':<17}" + "".join(f"{m:>24}" for m in METRICS))
+    for (steps, features, probe), group in per_seed.groupby(["steps", "features", "probe"], sort=False):
+        print(f"{steps:>6}  {features:<10}{probe:<17}"
+              + "".join(f"{spread(group[m].tolist()):>24}" for m in METRICS))  # fmt: skip
+    last = scores[(scores.steps == steps_list[-1]) & (scores.probe == "linear-balanced")]
+    by_field = last.pivot_table(index="field", columns="features", values="macro_f1")
+    print(f"\nbalanced linear macro-F1 per held-out field at {steps_list[-1]} steps (mean over seeds)\n"
+          + by_field[list(FEATURES)].round(3).to_string())  # fmt: skip
     wall = time.perf_counter() - began
-    print(f"\nwall time {wall:.0f} s of a {budget:.0f} s budget")
-    summary = {"set": args.set, "counts": counts, "seeds": seeds,
-               "steps": steps, "batch": args.batch, "crop": args.crop, "k": args.k,
+    print(f"\nwall time {wall:.0f} s (budget {budget:.0f} s, used to plan the steps when --steps is not given)")
+    summary = {"set": args.set, "pool": args.pool, "counts": counts, "seeds": seeds,
+               "steps": steps_list, "batch": args.batch, "crop": args.crop, "k": args.k,
                "wall_s": wall, "budget_s": budget, "scores": rows}  # fmt: skip
     (work / "mitosis.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
@@ -205,7 +206,7 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     eo_scores(work / "calibration", bands, args.samples, 0)
     score_s = time.perf_counter() - start
-    steps = plan_steps(args, began, seeds, per_step, startup + score_s)
+    steps = int(args.steps) if args.steps else plan_steps(args, began, seeds, per_step, startup + score_s)
     print(f"calibration: {per_step:.2f} s/step (batch {recipe.train.batch_size}), start-up {startup:.1f} s, "
           f"scoring {score_s:.1f} s; {steps} pretraining steps per seed", flush=True)  # fmt: skip
     rows = []
@@ -240,13 +241,17 @@ def main() -> None:
     run.add_argument("--workdir", required=True, help="folder for the data, runs and embeddings (created)")
     run.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock budget of the whole run")
     run.add_argument("--seeds", default="0,1,2", help="comma-separated pretraining seeds (default 0,1,2)")
-    run.add_argument("--steps", type=int, default=None, help="pretraining steps per seed (default: from the budget)")
+    run.add_argument("--steps", default=None,
+                     help="pretraining steps per seed (default: from the budget); mitosis: a comma-separated list "
+                          "gives a curve, one full run per count")  # fmt: skip
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="recipe override for an ablation row, e.g. data.normalize=stats (repeatable)")
     m = commands.add_parser("mitosis", parents=[run],
                             help="pH3+ nuclei from DNA+actin crops of the bundled fly/human fields")  # fmt: skip
     m.add_argument("--batch", type=int, default=64, help="pretraining batch (default 64)")
     m.add_argument("--crop", type=int, default=32, help="crop size in pixels, a multiple of 8 (default 32)")
+    m.add_argument("--pool", default="mean", choices=["mean", "cls", "channels"],
+                   help="pooled embedding probed (model and random init; default mean)")
     m.add_argument("--k", type=float, default=3.0, help="pH3+ above median + k*MAD of the field (default 3)")
     e = commands.add_parser("eo-reconstruction", parents=[run],
                             help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")  # fmt: skip
