@@ -5,7 +5,8 @@ from .samplers import Window, grid_windows, random_windows
 __all__ = ["Sample", "Window", "grid_windows", "is_multisensor", "random_windows"]
 
 # Microscopy readers (TIFF, Zarr/OME-Zarr), the field dataset, normalisation and augmentation.
-from .fields import ErrorPolicy, Field, FieldCrops, FieldError, resolve_channels
+from .errors import ErrorPolicy
+from .fields import Field, FieldCrops, FieldError, resolve_channels
 from .tiff import ChannelFilesField, TiffStackField, load_data_fields, pattern_fields, stack_fields
 from .transforms import (
     Augment,

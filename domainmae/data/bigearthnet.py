@@ -8,7 +8,6 @@ offset (:meth:`~domainmae.data.radiometry.Radiometry.for_baseline`). S1 patches 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from .errors import ErrorPolicy, OnError, as_policy
 from .multisensor import PATCH_KEY_PATTERN, MultiSensorScene, pair_scenes
 from .radiometry import SENTINEL1_DB, SENTINEL2_L2A, Radiometry, baseline_in_name
 from .raster import RasterScene
@@ -139,25 +139,27 @@ def bigearthnet_scenes(
     *,
     bands: Sequence[str] | None = None,
     radiometry: Radiometry | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError | ErrorPolicy = "raise",
 ) -> list[RasterScene]:
     """Every patch folder under ``root`` as a scene; labels go into each sample's ``meta``.
 
     ``radiometry`` is the sensor's (default: :data:`~domainmae.data.radiometry.SENTINEL2_L2A`, or
     for S1 values taken as dB); the processing baseline of each patch's source product picks its
-    offset (``Radiometry(to_db=True)`` for S1 in linear power).
+    offset (``Radiometry(to_db=True)`` for S1 in linear power). A patch lacking a band or readable
+    metadata raises, or with ``on_error="skip"`` is left out (see :mod:`~domainmae.data.errors`).
     """
     radiometry = radiometry or (SENTINEL2_L2A if sensor == "s2" else SENTINEL1_DB)
     bands = bands or (SENTINEL2_BANDS if sensor == "s2" else SENTINEL1_BANDS)
-    scenes, skipped = [], []
-    for key, band_sources in group_band_files(root, BAND_FILE_PATTERN, bands=bands, on_error=on_error).items():
+    policy = as_policy(on_error)
+    patches = group_band_files(root, BAND_FILE_PATTERN, bands=bands, on_error=policy)
+    since = len(policy.skipped)  # after group_band_files, which reports its own skips
+    scenes = []
+    for key, band_sources in patches.items():
         folder = Path(root) / key
         try:
             patch = read_patch_metadata(folder / f"{folder.name}_labels_metadata.json")
         except ValueError as err:
-            if on_error == "raise":
-                raise
-            skipped.append(str(err))
+            policy.handle(err)
             continue
         scene_radiometry = radiometry.for_baseline(baseline_in_name(patch.source))
         meta = {"labels": patch.labels, "source_product": patch.source}
@@ -165,8 +167,7 @@ def bigearthnet_scenes(
             band_sources, scene_id=folder.name, radiometry=scene_radiometry, datetime=patch.acquired, meta=meta
         )
         scenes.append(scene)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} BigEarthNet patches under {root}: " + "; ".join(skipped), stacklevel=2)
+    policy.summarise(since, len(patches), f"BigEarthNet patches under {root}")
     return scenes
 
 
@@ -176,17 +177,19 @@ def bigearthnet_pairs(
     *,
     bands: Mapping[str, Sequence[str]] | None = None,
     radiometry: Mapping[str, Radiometry] | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError | ErrorPolicy = "raise",
 ) -> list[MultiSensorScene]:
     """S2 + S1 patches paired by the trailing ``_<row>_<col>`` of their folder names.
 
     ``bands`` selects and orders each sensor's bands and ``radiometry`` sets each sensor's
-    (``{"s2": ..., "s1": ...}``; default: all bands, the sensors' standard radiometry).
+    (``{"s2": ..., "s1": ...}``; default: all bands, the sensors' standard radiometry). Patches that
+    cannot be read or paired raise, or with ``on_error="skip"`` are left out; every skip of the three
+    scans lands on one policy.
     """
-    bands, radiometry = bands or {}, radiometry or {}
+    bands, radiometry, policy = bands or {}, radiometry or {}, as_policy(on_error)
     return pair_scenes(
-        bigearthnet_scenes(s2_root, "s2", bands=bands.get("s2"), radiometry=radiometry.get("s2"), on_error=on_error),
-        bigearthnet_scenes(s1_root, "s1", bands=bands.get("s1"), radiometry=radiometry.get("s1"), on_error=on_error),
+        bigearthnet_scenes(s2_root, "s2", bands=bands.get("s2"), radiometry=radiometry.get("s2"), on_error=policy),
+        bigearthnet_scenes(s1_root, "s1", bands=bands.get("s1"), radiometry=radiometry.get("s1"), on_error=policy),
         key=PATCH_KEY_PATTERN,
-        on_unpaired=on_error,
+        on_unpaired=policy,
     )

@@ -24,6 +24,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 
+from ..validity import fill_invalid, valid_pixels
 from .geo import Grid, Region
 from .radiometry import Radiometry
 from .samplers import Window
@@ -136,10 +137,9 @@ class CubeScene:
         """Image float32 ``[C, h, w]`` and valid ``[h, w]`` for ``region``; reads only that slice."""
         rows, cols = region.slices()
         raw = self.array.isel({self.y_dim: rows, self.x_dim: cols}).values
-        valid = np.ones(raw.shape[1:], dtype=bool) if self.nodata is None else (raw != self.nodata).all(axis=0)
+        # nodata is a raw value, so it is compared before radiometry; NaN/inf are checked again after it.
         image = self.radiometry.apply(raw)
-        valid &= np.isfinite(image).all(axis=0)
-        image[:, ~valid] = 0.0
+        valid = fill_invalid(image, valid_pixels(raw, nodata=self.nodata))
         meta = {"scene_id": self.scene_id, "datetime": self.datetime, **self.meta}
         return Region(region, self._grid, image, valid, self.channels, meta)
 

@@ -1,4 +1,4 @@
-"""Microscopy fields, the error policy readers share, and the dataset that cuts crops from fields.
+"""Microscopy fields and the dataset that cuts crops from fields.
 
 A *field* (a site, one imaging position) is one multichannel image ``[C, H, W]`` that knows how to read
 itself whole or by window. Readers (``tiff.py``, ``zarr.py``) only build lists of fields from a manifest, a
@@ -7,7 +7,6 @@ crops from it.
 """
 from __future__ import annotations
 
-import logging
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -18,12 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+# ErrorPolicy, OnError and as_policy are re-exported here, where they lived before errors.py.
+from .errors import ErrorPolicy, OnError, as_policy
 from .sample import Sample
 from .samplers import Window, grid_windows, random_windows
-
-log = logging.getLogger(__name__)
-
-OnError = Literal["raise", "skip"]
 
 
 class FieldError(OSError):
@@ -32,33 +29,6 @@ class FieldError(OSError):
     An ``OSError`` (like the ``FileNotFoundError`` raised for missing files) so that one ``except OSError``
     covers every per-field data problem that ``on_error="skip"`` may skip.
     """
-
-
-class ErrorPolicy:
-    """What to do with a bad manifest row or field: ``"raise"`` it, or ``"skip"`` it.
-
-    Skips are never silent: each is logged as a warning and kept in :attr:`skipped`. Pass an instance
-    (instead of the string) to a reader or dataset to read the list afterwards. DataLoader workers hold
-    copies, so skips made inside workers show up in the log, not in the parent's list.
-    """
-
-    def __init__(self, mode: OnError = "raise") -> None:
-        if mode not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {mode!r}")
-        self.mode = mode
-        self.skipped: list[str] = []
-
-    def handle(self, err: OSError) -> None:
-        """Re-raise ``err`` (mode ``raise``) or record and log it (mode ``skip``)."""
-        if self.mode == "raise":
-            raise err
-        self.skipped.append(str(err))
-        log.warning("skipped (%d so far): %s", len(self.skipped), err)
-
-
-def as_policy(on_error: OnError | ErrorPolicy) -> ErrorPolicy:
-    """The policy for an ``on_error`` argument given as a string or an :class:`ErrorPolicy`."""
-    return on_error if isinstance(on_error, ErrorPolicy) else ErrorPolicy(on_error)
 
 
 def resolve_channels(

@@ -21,7 +21,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import array_bounds
 
-from .fields import ErrorPolicy, OnError, as_policy, span
+from .errors import ErrorPolicy, OnError, as_policy
+from .fields import span
 from .sample import Sample, is_multisensor
 from .samplers import Window, grid_windows, tile_aligned_windows
 

@@ -20,12 +20,12 @@ import tifffile
 import torch
 import zarr
 
+from ..validity import valid_pixels
 from .detect import detect, with_recipe
 from .fields import Field
 from .raster import RasterScene
 from .samplers import Window
 from .tiff import TIFF_SUFFIXES, ChannelFilesField, TiffStackField
-from .transforms import valid_pixels
 from .zarr import ZarrField
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .fields import ErrorPolicy, FieldError, OnError, as_policy
+from .errors import ErrorPolicy, OnError, as_policy
+from .fields import FieldError
 from .sample import Sample, is_multisensor
 
 

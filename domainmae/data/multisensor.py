@@ -9,12 +9,12 @@ trailing ``_<row>_<col>`` of the patch folders) or by footprint overlap.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from rasterio.warp import transform_bounds
 
+from .errors import ErrorPolicy, OnError, as_policy
 from .geo import Grid, MissingCRSError, MultiSensorRegion
 from .raster import RasterScene
 from .samplers import Window
@@ -99,19 +99,19 @@ def pair_scenes(
     by: Literal["name", "footprint"] = "name",
     key: str = PATCH_KEY_PATTERN,
     min_overlap: float = 0.5,
-    on_unpaired: Literal["raise", "skip"] = "raise",
+    on_unpaired: OnError | ErrorPolicy = "raise",
 ) -> list[MultiSensorScene]:
     """Pair each ``reference`` scene (read on its own grid) with one scene of ``other``.
 
     ``by="name"``: the first group (or the ``key`` group) of the regex ``key`` must be equal in
     both scene ids. ``by="footprint"``: the ``other`` scene covering the largest share of the
-    reference footprint, at least ``min_overlap``; needs a CRS on both. Scenes left without a
-    partner raise, or with ``on_unpaired="skip"`` are dropped with a warning that counts them.
+    reference footprint, at least ``min_overlap``; needs a CRS on both. A scene left without a
+    partner raises, or with ``on_unpaired="skip"`` is dropped (see :mod:`~domainmae.data.errors`).
     """
     if by not in ("name", "footprint"):
         raise ValueError(f"by must be 'name' or 'footprint', got {by!r}")
-    if on_unpaired not in ("raise", "skip"):
-        raise ValueError(f"on_unpaired must be 'raise' or 'skip', got {on_unpaired!r}")
+    policy = as_policy(on_unpaired)
+    since = len(policy.skipped)
     partners: dict[str, RasterScene | None] = {}
     refs: dict[str, RasterScene]
     if by == "name":
@@ -127,11 +127,9 @@ def pair_scenes(
     unpaired = [refs[k].scene_id for k, partner in partners.items() if partner is None]
     used = {id(p) for p in partners.values() if p is not None}
     unpaired += [scene.scene_id for scene in other if id(scene) not in used]
-    if unpaired:
-        message = f"{len(unpaired)} scene(s) have no {sensors[0]}/{sensors[1]} partner (by {by}): {unpaired}"
-        if on_unpaired == "raise":
-            raise ValueError(message)
-        warnings.warn(message, stacklevel=2)
+    for scene_id in unpaired:
+        policy.handle(ValueError(f"scene {scene_id} has no {sensors[0]}/{sensors[1]} partner (by {by})"))
+    policy.summarise(since, len(reference) + len(other), f"{sensors[0]} and {sensors[1]} scenes")
     return [
         MultiSensorScene({sensors[0]: refs[k], sensors[1]: partner}, reference=sensors[0])
         for k, partner in partners.items()

@@ -29,6 +29,7 @@ from rasterio.io import DatasetReader
 from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 
+from ..validity import fill_invalid
 from .geo import Grid, MissingCRSError, RasterReadError, Region
 from .radiometry import Radiometry
 from .samplers import Window
@@ -302,6 +303,5 @@ class RasterScene:
                     image[self.channels.index(band.name)] = values
                 else:
                     image[self.channels.index(band.name)] = self._band_radiometry(band).apply(values)
-        valid &= np.isfinite(image).all(axis=0)
-        image[:, ~valid] = 0.0
+        valid = fill_invalid(image, valid)
         return Region(region, grid, image, valid, self.channels, self.scene_meta)

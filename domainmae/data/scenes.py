@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from .errors import ErrorPolicy, OnError, as_policy
 from .geo import RasterReadError
 from .raster import BandSource, RasterScene, datetime_from_name
 from .tiff import TIFF_SUFFIXES
@@ -31,7 +31,7 @@ def group_band_files(
     pattern: str = BAND_FILE_PATTERN,
     *,
     bands: Sequence[str] | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError | ErrorPolicy = "raise",
 ) -> dict[str, list[BandSource]]:
     """Files stored one per band under ``root``, grouped into scenes by a regex.
 
@@ -39,10 +39,10 @@ def group_band_files(
     group; files are grouped by its ``scene`` group if it has one, else by folder (the keys of
     the result). ``bands`` selects and orders bands (default: every band found, in natural order
     B01..B08, B8A, B09..). A scene lacking one of ``bands`` raises, or with ``on_error="skip"``
-    is left out with a warning that counts the skipped scenes.
+    is left out (see :mod:`~domainmae.data.errors`).
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    policy = as_policy(on_error)
+    since = len(policy.skipped)
     regex, root = re.compile(pattern), Path(root)
     if "band" not in regex.groupindex:
         raise ValueError(f"pattern {pattern!r} needs a named group (?P<band>...)")
@@ -58,19 +58,16 @@ def group_band_files(
         files[match["band"]] = path
     if not groups:
         raise FileNotFoundError(f"no file under {root} matches {pattern!r}")
-    scenes, skipped = {}, []
+    scenes = {}
     for key, files in groups.items():
         names = list(bands) if bands is not None else sorted(files, key=_natural_key)
         missing = [name for name in names if name not in files]
-        if not missing:
-            scenes[key] = [BandSource(name, files[name]) for name in names]
+        if missing:
+            policy.handle(FileNotFoundError(f"scene {key} under {root} has no file for band(s) {missing} "
+                                            f"(found {sorted(files)})"))  # fmt: skip
             continue
-        message = f"scene {key} under {root} has no file for band(s) {missing} (found {sorted(files)})"
-        if on_error == "raise":
-            raise FileNotFoundError(message)
-        skipped.append(message)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} of {len(groups)} scenes: " + "; ".join(skipped), stacklevel=2)
+        scenes[key] = [BandSource(name, files[name]) for name in names]
+    policy.summarise(since, len(groups), f"scenes under {root}")
     return scenes
 
 
@@ -79,7 +76,7 @@ def find_scenes(
     pattern: str = BAND_FILE_PATTERN,
     *,
     bands: Sequence[str] | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError | ErrorPolicy = "raise",
     **scene_kwargs: Any,
 ) -> list[RasterScene]:
     """:class:`RasterScene` per group of :func:`group_band_files`; ``scene_kwargs`` go to each.
@@ -98,29 +95,26 @@ def stacked_scenes(
     root: str | Path,
     *,
     bands: Sequence[str] | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError | ErrorPolicy = "raise",
     **scene_kwargs: Any,
 ) -> list[RasterScene]:
     """One :class:`RasterScene` per multi-band raster: ``root`` itself, or each ``.tif``/``.tiff`` in it.
 
     Bands are named as :meth:`RasterScene.from_file` says (descriptions, else ``bands`` in order);
     ``scene_kwargs`` go to each scene. A raster that cannot be opened or lacks one of ``bands``
-    raises, or with ``on_error="skip"`` is left out with a warning that counts the skipped rasters.
+    raises, or with ``on_error="skip"`` is left out (see :mod:`~domainmae.data.errors`).
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    policy = as_policy(on_error)
+    since = len(policy.skipped)
     root = Path(root)
     paths = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"no GeoTIFF ({', '.join(sorted(TIFF_SUFFIXES))}) in {root}")
-    scenes, skipped = [], []
+    scenes = []
     for path in paths:
         try:
             scenes.append(RasterScene.from_file(path, bands, **scene_kwargs))
         except (RasterReadError, ValueError) as err:
-            if on_error == "raise":
-                raise
-            skipped.append(str(err))
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} of {len(paths)} rasters: " + "; ".join(skipped), stacklevel=2)
+            policy.handle(err)
+    policy.summarise(since, len(paths), f"rasters in {root}")
     return scenes

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..validity import valid_pixels
 from .sample import is_multisensor
-from .transforms import valid_pixels
 
 
 @dataclass(frozen=True)

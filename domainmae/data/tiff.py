@@ -17,7 +17,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from .fields import ErrorPolicy, Field, FieldError, OnError, as_policy, resolve_channels
+from .errors import ErrorPolicy, OnError, as_policy
+from .fields import Field, FieldError, resolve_channels
 from .samplers import Window
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -153,12 +154,14 @@ def load_data_fields(
     image is divided by. Relative ``PathName`` values are resolved against the manifest's folder.
     All ``Metadata_*`` columns go to ``meta`` as they are, with ``manifest``, ``row`` (1-based, header not
     counted) and the ``files``/``illum`` paths per channel. A row whose file is missing raises
-    ``FileNotFoundError`` naming the file and row, or is skipped and logged with ``on_error="skip"``.
+    ``FileNotFoundError`` naming the file and row, or is skipped with ``on_error="skip"`` (see
+    :mod:`~domainmae.data.errors`).
     With ``subsets``, ``channels`` is a vocabulary (see :func:`~domainmae.data.fields.resolve_channels`)
     and a row with an empty ``FileName_<X>`` cell is a field without channel ``<X>``.
     """
     manifest = Path(manifest)
     policy = as_policy(on_error)
+    since = len(policy.skipped)
     columns, rows = _read_table(manifest)
     suffixes = [c.removeprefix("FileName_") for c in columns if c.startswith("FileName_")]
     suffixes = [s for s in suffixes if f"PathName_{s}" in columns]
@@ -189,6 +192,7 @@ def load_data_fields(
         if any(illums):
             meta["illum"] = {name: str(path) for name, path in zip(row_names, illums) if path}
         fields.append(ChannelFilesField(key, row_names, meta, files, illums))
+    policy.summarise(since, len(rows), f"rows of {manifest}")
     return fields
 
 
@@ -226,6 +230,7 @@ def pattern_fields(
     unless ``subsets`` makes ``channels`` a vocabulary: then a field holds the channels it has files for.
     """
     folder, regex, policy = Path(folder), re.compile(pattern), as_policy(on_error)
+    since = len(policy.skipped)
     if "channel" not in regex.groupindex:
         raise ValueError(f"pattern {pattern!r} has no (?P<channel>...) group")
     groups: dict[tuple[tuple[str, str], ...], dict[str, Path]] = {}
@@ -255,6 +260,7 @@ def pattern_fields(
         files, field_names = [path for path, _ in have], tuple(name for _, name in have)
         meta = {**dict(ident), "files": dict(zip(field_names, map(str, files)))}
         fields.append(ChannelFilesField(key, field_names, meta, files, [None] * len(files)))
+    policy.summarise(since, len(groups), f"fields in {folder}")
     return fields
 
 
@@ -318,6 +324,7 @@ def stack_fields(
     the ``channels``).
     """
     policy = as_policy(on_error)
+    since = len(policy.skipped)
     fields = []
     for path in map(Path, paths):
         try:
@@ -330,4 +337,5 @@ def stack_fields(
         names, index = resolve_channels(found or count, str(path), channel_map, channels, subsets)
         meta = {"files": {"stack": str(path)}, "axes": layout}
         fields.append(TiffStackField(str(path), names, meta, path, layout, index))
+    policy.summarise(since, len(paths), "TIFF stacks")
     return fields

@@ -15,6 +15,7 @@ import albumentations as A
 import numpy as np
 import torch
 
+from ..validity import valid_pixels
 from .sample import Sample, is_multisensor
 
 
@@ -24,16 +25,6 @@ def as_float_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         # numpy converts every dtype (uint16 included, which torch supports only partly) without overflow.
         return torch.from_numpy(np.asarray(image, dtype=np.float32))
     return image.float()
-
-
-def valid_pixels(image: torch.Tensor, valid: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
-    """The pixels of ``image`` ``[C, H, W]`` that may enter statistics and the loss: bool ``[C, H, W]``.
-
-    A pixel is valid where ``valid`` (``[H, W]`` or ``[C, H, W]``; None = all) says so AND it is finite:
-    NaN/inf is how float files mark nodata, and one such value would make every statistic and loss NaN.
-    """
-    finite = torch.isfinite(image)
-    return finite if valid is None else finite & torch.as_tensor(valid, dtype=torch.bool)
 
 
 def _per_channel(

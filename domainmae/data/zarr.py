@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .fields import ErrorPolicy, Field, FieldError, OnError, as_policy, resolve_channels
+from .errors import ErrorPolicy, OnError, as_policy
+from .fields import Field, FieldError, resolve_channels
 from .samplers import Window
 
 
@@ -76,7 +77,11 @@ def zarr_fields(
         return _plain_fields(path, node, naming)
     ome = node.attrs.get("ome", node.attrs)  # 0.5 nests OME metadata under "ome"; 0.4 keeps it top level
     if "plate" in ome:
-        return _plate_fields(path, node, ome["plate"], naming, as_policy(on_error))
+        policy = as_policy(on_error)
+        since = len(policy.skipped)
+        fields = _plate_fields(path, node, ome["plate"], naming, policy)
+        policy.summarise(since, None, f"wells or fields of OME-Zarr plate {path}")
+        return fields
     if "multiscales" in ome:
         return [_image_field(path, "", node, {}, naming)]
     arrays = sorted(node.arrays(), key=lambda item: item[0])

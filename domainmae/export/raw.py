@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..validity import expand_valid
+
 STATS = ("mean", "std", "p5", "p25", "p50", "p75", "p95")
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -34,8 +36,7 @@ def with_invalid_as_nan(batch: dict[str, Any]) -> dict[str, Any]:
     def masked(image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None:
             return image
-        mask = mask.unsqueeze(1) if mask.dim() == 3 else mask  # [B, H, W] masks every channel
-        return image.float().masked_fill(~mask.expand_as(image), float("nan"))
+        return image.float().masked_fill(~expand_valid(mask, image.shape), float("nan"))
 
     if isinstance(images, dict):
         images = {k: masked(v, valid.get(k)) for k, v in images.items()}

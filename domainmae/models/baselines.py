@@ -24,6 +24,8 @@ import torch
 from scipy import sparse
 from scipy.sparse.linalg import spsolve
 
+from ..validity import valid_pixels
+
 BASELINES = ("mean", "interpolation", "linear")
 
 
@@ -85,9 +87,7 @@ def channel_gram(images: torch.Tensor, valid: torch.Tensor | None = None) -> tor
         images: reference ``[B, C, H, W]`` with all channels known.
         valid: ``[B, H, W]`` or ``[B, C, H, W]`` bool, or None.
     """
-    ok = images.isfinite().all(dim=1)
-    if valid is not None:
-        ok &= valid.all(dim=1) if valid.dim() == 4 else valid
+    ok = valid_pixels(images, valid).all(dim=1)
     x = images.double().movedim(1, -1)[ok]  # [pixels, C]
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
     return x.T @ x

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..validity import expand_valid
 from .embed import ChannelLike, ChannelSpec
 
 
@@ -48,19 +49,6 @@ def _per_sensor(value, sensors: Mapping, what: str) -> dict:
     return {next(iter(sensors)): value}
 
 
-def _valid_mask(valid: torch.Tensor, images: torch.Tensor, sensor: str) -> torch.Tensor:
-    """``[B, H, W]``, ``[B, 1, H, W]`` or ``[B, C, H, W]`` -> bool ``[B, C, H, W]``."""
-    if valid.dim() == 3:
-        valid = valid.unsqueeze(1)
-    b, c, h, w = images.shape
-    if valid.dim() != 4 or valid.shape[0] != b or valid.shape[-2:] != (h, w) or valid.shape[1] not in (1, c):
-        raise ValueError(
-            f"sensor {sensor!r}: valid mask of shape {tuple(valid.shape)} does not fit images {tuple(images.shape)}; "
-            "use [B, H, W] or [B, C, H, W]"
-        )
-    return valid.to(torch.bool).expand(b, c, h, w)
-
-
 def sensor_inputs(
     sensors: Mapping[str, int | Sequence[ChannelSpec]],
     images: torch.Tensor | Mapping[str, torch.Tensor],
@@ -96,7 +84,8 @@ def sensor_inputs(
             if len(names) != x.shape[1]:
                 raise ValueError(f"sensor {name!r}: images have {x.shape[1]} channels but {len(names)} channel names were given")
         v = valid.get(name)
-        out.append(SensorInput(name, x, names, None if v is None else _valid_mask(v, x, name)))
+        # Only the given mask: NaN pixels the mask leaves valid are the caller's (readers and normalisers fill them).
+        out.append(SensorInput(name, x, names, None if v is None else expand_valid(v, x.shape, f"sensor {name!r}")))
     batches = {inp.images.shape[0] for inp in out}
     if len(batches) > 1:
         raise ValueError(f"sensors have different batch sizes: { {i.name: i.images.shape[0] for i in out} }")

@@ -20,6 +20,7 @@ from ..models.baselines import BASELINES, interpolate_visible, linear_from_chann
 from ..models.inputs import SensorInput
 from ..models.losses import normalize_patches, reconstruction_loss
 from ..models.patches import unpatchify, unpatchify_channels
+from ..validity import valid_pixels
 
 Images = torch.Tensor | Mapping[str, torch.Tensor]
 
@@ -51,7 +52,7 @@ def baseline_images(
     images = torch.cat([inp.images.float() for inp in inputs], dim=1)
     visible = torch.cat([
         ~hidden_pixels(masks[inp.name], inp, model.patch_size, grid)
-        & inp.images.isfinite() & (True if inp.valid is None else inp.valid)
+        & valid_pixels(inp.images, inp.valid)
         for inp in inputs
     ], dim=1)  # fmt: skip
     made = {"mean": lambda: mean_of_visible(images, visible), "interpolation": lambda: interpolate_visible(images, visible),
