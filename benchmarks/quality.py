@@ -126,7 +126,8 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     per_step, startup = time_pretraining(recipe, work / "calibration")
     start = time.perf_counter()
     # The raw statistics depend on the data and its normalisation only: one table serves every run.
-    raw = embed_crops(work / "calibration", work / "raw.parquet", args.pool, "raw")
+    pools = args.pool.split(",")
+    raw = embed_crops(work / "calibration", work / "raw.parquet", "mean", "raw")
     embed_s = time.perf_counter() - start
     # Per seed and step count: the model's and the random-init embeddings, and 4 folds x 2 probe fits (~1 s).
     schedule = [int(s) for s in args.steps.split(",")] if args.steps else None
@@ -138,33 +139,37 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
 
     rows: list[dict[str, Any]] = []
     for seed in seeds:
-        random_init = embed_crops(work / "calibration", work / f"random-seed{seed}.parquet", args.pool, "random", seed)
+        random_init = {pool: embed_crops(work / "calibration", work / f"random-{pool}-seed{seed}.parquet", pool,
+                                         "random", seed) for pool in pools}  # fmt: skip
         for steps in steps_list:
             run = work / f"run-seed{seed}-steps{steps}"
             shutil.rmtree(run, ignore_errors=True)
             pretrain(mitosis_recipe(manifest, args.crop, seed, args.batch, args.set), output=run, max_steps=steps,
                      quiet=True)  # fmt: skip
             loss = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
-            table = embed_crops(run, work / f"model-seed{seed}-steps{steps}.parquet", args.pool)
-            folds = [{"seed": seed, "steps": steps, **row} for row in probe_folds(table, [raw, random_init])]
-            rows += folds
-            means = pd.DataFrame(folds).query("probe == 'linear-balanced'").groupby("features").macro_f1.mean()
-            print(f"seed {seed}, {steps} steps: loss {loss:.4f}; balanced linear macro-F1 (mean of folds) "
-                  + ", ".join(f"{f} {means[f]:.3f}" for f in FEATURES)
-                  + f"; {time.perf_counter() - began:.0f} s so far", flush=True)  # fmt: skip
+            for pool in pools:
+                table = embed_crops(run, work / f"model-{pool}-seed{seed}-steps{steps}.parquet", pool)
+                folds = [{"seed": seed, "steps": steps, "pool": pool, **row}
+                         for row in probe_folds(table, [raw, random_init[pool]])]  # fmt: skip
+                rows += folds
+                means = pd.DataFrame(folds).query("probe == 'linear-balanced'").groupby("features")
+                print(f"seed {seed}, {steps} steps, pool {pool}: loss {loss:.4f}; balanced linear (mean of folds) "
+                      + ", ".join(f"{f} {means.macro_f1.mean()[f]:.3f}/{means.balanced_accuracy.mean()[f]:.3f}"
+                                  for f in FEATURES)
+                      + f" (macro-F1/bal. acc.); {time.perf_counter() - began:.0f} s so far", flush=True)  # fmt: skip
 
     scores = pd.DataFrame(rows)
     # Per seed the mean over the leave-one-field-out folds; then mean and spread over seeds.
-    per_seed = scores.groupby(["steps", "features", "probe", "seed"])[list(METRICS)].mean().reset_index()
+    per_seed = scores.groupby(["steps", "pool", "features", "probe", "seed"])[list(METRICS)].mean().reset_index()
     print(f"\nmitosis (pH3+) from DNA+actin crops, leave-one-field-out ({len(counts)} folds), {len(seeds)} seed(s) "
           f"{seeds}: mean over folds, then mean ± sd over seeds")  # fmt: skip
-    print(f"{'steps':>6}  {'features':<10}{'probe':<17}" + "".join(f"{m:>24}" for m in METRICS))
-    for (steps, features, probe), group in per_seed.groupby(["steps", "features", "probe"], sort=False):
-        print(f"{steps:>6}  {features:<10}{probe:<17}"
+    print(f"{'steps':>6}  {'pool':<10}{'features':<10}{'probe':<17}" + "".join(f"{m:>24}" for m in METRICS))
+    for (steps, pool, features, probe), group in per_seed.groupby(["steps", "pool", "features", "probe"], sort=False):
+        print(f"{steps:>6}  {pool:<10}{features:<10}{probe:<17}"
               + "".join(f"{spread(group[m].tolist()):>24}" for m in METRICS))  # fmt: skip
-    last = scores[(scores.steps == steps_list[-1]) & (scores.probe == "linear-balanced")]
+    last = scores[(scores.steps == steps_list[-1]) & (scores.probe == "linear-balanced") & (scores.pool == pools[0])]
     by_field = last.pivot_table(index="field", columns="features", values="macro_f1")
-    print(f"\nbalanced linear macro-F1 per held-out field at {steps_list[-1]} steps (mean over seeds)\n"
+    print(f"\nbalanced linear macro-F1 per held-out field at {steps_list[-1]} steps, pool {pools[0]} (mean over seeds)\n"
           + by_field[list(FEATURES)].round(3).to_string())  # fmt: skip
     wall = time.perf_counter() - began
     print(f"\nwall time {wall:.0f} s (budget {budget:.0f} s, used to plan the steps when --steps is not given)")
@@ -202,33 +207,40 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
     recipe = eo_recipe(0, args.set)
     bands = {sensor: [b["name"] if isinstance(b, dict) else b for b in listed]
              for sensor, listed in recipe.data.sensors.items()}  # fmt: skip
-    per_step, startup = time_pretraining(recipe, work / "calibration")
-    start = time.perf_counter()
-    eo_scores(work / "calibration", bands, args.samples, 0)
-    score_s = time.perf_counter() - start
-    steps = int(args.steps) if args.steps else plan_steps(args, began, seeds, per_step, startup + score_s)
-    print(f"calibration: {per_step:.2f} s/step (batch {recipe.train.batch_size}), start-up {startup:.1f} s, "
-          f"scoring {score_s:.1f} s; {steps} pretraining steps per seed", flush=True)  # fmt: skip
+    if args.steps:  # given: no timing run
+        steps_list = [int(s) for s in args.steps.split(",")]
+    else:
+        per_step, startup = time_pretraining(recipe, work / "calibration")
+        start = time.perf_counter()
+        eo_scores(work / "calibration", bands, args.samples, 0)
+        score_s = time.perf_counter() - start
+        steps_list = [plan_steps(args, began, seeds, per_step, startup + score_s)]
+        print(f"calibration: {per_step:.2f} s/step (batch {recipe.train.batch_size}), start-up {startup:.1f} s, "
+              f"scoring {score_s:.1f} s; {steps_list[0]} pretraining steps per seed", flush=True)  # fmt: skip
     rows = []
     for seed in seeds:
-        run = work / f"run-seed{seed}"
-        shutil.rmtree(run, ignore_errors=True)
-        pretrain(eo_recipe(seed, args.set), output=run, max_steps=steps, quiet=True)
-        for case, scores in eo_scores(run, bands, args.samples, seed).items():
-            rows += [{"seed": seed, "case": case, "predictor": p, "mse": v} for p, v in scores.items()]
-        print(f"seed {seed} done; {time.perf_counter() - began:.0f} s so far", flush=True)
+        for steps in steps_list:
+            run = work / f"run-seed{seed}-steps{steps}"
+            shutil.rmtree(run, ignore_errors=True)
+            pretrain(eo_recipe(seed, args.set), output=run, max_steps=steps, quiet=True)
+            for case, scores in eo_scores(run, bands, args.samples, seed).items():
+                rows += [{"seed": seed, "steps": steps, "case": case, "predictor": p, "mse": v}
+                         for p, v in scores.items()]  # fmt: skip
+            print(f"seed {seed}, {steps} steps done; {time.perf_counter() - began:.0f} s so far", flush=True)
     table = pd.DataFrame(rows)
     print(f"\nEO reconstruction, BigEarthNet S2+S1 demo patches ({args.samples} crops of the training patches, the "
-          f"same masks for every predictor), {len(seeds)} seed(s) {seeds}, {steps} steps: MSE in standardised units, "
+          f"same masks for every predictor), {len(seeds)} seed(s) {seeds}: MSE in standardised units, "
           "mean ± sd over seeds (n/a: the baseline has no prediction there)")  # fmt: skip
     predictors = list(dict.fromkeys(table.predictor))
-    print(f"{'case':<14}" + "".join(f"{p:>20}" for p in predictors))
-    for case, group in table.groupby("case", sort=False):
+    print(f"{'steps':>6}  {'case':<14}" + "".join(f"{p:>20}" for p in predictors))
+    for (steps, case), group in table.groupby(["steps", "case"], sort=False):
         cells = [group[group.predictor == p].mse.tolist() for p in predictors]
-        print(f"{case:<14}" + "".join(f"{'n/a' if None in c or any(pd.isna(c)) else spread(c):>20}" for c in cells))
+        print(f"{steps:>6}  {case:<14}"
+              + "".join(f"{'n/a' if None in c or any(pd.isna(c)) else spread(c):>20}" for c in cells))  # fmt: skip
     wall = time.perf_counter() - began
-    print(f"\nwall time {wall:.0f} s of a {args.budget_minutes * 60:.0f} s budget")
-    summary = {"set": args.set, "seeds": seeds, "steps": steps, "samples": args.samples, "wall_s": wall, "scores": rows}
+    print(f"\nwall time {wall:.0f} s (budget {args.budget_minutes * 60:.0f} s, used to plan the steps when --steps "
+          "is not given)")  # fmt: skip
+    summary = {"set": args.set, "seeds": seeds, "steps": steps_list, "samples": args.samples, "wall_s": wall, "scores": rows}
     (work / "eo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -242,16 +254,17 @@ def main() -> None:
     run.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock budget of the whole run")
     run.add_argument("--seeds", default="0,1,2", help="comma-separated pretraining seeds (default 0,1,2)")
     run.add_argument("--steps", default=None,
-                     help="pretraining steps per seed (default: from the budget); mitosis: a comma-separated list "
-                          "gives a curve, one full run per count")  # fmt: skip
+                     help="pretraining steps per seed (default: from the budget); a comma-separated list gives a "
+                          "curve, one full run per count")  # fmt: skip
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="recipe override for an ablation row, e.g. data.normalize=stats (repeatable)")
     m = commands.add_parser("mitosis", parents=[run],
                             help="pH3+ nuclei from DNA+actin crops of the bundled fly/human fields")  # fmt: skip
     m.add_argument("--batch", type=int, default=64, help="pretraining batch (default 64)")
     m.add_argument("--crop", type=int, default=32, help="crop size in pixels, a multiple of 8 (default 32)")
-    m.add_argument("--pool", default="mean", choices=["mean", "cls", "channels"],
-                   help="pooled embedding probed (model and random init; default mean)")
+    m.add_argument("--pool", default="mean",
+                   help="comma-separated pooled embeddings probed (mean, cls, channels; model and random init; "
+                        "default mean)")  # fmt: skip
     m.add_argument("--k", type=float, default=3.0, help="pH3+ above median + k*MAD of the field (default 3)")
     e = commands.add_parser("eo-reconstruction", parents=[run],
                             help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")  # fmt: skip
