@@ -27,7 +27,7 @@ from .build import microscopy_fields, sentinel_scenes
 from .multisensor import MultiSensorScene
 from .raster import RasterScene
 from .scenes import BAND_FILE_PATTERN, find_scenes
-from .tiff import TIFF_SUFFIXES, TiffStackField, _stack_layout, load_data_fields, pattern_fields, stack_fields
+from .tiff import TIFF_SUFFIXES, TiffStackField, load_data_fields, pattern_fields, stack_fields, stack_layout
 from .zarr import zarr_fields
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -112,7 +112,7 @@ def _stacks(paths: Sequence[Path]) -> list[TiffStackField]:
             f"{paths[0]} is a single-plane TIFF ({series.shape[0]}x{series.shape[1]} {series.dtype}); "
             "inspect its folder to group per-channel files into fields"
         )
-    _, count, names = _stack_layout(paths[0], series, ome, None)
+    _, count, names = stack_layout(paths[0], series, ome, None)
     return stack_fields(paths, channels=None if names else _unnamed(count))
 
 
