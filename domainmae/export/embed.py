@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import __version__
-from ..data.build import microscopy_fields, normalizer, sentinel_scenes
 from ..data.fields import FieldCrops
 from ..data.geo import SceneWindows
 from ..data.loader import TransformedItems, collate_samples
 from ..models import MaskedAutoencoder, create_model
 from ..models.mae import POOLS
+from ..pipeline import microscopy_fields, normalizer, sentinel_scenes
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import Trained, load_trained, resolve_device
 from .raw import STATS, raw_feature_names, raw_features, with_invalid_as_nan

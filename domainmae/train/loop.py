@@ -24,9 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..atomic import atomic_path
-from ..data.build import TrainingData, build_training_data, training_loader
 from ..data.loader import chunk_rows, skipped_reads
 from ..models import MaskedAutoencoder, create_model, load_pretrained
+from ..pipeline import TrainingData, build_training_data, training_loader
 from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
 from ..viz import reconstruction_images, save_reconstruction_grid
 from .checkpoint import LAST, prune_checkpoints, read_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -243,8 +243,11 @@ class Trainer:
         # finish; a second one (or any other KeyboardInterrupt) leaves the last checkpoint as it is.
         try:
             with StopRequests() as stop:  # before iter(): forked DataLoader workers inherit the handlers
-                batches = iter(training_loader(self.data, self.recipe, self.info, start_step=self.step,
-                                               total_steps=self.total_steps, micro=self.micro))  # fmt: skip
+                batches = iter(training_loader(
+                    self.data, self.recipe, rank=self.info.rank, world=self.info.world,
+                    pin_memory=self.info.device.type == "cuda", start_step=self.step, total_steps=self.total_steps,
+                    micro=self.micro,
+                ))  # fmt: skip
                 while self.step < self.total_steps:
                     start = time.perf_counter()
                     step_batches = [_to(next(batches), self.info.device) for _ in range(self.micro)]

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ..data.build import TrainingData, build_training_data
 from ..data.loader import collate_samples, sample_seed
 from ..models import MaskedAutoencoder, Masking, masking_from_scores
 from ..models.baselines import channel_gram
 from ..models.masking import num_keep
+from ..pipeline import TrainingData, build_training_data
 from ..recipes import resolve_recipe
 from ..runtime import Trained, load_trained
 from ..viz import reconstruction_images, save_reconstruction_grid
