@@ -6,8 +6,8 @@ import torch
 
 import domainmae
 from domainmae.data.loader import StepBatchSampler, collate_samples
+from domainmae.runtime import RunDir
 from domainmae.train.checkpoint import (
-    LAST,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -42,7 +42,7 @@ def test_lr_scaling_and_warmup_cosine_shape():
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     model = domainmae.create_model("vit_tiny", channels=["DNA"], **TINY)
     state = {"model_config": model.config.to_dict(), "model": model.state_dict(), "step": 1}
-    path = save_checkpoint(tmp_path / "checkpoints" / LAST, state)
+    path = save_checkpoint(RunDir(tmp_path).last, state)
 
     def crash(obj, f, *args, **kwargs):
         with open(f, "wb") as handle:
@@ -56,7 +56,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     loaded, ckpt = load_checkpoint(tmp_path)  # a run directory resolves to checkpoints/last.ckpt
     assert ckpt["step"] == 1
     torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [LAST]  # no temp files left behind
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]  # no temp files left behind
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
@@ -69,10 +69,12 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 
 
 def test_prune_keeps_newest(tmp_path):
+    run = RunDir(tmp_path)
+    run.checkpoints.mkdir()
     for step in (10, 20, 30, 40):
-        (tmp_path / f"step_{step:08d}.ckpt").write_bytes(b"x")
-    prune_checkpoints(tmp_path, 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030.ckpt", "step_00000040.ckpt"]
+        run.checkpoint(step).write_bytes(b"x")
+    prune_checkpoints(run, 2)
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step_00000030.ckpt", "step_00000040.ckpt"]
 
 
 def _keys(sampler):
