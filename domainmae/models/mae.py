@@ -24,7 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .embed import ChannelEmbedding, ChannelLike, channel_specs, patch_embedder
-from .inputs import SensorInput, sensor_inputs
+from .inputs import SensorInput, sensor_inputs, split_tokens
 from .losses import reconstruction_loss
 from .masking import Masking, masking_from_scores, num_keep, sample_masking
 from .patches import grid_size, patchify, patchify_channels
@@ -217,17 +217,41 @@ class MaskedAutoencoder(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """Latent ``[B, 1 + K, D]`` -> decoded tokens ``[B, L, D_dec]`` in original order (no cls)."""
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, inputs: list[SensorInput], grid: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """Latent ``[B, 1 + K, D]`` -> predicted pixels ``{sensor: [B, L_s, P_s]}`` in original token order."""
         x = self.decoder_embed(latent)
         b, length = ids_restore.shape
         mask_tokens = self.mask_token.expand(b, length - (x.shape[1] - 1), -1)
         x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)
         x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # unshuffle
-        x = torch.cat([x[:, :1], x_ + embeddings], dim=1)
+        x = torch.cat([x[:, :1], x_ + self.decoder_embeddings(inputs, grid)], dim=1)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_norm(x)[:, 1:]
+        decoded = split_tokens(self.decoder_norm(x)[:, 1:], inputs, grid)
+        return {name: self.decoder_pred[name](tokens) for name, tokens in decoded.items()}
+
+    def targets(self, inp: SensorInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token target pixels ``[B, L_s, P]`` and valid pixels (same shape) of one sensor."""
+        to_tokens = patchify if inp.channels is None else patchify_channels
+        valid = None if inp.valid is None else to_tokens(inp.valid.float(), self.patch_size) > 0.5
+        return to_tokens(inp.images.float(), self.patch_size), valid
+
+    def forward_loss(
+        self, inputs: list[SensorInput], preds: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss and ``{sensor: loss}``: per sensor, ``preds`` ``[B, L_s, P_s]`` against its
+        patchified images on the masked (``masks`` ``[B, L_s]``, 1 = removed), valid tokens; summed
+        over sensors so each sensor weighs the same whatever its token count."""
+        losses = {}
+        for inp in inputs:
+            target, valid = self.targets(inp)
+            losses[inp.name] = reconstruction_loss(
+                preds[inp.name].float(), target, masks[inp.name], patch_size=self.patch_size, valid=valid,
+                norm_pix=self.norm_pix_loss, fourier_weight=self.fourier_weight,
+            )  # fmt: skip
+        return torch.stack(list(losses.values())).sum(), losses
 
     def forward(
         self,
@@ -257,29 +281,13 @@ class MaskedAutoencoder(nn.Module):
                 inputs, grid, mask_ratio=mask_ratio, strategy=mask_strategy, noise=noise, generator=generator
             )
         latent = self.forward_encoder(self.tokenize(inputs, grid), masking)
-        decoded = self.forward_decoder(latent, masking.ids_restore, self.decoder_embeddings(inputs, grid))
-
-        sizes = [inp.token_channels * grid[0] * grid[1] for inp in inputs]
-        preds, masks, losses = {}, {}, {}
-        for inp, x, mask in zip(inputs, decoded.split(sizes, dim=1), masking.mask.split(sizes, dim=1)):
-            pred = self.decoder_pred[inp.name](x)
-            target, valid_px = self.targets(inp)
-            losses[inp.name] = reconstruction_loss(
-                pred.float(), target, mask, patch_size=self.patch_size, valid=valid_px,
-                norm_pix=self.norm_pix_loss, fourier_weight=self.fourier_weight,
-            )  # fmt: skip
-            preds[inp.name], masks[inp.name] = pred, mask
-        loss = torch.stack(list(losses.values())).sum()
+        preds = self.forward_decoder(latent, masking.ids_restore, inputs, grid)
+        masks = split_tokens(masking.mask, inputs, grid)
+        loss, losses = self.forward_loss(inputs, preds, masks)
         if not self.multi_sensor:
             (name,) = self.sensors
             return MAEOutput(loss, preds[name], masks[name], losses, masking)
         return MAEOutput(loss, preds, masks, losses, masking)
-
-    def targets(self, inp: SensorInput) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token target pixels ``[B, L_s, P]`` and valid pixels (same shape) of one sensor."""
-        to_tokens = patchify if inp.channels is None else patchify_channels
-        valid = None if inp.valid is None else to_tokens(inp.valid.float(), self.patch_size) > 0.5
-        return to_tokens(inp.images.float(), self.patch_size), valid
 
     # --------------------------------------------------------------- embedding
     def embed(
