@@ -18,8 +18,8 @@ def model():
 def test_runs_on_any_subset_and_order(model, names):
     imgs = torch.randn(2, len(names), 32, 32)
     out = model(imgs, channels=names)
-    assert out.pred.shape == (2, len(names) * 16, 64)
-    assert out.mask.shape == (2, len(names) * 16)
+    assert out.pred["image"].shape == (2, len(names) * 16, 64)
+    assert out.mask["image"].shape == (2, len(names) * 16)
     assert torch.isfinite(out.loss)
     assert model.embed(imgs, channels=names).shape == (2, 32)
     assert model.embed_patches(imgs, channels=names).shape == (2, 4, 4, 32)
@@ -110,5 +110,5 @@ def test_unseen_band_embeds_by_wavelength():
 def test_rectangular_images_other_than_img_size(model):
     imgs = torch.randn(1, 2, 48, 24)
     out = model(imgs, channels=["DNA", "RNA"])
-    assert out.pred.shape == (1, 2 * 18, 64)
+    assert out.pred["image"].shape == (1, 2 * 18, 64)
     assert model.embed_patches(imgs, channels=["DNA", "RNA"]).shape == (1, 6, 3, 32)

@@ -68,9 +68,9 @@ def test_standard_mae_equals_reference():
     tokens = flat @ weight.T + kernel.bias + pos
     loss, pred = reference_forward(model, tokens, flat, noise, 0.75)
 
-    torch.testing.assert_close(out.pred, pred, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pred["image"], pred, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=1e-5)
-    assert out.mask.sum(1).tolist() == [12, 12]
+    assert out.mask["image"].sum(1).tolist() == [12, 12]
 
 
 def test_channel_agnostic_mae_equals_reference():
@@ -90,7 +90,7 @@ def test_channel_agnostic_mae_equals_reference():
         tokens[:, c * 16 : (c + 1) * 16] += embed.channel_embed.learned[c]
     loss, pred = reference_forward(model, tokens, targets, noise, 0.75)
 
-    torch.testing.assert_close(out.pred, pred, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pred["image"], pred, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=1e-5)
 
 
@@ -101,7 +101,7 @@ def test_norm_pix_loss_matches_reference_formula():
     out = model(imgs, noise=noise)
     target = loop_patchify(imgs, 8)
     target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
-    expected = (((out.pred - target) ** 2).mean(-1) * out.mask).sum() / out.mask.sum()
+    expected = (((out.pred["image"] - target) ** 2).mean(-1) * out.mask["image"]).sum() / out.mask["image"].sum()
     torch.testing.assert_close(out.loss, expected)
 
 
@@ -110,11 +110,11 @@ def test_gradient_reaches_only_masked_predictions(kind):
     extra = {"in_chans": 3} if kind == "standard" else {"channels": ["a", "b", "c"]}
     model = domainmae.create_model("vit_tiny", **extra, **TINY)
     out = model(torch.randn(2, 3, 32, 32))
-    out.pred.retain_grad()
+    out.pred["image"].retain_grad()
     out.loss.backward()
-    grad_norm = out.pred.grad.abs().sum(-1)
-    assert torch.all(grad_norm[out.mask == 0] == 0)
-    assert torch.all(grad_norm[out.mask == 1] > 0)
+    grad_norm = out.pred["image"].grad.abs().sum(-1)
+    assert torch.all(grad_norm[out.mask["image"] == 0] == 0)
+    assert torch.all(grad_norm[out.mask["image"] == 1] > 0)
 
 
 def test_same_noise_same_result_and_encoder_sees_only_visible_tokens():
@@ -122,10 +122,10 @@ def test_same_noise_same_result_and_encoder_sees_only_visible_tokens():
     imgs = torch.randn(2, 3, 32, 32)
     noise = torch.rand(2, 16)
     a, b = model(imgs, noise=noise), model(imgs, noise=noise)
-    torch.testing.assert_close(a.pred, b.pred)
+    torch.testing.assert_close(a.pred["image"], b.pred["image"])
     # Changing the pixels of a masked patch must not change any prediction.
-    masked = int(torch.nonzero(a.mask[0])[0])
+    masked = int(torch.nonzero(a.mask["image"][0])[0])
     row, col = divmod(masked, 4)
     changed = imgs.clone()
     changed[0, :, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] += 10
-    torch.testing.assert_close(model(changed, noise=noise).pred, a.pred)
+    torch.testing.assert_close(model(changed, noise=noise).pred["image"], a.pred["image"])

@@ -36,16 +36,16 @@ POOLS = ("mean", "cls", "channels")
 
 @dataclass
 class MAEOutput:
-    """Result of a masked forward pass.
+    """Result of a masked forward pass, keyed by sensor for every model (a single-sensor model's one
+    sensor is ``next(iter(model.sensors))``, ``"image"`` for models from ``create_model``).
 
-    ``pred`` and ``mask`` are tensors for single-sensor models and ``{sensor: tensor}`` for
-    multi-sensor ones: ``pred`` ``[B, L_s, P]`` per-token pixels, ``mask`` ``[B, L_s]`` (1 = removed).
+    ``pred`` ``{sensor: [B, L_s, P]}`` per-token pixels, ``mask`` ``{sensor: [B, L_s]}`` (1 = removed).
     ``loss`` is the sum over sensors of ``losses[sensor]``, each a mean over its masked tokens.
     """
 
     loss: torch.Tensor
-    pred: torch.Tensor | dict[str, torch.Tensor]
-    mask: torch.Tensor | dict[str, torch.Tensor]
+    pred: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor]
     losses: dict[str, torch.Tensor]
     masking: Masking
 
@@ -284,9 +284,6 @@ class MaskedAutoencoder(nn.Module):
         preds = self.forward_decoder(latent, masking.ids_restore, inputs, grid)
         masks = split_tokens(masking.mask, inputs, grid)
         loss, losses = self.forward_loss(inputs, preds, masks)
-        if not self.multi_sensor:
-            (name,) = self.sensors
-            return MAEOutput(loss, preds[name], masks[name], losses, masking)
         return MAEOutput(loss, preds, masks, losses, masking)
 
     # --------------------------------------------------------------- embedding

@@ -121,8 +121,7 @@ def score_batch(
     parts = []
     for start in range(0, batch, chunk):
         rows = slice(start, start + chunk)
-        out = model(take_rows(images, rows), channels, valid=take_rows(valid, rows), masking=masking.rows(rows))
-        parts.append(out.pred if isinstance(out.pred, dict) else {inputs[0].name: out.pred})
+        parts.append(model(take_rows(images, rows), channels, valid=take_rows(valid, rows), masking=masking.rows(rows)).pred)
     preds = {"model": {inp.name: torch.cat([p[inp.name] for p in parts]).float() for inp in inputs}}
     for name, per_sensor in baseline_images(model, inputs, masks, grid, gram).items():
         # Baselines predict pixels: into tokens (and standardised patches) the way the loss sees the target.
