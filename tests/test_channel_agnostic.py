@@ -98,7 +98,7 @@ def test_unknown_channel_names_the_vocabulary(model):
 def test_unseen_band_embeds_by_wavelength():
     bands = [{"name": "B02", "wavelength": 490}, {"name": "B04", "wavelength": 665}, {"name": "B08", "wavelength": 842}]
     model = domainmae.create_model("vit_tiny", channels=bands, **TINY).eval()
-    codes = model.patch_embed.image.channel_embed
+    codes = model.patch_embed.channel_embed
     # B05 (705 nm) was never in the vocabulary; its code sits closer to B04 than to B02.
     b05 = codes([ChannelSpec("B05", 705.0)])[0]
     b02, b04 = codes(["B02", "B04"])

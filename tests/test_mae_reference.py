@@ -32,8 +32,7 @@ def reference_forward(model, tokens, targets, noise, ratio):
         x = torch.cat([latent[:1], x])[None]
         for blk in model.decoder_blocks:
             x = blk(x)
-        (head,) = model.decoder_pred.values()
-        pred = head(model.decoder_norm(x))[0, 1:]
+        pred = model.decoder_pred(model.decoder_norm(x))[0, 1:]
         preds.append(pred)
         for i in range(length):
             if i not in visible:
@@ -47,9 +46,8 @@ def reference_decoder_embed(model, length):
     pos = torch.tensor(numpy_reference_pos_embed(model.decoder_embed_dim, h, w), dtype=torch.float32)
     reps = length // (h * w)
     emb = pos.repeat(reps, 1)
-    if model.decoder_channel_embed:
-        (chan,) = model.decoder_channel_embed.values()
-        emb = emb + chan.learned.repeat_interleave(h * w, dim=0)
+    if model.decoder_channel_embed is not None:
+        emb = emb + model.decoder_channel_embed.learned.repeat_interleave(h * w, dim=0)
     return emb
 
 
@@ -61,7 +59,7 @@ def test_standard_mae_equals_reference():
 
     # Reference tokens: each patch's pixels through the kernel as a linear map.
     p = model.patch_size
-    kernel = model.patch_embed.image.proj
+    kernel = model.patch_embed.proj
     flat = loop_patchify(imgs, p)  # pixels (r, s, c)
     weight = kernel.weight.permute(0, 2, 3, 1).reshape(kernel.weight.shape[0], -1)
     pos = torch.tensor(numpy_reference_pos_embed(32, 4, 4), dtype=torch.float32)
@@ -80,7 +78,7 @@ def test_channel_agnostic_mae_equals_reference():
     noise = torch.rand(2, 3 * 16)
     out = model(imgs, channels=names, noise=noise)
 
-    embed = model.patch_embed.image
+    embed = model.patch_embed
     targets = patchify_channels(imgs, 8)
     weight = embed.proj.weight.reshape(embed.proj.weight.shape[0], -1)
     pos = torch.tensor(numpy_reference_pos_embed(32, 4, 4), dtype=torch.float32)

@@ -59,6 +59,19 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]  # no temp files left behind
 
 
+@pytest.mark.parametrize("tokens", [{"in_chans": 3}, {"channels": ["DNA", "ER"]}])
+def test_single_sensor_checkpoints_with_the_sensor_in_their_keys_still_load(tmp_path, tokens):
+    model = domainmae.create_model("vit_tiny", **tokens, **TINY)
+    assert {"patch_embed.proj.weight", "decoder_pred.weight"} <= set(model.state_dict())  # timm's names
+    # How single-sensor weights were named before: the sensor ("image") after each per-sensor part.
+    parts = ("patch_embed.", "decoder_channel_embed.", "decoder_pred.")
+    old = {next((f"{p}image.{k[len(p):]}" for p in parts if k.startswith(p)), k): v for k, v in model.state_dict().items()}
+    assert {"patch_embed.image.proj.weight", "decoder_pred.image.weight"} <= set(old)
+    save_checkpoint(tmp_path / "old.ckpt", {"model_config": model.config.to_dict(), "model": old, "step": 1})
+    loaded, _ = load_checkpoint(tmp_path / "old.ckpt")  # strict loading: every old key found its tensor
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+
+
 def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint in run directory"):
         load_checkpoint(tmp_path)

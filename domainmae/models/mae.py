@@ -50,6 +50,22 @@ class MAEOutput:
     masking: Masking
 
 
+#: Parts with one module per sensor; a single-sensor model holds its one module directly.
+SENSOR_PARTS = ("patch_embed", "decoder_channel_embed", "decoder_pred")
+
+
+def _drop_sensor_from_keys(model: MaskedAutoencoder, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook: single-sensor weights saved before they took timm's names
+    (``patch_embed.image.proj.weight``, now ``patch_embed.proj.weight``) load as they are."""
+    if model.multi_sensor:
+        return
+    (sensor,) = model.sensors
+    for part in SENSOR_PARTS:
+        old = f"{prefix}{part}.{sensor}."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[f"{prefix}{part}.{key[len(old):]}"] = state_dict.pop(key)
+
+
 def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.ModuleList:
     """timm ViT blocks (fused SDPA attention) configured as in the MAE reference."""
     norm = partial(nn.LayerNorm, eps=1e-6)
@@ -99,7 +115,7 @@ class MaskedAutoencoder(nn.Module):
         self.embed_dim, self.decoder_embed_dim = embed_dim, decoder_embed_dim
 
         # Encoder: per-sensor patch embedders, fixed 2-D sin-cos positions, cls token, ViT blocks.
-        self.patch_embed = nn.ModuleDict({n: patch_embedder(s, patch_size, embed_dim) for n, s in self.sensors.items()})
+        self.patch_embed = self._per_sensor({n: patch_embedder(s, patch_size, embed_dim) for n, s in self.sensors.items()})
         self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid), persistent=False)
         self.sensor_embed = nn.Parameter(torch.zeros(len(self.sensors), embed_dim)) if self.multi_sensor else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -111,7 +127,7 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.register_buffer("decoder_pos_embed", sincos_2d(decoder_embed_dim, self.grid), persistent=False)
-        self.decoder_channel_embed = nn.ModuleDict(
+        self.decoder_channel_embed = self._per_sensor(
             {n: ChannelEmbedding(s, decoder_embed_dim) for n, s in self.sensors.items() if not isinstance(s, int)}
         )
         self.decoder_sensor_embed = (
@@ -121,12 +137,25 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         # Pixels per token: p*p*C for stacked channels, p*p for a channel token.
         pixels = {n: patch_size**2 * (s if isinstance(s, int) else 1) for n, s in self.sensors.items()}
-        self.decoder_pred = nn.ModuleDict({n: nn.Linear(decoder_embed_dim, k) for n, k in pixels.items()})
+        self.decoder_pred = self._per_sensor({n: nn.Linear(decoder_embed_dim, k) for n, k in pixels.items()})
+        self.register_load_state_dict_pre_hook(_drop_sensor_from_keys)
         self.initialize_weights()
+
+    def _per_sensor(self, modules: dict[str, nn.Module]) -> nn.Module | None:
+        """``{sensor: module}`` as a ModuleDict; a single-sensor model keeps its one module (or None) directly,
+        so a standard MAE's weights carry timm's and the reference's names (``patch_embed.proj``)."""
+        return nn.ModuleDict(modules) if self.multi_sensor else next(iter(modules.values()), None)
+
+    def by_sensor(self, part: nn.Module | None) -> dict[str, nn.Module]:
+        """``{sensor: module}`` of one of :data:`SENSOR_PARTS` (e.g. ``model.by_sensor(model.patch_embed)``),
+        whether the model holds one module per sensor or, single-sensor, the module itself."""
+        if isinstance(part, nn.ModuleDict):
+            return dict(part.items())
+        return {} if part is None else {next(iter(self.sensors)): part}
 
     def initialize_weights(self) -> None:
         """Reference init: patch kernels as xavier-uniform linears, tokens/embeddings N(0, .02)."""
-        for embed in self.patch_embed.values():
+        for embed in self.by_sensor(self.patch_embed).values():
             w = embed.proj.weight.data
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         for p in (self.cls_token, self.mask_token, self.sensor_embed, self.decoder_sensor_embed):
@@ -154,7 +183,7 @@ class MaskedAutoencoder(nn.Module):
         pos = self._positions(self.pos_embed, grid)
         parts = []
         for inp in inputs:
-            embed = self.patch_embed[inp.name]
+            embed = self.by_sensor(self.patch_embed)[inp.name]
             x = embed(inp.images) if inp.channels is None else embed(inp.images, inp.channels)
             x = x + pos
             if self.sensor_embed is not None:
@@ -169,7 +198,7 @@ class MaskedAutoencoder(nn.Module):
         for inp in inputs:
             e = pos.expand(inp.token_channels, -1, -1)
             if inp.channels is not None:
-                e = e + self.decoder_channel_embed[inp.name](inp.channels)[:, None, :]
+                e = e + self.by_sensor(self.decoder_channel_embed)[inp.name](inp.channels)[:, None, :]
             if self.decoder_sensor_embed is not None:
                 e = e + self.decoder_sensor_embed[self.sensor_index[inp.name]]
             parts.append(e.flatten(0, 1))
@@ -230,7 +259,8 @@ class MaskedAutoencoder(nn.Module):
         for blk in self.decoder_blocks:
             x = blk(x)
         decoded = split_tokens(self.decoder_norm(x)[:, 1:], inputs, grid)
-        return {name: self.decoder_pred[name](tokens) for name, tokens in decoded.items()}
+        heads = self.by_sensor(self.decoder_pred)
+        return {name: heads[name](tokens) for name, tokens in decoded.items()}
 
     def targets(self, inp: SensorInput) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token target pixels ``[B, L_s, P]`` and valid pixels (same shape) of one sensor."""
