@@ -160,19 +160,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
                                   for f in FEATURES)
                       + f" (macro-F1/bal. acc.); {time.perf_counter() - began:.0f} s so far", flush=True)  # fmt: skip
 
-    scores = pd.DataFrame(rows)
-    # Per seed the mean over the leave-one-field-out folds; then mean and spread over seeds.
-    per_seed = scores.groupby(["steps", "pool", "features", "probe", "seed"])[list(METRICS)].mean().reset_index()
-    print(f"\nmitosis (pH3+) from DNA+actin crops, leave-one-field-out ({len(counts)} folds), {len(seeds)} seed(s) "
-          f"{seeds}: mean over folds, then mean ± sd over seeds")  # fmt: skip
-    print(f"{'steps':>6}  {'pool':<10}{'features':<10}{'probe':<17}" + "".join(f"{m:>24}" for m in METRICS))
-    for (steps, pool, features, probe), group in per_seed.groupby(["steps", "pool", "features", "probe"], sort=False):
-        print(f"{steps:>6}  {pool:<10}{features:<10}{probe:<17}"
-              + "".join(f"{spread(group[m].tolist()):>24}" for m in METRICS))  # fmt: skip
-    last = scores[(scores.steps == steps_list[-1]) & (scores.probe == "linear-balanced") & (scores.pool == pools[0])]
-    by_field = last.pivot_table(index="field", columns="features", values="macro_f1")
-    print(f"\nbalanced linear macro-F1 per held-out field at {steps_list[-1]} steps, pool {pools[0]} (mean over seeds)\n"
-          + by_field[list(FEATURES)].round(3).to_string())  # fmt: skip
+    print_mitosis(pd.DataFrame(rows))
     wall = time.perf_counter() - began
     print(f"\nwall time {wall:.0f} s (budget {budget:.0f} s, used to plan the steps when --steps is not given)")
     summary = {"set": args.set, "pool": args.pool, "counts": counts, "seeds": seeds,
@@ -180,6 +168,39 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
                "wall_s": wall, "budget_s": budget, "scores": rows}  # fmt: skip
     (work / "mitosis.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
+
+
+def print_mitosis(scores: pd.DataFrame) -> None:
+    """The score table (per seed the mean over the leave-one-field-out folds, then mean ± sd over seeds) and
+    the balanced probe's macro-F1 per held-out field at the largest step count and the first pool."""
+    seeds = sorted(int(s) for s in scores.seed.unique())
+    per_seed = scores.groupby(["steps", "pool", "features", "probe", "seed"])[list(METRICS)].mean().reset_index()
+    print(f"\nmitosis (pH3+) from DNA+actin crops, leave-one-field-out ({scores.field.nunique()} folds), "
+          f"{len(seeds)} seed(s) {seeds}: mean over folds, then mean ± sd over seeds")  # fmt: skip
+    print(f"{'steps':>6}  {'pool':<10}{'features':<10}{'probe':<17}" + "".join(f"{m:>24}" for m in METRICS))
+    for (steps, pool, features, probe), group in per_seed.groupby(["steps", "pool", "features", "probe"]):
+        print(f"{steps:>6}  {pool:<10}{features:<10}{probe:<17}"
+              + "".join(f"{spread(group[m].tolist()):>24}" for m in METRICS))  # fmt: skip
+    steps, pool = scores.steps.max(), scores.pool.iloc[0]
+    last = scores[(scores.steps == steps) & (scores.probe == "linear-balanced") & (scores.pool == pool)]
+    by_field = last.pivot_table(index="field", columns="features", values="macro_f1")
+    print(f"\nbalanced linear macro-F1 per held-out field at {steps} steps, pool {pool} (mean over seeds)\n"
+          + by_field[list(FEATURES)].round(3).to_string())  # fmt: skip
+
+
+def run_summary(args: argparse.Namespace) -> None:
+    """One mitosis table from the ``mitosis.json`` of several workdirs (seeds run apart, same settings)."""
+    runs = [json.loads((Path(w) / "mitosis.json").read_text()) for w in args.workdirs]
+    settings = {json.dumps({k: r.get(k) for k in ("set", "batch", "crop", "k")}) for r in runs}
+    if len(settings) > 1:
+        raise SystemExit(f"the workdirs ran different settings, their scores do not pool: {sorted(settings)}")
+    # Runs from before --pool took a list hold one pool, named at the top level.
+    tables = [pd.DataFrame(r["scores"]) for r in runs]
+    scores = pd.concat([t if "pool" in t else t.assign(pool=r.get("pool") or "mean") for t, r in zip(tables, runs)],
+                       ignore_index=True)  # fmt: skip
+    if scores.duplicated(["seed", "steps", "pool", "field", "features", "probe"]).any():
+        raise SystemExit("a seed appears in two workdirs; pool runs of different seeds")
+    print_mitosis(scores)
 
 
 def eo_recipe(seed: int, overrides: list[str]) -> Recipe:
@@ -271,8 +292,10 @@ def main() -> None:
     e = commands.add_parser("eo-reconstruction", parents=[run],
                             help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")  # fmt: skip
     e.add_argument("--samples", type=int, default=32, help="crops scored per case (default 32)")
+    summary = commands.add_parser("summary", help="one mitosis table from several workdirs (seeds run apart)")
+    summary.add_argument("workdirs", nargs="+", help="mitosis workdirs holding mitosis.json")
     args = parser.parse_args()
-    (run_mitosis if args.command == "mitosis" else run_eo)(args)
+    {"mitosis": run_mitosis, "eo-reconstruction": run_eo, "summary": run_summary}[args.command](args)
 
 
 if __name__ == "__main__":
