@@ -23,7 +23,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from .tables import PROVENANCE_KEY, feature_names
+from .writers.tables import PROVENANCE_KEY, feature_names
 
 LABEL = "label"  # the label column of a joined table
 
