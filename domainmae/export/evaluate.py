@@ -34,8 +34,9 @@ from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
 from ..atomic import atomic_write_text
 from .embed import RASTERS, embed
-from .labels import LABEL, raster_table, read_embedding_raster
+from .labels import LABEL, raster_table
 from .splits import split_rows
+from .writers.raster import read_embedding_raster
 from .writers.tables import read_embeddings
 
 Method = Literal["linear", "knn"]

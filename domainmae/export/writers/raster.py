@@ -7,6 +7,7 @@ never held whole. Sinks: cloud-optimised GeoTIFF (tiled, overviews, deflate with
 or int8 with per-band scale/offset, and Zarr v3 with GeoZarr and CF/rioxarray georeferencing (readable
 by :func:`domainmae.data.cube.open_cube`). Every sink builds its output beside the target and renames it
 at the end; :func:`write_rasters` puts one scene in a file, or several in a folder of ``<scene>.<ext>``.
+:func:`read_embedding_raster` reads either back.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import rasterio
 import zarr
+from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.shutil import copy as copy_dataset
 from rasterio.windows import Window as RioWindow
@@ -199,3 +202,27 @@ def write_rasters(output: Path, scenes: Sequence[SceneStrips], write: RasterWrit
         for scene in scenes:
             write(tmp / f"{scene.name}{suffixes[0]}", scene.grid, scene.dim, scene.strips, scene.provenance)
     return output
+
+
+def read_embedding_raster(path: Path) -> tuple[np.ndarray, Affine, CRS | None, dict[str, Any]]:
+    """``(values float32 [D, h, w], patch-grid transform, CRS, provenance)`` of an ``embed`` GeoTIFF or Zarr.
+
+    An int8 GeoTIFF is unscaled with its per-band scale/offset, as GDAL readers do.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"embedding raster not found: {path}")
+    if path.suffix.lower() == ".zarr":
+        group = zarr.open_group(path, mode="r")
+        if "embedding" not in group:
+            raise ValueError(f"{path} holds no 'embedding' array; is it an embed --format zarr output?")
+        array = group["embedding"]
+        wkt = array.attrs.get("proj:wkt2")
+        transform = Affine(*array.attrs["spatial:transform"])
+        provenance = dict(group.attrs.get(PROVENANCE_KEY, {}))
+        return np.asarray(array[:], np.float32), transform, CRS.from_wkt(wkt) if wkt else None, provenance
+    with rasterio.open(path) as src:
+        values = src.read().astype(np.float32)
+        if src.dtypes[0] == "int8":
+            values = values * np.array(src.scales, np.float32)[:, None, None] + np.array(src.offsets, np.float32)[:, None, None]
+        provenance = json.loads(src.tags().get(PROVENANCE_KEY, "{}"))
+        return values, src.transform, src.crs, provenance
