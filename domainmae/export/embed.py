@@ -3,9 +3,10 @@
 The orchestrator: it resolves the checkpoint, recipe, channels and output format, builds the stream
 (:mod:`~domainmae.export.stream`), computes what the writer needs up front (column types from the
 manifest or scenes, the footprint CRS, the patch grid), and hands the stream to the writer that
-:data:`WRITERS` names for the format (:mod:`~domainmae.export.writers`). A new output format is a writer
-plus a line there. The data are tiled deterministically (grid windows, no masking, no augmentation) and
-normalised exactly as in training (the run's recipe and band statistics).
+:data:`WRITERS` names for the format (:mod:`~domainmae.export.writers`). A new output format is a
+writer in ``writers/`` plus its entries in :data:`FORMATS`, :data:`SUFFIXES` and :data:`WRITERS`.
+The data are tiled deterministically (grid windows, no masking, no augmentation) and normalised
+exactly as in training (the run's recipe and band statistics).
 """
 from __future__ import annotations
 
