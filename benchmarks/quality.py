@@ -39,7 +39,9 @@ import pandas as pd
 import domainmae
 from domainmae.export.evaluate import evaluate
 from domainmae.recipes import Recipe, load_recipe
+from domainmae.runtime import RunDir
 from domainmae.train import pretrain
+from domainmae.train.logging import read_metrics
 from domainmae.train.reconstruct import score_reconstruction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
@@ -93,7 +95,7 @@ def time_pretraining(recipe: Recipe, run: Path) -> tuple[float, float]:
     start = time.perf_counter()
     pretrain(recipe, output=run, max_steps=CALIBRATION_STEPS, quiet=True)
     wall = time.perf_counter() - start
-    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = read_metrics(RunDir(run).metrics)
     per_step = recipe.train.batch_size / logged[-1]["samples_per_s"]  # steady state, without the start-up
     return per_step, max(0.0, wall - CALIBRATION_STEPS * per_step)
 
@@ -146,7 +148,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(run, ignore_errors=True)
             pretrain(mitosis_recipe(manifest, args.crop, seed, args.batch, args.set), output=run, max_steps=steps,
                      quiet=True)  # fmt: skip
-            loss = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
+            loss = read_metrics(RunDir(run).metrics)[-1]["loss"]
             for pool in pools:
                 table = embed_crops(run, work / f"model-{pool}-seed{seed}-steps{steps}.parquet", pool)
                 folds = [{"seed": seed, "steps": steps, "pool": pool, **row}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from domainmae.data.build import training_loader
+from domainmae.pipeline import training_loader
 from domainmae.recipes import load_recipe
 from domainmae.train.distributed import setup_distributed
 from domainmae.train.loop import Trainer, _to
@@ -52,7 +52,9 @@ def main() -> None:
         t = recipe.train
 
         def batches(start: int):
-            loader = training_loader(trainer.data, recipe, info, start_step=start, total_steps=trainer.total_steps, micro=1)
+            loader = training_loader(trainer.data, recipe, rank=info.rank, world=info.world,
+                                     pin_memory=info.device.type == "cuda", start_step=start,
+                                     total_steps=trainer.total_steps, micro=1)  # fmt: skip
             return (_to(b, info.device) for b in loader)
 
         def rate(fn, steps: int) -> float:

@@ -4,7 +4,7 @@ Public API (Python first; the ``domainmae`` command is a thin face over it)::
 
     import domainmae
     model = domainmae.create_model("vit_small", channels=["DNA", "ER", "RNA", "AGP", "Mito"])
-    out = model(images, channels=names)      # out.loss, out.pred, out.mask
+    out = model(images, channels=names)      # out.loss; out.pred, out.mask: {sensor: tensor}
     emb = model.embed(images, channels=names)  # [B, D]
     domainmae.embed("runs/x", data="load_data.csv", output="emb.parquet")  # a dataset -> embeddings file
 """

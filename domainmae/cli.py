@@ -74,7 +74,8 @@ def _export_model(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .data.inspect import inspect_path, render_report
+    from .data.inspect import render_report
+    from .pipeline import inspect_path
 
     data = None
     if args.recipe:

@@ -1,9 +1,9 @@
-"""Choosing a device; loading a trained model, whatever form it comes in, without running code from the file;
-exporting one.
+"""Choosing a device; the run directory's layout; loading a trained model, whatever form it comes in, without
+running code from the file; exporting one.
 
 A trained model comes as
 
-* a run directory (its ``checkpoints/last.ckpt``) or a ``.ckpt`` file: the full training state
+* a run directory (:class:`RunDir`; its ``checkpoints/last.ckpt``) or a ``.ckpt`` file: the full training state
   (weights, optimiser, RNG states, resolved recipe), read with ``torch.load(weights_only=True)``:
   tensors and plain data only, plus the numpy types of the numpy RNG state;
 * an exported folder (``domainmae export-model``): ``model.safetensors`` + ``config.json`` (model
@@ -29,8 +29,41 @@ from .models.pretrained import CONFIG, WEIGHTS, read_pretrained, save_pretrained
 from .recipes import resolve_recipe, save_recipe
 
 FORMAT = "domainmae-checkpoint/1"
-LAST = "last.ckpt"  # a run directory's newest checkpoint: <run>/checkpoints/last.ckpt
 RECIPE = "recipe.yaml"  # an exported folder's resolved recipe
+
+
+class RunDir:
+    """The one place that knows where a run's files live under ``root``.
+
+    Periodic checkpoints and previews are named by step, zero-padded so names sort by step
+    (``checkpoints/step_00000100.ckpt``, ``reconstructions/step_00000100.png``). It lives here, not
+    in ``train``, because loading a model from a run directory needs it too.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"  # the resolved recipe
+        self.metrics = self.root / "metrics.jsonl"  # one JSON object per logged step
+        self.tensorboard = self.root / "tensorboard"  # event files (train.tensorboard)
+        self.checkpoints = self.root / "checkpoints"
+        self.last = self.checkpoints / "last.ckpt"  # the newest checkpoint: what resume and loading read
+        self.reconstructions = self.root / "reconstructions"  # preview PNGs
+
+    def checkpoint(self, step: int) -> Path:
+        """The periodic checkpoint of ``step``."""
+        return self.checkpoints / f"step_{step:08d}.ckpt"
+
+    def periodic_checkpoints(self) -> list[Path]:
+        """The periodic checkpoints on disk, oldest first (``last.ckpt`` is not one of them)."""
+        return sorted(self.checkpoints.glob("step_*.ckpt"))
+
+    def reconstruction(self, step: int) -> Path:
+        """The reconstruction preview of ``step``."""
+        return self.reconstructions / f"step_{step:08d}.png"
+
+    def holds_run(self) -> bool:
+        """Whether a run has written a checkpoint here (a new run must not overwrite it)."""
+        return self.last.exists()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -46,7 +79,7 @@ def checkpoint_file(path: str | Path) -> Path:
     """A checkpoint file from a file path or a run directory (its ``checkpoints/last.ckpt``)."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "checkpoints" / LAST
+        candidate = RunDir(path).last
         if not candidate.is_file():
             raise FileNotFoundError(f"no checkpoint in run directory {path} (looked for {candidate})")
         return candidate

@@ -33,15 +33,13 @@ def reconstruction_images(
     own mean and variance, as the MAE paper's visualisations do.
     """
     inputs, grid = model.split_inputs(images, channels, valid)
-    preds = out.pred if isinstance(out.pred, dict) else {inputs[0].name: out.pred}
-    masks = out.mask if isinstance(out.mask, dict) else {inputs[0].name: out.mask}
     result = {}
     for inp in inputs:
         target, _ = model.targets(inp)
-        pred = preds[inp.name].float()
+        pred = out.pred[inp.name].float()
         if model.norm_pix_loss:  # invert normalize_patches with the target patch's statistics
             pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
-        m = masks[inp.name].unsqueeze(-1)
+        m = out.mask[inp.name].unsqueeze(-1)
         to_image = (lambda x: unpatchify(x, model.patch_size, grid)) if inp.channels is None else (
             lambda x: unpatchify_channels(x, model.patch_size, grid))  # fmt: skip
         result[inp.name] = {

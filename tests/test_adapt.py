@@ -23,36 +23,33 @@ def test_timm_vit_file_loads_into_channel_agnostic_model(tmp_path, vit, suffix):
     model = domainmae.create_model("vit_tiny", channels=["DNA", "ER", "RNA", "AGP", "Mito"], **TINY)
     report = domainmae.load_pretrained(model, path)
 
-    kernel = model.patch_embed.image.proj.weight
+    kernel = model.patch_embed.proj.weight
     torch.testing.assert_close(kernel, vit.patch_embed.proj.weight.sum(dim=1, keepdim=True))
     torch.testing.assert_close(model.blocks[1].attn.qkv.weight, vit.blocks[1].attn.qkv.weight)
     torch.testing.assert_close(model.norm.weight, vit.norm.weight)
-    assert "patch_embed.image.proj.weight" in report.converted
+    assert "patch_embed.proj.weight" in report.converted
     assert report.skipped["pos_embed"].startswith("fixed")
     assert "head.weight" in report.skipped
     assert "decoder_blocks.0.attn.qkv.weight" in report.missing  # a ViT has no decoder
     # A grey image through the summed kernel gives what the RGB ViT gives for grey RGB.
     grey = torch.randn(1, 1, 32, 32)
     rgb_tokens = vit.patch_embed(grey.expand(1, 3, 32, 32))
-    ours = model.patch_embed.image.proj(grey).flatten(2).transpose(1, 2)
+    ours = model.patch_embed.proj(grey).flatten(2).transpose(1, 2)
     torch.testing.assert_close(ours, rgb_tokens, atol=1e-5, rtol=1e-5)
 
 
 def test_reference_mae_checkpoint_loads_decoder_too():
     source = domainmae.create_model("vit_tiny", in_chans=3, **TINY)
-    # Rename to the reference models_mae.py key names.
-    state = {
-        k.replace("patch_embed.image.", "patch_embed.").replace("decoder_pred.image.", "decoder_pred."): v
-        for k, v in source.state_dict().items()
-    }
+    state = source.state_dict()  # a standard MAE's keys are the reference models_mae.py names
+    assert {"patch_embed.proj.weight", "decoder_pred.weight"} <= set(state)
     state["pos_embed"] = torch.zeros(1, 17, 32)
     model = domainmae.create_model("vit_tiny", channels=["DNA", "RNA"], **TINY)
     report = domainmae.load_pretrained(model, state)
     torch.testing.assert_close(model.decoder_blocks[0].mlp.fc1.weight, source.decoder_blocks[0].mlp.fc1.weight)
     torch.testing.assert_close(model.mask_token, source.mask_token)
-    head = source.decoder_pred.image.weight.reshape(64, 3, 32).mean(1)  # pixels are (p, q, c)
-    torch.testing.assert_close(model.decoder_pred.image.weight, head)
-    assert report.missing == ["patch_embed.image.channel_embed.learned", "decoder_channel_embed.image.learned"]
+    head = source.decoder_pred.weight.reshape(64, 3, 32).mean(1)  # pixels are (p, q, c)
+    torch.testing.assert_close(model.decoder_pred.weight, head)
+    assert report.missing == ["patch_embed.channel_embed.learned", "decoder_channel_embed.learned"]
 
 
 def test_mismatched_width_is_reported_and_strict_fails(vit):

@@ -18,8 +18,8 @@ def model():
 def test_runs_on_any_subset_and_order(model, names):
     imgs = torch.randn(2, len(names), 32, 32)
     out = model(imgs, channels=names)
-    assert out.pred.shape == (2, len(names) * 16, 64)
-    assert out.mask.shape == (2, len(names) * 16)
+    assert out.pred["image"].shape == (2, len(names) * 16, 64)
+    assert out.mask["image"].shape == (2, len(names) * 16)
     assert torch.isfinite(out.loss)
     assert model.embed(imgs, channels=names).shape == (2, 32)
     assert model.embed_patches(imgs, channels=names).shape == (2, 4, 4, 32)
@@ -98,7 +98,7 @@ def test_unknown_channel_names_the_vocabulary(model):
 def test_unseen_band_embeds_by_wavelength():
     bands = [{"name": "B02", "wavelength": 490}, {"name": "B04", "wavelength": 665}, {"name": "B08", "wavelength": 842}]
     model = domainmae.create_model("vit_tiny", channels=bands, **TINY).eval()
-    codes = model.patch_embed.image.channel_embed
+    codes = model.patch_embed.channel_embed
     # B05 (705 nm) was never in the vocabulary; its code sits closer to B04 than to B02.
     b05 = codes([ChannelSpec("B05", 705.0)])[0]
     b02, b04 = codes(["B02", "B04"])
@@ -110,5 +110,5 @@ def test_unseen_band_embeds_by_wavelength():
 def test_rectangular_images_other_than_img_size(model):
     imgs = torch.randn(1, 2, 48, 24)
     out = model(imgs, channels=["DNA", "RNA"])
-    assert out.pred.shape == (1, 2 * 18, 64)
+    assert out.pred["image"].shape == (1, 2 * 18, 64)
     assert model.embed_patches(imgs, channels=["DNA", "RNA"]).shape == (1, 6, 3, 32)

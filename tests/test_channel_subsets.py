@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from domainmae.data.build import build_training_data, microscopy_fields
 from domainmae.data.fields import resolve_channels
 from domainmae.data.loader import StepBatchSampler
 from domainmae.data.tiff import pattern_fields
+from domainmae.pipeline import build_training_data, microscopy_fields
 from domainmae.recipes import RecipeError, load_recipe
 from domainmae.train import load_checkpoint, pretrain
 from domainmae.train.logging import read_metrics

@@ -10,11 +10,11 @@ import rasterio
 import rasterio.io
 from rasterio.crs import CRS
 
-from domainmae.data.build import sentinel_scenes
 from domainmae.data.geo import RasterWindowReader
 from domainmae.data.multisensor import MultiSensorScene
 from domainmae.data.raster import BandSource, RasterScene
 from domainmae.data.samplers import Window
+from domainmae.pipeline import sentinel_scenes
 from domainmae.recipes import RecipeError, load_recipe
 
 from .test_data_raster import write_tif

@@ -13,7 +13,8 @@ from rasterio.crs import CRS
 
 from domainmae.cli import main
 from domainmae.data.bigearthnet import SENTINEL1_BANDS, SENTINEL2_BANDS
-from domainmae.data.inspect import Report, inspect_path, render_report
+from domainmae.data.inspect import Report, render_report
+from domainmae.pipeline import inspect_path
 from domainmae.recipes import load_recipe
 
 from .conftest import SAMPLES

@@ -67,8 +67,8 @@ def test_model_valid_mask_excludes_nodata():
 
     target = patchify_channels(imgs, 8)
     column = torch.arange(32) % 4
-    scored = (out.mask == 1) & (column >= 2)
-    expected = ((out.pred - target) ** 2).mean(-1)[scored].mean()
+    scored = (out.mask["image"] == 1) & (column >= 2)
+    expected = ((out.pred["image"] - target) ** 2).mean(-1)[scored].mean()
     torch.testing.assert_close(out.loss, expected)
 
     out0 = model(imgs, valid=torch.zeros(2, 32, 32, dtype=torch.bool), noise=noise)

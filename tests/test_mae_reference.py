@@ -32,8 +32,7 @@ def reference_forward(model, tokens, targets, noise, ratio):
         x = torch.cat([latent[:1], x])[None]
         for blk in model.decoder_blocks:
             x = blk(x)
-        (head,) = model.decoder_pred.values()
-        pred = head(model.decoder_norm(x))[0, 1:]
+        pred = model.decoder_pred(model.decoder_norm(x))[0, 1:]
         preds.append(pred)
         for i in range(length):
             if i not in visible:
@@ -47,9 +46,8 @@ def reference_decoder_embed(model, length):
     pos = torch.tensor(numpy_reference_pos_embed(model.decoder_embed_dim, h, w), dtype=torch.float32)
     reps = length // (h * w)
     emb = pos.repeat(reps, 1)
-    if model.decoder_channel_embed:
-        (chan,) = model.decoder_channel_embed.values()
-        emb = emb + chan.learned.repeat_interleave(h * w, dim=0)
+    if model.decoder_channel_embed is not None:
+        emb = emb + model.decoder_channel_embed.learned.repeat_interleave(h * w, dim=0)
     return emb
 
 
@@ -61,16 +59,16 @@ def test_standard_mae_equals_reference():
 
     # Reference tokens: each patch's pixels through the kernel as a linear map.
     p = model.patch_size
-    kernel = model.patch_embed.image.proj
+    kernel = model.patch_embed.proj
     flat = loop_patchify(imgs, p)  # pixels (r, s, c)
     weight = kernel.weight.permute(0, 2, 3, 1).reshape(kernel.weight.shape[0], -1)
     pos = torch.tensor(numpy_reference_pos_embed(32, 4, 4), dtype=torch.float32)
     tokens = flat @ weight.T + kernel.bias + pos
     loss, pred = reference_forward(model, tokens, flat, noise, 0.75)
 
-    torch.testing.assert_close(out.pred, pred, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pred["image"], pred, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=1e-5)
-    assert out.mask.sum(1).tolist() == [12, 12]
+    assert out.mask["image"].sum(1).tolist() == [12, 12]
 
 
 def test_channel_agnostic_mae_equals_reference():
@@ -80,7 +78,7 @@ def test_channel_agnostic_mae_equals_reference():
     noise = torch.rand(2, 3 * 16)
     out = model(imgs, channels=names, noise=noise)
 
-    embed = model.patch_embed.image
+    embed = model.patch_embed
     targets = patchify_channels(imgs, 8)
     weight = embed.proj.weight.reshape(embed.proj.weight.shape[0], -1)
     pos = torch.tensor(numpy_reference_pos_embed(32, 4, 4), dtype=torch.float32)
@@ -90,7 +88,7 @@ def test_channel_agnostic_mae_equals_reference():
         tokens[:, c * 16 : (c + 1) * 16] += embed.channel_embed.learned[c]
     loss, pred = reference_forward(model, tokens, targets, noise, 0.75)
 
-    torch.testing.assert_close(out.pred, pred, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pred["image"], pred, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=1e-5)
 
 
@@ -101,7 +99,7 @@ def test_norm_pix_loss_matches_reference_formula():
     out = model(imgs, noise=noise)
     target = loop_patchify(imgs, 8)
     target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
-    expected = (((out.pred - target) ** 2).mean(-1) * out.mask).sum() / out.mask.sum()
+    expected = (((out.pred["image"] - target) ** 2).mean(-1) * out.mask["image"]).sum() / out.mask["image"].sum()
     torch.testing.assert_close(out.loss, expected)
 
 
@@ -110,11 +108,11 @@ def test_gradient_reaches_only_masked_predictions(kind):
     extra = {"in_chans": 3} if kind == "standard" else {"channels": ["a", "b", "c"]}
     model = domainmae.create_model("vit_tiny", **extra, **TINY)
     out = model(torch.randn(2, 3, 32, 32))
-    out.pred.retain_grad()
+    out.pred["image"].retain_grad()
     out.loss.backward()
-    grad_norm = out.pred.grad.abs().sum(-1)
-    assert torch.all(grad_norm[out.mask == 0] == 0)
-    assert torch.all(grad_norm[out.mask == 1] > 0)
+    grad_norm = out.pred["image"].grad.abs().sum(-1)
+    assert torch.all(grad_norm[out.mask["image"] == 0] == 0)
+    assert torch.all(grad_norm[out.mask["image"] == 1] > 0)
 
 
 def test_same_noise_same_result_and_encoder_sees_only_visible_tokens():
@@ -122,10 +120,10 @@ def test_same_noise_same_result_and_encoder_sees_only_visible_tokens():
     imgs = torch.randn(2, 3, 32, 32)
     noise = torch.rand(2, 16)
     a, b = model(imgs, noise=noise), model(imgs, noise=noise)
-    torch.testing.assert_close(a.pred, b.pred)
+    torch.testing.assert_close(a.pred["image"], b.pred["image"])
     # Changing the pixels of a masked patch must not change any prediction.
-    masked = int(torch.nonzero(a.mask[0])[0])
+    masked = int(torch.nonzero(a.mask["image"][0])[0])
     row, col = divmod(masked, 4)
     changed = imgs.clone()
     changed[0, :, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] += 10
-    torch.testing.assert_close(model(changed, noise=noise).pred, a.pred)
+    torch.testing.assert_close(model(changed, noise=noise).pred["image"], a.pred["image"])

@@ -6,8 +6,8 @@ import torch
 
 import domainmae
 from domainmae.data.loader import StepBatchSampler, collate_samples
+from domainmae.runtime import RunDir
 from domainmae.train.checkpoint import (
-    LAST,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -42,7 +42,7 @@ def test_lr_scaling_and_warmup_cosine_shape():
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     model = domainmae.create_model("vit_tiny", channels=["DNA"], **TINY)
     state = {"model_config": model.config.to_dict(), "model": model.state_dict(), "step": 1}
-    path = save_checkpoint(tmp_path / "checkpoints" / LAST, state)
+    path = save_checkpoint(RunDir(tmp_path).last, state)
 
     def crash(obj, f, *args, **kwargs):
         with open(f, "wb") as handle:
@@ -56,7 +56,20 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     loaded, ckpt = load_checkpoint(tmp_path)  # a run directory resolves to checkpoints/last.ckpt
     assert ckpt["step"] == 1
     torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [LAST]  # no temp files left behind
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]  # no temp files left behind
+
+
+@pytest.mark.parametrize("tokens", [{"in_chans": 3}, {"channels": ["DNA", "ER"]}])
+def test_single_sensor_checkpoints_with_the_sensor_in_their_keys_still_load(tmp_path, tokens):
+    model = domainmae.create_model("vit_tiny", **tokens, **TINY)
+    assert {"patch_embed.proj.weight", "decoder_pred.weight"} <= set(model.state_dict())  # timm's names
+    # How single-sensor weights were named before: the sensor ("image") after each per-sensor part.
+    parts = ("patch_embed.", "decoder_channel_embed.", "decoder_pred.")
+    old = {next((f"{p}image.{k[len(p):]}" for p in parts if k.startswith(p)), k): v for k, v in model.state_dict().items()}
+    assert {"patch_embed.image.proj.weight", "decoder_pred.image.weight"} <= set(old)
+    save_checkpoint(tmp_path / "old.ckpt", {"model_config": model.config.to_dict(), "model": old, "step": 1})
+    loaded, _ = load_checkpoint(tmp_path / "old.ckpt")  # strict loading: every old key found its tensor
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
@@ -69,10 +82,12 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 
 
 def test_prune_keeps_newest(tmp_path):
+    run = RunDir(tmp_path)
+    run.checkpoints.mkdir()
     for step in (10, 20, 30, 40):
-        (tmp_path / f"step_{step:08d}.ckpt").write_bytes(b"x")
-    prune_checkpoints(tmp_path, 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030.ckpt", "step_00000040.ckpt"]
+        run.checkpoint(step).write_bytes(b"x")
+    prune_checkpoints(run, 2)
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step_00000030.ckpt", "step_00000040.ckpt"]
 
 
 def _keys(sampler):

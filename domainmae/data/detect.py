@@ -23,11 +23,10 @@ import tifffile
 import zarr
 
 from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
-from .build import microscopy_fields, sentinel_scenes
 from .multisensor import MultiSensorScene
 from .raster import RasterScene
 from .scenes import BAND_FILE_PATTERN, find_scenes
-from .tiff import TIFF_SUFFIXES, TiffStackField, _stack_layout, load_data_fields, pattern_fields, stack_fields
+from .tiff import TIFF_SUFFIXES, TiffStackField, load_data_fields, pattern_fields, stack_fields, stack_layout
 from .zarr import zarr_fields
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -54,6 +53,10 @@ CHANNEL_FILE_PATTERNS = {
 
 @dataclass
 class Found:
+    """A layout at a path: what it is, the dotted name of the reader that reads it, and what that reader
+    found, by group (``fields``, or scenes by sensor or band set). The recipe glue builds one from a recipe's
+    ``data`` section instead of detecting it."""
+
     layout: str
     reader: str
     items: dict[str, list[Any]]  # group name -> fields or scenes
@@ -61,16 +64,7 @@ class Found:
 
 
 # -- detection ---------------------------------------------------------------------------------
-def with_recipe(path: Path, data: Any) -> Found:
-    section = data.model_copy(update={"path": str(path)})
-    layout = f"recipe data section: kind {section.kind}, format {section.format}"
-    if section.kind == "microscopy":
-        return Found(layout, "domainmae.data.build.microscopy_fields", {"fields": microscopy_fields(section)})
-    scenes = sentinel_scenes(section)
-    return Found(layout, "domainmae.data.build.sentinel_scenes", _by_sensor(scenes, next(iter(section.sensors))))
-
-
-def _by_sensor(scenes: Sequence[Any], name: str) -> dict[str, list[Any]]:
+def by_sensor(scenes: Sequence[Any], name: str) -> dict[str, list[Any]]:
     """``{sensor: scenes}``; multi-sensor scenes are split into their sensors."""
     if scenes and isinstance(scenes[0], MultiSensorScene):
         return {sensor: [pair.scenes[sensor] for pair in scenes] for sensor in scenes[0].scenes}
@@ -112,7 +106,7 @@ def _stacks(paths: Sequence[Path]) -> list[TiffStackField]:
             f"{paths[0]} is a single-plane TIFF ({series.shape[0]}x{series.shape[1]} {series.dtype}); "
             "inspect its folder to group per-channel files into fields"
         )
-    _, count, names = _stack_layout(paths[0], series, ome, None)
+    _, count, names = stack_layout(paths[0], series, ome, None)
     return stack_fields(paths, channels=None if names else _unnamed(count))
 
 
@@ -154,7 +148,7 @@ def _bigearthnet(path: Path, subdirs: Sequence[Path]) -> Found | None:
     if roots["s2"] and roots["s1"]:
         pairs = bigearthnet_pairs(roots["s2"], roots["s1"])
         return Found("BigEarthNet-MM: S2 + S1 patch folders, paired", "domainmae.data.bigearthnet_pairs",
-                      _by_sensor(pairs, "s2"))  # fmt: skip
+                      by_sensor(pairs, "s2"))  # fmt: skip
     root = roots["s2"] or roots["s1"] or path
     if not _bigearthnet_root(root):
         return None

@@ -1,11 +1,13 @@
 """What ``domainmae inspect PATH`` reports: the layout found at a path and what its reader yields.
 
-Without a recipe the layout is detected by :func:`~domainmae.data.detect.detect`. With a recipe's ``data`` section the path is read exactly as training reads it (same format, channels,
-bands and radiometry). Shapes, CRS and value ranges come from a bounded, evenly spaced sample of fields or
-scenes (``samples``), each read through a window of at most ``max_side`` px, so inspecting a large dataset
-costs a few reads. Values are what the reader yields (float32 after illumination correction or radiometry),
-over valid pixels only, with the share of invalid ones (NaN/inf, nodata; what training leaves out); dtypes,
-native shapes, pixel sizes and nodata are those of the files.
+This module measures what a reader found (:class:`~domainmae.data.detect.Found`): the layout detected by
+:func:`~domainmae.data.detect.detect`, or the fields/scenes a recipe's ``data`` section reads (the recipe glue
+builds that one, reading the path exactly as training does). Shapes, CRS and value ranges
+come from a bounded, evenly spaced sample of fields or scenes (``samples``), each read through a window of
+at most ``max_side`` px, so inspecting a large dataset costs a few reads. Values are what the reader yields
+(float32 after illumination correction or radiometry), over valid pixels only, with the share of invalid
+ones (NaN/inf, nodata; what training leaves out); dtypes, native shapes, pixel sizes and nodata are those
+of the files.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 import zarr
 
 from ..validity import valid_pixels
-from .detect import detect, with_recipe
+from .detect import Found
 from .fields import Field
 from .raster import RasterScene
 from .samplers import Window
@@ -65,7 +67,7 @@ class GroupReport:
 
 @dataclass
 class Report:
-    """What :func:`inspect_path` found: the ``layout``, the ``reader`` function and one group per sensor."""
+    """What :func:`inspect_found` measured: the ``layout``, the ``reader`` function and one group per sensor."""
 
     path: Path
     layout: str
@@ -74,19 +76,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def inspect_path(path: str | Path, data: Any = None, samples: int = 8, max_side: int = 1024) -> Report:
-    """Detect the layout at ``path`` (or read it with a recipe's ``data`` section) and measure a sample.
-
-    ``samples`` fields/scenes (evenly spaced) are opened and read through a centred window of at most
-    ``max_side x max_side`` px. Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming
-    what was looked for when no layout is recognised.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if samples < 1 or max_side < 1:
-        raise ValueError(f"samples and max_side must be positive, got {samples} and {max_side}")
-    found = with_recipe(path, data) if data is not None else detect(path)
+def inspect_found(path: Path, found: Found, samples: int = 8, max_side: int = 1024) -> Report:
+    """Measure what a reader ``found`` at ``path``: per group, ``samples`` (>= 1) fields/scenes (evenly
+    spaced) are opened and read through a centred window of at most ``max_side x max_side`` px."""
     groups = [_measure(name, items, samples, max_side) for name, items in found.items.items()]
     return Report(path, found.layout, found.reader, groups, found.notes)
 

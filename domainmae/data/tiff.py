@@ -285,7 +285,7 @@ class TiffStackField(Field):
         return pixels[self.index]
 
 
-def _stack_layout(path: Path, series: tifffile.TiffPageSeries, ome_xml: str | None,
+def stack_layout(path: Path, series: tifffile.TiffPageSeries, ome_xml: str | None,
                   axes: str | None) -> tuple[str, int, list[str] | None]:
     """``("CYX"|"YXC", channel count, OME channel names or None)`` of a stack's first ``series``."""
     # tifffile calls samples-per-pixel "S" (RGB-like YXS) and axes it cannot name "Q" (plain shaped stacks).
@@ -333,7 +333,7 @@ def stack_fields(
         except OSError as err:
             policy.handle(err)
             continue
-        layout, count, found = _stack_layout(path, series, ome_xml, axes)
+        layout, count, found = stack_layout(path, series, ome_xml, axes)
         names, index = resolve_channels(found or count, str(path), channel_map, channels, subsets)
         meta = {"files": {"stack": str(path)}, "axes": layout}
         fields.append(TiffStackField(str(path), names, meta, path, layout, index))

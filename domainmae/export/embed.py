@@ -20,12 +20,12 @@ import torch
 from affine import Affine
 
 from .. import __version__
-from ..data.build import microscopy_fields, normalizer, sentinel_scenes
 from ..data.fields import FieldCrops
 from ..data.geo import Grid, SceneWindows
 from ..data.loader import TransformedItems
 from ..models import MaskedAutoencoder, create_model
 from ..models.mae import POOLS
+from ..pipeline import microscopy_fields, normalizer, sentinel_scenes
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import Trained, load_trained, resolve_device
 from .profile import LEVEL_STRATA, aggregate

@@ -68,10 +68,12 @@ def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
 
 def _convert(model: MaskedAutoencoder, key: str, value: torch.Tensor) -> dict[str, tuple[torch.Tensor, str | None]]:
     """Target tensors (with a note when converted) for one source tensor; empty if unused."""
-    p = model.patch_embed
+    embeds, heads = model.by_sensor(model.patch_embed), model.by_sensor(model.decoder_pred)
+    # Where each sensor's module sits: "patch_embed" in a single-sensor model, "patch_embed.s2" in a multi-sensor one.
+    where = {module: name for name, module in model.named_modules()}
     out: dict[str, tuple[torch.Tensor, str | None]] = {}
     if key == "patch_embed.proj.weight":
-        for name, embed in p.items():
+        for embed in embeds.values():
             chans = embed.in_chans if isinstance(embed, StackedPatchEmbed) else 1
             w, notes = value, []
             if w.shape[1] != chans:
@@ -80,12 +82,12 @@ def _convert(model: MaskedAutoencoder, key: str, value: torch.Tensor) -> dict[st
             if w.shape[-1] != model.patch_size:
                 w = resample_patch_embed(w, [model.patch_size] * 2)
                 notes.append(f"patch {value.shape[-1]}->{model.patch_size} (resampled)")
-            out[f"patch_embed.{name}.proj.weight"] = (w, ", ".join(notes) or None)
+            out[f"{where[embed]}.proj.weight"] = (w, ", ".join(notes) or None)
     elif key == "patch_embed.proj.bias":
-        out = {f"patch_embed.{name}.proj.bias": (value, None) for name in p}
+        out = {f"{where[embed]}.proj.bias": (value, None) for embed in embeds.values()}
     elif key.startswith("decoder_pred."):
-        for name, head in model.decoder_pred.items():
-            target = f"decoder_pred.{name}.{key.split('.')[-1]}"
+        for head in heads.values():
+            target = f"{where[head]}.{key.split('.')[-1]}"
             if value.shape[0] == head.out_features:
                 out[target] = (value, None)
             elif head.out_features == model.patch_size**2 and value.shape[0] % model.patch_size**2 == 0:

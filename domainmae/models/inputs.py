@@ -90,3 +90,12 @@ def sensor_inputs(
     if len(batches) > 1:
         raise ValueError(f"sensors have different batch sizes: { {i.name: i.images.shape[0] for i in out} }")
     return out
+
+
+def split_tokens(x: torch.Tensor, inputs: Sequence[SensorInput], grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The whole sequence's ``[B, L, ...]`` (masks, decoded tokens) -> ``{sensor: [B, L_s, ...]}``.
+
+    Tokens are sensor-major in ``inputs`` order, each sensor ``token_channels * h * w`` long.
+    """
+    sizes = [inp.token_channels * grid[0] * grid[1] for inp in inputs]
+    return dict(zip((inp.name for inp in inputs), x.split(sizes, dim=1)))

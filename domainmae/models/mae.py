@@ -24,7 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .embed import ChannelEmbedding, ChannelLike, channel_specs, patch_embedder
-from .inputs import SensorInput, sensor_inputs
+from .inputs import SensorInput, sensor_inputs, split_tokens
 from .losses import reconstruction_loss
 from .masking import Masking, masking_from_scores, num_keep, sample_masking
 from .patches import grid_size, patchify, patchify_channels
@@ -36,18 +36,34 @@ POOLS = ("mean", "cls", "channels")
 
 @dataclass
 class MAEOutput:
-    """Result of a masked forward pass.
+    """Result of a masked forward pass, keyed by sensor for every model (a single-sensor model's one
+    sensor is ``next(iter(model.sensors))``, ``"image"`` for models from ``create_model``).
 
-    ``pred`` and ``mask`` are tensors for single-sensor models and ``{sensor: tensor}`` for
-    multi-sensor ones: ``pred`` ``[B, L_s, P]`` per-token pixels, ``mask`` ``[B, L_s]`` (1 = removed).
+    ``pred`` ``{sensor: [B, L_s, P]}`` per-token pixels, ``mask`` ``{sensor: [B, L_s]}`` (1 = removed).
     ``loss`` is the sum over sensors of ``losses[sensor]``, each a mean over its masked tokens.
     """
 
     loss: torch.Tensor
-    pred: torch.Tensor | dict[str, torch.Tensor]
-    mask: torch.Tensor | dict[str, torch.Tensor]
+    pred: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor]
     losses: dict[str, torch.Tensor]
     masking: Masking
+
+
+#: Parts with one module per sensor; a single-sensor model holds its one module directly.
+SENSOR_PARTS = ("patch_embed", "decoder_channel_embed", "decoder_pred")
+
+
+def _drop_sensor_from_keys(model: MaskedAutoencoder, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook: single-sensor weights saved before they took timm's names
+    (``patch_embed.image.proj.weight``, now ``patch_embed.proj.weight``) load as they are."""
+    if model.multi_sensor:
+        return
+    (sensor,) = model.sensors
+    for part in SENSOR_PARTS:
+        old = f"{prefix}{part}.{sensor}."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[f"{prefix}{part}.{key[len(old):]}"] = state_dict.pop(key)
 
 
 def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.ModuleList:
@@ -99,7 +115,7 @@ class MaskedAutoencoder(nn.Module):
         self.embed_dim, self.decoder_embed_dim = embed_dim, decoder_embed_dim
 
         # Encoder: per-sensor patch embedders, fixed 2-D sin-cos positions, cls token, ViT blocks.
-        self.patch_embed = nn.ModuleDict({n: patch_embedder(s, patch_size, embed_dim) for n, s in self.sensors.items()})
+        self.patch_embed = self._per_sensor({n: patch_embedder(s, patch_size, embed_dim) for n, s in self.sensors.items()})
         self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid), persistent=False)
         self.sensor_embed = nn.Parameter(torch.zeros(len(self.sensors), embed_dim)) if self.multi_sensor else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -111,7 +127,7 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.register_buffer("decoder_pos_embed", sincos_2d(decoder_embed_dim, self.grid), persistent=False)
-        self.decoder_channel_embed = nn.ModuleDict(
+        self.decoder_channel_embed = self._per_sensor(
             {n: ChannelEmbedding(s, decoder_embed_dim) for n, s in self.sensors.items() if not isinstance(s, int)}
         )
         self.decoder_sensor_embed = (
@@ -121,12 +137,25 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         # Pixels per token: p*p*C for stacked channels, p*p for a channel token.
         pixels = {n: patch_size**2 * (s if isinstance(s, int) else 1) for n, s in self.sensors.items()}
-        self.decoder_pred = nn.ModuleDict({n: nn.Linear(decoder_embed_dim, k) for n, k in pixels.items()})
+        self.decoder_pred = self._per_sensor({n: nn.Linear(decoder_embed_dim, k) for n, k in pixels.items()})
+        self.register_load_state_dict_pre_hook(_drop_sensor_from_keys)
         self.initialize_weights()
+
+    def _per_sensor(self, modules: dict[str, nn.Module]) -> nn.Module | None:
+        """``{sensor: module}`` as a ModuleDict; a single-sensor model keeps its one module (or None) directly,
+        so a standard MAE's weights carry timm's and the reference's names (``patch_embed.proj``)."""
+        return nn.ModuleDict(modules) if self.multi_sensor else next(iter(modules.values()), None)
+
+    def by_sensor(self, part: nn.Module | None) -> dict[str, nn.Module]:
+        """``{sensor: module}`` of one of :data:`SENSOR_PARTS` (e.g. ``model.by_sensor(model.patch_embed)``),
+        whether the model holds one module per sensor or, single-sensor, the module itself."""
+        if isinstance(part, nn.ModuleDict):
+            return dict(part.items())
+        return {} if part is None else {next(iter(self.sensors)): part}
 
     def initialize_weights(self) -> None:
         """Reference init: patch kernels as xavier-uniform linears, tokens/embeddings N(0, .02)."""
-        for embed in self.patch_embed.values():
+        for embed in self.by_sensor(self.patch_embed).values():
             w = embed.proj.weight.data
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         for p in (self.cls_token, self.mask_token, self.sensor_embed, self.decoder_sensor_embed):
@@ -154,7 +183,7 @@ class MaskedAutoencoder(nn.Module):
         pos = self._positions(self.pos_embed, grid)
         parts = []
         for inp in inputs:
-            embed = self.patch_embed[inp.name]
+            embed = self.by_sensor(self.patch_embed)[inp.name]
             x = embed(inp.images) if inp.channels is None else embed(inp.images, inp.channels)
             x = x + pos
             if self.sensor_embed is not None:
@@ -169,7 +198,7 @@ class MaskedAutoencoder(nn.Module):
         for inp in inputs:
             e = pos.expand(inp.token_channels, -1, -1)
             if inp.channels is not None:
-                e = e + self.decoder_channel_embed[inp.name](inp.channels)[:, None, :]
+                e = e + self.by_sensor(self.decoder_channel_embed)[inp.name](inp.channels)[:, None, :]
             if self.decoder_sensor_embed is not None:
                 e = e + self.decoder_sensor_embed[self.sensor_index[inp.name]]
             parts.append(e.flatten(0, 1))
@@ -217,17 +246,42 @@ class MaskedAutoencoder(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """Latent ``[B, 1 + K, D]`` -> decoded tokens ``[B, L, D_dec]`` in original order (no cls)."""
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, inputs: list[SensorInput], grid: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """Latent ``[B, 1 + K, D]`` -> predicted pixels ``{sensor: [B, L_s, P_s]}`` in original token order."""
         x = self.decoder_embed(latent)
         b, length = ids_restore.shape
         mask_tokens = self.mask_token.expand(b, length - (x.shape[1] - 1), -1)
         x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)
         x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # unshuffle
-        x = torch.cat([x[:, :1], x_ + embeddings], dim=1)
+        x = torch.cat([x[:, :1], x_ + self.decoder_embeddings(inputs, grid)], dim=1)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_norm(x)[:, 1:]
+        decoded = split_tokens(self.decoder_norm(x)[:, 1:], inputs, grid)
+        heads = self.by_sensor(self.decoder_pred)
+        return {name: heads[name](tokens) for name, tokens in decoded.items()}
+
+    def targets(self, inp: SensorInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token target pixels ``[B, L_s, P]`` and valid pixels (same shape) of one sensor."""
+        to_tokens = patchify if inp.channels is None else patchify_channels
+        valid = None if inp.valid is None else to_tokens(inp.valid.float(), self.patch_size) > 0.5
+        return to_tokens(inp.images.float(), self.patch_size), valid
+
+    def forward_loss(
+        self, inputs: list[SensorInput], preds: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss and ``{sensor: loss}``: per sensor, ``preds`` ``[B, L_s, P_s]`` against its
+        patchified images on the masked (``masks`` ``[B, L_s]``, 1 = removed), valid tokens; summed
+        over sensors so each sensor weighs the same whatever its token count."""
+        losses = {}
+        for inp in inputs:
+            target, valid = self.targets(inp)
+            losses[inp.name] = reconstruction_loss(
+                preds[inp.name].float(), target, masks[inp.name], patch_size=self.patch_size, valid=valid,
+                norm_pix=self.norm_pix_loss, fourier_weight=self.fourier_weight,
+            )  # fmt: skip
+        return torch.stack(list(losses.values())).sum(), losses
 
     def forward(
         self,
@@ -257,29 +311,10 @@ class MaskedAutoencoder(nn.Module):
                 inputs, grid, mask_ratio=mask_ratio, strategy=mask_strategy, noise=noise, generator=generator
             )
         latent = self.forward_encoder(self.tokenize(inputs, grid), masking)
-        decoded = self.forward_decoder(latent, masking.ids_restore, self.decoder_embeddings(inputs, grid))
-
-        sizes = [inp.token_channels * grid[0] * grid[1] for inp in inputs]
-        preds, masks, losses = {}, {}, {}
-        for inp, x, mask in zip(inputs, decoded.split(sizes, dim=1), masking.mask.split(sizes, dim=1)):
-            pred = self.decoder_pred[inp.name](x)
-            target, valid_px = self.targets(inp)
-            losses[inp.name] = reconstruction_loss(
-                pred.float(), target, mask, patch_size=self.patch_size, valid=valid_px,
-                norm_pix=self.norm_pix_loss, fourier_weight=self.fourier_weight,
-            )  # fmt: skip
-            preds[inp.name], masks[inp.name] = pred, mask
-        loss = torch.stack(list(losses.values())).sum()
-        if not self.multi_sensor:
-            (name,) = self.sensors
-            return MAEOutput(loss, preds[name], masks[name], losses, masking)
+        preds = self.forward_decoder(latent, masking.ids_restore, inputs, grid)
+        masks = split_tokens(masking.mask, inputs, grid)
+        loss, losses = self.forward_loss(inputs, preds, masks)
         return MAEOutput(loss, preds, masks, losses, masking)
-
-    def targets(self, inp: SensorInput) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token target pixels ``[B, L_s, P]`` and valid pixels (same shape) of one sensor."""
-        to_tokens = patchify if inp.channels is None else patchify_channels
-        valid = None if inp.valid is None else to_tokens(inp.valid.float(), self.patch_size) > 0.5
-        return to_tokens(inp.images.float(), self.patch_size), valid
 
     # --------------------------------------------------------------- embedding
     def embed(

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
-from ..runtime import FORMAT, LAST, checkpoint_file, load_checkpoint, read_checkpoint
+from ..runtime import FORMAT, RunDir, checkpoint_file, load_checkpoint, read_checkpoint
 
-__all__ = ["FORMAT", "LAST", "checkpoint_file", "load_checkpoint", "prune_checkpoints", "read_checkpoint",
+__all__ = ["FORMAT", "checkpoint_file", "load_checkpoint", "prune_checkpoints", "read_checkpoint",
            "rng_state", "save_checkpoint", "set_rng_state"]  # fmt: skip
 
 
@@ -40,9 +40,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Keep the ``keep`` newest periodic ``step_*.ckpt`` files (``last.ckpt`` is never pruned)."""
-    periodic = sorted(folder.glob("step_*.ckpt"))
+def prune_checkpoints(run: RunDir, keep: int) -> None:
+    """Keep the ``keep`` newest periodic checkpoints of ``run`` (``last.ckpt`` is never pruned)."""
+    periodic = run.periodic_checkpoints()
     for old in periodic[:-keep] if keep else periodic:
         old.unlink()
 

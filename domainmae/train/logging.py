@@ -13,19 +13,20 @@ class MetricsLog:
     """Appends one JSON line per logged step; on resume, drops lines past the resumed step so the
     file reads as one uninterrupted run."""
 
-    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False) -> None:
+    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: Path | None = None) -> None:
+        """``tensorboard``: a folder for TensorBoard event files as well, or None."""
         self.path = path
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         self._file = path.open("a")
         self._tb = None
-        if tensorboard:
+        if tensorboard is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:  # optional dependency: say which setting needs it
                 raise ImportError("train.tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
-            self._tb = SummaryWriter(str(path.parent / "tensorboard"))
+            self._tb = SummaryWriter(str(tensorboard))
 
     def log(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}

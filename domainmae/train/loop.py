@@ -24,12 +24,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..atomic import atomic_path
-from ..data.build import TrainingData, build_training_data, training_loader
 from ..data.loader import chunk_rows, skipped_reads
 from ..models import MaskedAutoencoder, create_model, load_pretrained
+from ..pipeline import TrainingData, build_training_data, training_loader
 from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
+from ..runtime import RunDir
 from ..viz import reconstruction_images, save_reconstruction_grid
-from .checkpoint import LAST, prune_checkpoints, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import prune_checkpoints, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistInfo, cleanup_distributed, mean_over_processes, setup_distributed
 from .interrupts import Stopped, StopRequests
 from .logging import MetricsLog, progress_bar
@@ -101,7 +102,7 @@ def micro_batch_rows(batch_size: int, micro_batch: int | None, world: int, crops
 class Trainer:
     """Holds one run's model, optimiser, data stream and run directory."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, info: DistInfo, resume: bool, quiet: bool) -> None:
+    def __init__(self, recipe: Recipe, run_dir: RunDir, info: DistInfo, resume: bool, quiet: bool) -> None:
         t = recipe.train
         self.recipe, self.run_dir, self.info, self.quiet = recipe, run_dir, info, quiet
         self.data = build_training_data(recipe.data, seed=t.seed)
@@ -110,7 +111,7 @@ class Trainer:
             data = recipe.data.model_copy(update={"band_stats": self.data.band_stats})
             self.recipe = recipe = recipe.model_copy(update={"data": data})
             if info.is_main:
-                save_recipe(recipe, run_dir / "config.yaml")
+                save_recipe(recipe, run_dir.config)
         self.model = _model_for(recipe, self.data).to(info.device)
         k = self.data.crops_per_item
         self.micro_rows = micro_rows = micro_batch_rows(t.batch_size, t.micro_batch, info.world, k)
@@ -128,7 +129,7 @@ class Trainer:
         self.step, self.bad_steps = 0, 0
         self.skipped = 0  # unreadable items replaced so far in the run (data.on_error=skip)
         if resume:
-            self._restore(read_checkpoint(run_dir / "checkpoints" / LAST))
+            self._restore(read_checkpoint(run_dir.last))
         self.ddp = (
             # Buffers are fixed position/wavelength codes: no need to broadcast them every step.
             DistributedDataParallel(self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
@@ -165,11 +166,10 @@ class Trainer:
         """``last.ckpt`` and a periodic copy, both atomic; only the main process writes."""
         if not self.info.is_main:
             return
-        folder = self.run_dir / "checkpoints"
-        last = save_checkpoint(folder / LAST, self._state())
-        with atomic_path(folder / f"step_{self.step:08d}.ckpt") as tmp:
+        last = save_checkpoint(self.run_dir.last, self._state())
+        with atomic_path(self.run_dir.checkpoint(self.step)) as tmp:
             shutil.copyfile(last, tmp)
-        prune_checkpoints(folder, self.recipe.train.keep_checkpoints)
+        prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints)
 
     # -------------------------------------------------------------- steps
     def _masking(self, batch: dict[str, Any]):
@@ -218,8 +218,8 @@ class Trainer:
         images = reconstruction_images(self.model, batch["images"], batch["channels"], out)
         # A single-sensor batch carries one channel tuple; the model names its one sensor ("image", "s2", ...).
         names = batch["channels"] if isinstance(batch["channels"], dict) else {next(iter(images)): batch["channels"]}
-        path = self.run_dir / "reconstructions" / f"step_{self.step:08d}.png"
-        save_reconstruction_grid(images, names, path, title=f"{self.recipe.name} step {self.step}  loss {out.loss.item():.4f}")
+        title = f"{self.recipe.name} step {self.step}  loss {out.loss.item():.4f}"
+        save_reconstruction_grid(images, names, self.run_dir.reconstruction(self.step), title=title)
         self.model.train()
 
     # --------------------------------------------------------------- run
@@ -233,7 +233,8 @@ class Trainer:
     def run(self) -> None:
         t = self.recipe.train
         main = self.info.is_main
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step, t.tensorboard) if main else None
+        tensorboard = self.run_dir.tensorboard if t.tensorboard else None
+        metrics = MetricsLog(self.run_dir.metrics, self.step, tensorboard) if main else None
         bar = progress_bar(self.total_steps, self.step, main and not self.quiet)
         preview_every = t.preview_every or t.checkpoint_every
         self.model.train()
@@ -243,8 +244,11 @@ class Trainer:
         # finish; a second one (or any other KeyboardInterrupt) leaves the last checkpoint as it is.
         try:
             with StopRequests() as stop:  # before iter(): forked DataLoader workers inherit the handlers
-                batches = iter(training_loader(self.data, self.recipe, self.info, start_step=self.step,
-                                               total_steps=self.total_steps, micro=self.micro))  # fmt: skip
+                batches = iter(training_loader(
+                    self.data, self.recipe, rank=self.info.rank, world=self.info.world,
+                    pin_memory=self.info.device.type == "cuda", start_step=self.step, total_steps=self.total_steps,
+                    micro=self.micro,
+                ))  # fmt: skip
                 while self.step < self.total_steps:
                     start = time.perf_counter()
                     step_batches = [_to(next(batches), self.info.device) for _ in range(self.micro)]
@@ -262,7 +266,7 @@ class Trainer:
                         if self.bad_steps >= t.max_bad_steps:
                             raise NonFiniteLossError(
                                 f"{self.bad_steps} non-finite losses in a row at step {self.step}; "
-                                f"the last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
+                                f"the last good checkpoint is kept in {self.run_dir.checkpoints}"
                             )
                     else:
                         self.bad_steps = 0
@@ -307,12 +311,13 @@ class Trainer:
 
 
 def _recipe_for_run(
-    recipe: Recipe | str | Path, data: str | None, overrides: Sequence[str], run_dir: Path | None, resume: bool
+    recipe: Recipe | str | Path, data: str | None, overrides: Sequence[str], run_dir: RunDir | None, resume: bool
 ) -> Recipe:
     if resume:
-        if run_dir is None or not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"--resume needs the run directory of an earlier run (--output); none at {run_dir}")
-        return resolve_recipe(yaml.safe_load((run_dir / "config.yaml").read_text()), overrides)
+        if run_dir is None or not run_dir.config.is_file():
+            where = "" if run_dir is None else f"; none at {run_dir.root}"
+            raise FileNotFoundError(f"--resume needs the run directory of an earlier run (--output){where}")
+        return resolve_recipe(yaml.safe_load(run_dir.config.read_text()), overrides)
     if isinstance(recipe, Recipe):
         return resolve_recipe(recipe.model_dump(mode="json"), overrides)
     extra = [f"data.path={data}"] if data else []
@@ -343,19 +348,19 @@ def pretrain(
     """
     shortcuts = [f"train.{k}={v}" for k, v in
                  (("max_steps", max_steps), ("epochs", epochs), ("batch_size", batch_size)) if v is not None]  # fmt: skip
-    run_dir = Path(output) if output is not None else None
+    run_dir = RunDir(output) if output is not None else None
     resolved = _recipe_for_run(recipe, data, [*overrides, *shortcuts], run_dir, resume)
     if run_dir is None:
-        run_dir = Path("runs") / f"{resolved.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = RunDir(Path("runs") / f"{resolved.name}-{datetime.now():%Y%m%d-%H%M%S}")
     info = setup_distributed(device)
     try:
         torch.manual_seed(resolved.train.seed)
         if info.is_main:
-            if not resume and (run_dir / "checkpoints" / LAST).exists():
-                raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_recipe(resolved, run_dir / "config.yaml")
+            if not resume and run_dir.holds_run():
+                raise FileExistsError(f"{run_dir.root} already holds a run; pass --resume to continue it or choose another --output")
+            run_dir.root.mkdir(parents=True, exist_ok=True)
+            save_recipe(resolved, run_dir.config)
         Trainer(resolved, run_dir, info, resume, quiet).run()
     finally:
         cleanup_distributed()
-    return run_dir
+    return run_dir.root

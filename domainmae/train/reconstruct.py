@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ..data.build import TrainingData, build_training_data
 from ..data.loader import collate_samples, sample_seed
 from ..models import MaskedAutoencoder, Masking, masking_from_scores
 from ..models.baselines import channel_gram
 from ..models.masking import num_keep
+from ..pipeline import TrainingData, build_training_data
 from ..recipes import resolve_recipe
 from ..runtime import Trained, load_trained
 from ..viz import reconstruction_images, save_reconstruction_grid
@@ -149,11 +149,10 @@ def reconstruct(
     images = reconstruction_images(model, batch["images"], batch["channels"], out)
     if baseline:
         inputs, grid = model.split_inputs(batch["images"], batch["channels"], batch["valid"])
-        masks = out.mask if isinstance(out.mask, dict) else {inputs[0].name: out.mask}
         gram = reference_gram(trained, samples, seed) if baseline == "linear" else None
-        predicted = baseline_images(model, inputs, masks, grid, gram, names=[baseline])[baseline]
+        predicted = baseline_images(model, inputs, out.mask, grid, gram, names=[baseline])[baseline]
         for inp in inputs:  # visible patches as given, masked ones from the baseline
-            hidden = hidden_pixels(masks[inp.name], inp, model.patch_size, grid)
+            hidden = hidden_pixels(out.mask[inp.name], inp, model.patch_size, grid)
             images[inp.name][f"baseline: {baseline}"] = torch.where(hidden, predicted[inp.name], inp.images.float())
     names = batch["channels"] if isinstance(batch["channels"], dict) else {"image": batch["channels"]}
     seen = f"  visible: {','.join(visible_channels)}" if visible_channels else ""

@@ -17,7 +17,7 @@ import torch
 
 from ..models import MaskedAutoencoder, Masking
 from ..models.baselines import BASELINES, interpolate_visible, linear_from_channels, mean_of_visible
-from ..models.inputs import SensorInput
+from ..models.inputs import SensorInput, split_tokens
 from ..models.losses import normalize_patches, reconstruction_loss
 from ..models.patches import unpatchify, unpatchify_channels
 from ..validity import valid_pixels
@@ -116,14 +116,12 @@ def score_batch(
     """
     model.eval()
     inputs, grid = model.split_inputs(images, channels, valid)
-    sizes = [inp.token_channels * grid[0] * grid[1] for inp in inputs]
-    masks = dict(zip((inp.name for inp in inputs), masking.mask.split(sizes, dim=1)))
+    masks = split_tokens(masking.mask, inputs, grid)
     batch = inputs[0].images.shape[0]
     parts = []
     for start in range(0, batch, chunk):
         rows = slice(start, start + chunk)
-        out = model(take_rows(images, rows), channels, valid=take_rows(valid, rows), masking=masking.rows(rows))
-        parts.append(out.pred if isinstance(out.pred, dict) else {inputs[0].name: out.pred})
+        parts.append(model(take_rows(images, rows), channels, valid=take_rows(valid, rows), masking=masking.rows(rows)).pred)
     preds = {"model": {inp.name: torch.cat([p[inp.name] for p in parts]).float() for inp in inputs}}
     for name, per_sensor in baseline_images(model, inputs, masks, grid, gram).items():
         # Baselines predict pixels: into tokens (and standardised patches) the way the loss sees the target.

@@ -1,4 +1,7 @@
-"""A recipe's ``data`` section -> the training dataset and its loader.
+"""A recipe's ``data`` section -> readers, the training dataset and its loader; ``inspect`` with a recipe.
+
+The only module that knows both the recipe schema (:mod:`domainmae.recipes`) and the readers
+(:mod:`domainmae.data`): the readers take plain arguments and know nothing of recipes.
 
 Microscopy: fields from a plate manifest, a file pattern, TIFF stacks or Zarr/OME-Zarr, random crops
 (several per field read). Earth observation: BigEarthNet S2(+S1) patches, per-band scene folders or
@@ -15,16 +18,21 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
-from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
-from .fields import Field, FieldCrops
-from .geo import SceneWindows
-from .loader import SeededItems, StepBatchSampler, TransformedItems, collate_samples, group_items, sample_seed
-from .radiometry import Radiometry
-from .scenes import find_scenes, stacked_scenes
-from .stats import band_statistics
-from .tiff import load_data_fields, pattern_fields, stack_fields
-from .transforms import Augment, BandStandardize, PercentileClip, SelfStandardize
-from .zarr import zarr_fields
+from .data.bigearthnet import bigearthnet_pairs, bigearthnet_scenes
+from .data.detect import Found, by_sensor, detect
+from .data.fields import Field, FieldCrops
+from .data.geo import SceneWindows
+from .data.inspect import Report, inspect_found
+from .data.loader import SeededItems, StepBatchSampler, TransformedItems, collate_samples, group_items, sample_seed
+from .data.multisensor import MultiSensorScene
+from .data.radiometry import Radiometry
+from .data.raster import RasterScene
+from .data.scenes import find_scenes, stacked_scenes
+from .data.stats import band_statistics
+from .data.tiff import load_data_fields, pattern_fields, stack_fields
+from .data.transforms import Augment, BandStandardize, PercentileClip, SelfStandardize
+from .data.zarr import zarr_fields
+from .recipes import DataSection, Recipe
 
 MICROSCOPY_FORMATS = ("manifest", "pattern", "stack", "zarr", "ome-zarr")
 SENTINEL_FORMATS = ("bigearthnet", "scene", "stack")
@@ -38,8 +46,8 @@ class TrainingData:
 
     dataset: SeededItems
     crops_per_item: int
-    channels: list[Any] | None = None  # channel-agnostic microscopy model (the vocabulary, with subsets)
-    sensors: dict[str, list[Any]] | None = None  # multi-sensor EO model
+    channels: list[str] | None = None  # channel-agnostic microscopy model (the vocabulary, with subsets)
+    sensors: dict[str, list[Any]] | None = None  # multi-sensor EO model: bands as listed (names or {name, wavelength})
     band_stats: dict[str, dict[str, dict[str, float]]] | None = None  # {sensor: {band: {mean, std}}}
     channel_sets: list[tuple[str, ...]] | None = None  # per item, when fields hold channel subsets
 
@@ -59,16 +67,16 @@ class TrainingData:
         return sum(len(items) // items_per_step for items in members.values())
 
 
-def _path(section: Any, what: str = "data.path") -> Path:
+def _path(section: DataSection) -> Path:
     if not section.path:
-        raise ValueError(f"{what} is not set: pass --data PATH (or set {what} in the recipe)")
+        raise ValueError("data.path is not set: pass --data PATH (or set data.path in the recipe)")
     path = Path(section.path)
     if not path.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist")
+        raise FileNotFoundError(f"data.path {path} does not exist")
     return path
 
 
-def microscopy_fields(section: Any) -> list[Field]:
+def microscopy_fields(section: DataSection) -> list[Field]:
     """Fields of a microscopy ``data`` section, channels selected and ordered as the recipe says."""
     kw = {"channel_map": section.channel_map or None, "channels": section.channels, "on_error": section.on_error,
           "subsets": section.allow_channel_subsets}
@@ -87,13 +95,13 @@ def microscopy_fields(section: Any) -> list[Field]:
     raise ValueError(f"data.format {section.format!r} is not a microscopy format; choose one of {', '.join(MICROSCOPY_FORMATS)}")
 
 
-def sensor_radiometry(section: Any, sensor: str) -> Radiometry:
+def sensor_radiometry(section: DataSection, sensor: str) -> Radiometry:
     """The radiometry ``data.radiometry.<sensor>`` sets (from ``configs/sensors``); none: values as stored."""
     config = (section.radiometry or {}).get(sensor)
     return Radiometry() if config is None else Radiometry.from_config(config.model_dump())
 
 
-def sentinel_scenes(section: Any) -> list[Any]:
+def sentinel_scenes(section: DataSection) -> list[RasterScene] | list[MultiSensorScene]:
     """Scenes of an EO ``data`` section: BigEarthNet S2 (+S1 pairs on the S2 grid), or one sensor's
     per-band files (``scene``) or stacked multi-band rasters (``stack``) under any sensor name."""
     sensors = list(section.sensors or {})
@@ -129,14 +137,14 @@ def _compose(steps: Sequence[Callable[[dict], dict]]) -> Callable[[dict], dict]:
     return apply
 
 
-def _augment(section: Any) -> Augment:
+def _augment(section: DataSection) -> Augment:
     a = section.augment
     crop = None if a.resized_crop_scale is None else section.crop_size
     return Augment(hflip=0.5 * a.hflip, vflip=0.5 * a.vflip, rot90=0.5 * a.rot90, crop_size=crop,
                    crop_scale=a.resized_crop_scale or (0.2, 1.0))  # fmt: skip
 
 
-def normalizer(section: Any, stats: dict | None) -> Callable[[dict], dict]:
+def normalizer(section: DataSection, stats: dict | None) -> Callable[[dict], dict]:
     """The normalisation a data section asks for; training and export must use the same one."""
     if section.normalize == "standardize":
         return SelfStandardize()
@@ -159,14 +167,14 @@ def _measure_stats(
     return {s: band_statistics([x[s] for x in samples] if not single else samples).as_dict() for s in sensors}
 
 
-def _band_stats(section: Any, reads: Dataset, sensors: Sequence[str], seed: int) -> dict | None:
+def _band_stats(section: DataSection, reads: Dataset, sensors: Sequence[str], seed: int) -> dict | None:
     """The recipe's band statistics, measured on the data when ``normalize: stats`` has none yet."""
     if section.normalize != "stats" or section.band_stats:
         return section.band_stats
     return _measure_stats(reads, section.crops_per_read, sensors, seed, section.on_error)
 
 
-def build_training_data(section: Any, seed: int = 0) -> TrainingData:
+def build_training_data(section: DataSection, seed: int = 0) -> TrainingData:
     """Dataset of keyed items for a recipe's ``data`` section (see module docstring)."""
     k = section.crops_per_read
     if section.kind == "microscopy":
@@ -189,15 +197,50 @@ def build_training_data(section: Any, seed: int = 0) -> TrainingData:
     return TrainingData(SeededItems(items, on_error=section.on_error), k, sensors=sensors, band_stats=stats)
 
 
-def training_loader(data: TrainingData, recipe: Any, info: Any, *, start_step: int, total_steps: int, micro: int) -> DataLoader:
-    """The DataLoader of this process's micro-batches from ``start_step`` on."""
+def training_loader(
+    data: TrainingData, recipe: Recipe, *, rank: int, world: int, pin_memory: bool, start_step: int, total_steps: int,
+    micro: int,
+) -> DataLoader:
+    """The DataLoader of process ``rank``'s micro-batches (of ``world`` processes) from ``start_step`` on.
+
+    A batch is :func:`~domainmae.data.loader.collate_samples` of ``B = train.batch_size / (world * micro)``
+    crops: ``images`` ``[B, C, crop, crop]``, or ``{sensor: [B, C_s, crop, crop]}``. ``pin_memory``: the
+    process trains on CUDA (the caller knows its device; the data stream does not need to).
+    """
     t = recipe.train
     k = data.crops_per_item
-    sampler = StepBatchSampler(len(data.dataset), t.batch_size // k, micro=micro, world=info.world, rank=info.rank,
+    sampler = StepBatchSampler(len(data.dataset), t.batch_size // k, micro=micro, world=world, rank=rank,
                                seed=t.seed, start_step=start_step, total_steps=total_steps,
                                groups=data.channel_sets)  # fmt: skip
     workers = recipe.data.num_workers
     return DataLoader(
         data.dataset, batch_sampler=sampler, collate_fn=collate_samples, num_workers=workers,
-        persistent_workers=workers > 0, pin_memory=info.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=workers > 0, pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None,
     )  # fmt: skip
+
+
+# -- inspect ------------------------------------------------------------------------------------
+def recipe_layout(path: Path, section: DataSection) -> Found:
+    """The fields or scenes at ``path`` read exactly as training reads them with ``section``."""
+    section = section.model_copy(update={"path": str(path)})
+    layout = f"recipe data section: kind {section.kind}, format {section.format}"
+    if section.kind == "microscopy":
+        return Found(layout, "domainmae.pipeline.microscopy_fields", {"fields": microscopy_fields(section)})
+    scenes = sentinel_scenes(section)
+    return Found(layout, "domainmae.pipeline.sentinel_scenes", by_sensor(scenes, next(iter(section.sensors))))
+
+
+def inspect_path(path: str | Path, data: DataSection | None = None, samples: int = 8, max_side: int = 1024) -> Report:
+    """What ``domainmae inspect`` reports: the layout detected at ``path`` (or read with a recipe's ``data``
+    section), measured on ``samples`` fields/scenes through a centred window of at most ``max_side`` px.
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming what was looked for when no
+    layout is recognised.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if samples < 1 or max_side < 1:
+        raise ValueError(f"samples and max_side must be positive, got {samples} and {max_side}")
+    found = recipe_layout(path, data) if data is not None else detect(path)
+    return inspect_found(path, found, samples, max_side)
