@@ -9,7 +9,7 @@ import pytest
 from domainmae.cli import main
 from domainmae.export import embed, evaluate, read_embeddings
 from domainmae.export.splits import split_rows
-from domainmae.export.tables import feature_names, write_embeddings
+from domainmae.export.writers.tables import feature_names, write_embeddings
 from tests import test_export_tables
 
 plate = test_export_tables.plate  # its module fixture: a two-plate manifest and a tiny checkpoint

@@ -130,7 +130,7 @@ def test_zarr_overlays_the_source_and_equals_the_geotiff(scene, tmp_path, monkey
     tif = embed(scene["ckpt"], output=tmp_path / "patches.tif", progress=False)
     # Chunks of 3 x 3 patches: the blended strips (2 rows each at the default stride) must be regrouped
     # across chunk borders, and the last chunk row (8 = 3 + 3 + 2) is partial.
-    monkeypatch.setattr("domainmae.export.geo.block_side", lambda dim: 3)
+    monkeypatch.setattr("domainmae.export.writers.raster.block_side", lambda dim: 3)
     out = embed(scene["ckpt"], output=tmp_path / "patches.zarr", progress=False)
     with rasterio.open(tif) as raster, rasterio.open(next(scene["ckpt"].parent.glob("S2A*/B02.tif"))) as source:
         expected, source_crs, source_bounds = raster.read(), source.crs, tuple(source.bounds)
@@ -174,7 +174,7 @@ def test_int8_geotiff_unscales_to_the_float32_export(scene, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_geotiffs_are_cloud_optimised_and_keep_values_and_metadata(scene, tmp_path, monkeypatch, dtype):
-    monkeypatch.setattr("domainmae.export.geo.OVERVIEW_MIN_SIZE", 3)  # the 8 x 12 patch grid: overviews 4 x 6, 2 x 3
+    monkeypatch.setattr("domainmae.export.writers.raster.OVERVIEW_MIN_SIZE", 3)  # the 8 x 12 patch grid: overviews 4 x 6, 2 x 3
     reference = embed(scene["ckpt"], output=tmp_path / "reference.zarr", stride=WINDOW, progress=False)
     out = embed(scene["ckpt"], output=tmp_path / "cog.tif", stride=WINDOW, dtype=dtype, progress=False)
     with rasterio.open(out) as cog:

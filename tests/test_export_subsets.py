@@ -10,7 +10,7 @@ import torch
 
 from domainmae.data.transforms import self_standardize
 from domainmae.export import embed
-from domainmae.export.embed import Export
+from domainmae.export.stream import Export
 from domainmae.train import load_checkpoint, pretrain
 
 from .test_channel_subsets import FLY, _fly_manifest

@@ -2,6 +2,6 @@
 from .embed import embed
 from .evaluate import evaluate
 from .profile import aggregate, normalize, profile
-from .tables import feature_columns, read_embeddings
+from .writers.tables import feature_columns, read_embeddings
 
 __all__ = ["aggregate", "embed", "evaluate", "feature_columns", "normalize", "profile", "read_embeddings"]

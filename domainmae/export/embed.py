@@ -1,104 +1,62 @@
 """``embed()``: a trained encoder over every field or scene, streamed into an embeddings file.
 
+The orchestrator: it resolves the checkpoint, recipe, channels and output format, builds the stream
+(:mod:`~domainmae.export.stream`), computes what the writer needs up front (column types from the
+manifest or scenes, the footprint CRS, the patch grid), and hands the stream to the writer that
+:data:`WRITERS` names for the format (:mod:`~domainmae.export.writers`). A new output format is a
+writer in ``writers/`` plus its entries in :data:`FORMATS`, :data:`SUFFIXES` and :data:`WRITERS`.
 The data are tiled deterministically (grid windows, no masking, no augmentation) and normalised
-exactly as in training (the run's recipe and band statistics). Samples are batched across fields,
-embedded under ``torch.inference_mode`` (bf16 autocast on CUDA only) and handed to a writer batch by
-batch, so memory holds one batch and one field's tiles, not the dataset. Every writer writes to a
-temporary name beside the output and renames it at the end.
-
-A batch never mixes channel sets: when fields hold different subsets of the channel vocabulary
-(``data.allow_channel_subsets``), each field is embedded with the chosen channels it has, and every row
-records them in a ``Metadata_Channels`` column (e.g. ``"DNA,PH3"``).
+exactly as in training (the run's recipe and band statistics).
 """
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
+import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from affine import Affine
 
 from .. import __version__
 from ..data.fields import FieldCrops
-from ..data.geo import SceneWindows
-from ..data.loader import TransformedItems, collate_samples
+from ..data.geo import Grid, SceneWindows
+from ..data.loader import TransformedItems
 from ..models import MaskedAutoencoder, create_model
 from ..models.mae import POOLS
 from ..pipeline import microscopy_fields, normalizer, sentinel_scenes
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import Trained, load_trained, resolve_device
-from .raw import STATS, raw_feature_names, raw_features, with_invalid_as_nan
+from .profile import LEVEL_STRATA, aggregate
+from .raw import raw_feature_names
+from .stream import (
+    Export,
+    Features,
+    blended_rows,
+    consecutive_groups,
+    embedding_stream,
+    model_channels,
+    scene_meta,
+    singletons,
+)
+from .writers.geoparquet import chip_rows, footprint_crs, scene_name, write_geoparquet
+from .writers.raster import RASTER_SUFFIXES, SceneStrips, write_geotiff, write_int8_geotiff, write_rasters, write_zarr
+from .writers.tables import column_types, feature_columns, field_tables, manifest_metadata, write_h5ad, write_parquet
 
 Level = Literal["tile", "image", "well"]
-#: What a row holds: the trained model's embedding, raw-pixel statistics, or the same architecture at random init.
-Features = Literal["model", "raw", "random"]
 #: Output formats by data kind; the first one is what ``.parquet`` means for that kind.
 FORMATS = {"microscopy": ("parquet", "h5ad"), "sentinel": ("geoparquet", "geotiff", "zarr")}
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad", ".tif": "geotiff", ".tiff": "geotiff",
             ".zarr": "zarr"}  # fmt: skip
 RASTERS = ("geotiff", "zarr")  # per-patch outputs: no pooling, one value per patch
-CHANNELS_COLUMN = "Metadata_Channels"  # per-row channel names, only when fields hold channel subsets
-
-
-@dataclass
-class Export:
-    """What writers need to know about one export run."""
-
-    model: MaskedAutoencoder
-    recipe: Recipe
-    channels: dict[str, list[str]]  # {sensor: channel names given to the model; with subsets, the most it gets}
-    device: torch.device
-    batch_size: int
-    provenance: dict[str, Any]
-    progress: bool = True
-    features: Features = "model"  # "raw": channel statistics instead of the model's forward (model: the grid)
-
-    @property
-    def dim(self) -> int:
-        """Features per row (or per patch): the embedding width, or 7 statistics per chosen channel."""
-        if self.features == "raw":
-            return len(STATS) * sum(len(names) for names in self.channels.values())
-        return self.model.embed_dim
-
-    @property
-    def subsets(self) -> bool:
-        """Whether fields may hold different subsets of the channel vocabulary (microscopy only)."""
-        return bool(self.recipe.data.allow_channel_subsets)
-
-    def batch_channels(self, samples: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-        """``{sensor: names}`` to embed a batch of one channel set with: the chosen channels or, when fields
-        hold channel subsets, those of them that the batch's field(s) have (in the chosen order)."""
-        if not self.subsets:
-            return self.channels
-        # The recipe allows subsets for microscopy only: one sensor, samples with "image"/"channels".
-        ((sensor, wanted),) = self.channels.items()
-        field, have = samples[0]["meta"]["field"], samples[0]["channels"]
-        used = [c for c in wanted if c in have]
-        if not used:
-            raise ValueError(f"field {field} has channels {list(have)}, none of the chosen {wanted}")
-        return {sensor: used}
-
-    def forward(self, samples: Sequence[dict[str, Any]], pool: str | None) -> np.ndarray:
-        """Samples -> pooled embeddings ``[B, D]`` (``pool`` "mean"/"cls"; "channels": ``[B, C * D]``) or
-        per-patch ``[B, h, w, D]`` (None); per patch ``D`` is :attr:`dim`."""
-        batch = collate_samples(samples)
-        if self.features == "raw":
-            images, _ = select_channels(with_invalid_as_nan(batch), self.batch_channels(samples), self.model)
-            return raw_features(images, None if pool else self.model.patch_size)
-        images, channels = select_channels(batch, self.batch_channels(samples), self.model)
-        images = {k: v.to(self.device, non_blocking=True) for k, v in images.items()}
-        cuda = self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            if pool is None:
-                out = self.model.embed_patches(images, channels)
-            else:
-                out = self.model.embed(images, channels, pool=pool)
-        return out.float().cpu().numpy()
+#: Format -> writer (``geotiff-int8``: GeoTIFF with ``dtype="int8"``). Table writers take row tables, the
+#: GeoParquet writer grouped (metas, embeddings) batches, raster writers one scene's strips: the feeders
+#: below (``embed_fields``, ``embed_windows``, ``embed_rasters``) shape the stream for each.
+WRITERS: dict[str, Callable[..., Any]] = {
+    "parquet": write_parquet, "h5ad": write_h5ad, "geoparquet": write_geoparquet,
+    "geotiff": write_geotiff, "geotiff-int8": write_int8_geotiff, "zarr": write_zarr,
+}  # fmt: skip
 
 
 def resolve_format(output: Path, format: str | None, kind: str) -> str:  # noqa: A002 - the CLI's word
@@ -112,11 +70,6 @@ def resolve_format(output: Path, format: str | None, kind: str) -> str:  # noqa:
     if format not in allowed:
         raise ValueError(f"format {format!r} does not fit {kind} data ({output}); choose one of {', '.join(allowed)}")
     return format
-
-
-def model_channels(model: MaskedAutoencoder) -> dict[str, list[str] | None]:
-    """``{sensor: channel names}`` the model knows (None for a stacked sensor, which has no names)."""
-    return {s: None if isinstance(spec, int) else [c.name for c in spec] for s, spec in model.sensors.items()}
 
 
 def select_channel_names(
@@ -144,29 +97,6 @@ def select_channel_names(
     return chosen
 
 
-def select_channels(
-    batch: dict[str, Any], chosen: Mapping[str, Sequence[str]], model: MaskedAutoencoder
-) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, ...] | None]]:
-    """A collated batch -> ``({sensor: [B, C', H, W]}, {sensor: names})`` with only the chosen channels."""
-    images, names = batch["images"], batch["channels"]
-    if not isinstance(images, dict):  # a single-sensor batch
-        (sensor,) = model.sensors
-        images, names = {sensor: images}, {sensor: names}
-    known = model_channels(model)
-    out_images, out_names = {}, {}
-    for sensor, wanted in chosen.items():
-        have = list(names[sensor])
-        if known[sensor] is None:  # stacked channels go in as they are, in the data's order
-            out_images[sensor], out_names[sensor] = images[sensor], None
-            continue
-        missing = [c for c in wanted if c not in have]
-        if missing:
-            raise ValueError(f"channels {missing} of sensor {sensor!r} are missing from the data's {have}")
-        out_images[sensor] = images[sensor][:, [have.index(c) for c in wanted]]
-        out_names[sensor] = tuple(wanted)
-    return out_images, out_names
-
-
 def recipe_channels(recipe: Recipe, model: MaskedAutoencoder) -> dict[str, list[str]]:
     """``{sensor: channels}`` the recipe's readers produce."""
     section = recipe.data
@@ -176,7 +106,7 @@ def recipe_channels(recipe: Recipe, model: MaskedAutoencoder) -> dict[str, list[
     return {s: [b["name"] if isinstance(b, dict) else b for b in bands] for s, bands in (section.sensors or {}).items()}
 
 
-def export_items(recipe: Recipe, stride: int | None) -> Dataset:
+def export_items(recipe: Recipe, stride: int | None) -> TransformedItems:
     """Items (lists of normalised samples) in a fixed order: every grid tile of every field/scene."""
     section = recipe.data
     if section.normalize == "stats" and not section.band_stats:
@@ -189,63 +119,6 @@ def export_items(recipe: Recipe, stride: int | None) -> Dataset:
         tiles = SceneWindows(sentinel_scenes(section), section.crop_size, sampling="grid", stride=stride,
                              on_error=section.on_error)  # fmt: skip
     return TransformedItems(tiles, normalize)
-
-
-def _as_is(item: Any) -> Any:
-    return item
-
-
-def channel_set(sample: dict[str, Any]) -> tuple[Any, ...]:
-    """The channels a sample holds: its names, or ``((sensor, names), ...)`` for a multi-sensor sample."""
-    if "image" in sample:
-        return tuple(sample["channels"])
-    return tuple((k, tuple(v["channels"])) for k, v in sample.items() if k != "meta")
-
-
-def sample_batches(export: Export, items: Dataset, unit: str) -> Iterator[list[dict[str, Any]]]:
-    """Samples of all items, in order, in batches of ``export.batch_size`` of one channel set each.
-
-    A batch is shorter at the end and where the channel set changes (fields holding different channel
-    subsets), since a model call takes one set of channels; rows stay in data order. Reading runs in the
-    recipe's DataLoader workers; only one batch plus one item is held here.
-    """
-    workers = export.recipe.data.num_workers
-    loader = DataLoader(items, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
-                        prefetch_factor=2 if workers else None)  # fmt: skip
-    pending: list[dict[str, Any]] = []
-    with tqdm(total=len(items), unit=unit, disable=not export.progress, dynamic_ncols=True) as bar:
-        for item in loader:
-            # An item is one field's (or region's) samples, so they share one channel set.
-            if item and pending and channel_set(item[0]) != channel_set(pending[0]):
-                yield pending
-                pending = []
-            pending.extend(item)
-            bar.update()
-            while len(pending) >= export.batch_size:
-                yield pending[: export.batch_size]
-                pending = pending[export.batch_size :]
-    if pending:
-        yield pending
-
-
-def row_meta(sample: dict[str, Any]) -> dict[str, Any]:
-    """A sample's metadata; for a multi-sensor sample, the first (reference) sensor's, then the shared one."""
-    if "image" in sample:
-        return sample["meta"]
-    first = next(k for k in sample if k != "meta")
-    return {**sample[first].get("meta", {}), **sample["meta"]}
-
-
-def embedding_stream(export: Export, items: Dataset, pool: str) -> Iterator[tuple[list[dict[str, Any]], np.ndarray]]:
-    """``(metas, embeddings [B, D] float32)`` per batch, in data order; with channel subsets every meta
-    also names the channels its row was embedded with (``Metadata_Channels``, comma-separated)."""
-    unit = "field" if export.recipe.data.kind == "microscopy" else "window"
-    for samples in sample_batches(export, items, unit):
-        metas = [row_meta(s) for s in samples]
-        if export.subsets:
-            (used,) = export.batch_channels(samples).values()
-            metas = [{**meta, CHANNELS_COLUMN: ",".join(used)} for meta in metas]
-        yield metas, export.forward(samples, pool)
 
 
 def file_sha256(path: Path) -> str:
@@ -362,17 +235,58 @@ def embed(
                                   overrides=overrides, channels_requested=list(channels) if channels else None,
                                   features=features,
                                   seed=seed if features == "random" else None, **extra)  # fmt: skip
-    export = Export(model, recipe, chosen, dev, batch_size, provenance, progress, features)
+    export = Export(model, recipe, chosen, dev, batch_size, progress, features)
 
-    if raster:
-        from .geo import write_embedding_rasters
-
-        return write_embedding_rasters(export, export_items(recipe, stride), output, stride, fmt=fmt, dtype=dtype)
     items = export_items(recipe, stride)
-    if fmt == "geoparquet":
-        from .geo import write_geoparquet
+    write = WRITERS[f"{fmt}-int8" if dtype == "int8" else fmt]
+    if raster:
+        return embed_rasters(export, items, output, write, provenance, stride=stride, suffixes=RASTER_SUFFIXES[fmt])
+    if kind == "sentinel":
+        return embed_windows(export, items, output, write, provenance, pool=pool, level=level, crs=crs)
+    return embed_fields(export, items, output, write, provenance, pool=pool, level=level)
 
-        return write_geoparquet(export, items, output, pool=pool, level=level, crs=crs)
-    from .tables import write_microscopy
 
-    return write_microscopy(export, items, output, pool=pool, fmt=fmt, level=level)
+def embed_fields(export: Export, items: TransformedItems, output: Path, write: Callable[..., Path],
+                 provenance: dict[str, Any], *, pool: str, level: Level) -> Path:  # fmt: skip
+    """Microscopy rows at ``level`` (tiles, images or wells) as tables, into a table writer (Parquet, h5ad)."""
+    # Typed from the whole manifest up front: a column null in the first batches still gets the right type.
+    types = column_types((manifest_metadata(f.meta) for f in items.dataset.fields), f"data {export.recipe.data.path}")
+    stream = embedding_stream(export, items, pool)
+    groups = singletons(stream) if level == "tile" else consecutive_groups(stream, lambda m: m["field"])
+    tables: Iterable[pa.Table] = field_tables(groups, types, tile=level == "tile")
+    if level == "well":  # wells may span non-adjacent fields: gather the images, then average per well
+        df = pa.concat_tables(tables).to_pandas()
+        df = aggregate(df, feature_columns(df.columns), LEVEL_STRATA["well"])
+        tables = [pa.Table.from_pandas(df, preserve_index=False)]
+    return write(output, tables, provenance)
+
+
+def embed_windows(export: Export, items: TransformedItems, output: Path, write: Callable[..., Path],
+                  provenance: dict[str, Any], *, pool: str, level: Level, crs: str | None) -> Path:  # fmt: skip
+    """EO windows (``level="tile"``) or scenes (``"image"``) with their footprints, into the GeoParquet writer."""
+    scenes = [reader.scene for reader in items.dataset.readers]
+    target = footprint_crs({scene.name: scene.grid.crs for scene in scenes}, crs, output)
+    sensors = list(export.channels)
+    # Columns typed from every scene up front: a batch of undated scenes then still has a timestamp column.
+    types = column_types(chip_rows([[scene_meta(s)] for s in scenes], sensors), f"data {export.recipe.data.path}")
+    stream = embedding_stream(export, items, pool)
+    groups = singletons(stream) if level == "tile" else consecutive_groups(stream, scene_name)
+    return write(output, groups, provenance, types=types, sensors=sensors, crs=target)
+
+
+def embed_rasters(export: Export, items: TransformedItems, output: Path, write: Callable[..., None],
+                  provenance: dict[str, Any], *, stride: int | None, suffixes: Sequence[str]) -> Path:  # fmt: skip
+    """Each scene's blended per-patch embeddings into a raster writer: ``output`` (one scene) or ``output/<scene>``."""
+    p, size = export.model.patch_size, export.recipe.data.crop_size
+    stride = stride if stride is not None else max(p, size // 2 // p * p)
+    if stride % p or not 0 < stride <= size:
+        raise ValueError(f"raster stride must be a multiple of the patch size {p} between {p} and {size}, got {stride}")
+    scenes = []
+    for reader in items.dataset.readers:
+        grid = reader.scene.grid
+        # The patch grid: the scene transform scaled by the patch size, so the raster overlays the source.
+        patches = Grid(grid.crs, grid.transform @ Affine.scale(p), grid.height // p, grid.width // p)
+        strips = blended_rows(export, reader, items.transform, stride)  # lazy: a scene is embedded as it is written
+        scene_provenance = {**provenance, "scene_id": reader.scene.name, "stride": stride}
+        scenes.append(SceneStrips(reader.scene.name, patches, export.dim, strips, scene_provenance))
+    return write_rasters(output, scenes, write, suffixes)

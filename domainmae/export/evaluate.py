@@ -33,9 +33,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
 from ..atomic import atomic_write_text
-from .labels import LABEL, raster_table, read_embedding_raster
+from .embed import RASTERS, embed
+from .labels import LABEL, raster_table
 from .splits import split_rows
-from .tables import read_embeddings
+from .writers.raster import read_embedding_raster
+from .writers.tables import read_embeddings
 
 Method = Literal["linear", "knn"]
 Baseline = Literal["raw", "random"]
@@ -59,8 +61,6 @@ def baseline_file(file: Path, provenance: dict[str, Any], features: Baseline, fo
     if not source:
         raise ValueError(f"{file} has no 'checkpoint' in its provenance, so its baselines cannot be embedded; "
                          "baselines need a file written by domainmae embed")  # fmt: skip
-    from .embed import RASTERS, embed
-
     raster = provenance.get("format") in RASTERS
     name = features if raster else f"{features}{file.suffix}"  # rasters: a folder of <scene>.tif/.zarr, however many
     out = embed(source, output=folder / name, data=provenance.get("data_path"),

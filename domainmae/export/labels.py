@@ -10,46 +10,21 @@ on it unchanged.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import rasterio
-import zarr
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from .tables import PROVENANCE_KEY, feature_names
+from .writers.raster import read_embedding_raster
+from .writers.tables import feature_names
 
 LABEL = "label"  # the label column of a joined table
-
-
-def read_embedding_raster(path: Path) -> tuple[np.ndarray, Affine, CRS | None, dict[str, Any]]:
-    """``(values float32 [D, h, w], patch-grid transform, CRS, provenance)`` of an ``embed`` GeoTIFF or Zarr.
-
-    An int8 GeoTIFF is unscaled with its per-band scale/offset, as GDAL readers do.
-    """
-    if not path.exists():
-        raise FileNotFoundError(f"embedding raster not found: {path}")
-    if path.suffix.lower() == ".zarr":
-        group = zarr.open_group(path, mode="r")
-        if "embedding" not in group:
-            raise ValueError(f"{path} holds no 'embedding' array; is it an embed --format zarr output?")
-        array = group["embedding"]
-        wkt = array.attrs.get("proj:wkt2")
-        transform = Affine(*array.attrs["spatial:transform"])
-        provenance = dict(group.attrs.get(PROVENANCE_KEY, {}))
-        return np.asarray(array[:], np.float32), transform, CRS.from_wkt(wkt) if wkt else None, provenance
-    with rasterio.open(path) as src:
-        values = src.read().astype(np.float32)
-        if src.dtypes[0] == "int8":
-            values = values * np.array(src.scales, np.float32)[:, None, None] + np.array(src.offsets, np.float32)[:, None, None]
-        provenance = json.loads(src.tags().get(PROVENANCE_KEY, "{}"))
-        return values, src.transform, src.crs, provenance
 
 
 def patch_labels(labels: Path, transform: Affine, crs: CRS | None, shape: tuple[int, int], patch: int,

@@ -11,51 +11,20 @@ and pycytominer's ``aggregate``/``normalize`` are interchangeable; these run on 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
+from .writers.tables import read_embeddings, write_embeddings
+
 Reduce = Literal["mean", "median"]
-Groups = Iterator[tuple[list[list[dict[str, Any]]], np.ndarray]]
 #: Group columns of the named aggregation levels.
 LEVEL_STRATA = {"image": ["Metadata_Field"], "well": ["Metadata_Plate", "Metadata_Well"]}
-
-
-def singletons(stream: Iterator[tuple[list[dict[str, Any]], np.ndarray]]) -> Groups:
-    """Tile level: every row its own group, ``([[meta], ...], [B, D])``."""
-    for metas, emb in stream:
-        yield [[m] for m in metas], emb
-
-
-def consecutive_groups(
-    stream: Iterator[tuple[list[dict[str, Any]], np.ndarray]], key: Callable[[dict[str, Any]], Hashable],
-    method: Reduce = "mean",
-) -> Groups:  # fmt: skip
-    """Reduce runs of rows with the same ``key`` (the tiles of one field/scene come in a row).
-
-    Yields ``(group metas, [G, D] reduced embeddings)`` as groups complete; holds one group's rows.
-    """
-    reduce = {"mean": np.mean, "median": np.median}[method]
-    metas: list[dict[str, Any]] = []
-    rows: list[np.ndarray] = []
-    for batch_metas, emb in stream:
-        done_metas, done = [], []
-        for meta, row in zip(batch_metas, emb):
-            if metas and key(meta) != key(metas[0]):
-                done_metas.append(metas)
-                done.append(reduce(np.stack(rows), axis=0))
-                metas, rows = [], []
-            metas.append(meta)
-            rows.append(row)
-        if done:
-            yield done_metas, np.stack(done).astype(np.float32)
-    if metas:
-        yield [metas], reduce(np.stack(rows), axis=0, keepdims=True).astype(np.float32)
 
 
 def _columns(df: pd.DataFrame, names: Sequence[str], what: str) -> list[str]:
@@ -131,8 +100,6 @@ def profile(
 
     Input and output are Parquet or ``.h5ad`` (by suffix). Provenance is carried over with the steps added.
     """
-    from .tables import read_embeddings, write_embeddings
-
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")

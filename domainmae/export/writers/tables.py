@@ -1,4 +1,4 @@
-"""Microscopy embedding tables: Parquet (streamed) and AnnData ``.h5ad``, in the pycytominer layout.
+"""Embedding tables: Parquet (streamed) and AnnData ``.h5ad`` in the pycytominer layout, and reading them back.
 
 A row is a tile, an image (field) or a well: ``Metadata_*`` columns (everything scalar the manifest had,
 plus ``Metadata_Field`` and, per tile, ``Metadata_TileRow``/``Metadata_TileCol``: the tile's top-left
@@ -6,28 +6,22 @@ pixel; with ``data.allow_channel_subsets``, ``Metadata_Channels``: the channels 
 and float32 feature columns ``emb_0000``... (:func:`feature_columns` finds them; pycytominer takes them as
 ``features=``, since its ``"infer"`` looks for CellProfiler compartments). Provenance (model config, checkpoint hash, recipe,
 channels, pooling) is JSON under the Parquet key-value metadata key ``domainmae``, and ``uns["domainmae"]``
-in AnnData.
+in AnnData. The writers :func:`write_parquet` and :func:`write_h5ad` take batches of rows as Arrow tables
+(:func:`field_tables` lays out grouped stream batches); :func:`write_embeddings` writes a whole DataFrame.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_path
-from .profile import LEVEL_STRATA, Groups, aggregate, consecutive_groups, singletons
-
-if TYPE_CHECKING:
-    from torch.utils.data import Dataset
-
-    from .embed import Export
+from ...atomic import atomic_path
 
 PREFIX = "emb_"
 PROVENANCE_KEY = "domainmae"
@@ -97,6 +91,14 @@ def metadata_row(metas: Sequence[dict[str, Any]], tile: bool) -> dict[str, Any]:
     return row
 
 
+def field_tables(groups: Iterable[tuple[list[list[dict[str, Any]]], np.ndarray]], types: Mapping[str, pa.DataType],
+                 *, tile: bool) -> Iterator[pa.Table]:  # fmt: skip
+    """Grouped batches ``(the sample metas of each group, embeddings [G, D])`` -> one table of rows each: a
+    group's ``Metadata_*`` cells (:func:`metadata_row`; ``types`` for the manifest's columns) and features."""
+    for metas, emb in groups:
+        yield feature_table([metadata_row(group, tile) for group in metas], emb, types)
+
+
 def feature_table(rows: list[dict[str, Any]], emb: np.ndarray, types: Mapping[str, pa.DataType]) -> pa.Table:
     """Metadata rows (columns ``types`` typed as given) + embeddings ``[N, D]`` -> one table with
     ``emb_XXXX`` float32 columns."""
@@ -105,42 +107,47 @@ def feature_table(rows: list[dict[str, Any]], emb: np.ndarray, types: Mapping[st
     return pa.Table.from_arrays([*meta.columns, *features.T], names=[*meta.column_names, *feature_names(emb.shape[1])])
 
 
-@contextmanager
-def parquet_stream(path: Path, provenance: dict[str, Any]) -> Iterator[Callable[[pa.Table], None]]:
-    """Yield ``write(table)``; tables are buffered into row groups of ``ROWS_PER_GROUP`` rows and written
-    to a temporary file that replaces ``path`` on success (nothing under ``path`` on failure)."""
+def write_parquet(path: Path, tables: Iterable[pa.Table], provenance: dict[str, Any]) -> Path:
+    """Stream ``tables`` (batches of rows, one schema) into one Parquet file with ``provenance``; return ``path``.
+
+    Tables are buffered into row groups of ``ROWS_PER_GROUP`` rows, so memory holds one row group;
+    the file is built under a temporary name that replaces ``path`` on success (nothing under ``path``
+    on failure, including a failure of whatever produces ``tables``).
+    """
     with atomic_path(path) as tmp:
         writer: pq.ParquetWriter | None = None
         buffered: list[pa.Table] = []
-
-        def flush() -> None:
-            nonlocal writer, buffered
-            table = pa.concat_tables(buffered)
-            buffered = []
-            if writer is None:
-                meta = {**(table.schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance)}
-                writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
-            writer.write_table(table, row_group_size=ROWS_PER_GROUP)
-
-        def write(table: pa.Table) -> None:
-            if buffered and table.schema != buffered[0].schema:
-                try:
-                    table = table.cast(buffered[0].schema)
-                except (pa.ArrowInvalid, ValueError) as err:
-                    raise ValueError(f"{path}: a batch's columns {table.schema} do not match the file's: {err}") from err
-            buffered.append(table)
-            if sum(t.num_rows for t in buffered) >= ROWS_PER_GROUP:
-                flush()
-
         try:
-            yield write
+            for table in tables:
+                if buffered and table.schema != buffered[0].schema:
+                    try:
+                        table = table.cast(buffered[0].schema)
+                    except (pa.ArrowInvalid, ValueError) as err:
+                        raise ValueError(f"{path}: a batch's columns {table.schema} do not match the file's: {err}") from err
+                buffered.append(table)
+                if sum(t.num_rows for t in buffered) >= ROWS_PER_GROUP:
+                    writer = _write_row_group(writer, tmp, buffered, provenance)
+                    buffered = []
             if buffered:
-                flush()
+                writer = _write_row_group(writer, tmp, buffered, provenance)
             if writer is None:
                 raise ValueError(f"nothing to write to {path}: the data produced no rows")
         finally:
             if writer is not None:
                 writer.close()
+    return path
+
+
+def _write_row_group(
+    writer: pq.ParquetWriter | None, path: Path, tables: list[pa.Table], provenance: dict[str, Any]
+) -> pq.ParquetWriter:
+    """Write ``tables`` as one row group, opening the writer (schema of the first batch + provenance) if needed."""
+    table = pa.concat_tables(tables)
+    if writer is None:
+        meta = {**(table.schema.metadata or {}), PROVENANCE_KEY: json.dumps(provenance)}
+        writer = pq.ParquetWriter(path, table.schema.with_metadata(meta))
+    writer.write_table(table, row_group_size=ROWS_PER_GROUP)
+    return writer
 
 
 def _anndata() -> Any:
@@ -151,7 +158,16 @@ def _anndata() -> Any:
     return anndata
 
 
-def write_h5ad(path: Path, df: pd.DataFrame, features: Sequence[str], provenance: dict[str, Any]) -> Path:
+def write_h5ad(path: Path, tables: Iterable[pa.Table], provenance: dict[str, Any]) -> Path:
+    """Gather ``tables`` (batches of rows) into one AnnData file (:func:`write_anndata`); return ``path``.
+
+    AnnData writes whole arrays, so the rows are gathered here; the feature columns are the ``emb_XXXX`` ones.
+    """
+    df = pa.concat_tables(tables).to_pandas()
+    return write_anndata(path, df, feature_columns(df.columns), provenance)
+
+
+def write_anndata(path: Path, df: pd.DataFrame, features: Sequence[str], provenance: dict[str, Any]) -> Path:
     """AnnData with ``obs`` = the non-feature columns, ``X`` = features float32, ``uns["domainmae"]`` = provenance
     (a JSON string: provenance holds None values, which HDF5 attributes cannot)."""
     obs = df.drop(columns=list(features)).reset_index(drop=True)
@@ -173,10 +189,8 @@ def write_embeddings(path: str | Path, df: pd.DataFrame, features: Sequence[str]
     """Write a whole table (features as columns) to Parquet or ``.h5ad``, by suffix."""
     path = Path(path)
     if path.suffix.lower() == ".h5ad":
-        return write_h5ad(path, df, features, provenance)
-    with parquet_stream(path, provenance) as write:
-        write(pa.Table.from_pandas(df, preserve_index=False))
-    return path
+        return write_anndata(path, df, features, provenance)
+    return write_parquet(path, [pa.Table.from_pandas(df, preserve_index=False)], provenance)
 
 
 def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
@@ -207,24 +221,3 @@ def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, list[str], dict[str
     if not features:
         raise ValueError(f"{path} has no feature columns ({PREFIX}XXXX) and no 'embedding' column")
     return table.to_pandas(), features, provenance
-
-
-def write_microscopy(export: Export, items: Dataset, output: Path, *, pool: str, fmt: str, level: str) -> Path:
-    """Stream microscopy embeddings at ``level`` into Parquet, or gather them into ``.h5ad``."""
-    from .embed import embedding_stream
-
-    types = column_types((manifest_metadata(f.meta) for f in items.dataset.fields), f"data {export.recipe.data.path}")
-    stream = embedding_stream(export, items, pool)
-    groups: Groups = singletons(stream) if level == "tile" else consecutive_groups(stream, lambda m: m["field"])
-    tables = (feature_table([metadata_row(g, level == "tile") for g in metas], emb, types) for metas, emb in groups)
-    if fmt == "parquet" and level != "well":
-        with parquet_stream(output, export.provenance) as write:
-            for table in tables:
-                write(table)
-        return output
-    # AnnData writes whole arrays, and wells may span non-adjacent fields: gather (tiles or images) here.
-    df = pa.concat_tables(tables).to_pandas()
-    features = feature_columns(df.columns)
-    if level == "well":
-        df = aggregate(df, features, LEVEL_STRATA["well"])
-    return write_embeddings(output, df, features, export.provenance)
