@@ -1,9 +1,11 @@
 """``data.on_error=skip`` during training: an unreadable item is replaced by a deterministic stand-in, so
 the step keeps its size, every process and a resumed run pick the same one, and skips are counted."""
 import logging
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -96,3 +98,24 @@ def test_training_on_unreadable_fields_only_is_one_clear_error(tmp_path):
     manifest = _corrupt_copy(tmp_path, "01_POS002_D.TIF", "01_POS076_D.TIF", "01_POS218_D.TIF")
     with pytest.raises(FieldError, match=r"data\.on_error.*01_POS\d+_D\.TIF"):
         pretrain("cellpainting", output=tmp_path / "run", max_steps=2, overrides=[f"data.path={manifest}", *SKIP], quiet=True)
+
+
+class _Draws(Dataset):
+    """Each item: what it draws from torch's, numpy's and Python's global generators."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[int, float, float]:
+        return int(torch.randint(2**62, ()).item()), float(np.random.rand()), random.random()
+
+
+def test_an_item_draws_the_stream_its_key_seeds_whatever_came_before():
+    """The same draws as after ``torch.manual_seed(seed)`` (runs resume onto the same data), and independent
+    of anything drawn before the read."""
+    items = SeededItems(_Draws())
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    expected = _Draws()[0]
+    torch.rand(5), np.random.rand(3), random.random()  # draws before the read must not matter
+    assert items[(0, 7)] == expected
+    assert items[(1, 7)] == expected and items[(0, 8)] != expected
