@@ -177,9 +177,9 @@ def print_mitosis(scores: pd.DataFrame) -> None:
     per_seed = scores.groupby(["steps", "pool", "features", "probe", "seed"])[list(METRICS)].mean().reset_index()
     print(f"\nmitosis (pH3+) from DNA+actin crops, leave-one-field-out ({scores.field.nunique()} folds), "
           f"{len(seeds)} seed(s) {seeds}: mean over folds, then mean ± sd over seeds")  # fmt: skip
-    print(f"{'steps':>6}  {'pool':<10}{'features':<10}{'probe':<17}" + "".join(f"{m:>24}" for m in METRICS))
+    print(f"{'steps':>6}  {'pool':<10}{'features':<10}{'probe':<17}{'seeds':>6}" + "".join(f"{m:>24}" for m in METRICS))
     for (steps, pool, features, probe), group in per_seed.groupby(["steps", "pool", "features", "probe"]):
-        print(f"{steps:>6}  {pool:<10}{features:<10}{probe:<17}"
+        print(f"{steps:>6}  {pool:<10}{features:<10}{probe:<17}{len(group):>6}"
               + "".join(f"{spread(group[m].tolist()):>24}" for m in METRICS))  # fmt: skip
     steps, pool = scores.steps.max(), scores.pool.iloc[0]
     last = scores[(scores.steps == steps) & (scores.probe == "linear-balanced") & (scores.pool == pool)]
