@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import domainmae
-from domainmae.models import MODEL_SIZES
-from domainmae.recipes import list_recipes, load_recipe
+from domainmae.models import MODEL_SIZES, model_config
+from domainmae.recipes import RecipeError, list_recipes, load_recipe
 from domainmae.train.loop import _model_for
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "model_configs.json"
@@ -65,6 +65,23 @@ def _describe(build: Any) -> dict[str, Any]:
 def test_model_is_the_one_built_before(case):
     expected = json.loads(SNAPSHOT.read_text())
     assert _describe(_builders()[case]) == expected[case]
+
+
+@pytest.mark.parametrize("case", sorted(_builders()))
+def test_configs_saved_before_still_load(case):
+    saved = json.loads(SNAPSHOT.read_text())[case]["config"]  # as checkpoints and config.json stored it
+    assert model_config(saved).to_dict() == saved
+
+
+def test_recipe_model_keys_are_the_config_fields_with_their_bounds():
+    recipe = load_recipe("cellpainting", ["model.embed_dim=64", "model.num_heads=2", "model.mlp_ratio=2"])
+    config = recipe.model.to_config(img_size=32, channels=["DNA"])
+    assert (config.name, config.embed_dim, config.depth, config.mlp_ratio) == ("vit_small", 64, 12, 2.0)
+    assert config.norm_pix_loss and config.img_size == 32 and config.kind == "channel"
+    with pytest.raises(RecipeError, match=r"model\.decoder_depth: .*greater than 0"):
+        load_recipe("cellpainting", ["model.decoder_depth=0"])
+    with pytest.raises(RecipeError, match=r"model\.img_size: unknown key"):  # the crop size decides it
+        load_recipe("cellpainting", ["model.img_size=64"])
 
 
 def test_every_snapshot_case_is_still_built():

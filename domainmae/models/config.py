@@ -26,8 +26,8 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 # A config that names no size has vit_tiny's architecture: the cheapest model that is still a ViT.
 _DEFAULT_SIZE = MODEL_SIZES["vit_tiny"]
 
-#: Bound names as pydantic's ``Field`` takes them (the recipe schema passes them on), with their checks.
-BOUND_CHECKS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
+# Bound names as pydantic's ``Field`` takes them (the recipe schema passes them on), with their checks.
+_BOUND_CHECKS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
 
 
 def _bounded(default: Any, **bounds: float) -> Any:
@@ -70,7 +70,7 @@ class MAEConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             for bound, limit in f.metadata.get("bounds", {}).items():
-                check, sign = BOUND_CHECKS[bound]
+                check, sign = _BOUND_CHECKS[bound]
                 if not check(value, limit):
                     raise ValueError(f"{f.name} must be {sign} {limit}, got {value}")
         for width, heads, what in (
