@@ -11,15 +11,25 @@ import copy
 import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)  # fmt: skip
 
 from .atomic import atomic_write_text
-from .models import MODEL_SIZES, STRATEGIES
+from .models import MODEL_SIZES, STRATEGIES, MAEConfig, model_config
 
 
 def _builtin_dir(name: str) -> Path:
@@ -70,20 +80,35 @@ class MaskMix(Section):
         return _one_of(v, STRATEGIES, "strategy")
 
 
-class ModelSection(Section):
+# MAEConfig fields a recipe does not set: the data section gives the channels or sensors (never stacked
+# in_chans) and the crop size (img_size); model.size gives the name.
+_FROM_DATA_AND_SIZE = ("img_size", "in_chans", "channels", "sensors", "name")
+# Recipes pretrain on norm-pix targets (the MAE paper's better setting) unless they say otherwise, while
+# create_model keeps the reference code's plain-pixel default.
+_RECIPE_DEFAULTS = {"norm_pix_loss": True}
+
+
+def _config_keys() -> dict[str, Any]:
+    """A recipe key per MAEConfig hyper-parameter, with the config's type, bounds and default; keys the named
+    size sets default to None ("the size's value"), so a recipe states only what differs from its size."""
+    types, sized = get_type_hints(MAEConfig), set().union(*MODEL_SIZES.values())
+    keys: dict[str, Any] = {}
+    for f in fields(MAEConfig):
+        if f.name not in _FROM_DATA_AND_SIZE:
+            bounds = f.metadata.get("bounds", {})
+            default = None if f.name in sized else _RECIPE_DEFAULTS.get(f.name, f.default)
+            keys[f.name] = (types[f.name] | None if f.name in sized else types[f.name], Field(default, **bounds))
+    return keys
+
+
+_ConfigKeys = create_model("_ConfigKeys", __base__=Section, **_config_keys())
+
+
+class ModelSection(_ConfigKeys):
+    """A named ``size``, MAEConfig hyper-parameters over it (same keys), and what only pretraining uses."""
+
     size: str = "vit_small"
-    patch_size: int = Field(16, gt=0)
-    embed_dim: int | None = Field(None, gt=0)
-    depth: int | None = Field(None, gt=0)
-    num_heads: int | None = Field(None, gt=0)
-    decoder_embed_dim: int | None = Field(None, gt=0)
-    decoder_depth: int | None = Field(None, gt=0)
-    decoder_num_heads: int | None = Field(None, gt=0)
-    mask_ratio: float = Field(0.75, gt=0, lt=1)
-    mask_strategy: str = "random"
     mask_mix: list[MaskMix] | None = None  # per batch, one strategy drawn by weight
-    norm_pix_loss: bool = True
-    fourier_weight: float = Field(0.0, ge=0)
     pretrained: str | None = None  # natural-image MAE / timm ViT weights to start from
 
     @field_validator("size")
@@ -96,10 +121,13 @@ class ModelSection(Section):
     def _strategy(cls, v: str) -> str:
         return _one_of(v, STRATEGIES, "strategy")
 
-    def overrides(self) -> dict[str, Any]:
-        """Fields that override the named size in :func:`domainmae.create_model`."""
-        skip = {"size", "mask_mix", "pretrained"}
-        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+    def to_config(
+        self, *, img_size: int, channels: list[Any] | None = None, sensors: dict[str, list[Any]] | None = None
+    ) -> MAEConfig:
+        """The config of the model this section pretrains on ``channels`` (channel-agnostic) or ``sensors``
+        (multi-sensor) at ``img_size`` crops: the named size with every key the recipe sets."""
+        keys = {k: getattr(self, k) for k in _ConfigKeys.model_fields if getattr(self, k) is not None}
+        return model_config(self.size, img_size=img_size, channels=channels, sensors=sensors, **keys)
 
 
 class Augment(Section):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from domainmae.cli import main
-from domainmae.models import MaskedAutoencoder, masking_from_scores
+from domainmae.models import MAEConfig, MaskedAutoencoder, masking_from_scores
 from domainmae.models.baselines import channel_gram, interpolate_visible, linear_from_channels, mean_of_visible
 from domainmae.train import pretrain
 from domainmae.train.reconstruct import score_reconstruction
@@ -81,9 +81,9 @@ def test_linear_baseline_recovers_a_channel_that_is_a_linear_function_of_another
 
 def _tiny(norm_pix: bool, sensors=None) -> MaskedAutoencoder:
     torch.manual_seed(0)
-    sensors = sensors or {"image": ["DNA", "PH3", "Actin"]}
-    return MaskedAutoencoder(sensors=sensors, img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
-                             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, norm_pix_loss=norm_pix)
+    tokens = {"sensors": sensors} if sensors else {"channels": ["DNA", "PH3", "Actin"]}
+    return MaskedAutoencoder(MAEConfig(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32,
+                                       decoder_depth=1, decoder_num_heads=2, norm_pix_loss=norm_pix, **tokens))
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])

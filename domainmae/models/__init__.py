@@ -1,7 +1,8 @@
-"""The MAE family: embedders, masking, encoder/decoder, losses, factory, weight adaptation."""
+"""The MAE family: embedders, masking, encoder/decoder, losses, the model config, factory, weight adaptation."""
 from .adapt import AdaptReport, load_pretrained, read_state_dict
+from .config import MODEL_SIZES, MAEConfig
 from .embed import ChannelEmbedding, ChannelPatchEmbed, ChannelSpec, StackedPatchEmbed, channel_specs
-from .factory import MODEL_SIZES, MAEConfig, create_model, model_config
+from .factory import create_model, model_config
 from .mae import MAEOutput, MaskedAutoencoder
 from .masking import STRATEGIES, Masking, masking_from_scores, sample_masking
 

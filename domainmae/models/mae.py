@@ -23,6 +23,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .config import MAEConfig
 from .embed import ChannelEmbedding, ChannelLike, channel_specs, patch_embedder
 from .inputs import SensorInput, sensor_inputs, split_tokens
 from .losses import reconstruction_loss
@@ -77,49 +78,33 @@ def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -
 class MaskedAutoencoder(nn.Module):
     """MAE with a ViT encoder on visible tokens and a light decoder with mask tokens.
 
-    Args:
-        sensors: ``{name: in_chans}`` for stacked tokens or ``{name: channel list}`` for channel
-            tokens (names, or ``{"name", "wavelength"}`` specs). One entry = single-sensor model.
-        img_size: default ``(H, W)``; any size with sides multiple of ``patch_size`` works.
+    Built from an :class:`MAEConfig` (kept as ``.config``: what checkpoints store); its token kind gives
+    the sensors: ``{"image": in_chans}`` stacked, ``{"image": channels}`` channel tokens, or ``sensors``
+    (``{name: channel list}``, names or ``{"name", "wavelength"}`` specs). ``config.img_size`` is the
+    default ``(H, W)``; any size with sides multiple of ``patch_size`` works.
     """
 
-    def __init__(
-        self,
-        *,
-        sensors: Mapping[str, int | Sequence[ChannelLike]],
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        embed_dim: int = 1024,
-        depth: int = 24,
-        num_heads: int = 16,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        norm_pix_loss: bool = False,
-        mask_ratio: float = 0.75,
-        mask_strategy: str = "random",
-        fourier_weight: float = 0.0,
-    ) -> None:
+    def __init__(self, config: MAEConfig) -> None:
         super().__init__()
-        if not sensors:
-            raise ValueError("a model needs at least one sensor")
-        self.sensors = {k: v if isinstance(v, int) else channel_specs(v) for k, v in sensors.items()}
+        config.validate()
+        self.config = config
+        self.sensors = {k: v if isinstance(v, int) else channel_specs(v) for k, v in config.sensor_specs().items()}
         self.sensor_index = {name: i for i, name in enumerate(self.sensors)}
         self.multi_sensor = len(self.sensors) > 1
-        self.patch_size = patch_size
-        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.patch_size = patch_size = config.patch_size
+        img_size = (config.img_size,) * 2 if isinstance(config.img_size, int) else tuple(config.img_size)
         self.grid = grid_size(*img_size, patch_size)
-        self.norm_pix_loss, self.fourier_weight = norm_pix_loss, fourier_weight
-        self.mask_ratio, self.mask_strategy = mask_ratio, mask_strategy
-        self.embed_dim, self.decoder_embed_dim = embed_dim, decoder_embed_dim
+        self.norm_pix_loss, self.fourier_weight = config.norm_pix_loss, config.fourier_weight
+        self.mask_ratio, self.mask_strategy = config.mask_ratio, config.mask_strategy
+        self.embed_dim = embed_dim = config.embed_dim
+        self.decoder_embed_dim = decoder_embed_dim = config.decoder_embed_dim
 
         # Encoder: per-sensor patch embedders, fixed 2-D sin-cos positions, cls token, ViT blocks.
         self.patch_embed = self._per_sensor({n: patch_embedder(s, patch_size, embed_dim) for n, s in self.sensors.items()})
         self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid), persistent=False)
         self.sensor_embed = nn.Parameter(torch.zeros(len(self.sensors), embed_dim)) if self.multi_sensor else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio)
+        self.blocks = transformer_blocks(embed_dim, config.depth, config.num_heads, config.mlp_ratio)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
 
         # Decoder: mask tokens, its own position/channel/sensor embeddings, one pixel head per sensor
@@ -133,7 +118,9 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_sensor_embed = (
             nn.Parameter(torch.zeros(len(self.sensors), decoder_embed_dim)) if self.multi_sensor else None
         )
-        self.decoder_blocks = transformer_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio)
+        self.decoder_blocks = transformer_blocks(
+            decoder_embed_dim, config.decoder_depth, config.decoder_num_heads, config.mlp_ratio
+        )
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         # Pixels per token: p*p*C for stacked channels, p*p for a channel token.
         pixels = {n: patch_size**2 * (s if isinstance(s, int) else 1) for n, s in self.sensors.items()}

@@ -28,13 +28,10 @@ def save_pretrained(model: MaskedAutoencoder, directory: str | Path, **extra: An
     ``extra`` are JSON-able entries added to ``config.json`` beside ``model_config``. Each file is
     written atomically; returns ``directory``.
     """
-    config = getattr(model, "config", None)
-    if config is None:
-        raise AttributeError("this model has no .config to save; build it with domainmae.create_model")
     directory = Path(directory)
     with atomic_path(directory / WEIGHTS) as tmp:
         save_model(model, str(tmp), metadata={"format": "pt"})
-    text = json.dumps({"format": FORMAT, "model_config": config.to_dict(), **extra}, indent=2)
+    text = json.dumps({"format": FORMAT, "model_config": model.config.to_dict(), **extra}, indent=2)
     atomic_write_text(directory / CONFIG, text + "\n")
     return directory
 

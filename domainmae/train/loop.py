@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data.loader import chunk_rows, skipped_reads
-from ..models import MaskedAutoencoder, create_model, load_pretrained
+from ..models import MaskedAutoencoder, load_pretrained
 from ..pipeline import TrainingData, build_training_data, training_loader
 from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
 from ..runtime import RunDir
@@ -59,8 +59,8 @@ def _to(batch: Any, device: torch.device) -> Any:
 
 
 def _model_for(recipe: Recipe, data: TrainingData) -> MaskedAutoencoder:
-    tokens = {"channels": data.channels} if data.sensors is None else {"sensors": data.sensors}
-    model = create_model(recipe.model.size, img_size=recipe.data.crop_size, **tokens, **recipe.model.overrides())
+    model = MaskedAutoencoder(recipe.model.to_config(img_size=recipe.data.crop_size, channels=data.channels,
+                                                     sensors=data.sensors))  # fmt: skip
     if recipe.model.pretrained:
         log.info("initialised from %s:\n%s", recipe.model.pretrained, load_pretrained(model, recipe.model.pretrained))
     return model
