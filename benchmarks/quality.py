@@ -188,8 +188,31 @@ def print_mitosis(scores: pd.DataFrame) -> None:
           + by_field[list(FEATURES)].round(3).to_string())  # fmt: skip
 
 
+def print_eo(table: pd.DataFrame, samples: int) -> None:
+    """MSE per step count, case and predictor: mean ± sd over seeds."""
+    seeds = sorted(int(s) for s in table.seed.unique())
+    print(f"\nEO reconstruction, BigEarthNet S2+S1 demo patches ({samples} crops of the training patches, the "
+          f"same masks for every predictor), {len(seeds)} seed(s) {seeds}: MSE in standardised units, "
+          "mean ± sd over seeds (n/a: the baseline has no prediction there)")  # fmt: skip
+    predictors = list(dict.fromkeys(table.predictor))
+    print(f"{'steps':>6}  {'case':<14}" + "".join(f"{p:>20}" for p in predictors))
+    for (steps, case), group in table.groupby(["steps", "case"], sort=False):
+        cells = [group[group.predictor == p].mse.tolist() for p in predictors]
+        print(f"{steps:>6}  {case:<14}"
+              + "".join(f"{'n/a' if None in c or any(pd.isna(c)) else spread(c):>20}" for c in cells))  # fmt: skip
+
+
 def run_summary(args: argparse.Namespace) -> None:
-    """One mitosis table from the ``mitosis.json`` of several workdirs (seeds run apart, same settings)."""
+    """One table from the ``mitosis.json`` or ``eo.json`` of several workdirs (seeds run apart, same settings)."""
+    if all((Path(w) / "eo.json").is_file() for w in args.workdirs):
+        runs = [json.loads((Path(w) / "eo.json").read_text()) for w in args.workdirs]
+        if len({json.dumps([r["set"], r["samples"]]) for r in runs}) > 1:
+            raise SystemExit("the workdirs ran different settings, their scores do not pool")
+        table = pd.concat([pd.DataFrame(r["scores"]) for r in runs], ignore_index=True)
+        if table.duplicated(["seed", "steps", "case", "predictor"]).any():
+            raise SystemExit("a seed appears in two workdirs; pool runs of different seeds")
+        print_eo(table, runs[0]["samples"])
+        return
     runs = [json.loads((Path(w) / "mitosis.json").read_text()) for w in args.workdirs]
     settings = {json.dumps({k: r.get(k) for k in ("set", "batch", "crop", "k")}) for r in runs}
     if len(settings) > 1:
@@ -250,16 +273,7 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
                 rows += [{"seed": seed, "steps": steps, "case": case, "predictor": p, "mse": v}
                          for p, v in scores.items()]  # fmt: skip
             print(f"seed {seed}, {steps} steps done; {time.perf_counter() - began:.0f} s so far", flush=True)
-    table = pd.DataFrame(rows)
-    print(f"\nEO reconstruction, BigEarthNet S2+S1 demo patches ({args.samples} crops of the training patches, the "
-          f"same masks for every predictor), {len(seeds)} seed(s) {seeds}: MSE in standardised units, "
-          "mean ± sd over seeds (n/a: the baseline has no prediction there)")  # fmt: skip
-    predictors = list(dict.fromkeys(table.predictor))
-    print(f"{'steps':>6}  {'case':<14}" + "".join(f"{p:>20}" for p in predictors))
-    for (steps, case), group in table.groupby(["steps", "case"], sort=False):
-        cells = [group[group.predictor == p].mse.tolist() for p in predictors]
-        print(f"{steps:>6}  {case:<14}"
-              + "".join(f"{'n/a' if None in c or any(pd.isna(c)) else spread(c):>20}" for c in cells))  # fmt: skip
+    print_eo(pd.DataFrame(rows), args.samples)
     wall = time.perf_counter() - began
     print(f"\nwall time {wall:.0f} s (budget {args.budget_minutes * 60:.0f} s, used to plan the steps when --steps "
           "is not given)")  # fmt: skip
@@ -292,8 +306,8 @@ def main() -> None:
     e = commands.add_parser("eo-reconstruction", parents=[run],
                             help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")  # fmt: skip
     e.add_argument("--samples", type=int, default=32, help="crops scored per case (default 32)")
-    summary = commands.add_parser("summary", help="one mitosis table from several workdirs (seeds run apart)")
-    summary.add_argument("workdirs", nargs="+", help="mitosis workdirs holding mitosis.json")
+    summary = commands.add_parser("summary", help="one table from several workdirs of one benchmark (seeds run apart)")
+    summary.add_argument("workdirs", nargs="+", help="workdirs holding mitosis.json, or all holding eo.json")
     args = parser.parse_args()
     {"mitosis": run_mitosis, "eo-reconstruction": run_eo, "summary": run_summary}[args.command](args)
 
