@@ -126,9 +126,9 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
 
     recipe = mitosis_recipe(manifest, args.crop, 0, args.batch, args.set)
     per_step, startup = time_pretraining(recipe, work / "calibration")
+    pools = args.pool.split(",")
     start = time.perf_counter()
     # The raw statistics depend on the data and its normalisation only: one table serves every run.
-    pools = args.pool.split(",")
     raw = embed_crops(work / "calibration", work / "raw.parquet", "mean", "raw")
     embed_s = time.perf_counter() - start
     # Per seed and step count: the model's and the random-init embeddings, and 4 folds x 2 probe fits (~1 s).

@@ -56,7 +56,8 @@ class Export:
 
     @property
     def dim(self) -> int:
-        """Features per row (or per patch): the embedding width, or 7 statistics per chosen channel."""
+        """Features per patch of a per-patch raster: the embedding width, or 7 statistics per chosen channel
+        (pooled rows may be wider: ``pool="channels"`` gives C x D)."""
         if self.features == "raw":
             return len(STATS) * sum(len(names) for names in self.channels.values())
         return self.model.embed_dim
