@@ -4,10 +4,10 @@
     python benchmarks/loader.py --cog-size 4096 --fields 4 --seconds 2     # quicker
 
 (a) microscopy: 5-channel uint16 1080x1080 fields as per-channel TIFFs (uncompressed, as microscopes write
-    them) vs one Zarr array [N, 5, H, W] (256x256 chunks, zstd); 224 px crops through FieldCrops, 1 crop per
+    them) vs one Zarr array [N, 5, H, W] (256x256 chunks, zstd); 224 px crops through WindowDataset, 1 crop per
     field read vs several; baseline: read every channel file whole, then crop.
 (b) a tiled multi-band COG-like GeoTIFF (10 bands uint16, 512 px tiles, deflate, pixel-interleaved as GDAL
-    writes COGs); random 128/224 px windows through RasterWindowReader, tile-aware with several windows per
+    writes COGs); random 128/224 px windows through WindowReader, tile-aware with several windows per
     read, and one window per read; baseline 1: read the whole file, then crop; baseline 2: plain per-window
     rasterio reads with the file kept open.
 (c) one file per band at mixed resolution, like Sentinel-2 (4 bands at 10 m, 6 at 20 m, 2 at 60 m; coarse
@@ -102,7 +102,7 @@ def _rate(produce: Callable[[], int], seconds: float) -> tuple[float, int]:
 
 
 def _field_case(case: dict, rng: random.Random) -> Callable[[], int]:
-    from domainmae.data import FieldCrops, pattern_fields, zarr_fields
+    from domainmae.data import WindowDataset, pattern_fields, zarr_fields
 
     root, count = Path(case["root"]), case["fields"]
     if case["format"] == "zarr":
@@ -118,12 +118,12 @@ def _field_case(case: dict, rng: random.Random) -> Callable[[], int]:
             np.ascontiguousarray(image[:, r:r + CROP, c:c + CROP])
             return 1
         return produce
-    crops = FieldCrops(fields, CROP, crops_per_field=case["k"])
+    crops = WindowDataset(fields, CROP, windows_per_read=case["k"])
     return lambda: len(crops[next(position) % count])
 
 
 def _raster_case(case: dict, rng: random.Random) -> Callable[[], int]:
-    from domainmae.data import RasterScene, RasterWindowReader, Window, find_scenes
+    from domainmae.data import RasterScene, Window, WindowReader, find_scenes
 
     size, mode = case["size"], case["mode"]
     if mode == "plain":  # baseline 2: rasterio reads one window at a time, file kept open
@@ -148,7 +148,7 @@ def _raster_case(case: dict, rng: random.Random) -> Callable[[], int]:
             region.crop(Window(rng.randrange(grid.height - size + 1), rng.randrange(grid.width - size + 1), size, size))
             return 1
         return produce
-    reader = RasterWindowReader(scene, size, windows_per_read=case["k"])
+    reader = WindowReader(scene, size, windows_per_read=case["k"])
     return lambda: sum(1 for _ in reader.random(case["k"], rng))
 
 
@@ -217,7 +217,7 @@ def main() -> None:
 
         print(f"(a) {args.fields} fields x 5 ch uint16 {FIELD_SIDE}^2, {CROP} px crops")
         fields = dict(kind="fields", root=str(root / "fields"), fields=args.fields, seconds=t)
-        a = {(fmt, k): row(f"{fmt} FieldCrops, {k} crop(s) per field read", measure({**fields, "format": fmt,
+        a = {(fmt, k): row(f"{fmt} WindowDataset, {k} crop(s) per field read", measure({**fields, "format": fmt,
              "mode": "crops", "k": k}, args.gdal_cache_mb)) for fmt in ("tiff", "zarr") for k in (1, args.crops)}  # fmt: skip
         whole = row("baseline: tiff read whole, then 1 crop", measure({**fields, "format": "tiff", "mode": "whole"},
                                                                        args.gdal_cache_mb))  # fmt: skip
@@ -225,7 +225,7 @@ def main() -> None:
         verdict(f"zarr, {args.crops} crops/read", a["zarr", args.crops]["samples_per_s"], 200, " samples/s")
         print(f"  -> tiff {args.crops} crops/read vs whole-read baseline: "
               f"{a['tiff', args.crops]['samples_per_s'] / whole['samples_per_s']:.1f}x")
-        big = {fmt: row(f"{fmt} FieldCrops, {args.crops} crops, {10 * args.fields} fields (RSS growth)",
+        big = {fmt: row(f"{fmt} WindowDataset, {args.crops} crops, {10 * args.fields} fields (RSS growth)",
                         measure({**fields, "root": str(root / "fields10"), "fields": 10 * args.fields, "format": fmt,
                                  "mode": "crops", "k": args.crops}, args.gdal_cache_mb)) for fmt in ("tiff", "zarr")}  # fmt: skip
         for fmt in ("tiff", "zarr"):
@@ -237,7 +237,7 @@ def main() -> None:
             cog = dict(kind="cog", path=str(root / "cog.tif"), size=size, seconds=t)
             tile = row(f"{size} px tile-aware, {args.windows} windows/read",
                        measure({**cog, "mode": "tile", "k": args.windows}, args.gdal_cache_mb))
-            row(f"{size} px RasterWindowReader, 1 window/read", measure({**cog, "mode": "tile", "k": 1}, args.gdal_cache_mb))
+            row(f"{size} px WindowReader, 1 window/read", measure({**cog, "mode": "tile", "k": 1}, args.gdal_cache_mb))
             plain = row(f"{size} px baseline 2: plain rasterio per-window reads", measure({**cog, "mode": "plain"}, args.gdal_cache_mb))
             verdict(f"{size} px tile-aware vs plain per-window", tile["samples_per_s"] / plain["samples_per_s"], 3, "x")
         sizes = {"small": (root / "cog_small.tif", small_side), "large": (root / "cog.tif", args.cog_size)}
@@ -255,7 +255,7 @@ def main() -> None:
         print(f"(c) S2-like scene, one file per band: 4 @ {args.s2_size}^2 (10 m), 6 @ 20 m, 2 @ 60 m, 224 px windows")
         s2 = dict(kind="bands", path=str(root / "s2"), size=224, seconds=t)
         tile = row(f"tile-aware, {args.windows} windows/read", measure({**s2, "mode": "tile", "k": args.windows}, args.gdal_cache_mb))
-        one = row("RasterWindowReader, 1 window/read (files kept open)", measure({**s2, "mode": "tile", "k": 1}, args.gdal_cache_mb))
+        one = row("WindowReader, 1 window/read (files kept open)", measure({**s2, "mode": "tile", "k": 1}, args.gdal_cache_mb))
         full = row("baseline 1: whole scene read (resampled), then crop", measure({**s2, "mode": "whole", "seconds": 0.0},
                                                                                   args.gdal_cache_mb))  # fmt: skip
         verdict("tile-aware vs 1 window/read", tile["samples_per_s"] / one["samples_per_s"], 3, "x")

@@ -106,7 +106,7 @@ def build(out: str | Path, crop: int = 32, k: float = 3.0, manifests: tuple[Path
     counts: list[dict[str, object]] = []
     half = crop // 2
     for field in fields:
-        image = field.read()  # [3, H, W] float32 in CHANNELS order
+        image = field.pixels()  # [3, H, W] float32 in CHANNELS order
         name = field_name(field.meta)
         nuclei = field_nuclei(name, image[0], image[1], k)
         height, width = image.shape[1:]

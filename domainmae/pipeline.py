@@ -20,8 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data.bigearthnet import bigearthnet_pairs, bigearthnet_scenes
 from .data.detect import Found, by_sensor, detect
-from .data.fields import Field, FieldCrops
-from .data.geo import SceneWindows
+from .data.fields import Field
 from .data.inspect import Report, inspect_found
 from .data.loader import SeededItems, StepBatchSampler, TransformedItems, collate_samples, group_items, sample_seed
 from .data.multisensor import MultiSensorScene
@@ -31,6 +30,7 @@ from .data.scenes import find_scenes, stacked_scenes
 from .data.stats import band_statistics
 from .data.tiff import load_data_fields, pattern_fields, stack_fields
 from .data.transforms import Augment, BandStandardize, PercentileClip, SelfStandardize
+from .data.windows import WindowDataset
 from .data.zarr import zarr_fields
 from .recipes import DataSection, Recipe
 
@@ -177,24 +177,22 @@ def _band_stats(section: DataSection, reads: Dataset, sensors: Sequence[str], se
 def build_training_data(section: DataSection, seed: int = 0) -> TrainingData:
     """Dataset of keyed items for a recipe's ``data`` section (see module docstring)."""
     k = section.crops_per_read
-    if section.kind == "microscopy":
-        if not section.channels:
-            raise ValueError("data.channels must list the channels the model is trained on")
-        fields = microscopy_fields(section)
-        # Read errors reach SeededItems, which under on_error=skip reads a stand-in so the batch keeps its size.
-        crops = FieldCrops(fields, section.crop_size, crops_per_field=k)
-        # One sensor, named as the model names a channel-agnostic model's only one.
-        stats = _band_stats(section, crops, ["image"], seed)
-        items = TransformedItems(crops, _compose([normalizer(section, stats), _augment(section)]))
-        sets = [field.channels for field in fields] if section.allow_channel_subsets else None
-        return TrainingData(SeededItems(items, on_error=section.on_error, groups=sets), k, channels=list(section.channels),
-                            channel_sets=sets, band_stats=stats)  # fmt: skip
-    scenes = sentinel_scenes(section)
-    sensors = {name: list(bands) for name, bands in section.sensors.items()}
-    windows = SceneWindows(scenes, section.crop_size, windows_per_read=k, min_valid=section.min_valid_fraction)
+    if section.kind == "microscopy" and not section.channels:
+        raise ValueError("data.channels must list the channels the model is trained on")
+    sources = microscopy_fields(section) if section.kind == "microscopy" else sentinel_scenes(section)
+    # Read errors reach SeededItems, which under on_error=skip reads a stand-in so the batch keeps its size.
+    windows = WindowDataset(sources, section.crop_size, windows_per_read=k, min_valid=section.min_valid_fraction)
+    # A channel-agnostic microscopy model has one sensor, named as the model names its only one.
+    sensors = {"image": list(section.channels)} if section.kind == "microscopy" else {
+        name: list(bands) for name, bands in section.sensors.items()
+    }
     stats = _band_stats(section, windows, list(sensors), seed)
     items = TransformedItems(windows, _compose([normalizer(section, stats), _augment(section)]))
-    return TrainingData(SeededItems(items, on_error=section.on_error), k, sensors=sensors, band_stats=stats)
+    if section.kind != "microscopy":
+        return TrainingData(SeededItems(items, on_error=section.on_error), k, sensors=sensors, band_stats=stats)
+    sets = [field.channels for field in sources] if section.allow_channel_subsets else None
+    return TrainingData(SeededItems(items, on_error=section.on_error, groups=sets), k, channels=list(section.channels),
+                        channel_sets=sets, band_stats=stats)  # fmt: skip
 
 
 def training_loader(

@@ -123,9 +123,9 @@ def test_manifest_rows_without_a_channel_become_subset_fields(tmp_path):
     assert [f.channels for f in fields] == [FULL, NO_ACTIN, FULL]
     stem = FLY / "01_POS076"
     want = np.stack([tifffile.imread(f"{stem}_D.TIF"), tifffile.imread(f"{stem}_F.TIF")]).astype(np.float32)
-    np.testing.assert_array_equal(fields[1].read(), want)
+    np.testing.assert_array_equal(fields[1].pixels(), want)
     assert set(fields[1].meta["files"]) == {"DNA", "PH3"}
-    full = fields[0].read()  # vocabulary order although the manifest lists Actin first
+    full = fields[0].pixels()  # vocabulary order although the manifest lists Actin first
     np.testing.assert_array_equal(full[2], tifffile.imread(FLY / "01_POS002_R.TIF").astype(np.float32))
 
     data = build_training_data(_recipe(manifest).data)

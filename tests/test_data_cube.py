@@ -10,8 +10,8 @@ import xarray as xr
 from affine import Affine
 
 from domainmae.data.cube import cube_grid, open_cube
-from domainmae.data.geo import RasterWindowReader, SceneWindows
 from domainmae.data.samplers import Window
+from domainmae.data.windows import WindowDataset, WindowReader
 
 # Writing the fixtures: string band names and consolidated metadata have no Zarr v3 spec yet; zarr says so.
 pytestmark = [
@@ -54,7 +54,7 @@ def test_zarr_cube_windows_equal_the_array_and_carry_the_transform(tmp_path):
     scene = scenes[1]
     assert scene.channels == tuple(BANDS) and scene.block_shape == (32, 32)
     assert scene.grid.transform == TRANSFORM and scene.grid.crs.to_epsg() == 32633
-    reader = RasterWindowReader(scene, 24, windows_per_read=4)
+    reader = WindowReader(scene, 24, windows_per_read=4)
     samples = list(reader.random(8, random.Random(0)))
     assert reader.regions_read == 2
     for sample in samples:
@@ -94,8 +94,9 @@ def test_grid_from_coordinates_and_errors():
 
 def test_cube_scenes_feed_the_window_dataset():
     array = cube(times=2).assign_coords(x=404405.0 + 10 * np.arange(80), y=5342395.0 - 10 * np.arange(96))
-    dataset = SceneWindows(open_cube(array), 32, sampling="grid")
-    assert len(dataset) == 2 * 3 * 3
-    (sample,) = dataset[9 + 4]  # second time step, the centre window of the 3 x 3 tiling
+    dataset = WindowDataset(open_cube(array), 32, sampling="grid")
+    windows = [sample for item in dataset for sample in item]  # one item per row of windows
+    assert len(dataset) == 2 * 3 and len(windows) == 2 * 3 * 3
+    sample = windows[9 + 4]  # second time step, the centre window of the 3 x 3 tiling
     assert sample["meta"]["window"] == (32, 32, 32, 32)
     np.testing.assert_array_equal(sample["image"].numpy(), array.values[1, :, 32:64, 32:64])

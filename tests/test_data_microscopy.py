@@ -18,9 +18,10 @@ from zarr.storage import LocalStore
 
 from domainmae.data import (
     ErrorPolicy,
-    FieldCrops,
     FieldError,
     Window,
+    WindowDataset,
+    WindowReader,
     load_data_fields,
     pattern_fields,
     stack_fields,
@@ -59,7 +60,7 @@ def test_every_manifest_channel_equals_tifffile(folder: Path, count: int, shape:
     for field in fields:
         assert field.channels == ("DNA", "PH3", "Actin")
         assert field.shape == shape
-        sample = field.sample()
+        sample = WindowReader(field, min(shape)).window(Window(0, 0, *shape))
         assert sample["image"].dtype.is_floating_point and sample["image"].shape == (3, *shape)
         for k, name in enumerate(field.channels):
             expected = tifffile.imread(sample["meta"]["files"][name])
@@ -70,7 +71,7 @@ def test_every_manifest_channel_equals_tifffile(folder: Path, count: int, shape:
 def test_manifest_windowed_read_matches_full_read() -> None:
     for field in load_data_fields(FLY / "load_data.csv")[:1] + load_data_fields(HUMAN / "load_data.csv"):
         window = Window(37, 101, 150, 90)
-        np.testing.assert_array_equal(field.read(window), field.read()[:, 37:187, 101:191])
+        np.testing.assert_array_equal(field.pixels(window), field.pixels()[:, 37:187, 101:191])
 
 
 def test_parquet_manifest_with_rename_and_selection(tmp_path: Path) -> None:
@@ -80,7 +81,7 @@ def test_parquet_manifest_with_rename_and_selection(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "plate.parquet")
     field = load_data_fields(tmp_path / "plate.parquet", channel_map={"DNA": "Hoechst"}, channels=["Actin", "Hoechst"])[0]
     assert field.channels == ("Actin", "Hoechst")
-    image = field.read()
+    image = field.pixels()
     np.testing.assert_array_equal(image[1], tifffile.imread(HUMAN / rows[0]["FileName_OrigDNA"]))
     assert field.meta["Metadata_Well"] == "D03"
 
@@ -99,11 +100,11 @@ def test_illumination_function_divides(tmp_path: Path) -> None:
     np.save(tmp_path / "IllumDNA.npy", illum)
     row.update(FileName_IllumDNA="IllumDNA.npy", PathName_IllumDNA="")  # empty PathName = manifest folder
     field = load_data_fields(_write_manifest(tmp_path / "load_data.csv", [row]))[0]
-    image = field.read()
+    image = field.pixels()
     raw = tifffile.imread(HUMAN / row["FileName_OrigDNA"]).astype(np.float32)
     np.testing.assert_allclose(image[0], raw / illum, rtol=1e-6)
     np.testing.assert_array_equal(image[1], tifffile.imread(HUMAN / row["FileName_OrigPH3"]))  # no illum: as is
-    np.testing.assert_allclose(field.read(Window(5, 6, 20, 30))[0], (raw / illum)[5:25, 6:36], rtol=1e-6)
+    np.testing.assert_allclose(field.pixels(Window(5, 6, 20, 30))[0], (raw / illum)[5:25, 6:36], rtol=1e-6)
     assert field.meta["illum"] == {"DNA": str(tmp_path / "IllumDNA.npy")}
 
 
@@ -129,9 +130,9 @@ def test_corrupt_file_names_file_and_dataset_skips_it(tmp_path: Path) -> None:
     (tmp_path / "01_POS002_R.TIF").write_bytes(b"II*\x00 this is not a TIFF")
     fields = pattern_fields(tmp_path, FLY_PATTERN, FLY_CHANNELS)
     with pytest.raises(FieldError, match=r"01_POS002_R\.TIF \(channel Actin, field=01_POS002"):
-        fields[0].read()
+        fields[0].pixels()
     policy = ErrorPolicy("skip")
-    crops = FieldCrops(fields, size=64, on_error=policy)
+    crops = WindowDataset(fields, size=64, on_error=policy)
     assert crops[0] == [] and len(policy.skipped) == 1
 
 
@@ -144,7 +145,7 @@ def test_pattern_groups_examplefly_into_three_fields_of_three_channels() -> None
     assert all(f.channels == ("DNA", "PH3", "Actin") for f in fields)
     by_manifest = load_data_fields(FLY / "load_data.csv")
     for from_pattern, from_manifest in zip(fields, by_manifest):
-        np.testing.assert_array_equal(from_pattern.read(), from_manifest.read())
+        np.testing.assert_array_equal(from_pattern.pixels(), from_manifest.pixels())
 
 
 def test_pattern_field_missing_channel_raises_or_is_skipped(tmp_path: Path) -> None:
@@ -165,7 +166,7 @@ def test_pattern_reads_rxrx_style_png_channels(tmp_path: Path) -> None:
     pattern = r"(?P<Metadata_Well>\w+)_s(?P<Metadata_Site>\d)_w(?P<channel>\d)\.png"
     fields = pattern_fields(tmp_path, pattern, {"1": "DNA", "2": "ER"}, channels=["ER", "DNA"])
     assert [(f.meta["Metadata_Well"], f.meta["Metadata_Site"]) for f in fields] == [("B02", "1"), ("B02", "2")]
-    np.testing.assert_array_equal(fields[1].read(Window(2, 3, 10, 12)),
+    np.testing.assert_array_equal(fields[1].pixels(Window(2, 3, 10, 12)),
                                   np.stack([planes["2", "2"], planes["2", "1"]])[:, 2:12, 3:15])
 
 
@@ -190,8 +191,8 @@ def test_tiff_stack_round_trips(tmp_path: Path, layout: str, write) -> None:
         stack_fields([path], channels=NAMES)
     field = stack_fields([path], axes=layout, channels=NAMES)[0]
     assert field.channels == tuple(NAMES)
-    np.testing.assert_array_equal(field.read(), STACK)
-    np.testing.assert_array_equal(field.read(Window(3, 17, 20, 30)), STACK[:, 3:23, 17:47])
+    np.testing.assert_array_equal(field.pixels(), STACK)
+    np.testing.assert_array_equal(field.pixels(Window(3, 17, 20, 30)), STACK[:, 3:23, 17:47])
     with pytest.raises(ValueError, match=r"expected 3 channels \['DNA', 'ER', 'RNA'\], found 5"):
         stack_fields([path], axes=layout, channels=NAMES[:3])
 
@@ -201,9 +202,9 @@ def test_ome_tiff_channel_names_from_metadata(tmp_path: Path) -> None:
     tifffile.imwrite(path, STACK, tile=(16, 16), metadata={"axes": "CYX", "Channel": {"Name": NAMES}})
     field = stack_fields([path])[0]
     assert field.channels == tuple(NAMES)
-    np.testing.assert_array_equal(field.read(), STACK)
+    np.testing.assert_array_equal(field.pixels(), STACK)
     picked = stack_fields([path], channel_map={"DNA": "Hoechst"}, channels=["Mito", "Hoechst"])[0]
-    np.testing.assert_array_equal(picked.read(Window(8, 8, 16, 24)), STACK[[4, 0], 8:24, 8:32])
+    np.testing.assert_array_equal(picked.pixels(Window(8, 8, 16, 24)), STACK[[4, 0], 8:24, 8:32])
 
 
 # --- Zarr and OME-Zarr ----------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def test_plain_zarr_array_and_group(tmp_path: Path) -> None:
     fields = zarr_fields(tmp_path / "fields.zarr", channels=["DNA", "Actin"])
     assert len(fields) == 3 and fields[1].channels == ("DNA", "Actin")
     for n, field in enumerate(fields):
-        np.testing.assert_array_equal(field.read(), data[n])
+        np.testing.assert_array_equal(field.pixels(), data[n])
     with pytest.raises(ValueError, match="2 unnamed channels; pass channels="):
         zarr_fields(tmp_path / "fields.zarr")
 
@@ -223,7 +224,7 @@ def test_plain_zarr_array_and_group(tmp_path: Path) -> None:
     for n in range(3):
         group.create_array(f"site{n}", data=data[n], chunks=(1, 8, 8))
     fields = zarr_fields(tmp_path / "group.zarr", channels=["DNA", "Actin"])
-    np.testing.assert_array_equal(fields[2].read(Window(4, 5, 10, 11)), data[2][:, 4:14, 5:16])
+    np.testing.assert_array_equal(fields[2].pixels(Window(4, 5, 10, 11)), data[2][:, 4:14, 5:16])
 
 
 def _write_plate(root: Path, version: str, images: dict[tuple[str, str, str], np.ndarray]) -> None:
@@ -265,7 +266,7 @@ def test_ome_zarr_plate_reads_level0_with_omero_names(tmp_path: Path, version: s
     assert [(f.meta["Metadata_Well"], f.meta["Metadata_Site"]) for f in fields] == [("A1", "0"), ("A1", "1"), ("A2", "0")]
     assert all(f.channels == ("DNA", "ER", "MITO") and f.meta["Metadata_Plate"] == "P1" for f in fields)
     for field, data in zip(fields, images.values()):
-        np.testing.assert_array_equal(field.read(), data)
+        np.testing.assert_array_equal(field.pixels(), data)
 
     # A 8x8 window on the 8x8 chunk grid of two selected channels touches exactly two chunks.
     keys: list[str] = []
@@ -278,7 +279,7 @@ def test_ome_zarr_plate_reads_level0_with_omero_names(tmp_path: Path, version: s
     monkeypatch.setattr(LocalStore, "get", spy)
     picked = zarr_fields(tmp_path / "plate.zarr", channels=["Mito", "DNA"])[0]
     keys.clear()
-    np.testing.assert_array_equal(picked.read(Window(8, 16, 8, 8)), images["A", "1", "0"][[2, 0], 8:16, 16:24])
+    np.testing.assert_array_equal(picked.pixels(Window(8, 16, 8, 8)), images["A", "1", "0"][[2, 0], 8:16, 16:24])
     assert len([k for k in keys if Path(k).name not in ("zarr.json", ".zarray", ".zattrs", ".zgroup")]) == 2
 
 
@@ -305,11 +306,11 @@ def test_random_crops_read_each_field_once(monkeypatch) -> None:
 
     monkeypatch.setattr(tiff_module, "_read_plane", counting)
     fields = load_data_fields(FLY / "load_data.csv")
-    crops = FieldCrops(fields, size=128, crops_per_field=5)
+    crops = WindowDataset(fields, size=128, windows_per_read=5)
     batch = crops[1]
     assert len(batch) == 5 and len(calls) == 3  # one read per channel file, not one per crop
     calls.clear()
-    full = fields[1].read()
+    full = fields[1].pixels()
     for crop in batch:
         window = crop["meta"]["window"]
         assert crop["image"].shape == (3, 128, 128) and crop["channels"] == ("DNA", "PH3", "Actin")
@@ -319,19 +320,19 @@ def test_random_crops_read_each_field_once(monkeypatch) -> None:
 
 def test_grid_tiling_covers_every_pixel() -> None:
     field = load_data_fields(FLY / "load_data.csv")[0]
-    tiles = FieldCrops([field], size=224, tiling="grid", stride=200)[0]
-    full = field.read()
+    tiles = list(WindowReader(field, 224).grid(stride=200))
+    full = field.pixels()
     covered = np.zeros(field.shape, dtype=int)
     for tile in tiles:
         window = tile["meta"]["window"]
         covered[window.slices()] += 1
         np.testing.assert_array_equal(tile["image"].numpy(), full[(slice(None), *window.slices())])
     assert covered.min() >= 1 and len(tiles) == 25
-    assert [t["meta"]["window"] for t in FieldCrops([field], 224, tiling="grid", stride=200)[0]] == \
+    assert [t["meta"]["window"] for item in WindowDataset([field], 224, sampling="grid", stride=200) for t in item] == \
         [t["meta"]["window"] for t in tiles]  # deterministic
 
 
 def test_crop_larger_than_field_names_the_field() -> None:
-    crops = FieldCrops(load_data_fields(HUMAN / "load_data.csv"), size=600)
+    crops = WindowDataset(load_data_fields(HUMAN / "load_data.csv"), size=600)
     with pytest.raises(ValueError, match=r"field row 1 of .*load_data\.csv of 512x512 px is smaller than the 600 px crop"):
         crops[0]

@@ -20,20 +20,14 @@ from domainmae.data.bigearthnet import (
     bigearthnet_scenes,
     read_patch_metadata,
 )
-from domainmae.data.geo import (
-    MissingCRSError,
-    NoValidWindowError,
-    RasterReadError,
-    RasterWindowReader,
-    SceneWindows,
-    valid_fraction,
-)
+from domainmae.data.geo import MissingCRSError, RasterReadError
 from domainmae.data.multisensor import MultiSensorScene, pair_scenes
 from domainmae.data.radiometry import SENTINEL2_L2A, Radiometry, baseline_in_name
 from domainmae.data.raster import BandSource, RasterScene
-from domainmae.data.samplers import Window, tile_aligned_windows
+from domainmae.data.samplers import Window, random_windows
 from domainmae.data.scenes import find_scenes
 from domainmae.data.stats import band_statistics
+from domainmae.data.windows import NoValidWindowError, WindowDataset, WindowReader, valid_fraction
 
 from .conftest import SAMPLES
 
@@ -62,7 +56,7 @@ def pair_of(s2_b02: Path, s1_vv: Path) -> MultiSensorScene:
     return MultiSensorScene(scenes)
 
 
-def all_windows(reader: RasterWindowReader, count: int, seed: int = 0) -> list[dict]:
+def all_windows(reader: WindowReader, count: int, seed: int = 0) -> list[dict]:
     return list(reader.random(count, random.Random(seed)))
 
 
@@ -77,7 +71,7 @@ def pairs() -> list[MultiSensorScene]:
 def test_bigearthnet_coarse_bands_equal_rasterio_resampled_read(pairs):
     s2 = pairs[0].scenes["s2"]
     assert s2.radiometry == Radiometry(scale=1e-4, nodata=0)  # baseline N0205 of the source product: no offset
-    whole = RasterWindowReader(s2, 120).window(Window(0, 0, 120, 120))
+    whole = WindowReader(s2, 120).window(Window(0, 0, 120, 120))
     assert whole["image"].shape == (12, 120, 120) and whole["image"].dtype == torch.float32
     expected = {}
     for band in s2.bands:
@@ -86,7 +80,7 @@ def test_bigearthnet_coarse_bands_equal_rasterio_resampled_read(pairs):
         expected[band.name] = raw.astype(np.float32) * np.float32(1e-4)
         np.testing.assert_allclose(whole["image"][s2.channels.index(band.name)].numpy(), expected[band.name], rtol=1e-6)
     # Windows cut from tile-aligned regions (fractional 20 m / 60 m windows) equal the same crop of the whole read.
-    for sample in all_windows(RasterWindowReader(s2, 48, windows_per_read=4), 8):
+    for sample in all_windows(WindowReader(s2, 48, windows_per_read=4), 8):
         rows, cols = Window(*sample["meta"]["window"]).slices()
         for c, name in enumerate(sample["channels"]):
             np.testing.assert_allclose(sample["image"][c].numpy(), expected[name][rows, cols], rtol=1e-6)
@@ -95,7 +89,7 @@ def test_bigearthnet_coarse_bands_equal_rasterio_resampled_read(pairs):
 def test_s1_and_s2_windows_share_transform_and_crs(pairs):
     assert len(pairs) == 6
     for pair in pairs:
-        sample = next(RasterWindowReader(pair, 32).random(1, random.Random(1)))
+        sample = next(WindowReader(pair, 32).random(1, random.Random(1)))
         s1, s2, meta = sample["s1"], sample["s2"], sample["meta"]
         assert s1["channels"] == ("VV", "VH") and s1["image"].shape == (2, 32, 32)
         assert s1["meta"]["transform"] == s2["meta"]["transform"] == meta["transform"]
@@ -135,7 +129,7 @@ def test_bigearthnet_labels_parse(pairs):
     assert hot19.shape == (19,) == (len(BEN19_LABELS),) and hot19[BEN19_LABELS.index("Arable land")] == 1
     s1_patch = read_patch_metadata(next((S1_ROOT / pairs[0].scenes["s1"].scene_id).glob("*.json")))
     assert s1_patch.labels == patch.labels and s1_patch.bounds == patch.bounds  # S1 spells "lly" for "lry"
-    sample = RasterWindowReader(pairs[0], 16).window(Window(0, 0, 16, 16))
+    sample = WindowReader(pairs[0], 16).window(Window(0, 0, 16, 16))
     assert sample["s2"]["meta"]["labels"] == patch.labels and sample["s2"]["meta"]["datetime"] == patch.acquired
 
 
@@ -183,7 +177,7 @@ def test_tile_aware_sampler_is_uniform_over_positions():
     # 11 rows, 3 px windows, 4 px tiles: positions 0..8 fall in cells of 4, 4 and 1 positions.
     counts = np.zeros(9)
     for _ in range(6000):
-        windows = tile_aligned_windows(11, 3, 3, (4, 4), 3, rng)
+        windows = random_windows(11, 3, 3, 3, rng, block=(4, 4))
         assert len({w.row // 4 for w in windows}) == 1 and all(w.row + w.height <= 11 for w in windows)
         for w in windows:
             counts[w.row] += 1
@@ -197,7 +191,7 @@ def test_tile_aware_reader_reads_fewer_regions_than_windows(tmp_path):
         dst.descriptions = ("B04", "B08")
     scene = RasterScene.from_file(path)
     assert scene.channels == ("B04", "B08") and scene.block_shape == (256, 256)
-    reader = RasterWindowReader(scene, 64, windows_per_read=8)
+    reader = WindowReader(scene, 64, windows_per_read=8)
     samples = all_windows(reader, 64)
     assert len(samples) == 64 and reader.regions_read == 8
     corners = np.array([s["meta"]["window"][:2] for s in samples])
@@ -225,7 +219,7 @@ def test_nodata_border_is_invalid_and_windows_are_redrawn(tmp_path, nodata_in_fi
     scene = RasterScene.from_file(path, ["B02", "B03"], nodata=None if nodata_in_file else 0)
     region = scene.read(Window(0, 0, 128, 128))
     assert not region.valid[:, :48].any() and region.valid[:, 48:].all() and (region.image[:, :, :48] == 0).all()
-    samples = all_windows(RasterWindowReader(scene, 32, windows_per_read=4, min_valid=0.9), 20)
+    samples = all_windows(WindowReader(scene, 32, windows_per_read=4, min_valid=0.9), 20)
     assert all(valid_fraction(s) >= 0.9 for s in samples) and min(s["meta"]["window"][1] for s in samples) >= 45
 
 
@@ -234,7 +228,7 @@ def test_mostly_invalid_scene_raises_after_bounded_redraws(tmp_path):
     data[0, :4, :4] = 7
     scene = RasterScene.from_file(write_tif(tmp_path / "empty.tif", data, nodata=0), ["B02"])
     with pytest.raises(NoValidWindowError, match="scene empty: 6 random 16 px windows in a row"):
-        all_windows(RasterWindowReader(scene, 16, min_valid=0.5, max_redraws=5), 4)
+        all_windows(WindowReader(scene, 16, min_valid=0.5, max_redraws=5), 4)
 
 
 def test_scl_classes_mask_pixels_on_the_10m_grid(tmp_path):
@@ -270,7 +264,7 @@ def test_crs_mismatch_is_warped_onto_the_s2_grid(tmp_path):
     ) as dst:  # fmt: skip
         dst.write(field)
     pair = pair_of(s2_path, tmp_path / "s1_VV.tif")
-    sample = RasterWindowReader(pair, 64).window(Window(0, 0, height, width))
+    sample = WindowReader(pair, 64).window(Window(0, 0, height, width))
     s1 = sample["s1"]
     assert s1["image"].shape == (1, 64, 64) and s1["meta"]["transform"] == sample["s2"]["meta"]["transform"]
     valid = s1["valid"].numpy()
@@ -312,12 +306,12 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
     with pytest.raises(RasterReadError, match=r"junk_B02.tif"):
         RasterScene.from_file(tmp_path / "junk_B02.tif", ["B02"])
     scenes = [RasterScene([BandSource("B02", good)]), *scenes[1:], missing]
-    dataset = SceneWindows(scenes, 16, windows_per_read=2, on_error="skip")
+    dataset = WindowDataset(scenes, 16, windows_per_read=2, on_error="skip")
     items = [dataset[i] for i in range(len(dataset))]
     assert [len(item) for item in items] == [2, 0, 0] and len(dataset.policy.skipped) == 2
     assert "B_B02.tif" in dataset.policy.skipped[0] and "gone_B02.tif" in dataset.policy.skipped[1]
     with pytest.raises(RasterReadError):
-        SceneWindows(scenes[1:2], 16)[0]
+        WindowDataset(scenes[1:2], 16)[0]
 
 
 def test_find_scenes_reports_scenes_missing_a_band(tmp_path):
@@ -332,11 +326,11 @@ def test_find_scenes_reports_scenes_missing_a_band(tmp_path):
 
 
 def test_grid_dataset_tiles_every_scene(pairs):
-    dataset = SceneWindows(pairs[:2], 60, sampling="grid")
-    assert len(dataset) == 8
-    item = dataset[5]
-    assert len(item) == 1 and item[0]["meta"]["window"] == (0, 60, 60, 60)
-    assert item[0]["s2"]["image"].shape == (12, 60, 60)
+    dataset = WindowDataset(pairs[:2], 60, sampling="grid")
+    windows = [sample for item in dataset for sample in item]  # one item per row of windows, read as one strip
+    assert len(dataset) == 4 and len(windows) == 8
+    assert windows[5]["meta"]["window"] == (0, 60, 60, 60)
+    assert windows[5]["s2"]["image"].shape == (12, 60, 60)
 
 
 # --------------------------------------------------------------------------- band statistics
@@ -344,7 +338,7 @@ def test_grid_dataset_tiles_every_scene(pairs):
 
 def test_band_statistics_ignore_invalid_pixels(tmp_path):
     scene = RasterScene.from_file(bordered(tmp_path, nodata_in_file=True), ["B02", "B03"], radiometry=Radiometry(1e-4))
-    samples = list(RasterWindowReader(scene, 32).grid())  # 16 windows tiling the scene exactly
+    samples = list(WindowReader(scene, 32).grid())  # 16 windows tiling the scene exactly
     stats = band_statistics(samples)
     with rasterio.open(scene.bands[0].path) as src:
         data = src.read().astype(np.float64) * 1e-4
@@ -361,7 +355,7 @@ def test_band_statistics_ignore_invalid_pixels(tmp_path):
 
 
 def test_band_statistics_of_multisensor_samples_need_a_sensor(pairs):
-    samples = list(RasterWindowReader(pairs[0], 60).grid())
+    samples = list(WindowReader(pairs[0], 60).grid())
     assert band_statistics(samples, sensor="s1").channels == ("VV", "VH")
     with pytest.raises(ValueError, match=r"sensor= one of \['s1', 's2'\]"):
         band_statistics(samples)

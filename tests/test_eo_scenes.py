@@ -10,10 +10,10 @@ import rasterio
 import rasterio.io
 from rasterio.crs import CRS
 
-from domainmae.data.geo import RasterWindowReader
 from domainmae.data.multisensor import MultiSensorScene
 from domainmae.data.raster import BandSource, RasterScene
 from domainmae.data.samplers import Window
+from domainmae.data.windows import WindowReader
 from domainmae.pipeline import sentinel_scenes
 from domainmae.recipes import RecipeError, load_recipe
 
@@ -42,7 +42,7 @@ def test_crs_without_epsg_code_is_described_once_per_scene(tmp_path, monkeypatch
     pair = MultiSensorScene({"s2": RasterScene([BandSource("B02", s2)]), "s1": RasterScene([BandSource("VV", s1)])})
     for scene in (single, pair):
         CountingCRS.calls = 0
-        reader = RasterWindowReader(scene, 16, windows_per_read=4)
+        reader = WindowReader(scene, 16, windows_per_read=4)
         samples = list(reader.random(12, random.Random(0))) + list(reader.grid())
         assert len(samples) == 28 and CRS.from_user_input(samples[-1]["meta"]["crs"]) == CUSTOM_CRS
         assert CountingCRS.calls == 1, f"{CountingCRS.calls} CRS descriptions for {len(samples)} windows of one scene"

@@ -44,7 +44,7 @@ def test_builder_on_one_fly_field(tmp_path: Path) -> None:
     fields = load_data_fields(manifest)  # the normal manifest reader: pH3 is not among the crops' channels
     assert len(fields) == len(rows)
     assert fields[0].channels == ("DNA", "Actin")
-    assert fields[0].read().shape == (2, 32, 32)
+    assert fields[0].pixels().shape == (2, 32, 32)
     assert fields[0].meta["Metadata_SourceField"] == "ExampleFly/POS002"
 
 

@@ -1,12 +1,16 @@
-"""Readers (TIFF, Zarr, rasters), the Sample contract, samplers and transforms."""
+"""Readers (TIFF, Zarr, rasters), the Sample contract, samplers, the window engine and transforms."""
 from .sample import Sample, is_multisensor
-from .samplers import Window, grid_windows, random_windows
+from .samplers import Window, grid_windows, random_windows, span
+from .windows import MultiSensorRegion, NoValidWindowError, Region, WindowDataset, WindowReader, valid_fraction
 
-__all__ = ["Sample", "Window", "grid_windows", "is_multisensor", "random_windows"]
+__all__ = [
+    "MultiSensorRegion", "NoValidWindowError", "Region", "Sample", "Window", "WindowDataset", "WindowReader",
+    "grid_windows", "is_multisensor", "random_windows", "span", "valid_fraction",
+]  # fmt: skip
 
-# Microscopy readers (TIFF, Zarr/OME-Zarr), the field dataset, normalisation and augmentation.
+# Microscopy readers (TIFF, Zarr/OME-Zarr), normalisation and augmentation.
 from .errors import ErrorPolicy
-from .fields import Field, FieldCrops, FieldError, resolve_channels
+from .fields import Field, FieldError, resolve_channels
 from .tiff import ChannelFilesField, TiffStackField, load_data_fields, pattern_fields, stack_fields
 from .transforms import (
     Augment,
@@ -20,7 +24,7 @@ from .transforms import (
 from .zarr import ZarrField, zarr_fields
 
 __all__ += [
-    "Augment", "BandStandardize", "ChannelFilesField", "ErrorPolicy", "Field", "FieldCrops", "FieldError",
+    "Augment", "BandStandardize", "ChannelFilesField", "ErrorPolicy", "Field", "FieldError",
     "PercentileClip", "SelfStandardize", "TiffStackField", "ZarrField", "as_float_tensor", "load_data_fields",
     "pattern_fields", "percentile_clip", "resolve_channels", "self_standardize", "stack_fields", "zarr_fields",
 ]  # fmt: skip
@@ -35,18 +39,16 @@ from .bigearthnet import (
     read_patch_metadata,
 )
 from .cube import CubeScene, cube_grid, open_cube
-from .geo import Grid, MissingCRSError, NoValidWindowError, RasterReadError, RasterWindowReader, Region, SceneWindows
+from .geo import Grid, MissingCRSError, RasterReadError
 from .multisensor import MultiSensorScene, pair_scenes
 from .radiometry import Radiometry, baseline_in_name
 from .raster import BandSource, RasterScene
-from .samplers import tile_aligned_windows
 from .scenes import find_scenes, group_band_files, stacked_scenes
 from .stats import BandStats, RunningBandStats, band_statistics
 
 __all__ += [
     "BEN19_LABELS", "BandSource", "BandStats", "CLC43_LABELS", "CubeScene", "Grid", "MissingCRSError",
-    "MultiSensorScene", "NoValidWindowError", "PatchMetadata", "Radiometry", "RasterReadError", "RasterScene",
-    "RasterWindowReader", "Region", "RunningBandStats", "SceneWindows", "band_statistics", "baseline_in_name",
-    "bigearthnet_pairs", "bigearthnet_scenes", "cube_grid", "find_scenes", "group_band_files", "open_cube",
-    "pair_scenes", "read_patch_metadata", "stacked_scenes", "tile_aligned_windows",
+    "MultiSensorScene", "PatchMetadata", "Radiometry", "RasterReadError", "RasterScene", "RunningBandStats",
+    "band_statistics", "baseline_in_name", "bigearthnet_pairs", "bigearthnet_scenes", "cube_grid", "find_scenes",
+    "group_band_files", "open_cube", "pair_scenes", "read_patch_metadata", "stacked_scenes",
 ]  # fmt: skip

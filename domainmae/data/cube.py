@@ -25,9 +25,10 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from ..validity import fill_invalid, valid_pixels
-from .geo import Grid, Region
+from .geo import Grid, GridSource
 from .radiometry import Radiometry
 from .samplers import Window
+from .windows import Region
 
 #: Tile size assumed for the tile-aware sampler when an array carries no chunking (in memory).
 DEFAULT_BLOCK = (256, 256)
@@ -82,7 +83,7 @@ def _time_value(value: np.datetime64) -> datetime:
     return np.datetime64(value, "us").item().replace(tzinfo=timezone.utc)
 
 
-class CubeScene:
+class CubeScene(GridSource):
     """One time step of a cube: ``array`` with dims ``(band, y, x)``, read region by region.
 
     Band names come from the ``band`` coordinate or ``bands``; ``datetime`` and ``meta`` travel

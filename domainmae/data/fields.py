@@ -1,26 +1,21 @@
-"""Microscopy fields and the dataset that cuts crops from fields.
+"""Microscopy fields: one multichannel image per imaging position, read whole or by window.
 
 A *field* (a site, one imaging position) is one multichannel image ``[C, H, W]`` that knows how to read
 itself whole or by window. Readers (``tiff.py``, ``zarr.py``) only build lists of fields from a manifest, a
-folder or a store; :class:`FieldCrops` visits a field, reads the region its crops need ONCE and cuts the
-crops from it.
+folder or a store; the window engine (:class:`~domainmae.data.windows.WindowDataset`) reads the region
+its crops need once and cuts them from it, as it does for georeferenced scenes.
 """
 from __future__ import annotations
 
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-# ErrorPolicy, OnError and as_policy are re-exported here, where they lived before errors.py.
-from .errors import ErrorPolicy, OnError, as_policy
-from .sample import Sample
-from .samplers import Window, grid_windows, random_windows
+from .samplers import Window
+from .windows import Region
 
 
 class FieldError(OSError):
@@ -84,11 +79,11 @@ def resolve_channels(
 
 
 class Field(ABC):
-    """One multichannel field ``[C, H, W]``, read whole or by window.
+    """One multichannel field ``[C, H, W]``, a window source (:mod:`~domainmae.data.windows`).
 
     ``key`` names the field in errors (e.g. ``row 3 of load_data.csv``); ``meta`` travels into every
-    sample cut from it. Subclasses reopen their files on each read, so fields stay small and pickle
-    cheaply into DataLoader workers.
+    sample cut from it, with ``"field"`` (the key). Subclasses reopen their files on each read, so
+    fields stay small and pickle cheaply into DataLoader workers.
     """
 
     def __init__(self, key: str, channels: tuple[str, ...], meta: dict[str, Any]) -> None:
@@ -104,12 +99,22 @@ class Field(ABC):
     def _read(self, window: Window) -> np.ndarray:
         """Pixels ``[C, h, w]`` of ``window`` (any numeric dtype)."""
 
+    @property
+    def label(self) -> str:
+        return f"field {self.key}"
+
     @cached_property
     def shape(self) -> tuple[int, int]:
         """``(H, W)`` of the field."""
         return self._shape()
 
-    def read(self, window: Window | None = None) -> np.ndarray:
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """The whole field: the random windows of one read are independent and uniform over it, and the
+        read fetches their span."""
+        return self.shape
+
+    def pixels(self, window: Window | None = None) -> np.ndarray:
         """Pixels ``[C, h, w]`` as float32; the whole field when ``window`` is None."""
         height, width = self.shape
         window = window or Window(0, 0, height, width)
@@ -121,83 +126,6 @@ class Field(ABC):
             raise FieldError(f"field {self.key}: read an array of shape {image.shape}, expected {expected}")
         return image.astype(np.float32, copy=False)
 
-    def sample(self, window: Window | None = None) -> Sample:
-        """The field (or one window of it) as a Sample."""
-        window = window or Window(0, 0, *self.shape)
-        return self.crop(self.read(window), window, window)
-
-    def crop(self, pixels: np.ndarray, region: Window, window: Window) -> Sample:
-        """The Sample for ``window``, cut from ``pixels`` ``[C, h, w]`` already read for ``region``."""
-        image = pixels[(slice(None), *window.shift(region.row, region.col).slices())]
-        # A copy, so a crop does not keep the whole region alive (and torch gets contiguous memory).
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "channels": self.channels,
-            "meta": {**self.meta, "field": self.key, "window": window},
-        }
-
-
-def span(windows: Sequence[Window]) -> Window:
-    """The smallest window containing all ``windows``."""
-    top, left = min(w.row for w in windows), min(w.col for w in windows)
-    bottom, right = max(w.row + w.height for w in windows), max(w.col + w.width for w in windows)
-    return Window(top, left, bottom - top, right - left)
-
-
-class FieldCrops(Dataset):
-    """Crops of microscopy fields: item ``i`` is the list of crops of field ``i``, cut from one read.
-
-    ``tiling="random"`` gives ``crops_per_field`` crops of ``size x size`` at uniform positions (training);
-    ``tiling="grid"`` gives deterministic tiles ``stride`` apart that cover every pixel (export). A visit
-    reads the region spanning its crops once: one crop is a windowed read, many crops cost one read
-    instead of many. Items are lists, so a loader's collate should concatenate them (``batch_size``
-    then counts fields); normalisation and augmentation wrap the dataset
-    (:class:`~domainmae.data.loader.TransformedItems`). Random positions come from torch's RNG, so
-    :class:`~domainmae.data.loader.SeededItems` makes every item a pure function of its key.
-
-    A field whose files are missing or unreadable raises, or with ``on_error="skip"`` is logged, counted
-    and yields no crops. A field smaller than ``size`` always raises, naming the field.
-    """
-
-    def __init__(
-        self,
-        fields: Sequence[Field],
-        size: int,
-        tiling: Literal["random", "grid"] = "random",
-        crops_per_field: int = 1,
-        stride: int | None = None,
-        on_error: OnError | ErrorPolicy = "raise",
-    ) -> None:
-        if tiling not in ("random", "grid"):
-            raise ValueError(f"tiling must be 'random' or 'grid', got {tiling!r}")
-        if crops_per_field < 1:
-            raise ValueError(f"crops_per_field must be at least 1, got {crops_per_field}")
-        self.fields = list(fields)
-        self.size = size
-        self.tiling = tiling
-        self.crops_per_field = crops_per_field
-        self.stride = stride
-        self.policy = as_policy(on_error)
-
-    def __len__(self) -> int:
-        return len(self.fields)
-
-    def windows(self, field: Field) -> list[Window]:
-        """Where this visit cuts crops from ``field``."""
-        height, width = field.shape
-        what = f"field {field.key}"
-        if self.tiling == "grid":
-            return grid_windows(height, width, self.size, self.stride, what=what)
-        rng = random.Random(int(torch.randint(2**62, ()).item()))
-        return random_windows(height, width, self.size, self.crops_per_field, rng, what=what)
-
-    def __getitem__(self, index: int) -> list[Sample]:
-        field = self.fields[index]
-        try:
-            windows = self.windows(field)
-            region = span(windows)
-            pixels = field.read(region)
-        except OSError as err:
-            self.policy.handle(err)
-            return []
-        return [field.crop(pixels, region, window) for window in windows]
+    def read(self, region: Window) -> Region:
+        """``region`` read once, for cutting windows (:meth:`Region.crop`); every pixel is valid."""
+        return Region(region, None, self.pixels(region), None, self.channels, {**self.meta, "field": self.key})

@@ -176,15 +176,11 @@ def _measure(name: str, items: Sequence[Any], samples: int, max_side: int) -> Gr
     invalid, total = np.zeros(len(channels)), 0
     shapes, crs, blocks = [], [], []
     for item in picked:
-        if is_field:
-            shape = item.shape
-            image, valid = item.read(_centred(*shape, max_side)), None
-        else:
-            grid = item.grid
-            shape = (grid.height, grid.width)
-            region = item.read(_centred(*shape, max_side))
-            image, valid = region.image, region.valid
-            crs.append("none" if grid.crs is None else grid.crs.to_string())
+        shape = item.shape
+        region = item.read(_centred(*shape, max_side))
+        image, valid = region.image, region.valid
+        if not is_field:
+            crs.append("none" if item.grid.crs is None else item.grid.crs.to_string())
             blocks.append(item.block_shape)
         shapes.append(shape)
         # The pixels training keeps (valid_pixels, as the normalisers use it); the rest become NaN, which

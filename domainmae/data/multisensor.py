@@ -15,15 +15,16 @@ from typing import Literal
 from rasterio.warp import transform_bounds
 
 from .errors import ErrorPolicy, OnError, as_policy
-from .geo import Grid, MissingCRSError, MultiSensorRegion
+from .geo import Grid, GridSource, MissingCRSError
 from .raster import RasterScene
 from .samplers import Window
+from .windows import MultiSensorRegion
 
 #: BigEarthNet patch folders end in ``_<row>_<col>`` of the patch inside its Sentinel-2 tile.
 PATCH_KEY_PATTERN = r"_(\d+_\d+)$"
 
 
-class MultiSensorScene:
+class MultiSensorScene(GridSource):
     """Scenes of several sensors over one place, read on the grid of ``reference``.
 
     ``read(region)`` returns a region whose crops are ``{sensor: Sample, "meta": {...}}``; the

@@ -30,9 +30,10 @@ from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 
 from ..validity import fill_invalid
-from .geo import Grid, MissingCRSError, RasterReadError, Region
+from .geo import Grid, GridSource, MissingCRSError, RasterReadError
 from .radiometry import Radiometry
 from .samplers import Window
+from .windows import Region
 
 
 def datetime_from_name(name: str) -> datetime | None:
@@ -75,7 +76,7 @@ def _on_lattice(dataset: DatasetReader, grid: Grid) -> bool:
     )  # fmt: skip
 
 
-class RasterScene:
+class RasterScene(GridSource):
     """One scene: named bands (from one or several files) read on the grid of its finest band.
 
     ``radiometry`` (the sensor's) converts every image band, refined by what each file says about
@@ -264,7 +265,7 @@ class RasterScene:
                     "a CRS is needed to warp it"
                 )
             vrt = self._warped(path, grid, resampling)
-            rio = rasterio.windows.Window(region.col, region.row, region.width, region.height)
+            rio = region.to_rasterio()
             return vrt.read(indexes, window=rio), vrt.read(vrt.count, window=rio) > 0
         except RasterioIOError as err:
             names = [band.name for band in bands]

@@ -20,9 +20,9 @@ import torch
 from affine import Affine
 
 from .. import __version__
-from ..data.fields import FieldCrops
-from ..data.geo import Grid, SceneWindows
+from ..data.geo import Grid
 from ..data.loader import TransformedItems
+from ..data.windows import WindowDataset
 from ..models import MaskedAutoencoder, create_model
 from ..models.mae import POOLS
 from ..pipeline import microscopy_fields, normalizer, sentinel_scenes
@@ -112,12 +112,8 @@ def export_items(recipe: Recipe, stride: int | None) -> TransformedItems:
     if section.normalize == "stats" and not section.band_stats:
         raise ValueError(f"recipe {recipe.name!r} has no data.band_stats; the run should have stored them")
     normalize = normalizer(section, section.band_stats)
-    if section.kind == "microscopy":
-        tiles = FieldCrops(microscopy_fields(section), section.crop_size, tiling="grid", stride=stride,
-                           on_error=section.on_error)  # fmt: skip
-    else:
-        tiles = SceneWindows(sentinel_scenes(section), section.crop_size, sampling="grid", stride=stride,
-                             on_error=section.on_error)  # fmt: skip
+    sources = microscopy_fields(section) if section.kind == "microscopy" else sentinel_scenes(section)
+    tiles = WindowDataset(sources, section.crop_size, sampling="grid", stride=stride, on_error=section.on_error)
     return TransformedItems(tiles, normalize)
 
 
@@ -250,7 +246,7 @@ def embed_fields(export: Export, items: TransformedItems, output: Path, write: C
                  provenance: dict[str, Any], *, pool: str, level: Level) -> Path:  # fmt: skip
     """Microscopy rows at ``level`` (tiles, images or wells) as tables, into a table writer (Parquet, h5ad)."""
     # Typed from the whole manifest up front: a column null in the first batches still gets the right type.
-    types = column_types((manifest_metadata(f.meta) for f in items.dataset.fields), f"data {export.recipe.data.path}")
+    types = column_types((manifest_metadata(f.meta) for f in items.dataset.sources), f"data {export.recipe.data.path}")
     stream = embedding_stream(export, items, pool)
     groups = singletons(stream) if level == "tile" else consecutive_groups(stream, lambda m: m["field"])
     tables: Iterable[pa.Table] = field_tables(groups, types, tile=level == "tile")
@@ -264,7 +260,7 @@ def embed_fields(export: Export, items: TransformedItems, output: Path, write: C
 def embed_windows(export: Export, items: TransformedItems, output: Path, write: Callable[..., Path],
                   provenance: dict[str, Any], *, pool: str, level: Level, crs: str | None) -> Path:  # fmt: skip
     """EO windows (``level="tile"``) or scenes (``"image"``) with their footprints, into the GeoParquet writer."""
-    scenes = [reader.scene for reader in items.dataset.readers]
+    scenes = items.dataset.sources
     target = footprint_crs({scene.name: scene.grid.crs for scene in scenes}, crs, output)
     sensors = list(export.channels)
     # Columns typed from every scene up front: a batch of undated scenes then still has a timestamp column.
@@ -283,10 +279,10 @@ def embed_rasters(export: Export, items: TransformedItems, output: Path, write: 
         raise ValueError(f"raster stride must be a multiple of the patch size {p} between {p} and {size}, got {stride}")
     scenes = []
     for reader in items.dataset.readers:
-        grid = reader.scene.grid
+        grid = reader.source.grid
         # The patch grid: the scene transform scaled by the patch size, so the raster overlays the source.
         patches = Grid(grid.crs, grid.transform @ Affine.scale(p), grid.height // p, grid.width // p)
         strips = blended_rows(export, reader, items.transform, stride)  # lazy: a scene is embedded as it is written
-        scene_provenance = {**provenance, "scene_id": reader.scene.name, "stride": stride}
-        scenes.append(SceneStrips(reader.scene.name, patches, export.dim, strips, scene_provenance))
+        scene_provenance = {**provenance, "scene_id": reader.source.name, "stride": stride}
+        scenes.append(SceneStrips(reader.source.name, patches, export.dim, strips, scene_provenance))
     return write_rasters(output, scenes, write, suffixes)

@@ -10,7 +10,7 @@
   so memory is one strip of windows, not the scene.
 
 Samples are batched across fields, embedded under ``torch.inference_mode`` (bf16 autocast on CUDA only);
-memory holds one batch and one field's tiles, not the dataset. A batch never mixes channel sets: when
+memory holds one batch and one row of tiles, not the dataset. A batch never mixes channel sets: when
 fields hold different subsets of the channel vocabulary (``data.allow_channel_subsets``), each field is
 embedded with the chosen channels it has, and every row records them in ``Metadata_Channels``
 (e.g. ``"DNA,PH3"``). Nothing here writes files: the writers (:mod:`~domainmae.export.writers`) do.
@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.geo import RasterWindowReader
 from ..data.loader import collate_samples
 from ..data.multisensor import MultiSensorScene
 from ..data.raster import RasterScene
 from ..data.samplers import Window, grid_windows
+from ..data.windows import WindowReader
 from ..models import MaskedAutoencoder
 from ..recipes import Recipe
 from .raw import STATS, raw_features, with_invalid_as_nan
@@ -137,7 +137,7 @@ def channel_set(sample: dict[str, Any]) -> tuple[Any, ...]:
     return tuple((k, tuple(v["channels"])) for k, v in sample.items() if k != "meta")
 
 
-def sample_batches(export: Export, items: Dataset, unit: str) -> Iterator[list[dict[str, Any]]]:
+def sample_batches(export: Export, items: Dataset) -> Iterator[list[dict[str, Any]]]:
     """Samples of all items, in order, in batches of ``export.batch_size`` of one channel set each.
 
     A batch is shorter at the end and where the channel set changes (fields holding different channel
@@ -148,9 +148,9 @@ def sample_batches(export: Export, items: Dataset, unit: str) -> Iterator[list[d
     loader = DataLoader(items, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
                         prefetch_factor=2 if workers else None)  # fmt: skip
     pending: list[dict[str, Any]] = []
-    with tqdm(total=len(items), unit=unit, disable=not export.progress, dynamic_ncols=True) as bar:
+    with tqdm(total=len(items), unit="row", disable=not export.progress, dynamic_ncols=True) as bar:
         for item in loader:
-            # An item is one field's (or region's) samples, so they share one channel set.
+            # An item is one row of windows of one field/scene, so its samples share one channel set.
             if item and pending and channel_set(item[0]) != channel_set(pending[0]):
                 yield pending
                 pending = []
@@ -175,14 +175,13 @@ def scene_meta(scene: RasterScene | MultiSensorScene) -> dict[str, Any]:
     """What every window of ``scene`` carries besides its own place (the first sensor's, for co-registered
     sensors, as :func:`row_meta` merges it), placed at a stand-in window."""
     first = next(iter(scene.scenes.values())) if isinstance(scene, MultiSensorScene) else scene
-    return {**first.scene_meta, "window": (0, 0, 0, 0)}
+    return {**first.scene_meta, "window": Window(0, 0, 0, 0)}
 
 
 def embedding_stream(export: Export, items: Dataset, pool: str) -> Iterator[Batch]:
     """``(metas, embeddings [B, D] float32)`` per batch, in data order; with channel subsets every meta
     also names the channels its row was embedded with (``Metadata_Channels``, comma-separated)."""
-    unit = "field" if export.recipe.data.kind == "microscopy" else "window"
-    for samples in sample_batches(export, items, unit):
+    for samples in sample_batches(export, items):
         metas = [row_meta(s) for s in samples]
         if export.subsets:
             (used,) = export.batch_channels(samples).values()
@@ -237,7 +236,7 @@ def _pop_rows(total: np.ndarray, weights: np.ndarray, count: int) -> np.ndarray:
 
 
 def blended_rows(
-    export: Export, reader: RasterWindowReader, normalize: Callable[[dict[str, Any]], dict[str, Any]], stride: int
+    export: Export, reader: WindowReader, normalize: Callable[[dict[str, Any]], dict[str, Any]], stride: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Sliding-window ``embed_patches`` of one scene blended on the patch grid, as strips from top to bottom.
 
@@ -246,7 +245,7 @@ def blended_rows(
     memory is one strip of windows (``[D, window/p, W/p]``), not the scene. A last partial patch (< p px)
     at the right/bottom is left out.
     """
-    p, size, scene = export.model.patch_size, reader.size, reader.scene
+    p, size, scene = export.model.patch_size, reader.size, reader.source
     rows, cols = scene.grid.height // p, scene.grid.width // p
     windows = grid_windows(rows * p, cols * p, size, stride, what=f"scene {scene.name}")
     n, weight = size // p, tent(size // p)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import shapely
 from pyproj import CRS
 
+from ...data.samplers import span
 from .tables import metadata_table, write_parquet
 
 #: Sample metadata that becomes dedicated columns (or is not a per-window property) rather than copied as is.
@@ -41,12 +42,10 @@ def chip_rows(groups: Sequence[Sequence[dict[str, Any]]], sensors: list[str]) ->
     rows = []
     for metas in groups:
         first = metas[0]
-        top, left = min(m["window"][0] for m in metas), min(m["window"][1] for m in metas)
-        bottom = max(m["window"][0] + m["window"][2] for m in metas)
-        right = max(m["window"][1] + m["window"][3] for m in metas)
+        whole = span([m["window"] for m in metas])
         rows.append({
             "scene_id": scene_name(first), "sensors": sensors, "datetime": first.get("datetime"),
-            "window_row": top, "window_col": left, "window_height": bottom - top, "window_width": right - left,
+            "window_row": whole.row, "window_col": whole.col, "window_height": whole.height, "window_width": whole.width,
             **{k: v for k, v in first.items() if k not in _OWN_KEYS and _extra(v)},
         })  # fmt: skip
     return rows
