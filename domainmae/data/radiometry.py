@@ -105,7 +105,7 @@ class Radiometry:
         """
         radiometry = self.for_baseline(baseline)
         if offset is not None:
-            # Drop the table too: a baseline seen later (in a file's path, by for_band) must not replace a stated offset.
+            # Drop the table too: a baseline seen later (in a file's path, by for_band) must not undo a stated offset.
             radiometry = replace(radiometry, offset=offset, baseline_offsets=())
         if quantification is not None:
             radiometry = replace(radiometry, scale=1.0 / quantification)
