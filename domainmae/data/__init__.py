@@ -39,6 +39,7 @@ from .geo import Grid, MissingCRSError, NoValidWindowError, RasterReadError, Ras
 from .multisensor import MultiSensorScene, pair_scenes
 from .radiometry import Radiometry, baseline_in_name
 from .raster import BandSource, RasterScene
+from .safe import read_product_metadata, safe_scenes
 from .samplers import tile_aligned_windows
 from .scenes import find_scenes, group_band_files, stacked_scenes
 from .stats import BandStats, RunningBandStats, band_statistics
@@ -48,5 +49,6 @@ __all__ += [
     "MultiSensorScene", "NoValidWindowError", "PatchMetadata", "Radiometry", "RasterReadError", "RasterScene",
     "RasterWindowReader", "Region", "RunningBandStats", "SceneWindows", "band_statistics", "baseline_in_name",
     "bigearthnet_pairs", "bigearthnet_scenes", "cube_grid", "find_scenes", "group_band_files", "open_cube",
-    "pair_scenes", "read_patch_metadata", "stacked_scenes", "tile_aligned_windows",
+    "pair_scenes", "read_patch_metadata", "read_product_metadata", "safe_scenes", "stacked_scenes",
+    "tile_aligned_windows",
 ]  # fmt: skip
