@@ -67,17 +67,17 @@ def read_product_metadata(path: str | Path) -> ProductMetadata:
         raise ValueError(f"{path} is not valid XML: {err}") from err
     try:
         baseline = root.findtext(".//{*}PROCESSING_BASELINE")
-        quantification = root.findtext(".//{*}BOA_QUANTIFICATION_VALUE")
-        scale = None if quantification is None else _number(quantification, "BOA_QUANTIFICATION_VALUE")
-        if scale is not None and not 0 < scale < math.inf:
-            raise ValueError(f"BOA_QUANTIFICATION_VALUE {quantification!r} is not a positive number")
+        text = root.findtext(".//{*}BOA_QUANTIFICATION_VALUE")
+        quantification = None if text is None else _number(text, "BOA_QUANTIFICATION_VALUE")
+        if quantification is not None and not 0 < quantification < math.inf:  # its inverse becomes the scale
+            raise ValueError(f"BOA_QUANTIFICATION_VALUE {text!r} is not a positive number")
         offsets = {}
         for element in root.iterfind(".//{*}BOA_ADD_OFFSET"):
             band_id, what = element.get("band_id", ""), f"BOA_ADD_OFFSET band_id={element.get('band_id')!r}"
             if not band_id.isdigit() or int(band_id) >= len(MTD_BAND_IDS):
                 raise ValueError(f"{what} is not one of 0..{len(MTD_BAND_IDS) - 1} ({', '.join(MTD_BAND_IDS)})")
             offsets[MTD_BAND_IDS[int(band_id)]] = _number(element.text, what)
-        return ProductMetadata(parse_baseline(baseline) if baseline else None, scale, offsets)
+        return ProductMetadata(parse_baseline(baseline) if baseline else None, quantification, offsets)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
 
