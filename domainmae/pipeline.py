@@ -4,10 +4,11 @@ The only module that knows both the recipe schema (:mod:`domainmae.recipes`) and
 (:mod:`domainmae.data`): the readers take plain arguments and know nothing of recipes.
 
 Microscopy: fields from a plate manifest, a file pattern, TIFF stacks or Zarr/OME-Zarr, random crops
-(several per field read). Earth observation: BigEarthNet S2(+S1) patches, per-band scene folders or
-stacked multi-band rasters, each sensor's radiometry applied, tile-aware random windows. Both:
-normalise, then one augmentation for all channels and sensors. Items are keyed ``(index, seed)``
-(:class:`~domainmae.data.loader.SeededItems`) so the data stream is deterministic and resumable.
+(several per field read). Earth observation: BigEarthNet S2(+S1) patches, per-band scene folders
+(Sentinel-2 ``.SAFE`` products among them) or stacked multi-band rasters, each sensor's radiometry
+applied, tile-aware random windows. Both: normalise, then one augmentation for all channels and sensors.
+Items are keyed ``(index, seed)`` (:class:`~domainmae.data.loader.SeededItems`) so the data stream is
+deterministic and resumable.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .data.loader import SeededItems, StepBatchSampler, TransformedItems, collat
 from .data.multisensor import MultiSensorScene
 from .data.radiometry import Radiometry
 from .data.raster import RasterScene
+from .data.safe import holds_safe_products, safe_scenes
 from .data.scenes import find_scenes, stacked_scenes
 from .data.stats import band_statistics
 from .data.tiff import load_data_fields, pattern_fields, stack_fields
@@ -103,7 +105,8 @@ def sensor_radiometry(section: DataSection, sensor: str) -> Radiometry:
 
 def sentinel_scenes(section: DataSection) -> list[RasterScene] | list[MultiSensorScene]:
     """Scenes of an EO ``data`` section: BigEarthNet S2 (+S1 pairs on the S2 grid), or one sensor's
-    per-band files (``scene``) or stacked multi-band rasters (``stack``) under any sensor name."""
+    per-band files (``scene``: Sentinel-2 ``.SAFE`` products, or band files named ``..._B02.tif``) or
+    stacked multi-band rasters (``stack``) under any sensor name."""
     sensors = list(section.sensors or {})
     bands = {sensor: [b["name"] if isinstance(b, dict) else b for b in listed] for sensor, listed in section.sensors.items()}
     radiometry = {sensor: sensor_radiometry(section, sensor) for sensor in sensors}
@@ -124,8 +127,11 @@ def sentinel_scenes(section: DataSection) -> list[RasterScene] | list[MultiSenso
         raise ValueError(f"format {section.format!r} reads one sensor, but data.sensors has {sensors}; "
                          "use 'bigearthnet' for S2+S1 pairs")  # fmt: skip
     (sensor,) = sensors
-    read = find_scenes if section.format == "scene" else stacked_scenes
-    return read(path, bands=bands[sensor], radiometry=radiometry[sensor], on_error=section.on_error)
+    kwargs = {"bands": bands[sensor], "radiometry": radiometry[sensor], "on_error": section.on_error}
+    if section.format == "stack":
+        return stacked_scenes(path, **kwargs)
+    # Sentinel-2 products as ESA ships them need no renaming: their bands are found by the SAFE layout.
+    return (safe_scenes if holds_safe_products(path) else find_scenes)(path, **kwargs)
 
 
 def _compose(steps: Sequence[Callable[[dict], dict]]) -> Callable[[dict], dict]:

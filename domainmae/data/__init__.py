@@ -43,6 +43,7 @@ from .geo import Grid, MissingCRSError, RasterReadError
 from .multisensor import MultiSensorScene, pair_scenes
 from .radiometry import Radiometry, baseline_in_name
 from .raster import BandSource, RasterScene
+from .safe import read_product_metadata, safe_scenes
 from .scenes import find_scenes, group_band_files, stacked_scenes
 from .stats import BandStats, RunningBandStats, band_statistics
 
@@ -50,5 +51,6 @@ __all__ += [
     "BEN19_LABELS", "BandSource", "BandStats", "CLC43_LABELS", "CubeScene", "Grid", "MissingCRSError",
     "MultiSensorScene", "PatchMetadata", "Radiometry", "RasterReadError", "RasterScene", "RunningBandStats",
     "band_statistics", "baseline_in_name", "bigearthnet_pairs", "bigearthnet_scenes", "cube_grid", "find_scenes",
-    "group_band_files", "open_cube", "pair_scenes", "read_patch_metadata", "stacked_scenes",
+    "group_band_files", "open_cube", "pair_scenes", "read_patch_metadata", "read_product_metadata", "safe_scenes",
+    "stacked_scenes",
 ]  # fmt: skip

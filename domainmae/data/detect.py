@@ -6,7 +6,8 @@ Layouts are tried in this order:
   (GeoTIFF/COG: one multi-band scene), or a multichannel TIFF stack (OME-TIFF, ImageJ, plain ``CYX``/``YXC``);
 * a folder: a Zarr store (plain arrays or OME-Zarr image/plate), BigEarthNet S2/S1 patch folders (or the
   ``BigEarthNet-S2-*`` + ``BigEarthNet-S1-*`` roots of BigEarthNet-MM, read as pairs), per-channel microscopy
-  images named by a known pattern (:data:`CHANNEL_FILE_PATTERNS`), per-band rasters
+  images named by a known pattern (:data:`CHANNEL_FILE_PATTERNS`), Sentinel-2 L2A ``.SAFE`` products (a product
+  or a folder of them, :mod:`~domainmae.data.safe`), per-band rasters
   (:data:`~domainmae.data.scenes.BAND_FILE_PATTERN`), a folder of TIFF stacks or GeoTIFFs, or a folder
   holding one ``load_data`` manifest.
 """
@@ -25,6 +26,7 @@ import zarr
 from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
 from .multisensor import MultiSensorScene
 from .raster import RasterScene
+from .safe import MTD_NAME, holds_safe_products, safe_scenes
 from .scenes import BAND_FILE_PATTERN, find_scenes
 from .tiff import TIFF_SUFFIXES, TiffStackField, load_data_fields, pattern_fields, stack_fields, stack_layout
 from .zarr import zarr_fields
@@ -185,6 +187,8 @@ def detect(path: Path) -> Found:
         fields = pattern_fields(path, CHANNEL_FILE_PATTERNS[best])
         layout = f"folder of per-channel images: {best}, pattern {CHANNEL_FILE_PATTERNS[best]}"
         return Found(layout, "domainmae.data.pattern_fields", {"fields": fields}, notes)
+    if holds_safe_products(path):
+        return Found("Sentinel-2 L2A .SAFE products", "domainmae.data.safe_scenes", _by_bands(safe_scenes(path)))
     if any(re.search(BAND_FILE_PATTERN, p.name) for p in path.rglob("*") if p.suffix.lower() in TIFF_SUFFIXES):
         return Found("folder of per-band rasters", "domainmae.data.find_scenes", _by_bands(find_scenes(path)))
     tiffs = [p for p in files if p.suffix.lower() in TIFF_SUFFIXES]
@@ -197,7 +201,8 @@ def detect(path: Path) -> Found:
     raise ValueError(
         f"{path}: no known layout found. Looked for a Zarr store (zarr.json/.zgroup/.zarray), BigEarthNet patch "
         f"folders (<patch>/<patch>_labels_metadata.json), per-channel images named like "
-        f"{'; '.join(CHANNEL_FILE_PATTERNS)}, per-band rasters matching {BAND_FILE_PATTERN!r}, TIFF stacks or "
+        f"{'; '.join(CHANNEL_FILE_PATTERNS)}, Sentinel-2 .SAFE products (*.SAFE or {MTD_NAME}), per-band rasters "
+        f"matching {BAND_FILE_PATTERN!r}, TIFF stacks or "
         f"GeoTIFFs, and one load_data manifest ({', '.join(MANIFEST_SUFFIXES)}). The folder holds: "
         f"{', '.join(suffixes) or 'nothing'}. Name the layout with --recipe (data.format) instead."
     )

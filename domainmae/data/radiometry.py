@@ -10,7 +10,9 @@ How a Sentinel-2 file tells its processing baseline (from 04.00, L2A DN carry ``
 * a ``PROCESSING_BASELINE`` tag on the file (``"04.00"``, as GDAL's SENTINEL2 driver reports it);
 * the product name anywhere in the file's path (``S2B_MSIL2A_20230101T101031_N0400_...``), as in a
   ``.SAFE`` folder or a file named after its product;
-* BigEarthNet patches: the source product in their label metadata.
+* BigEarthNet patches: the source product in their label metadata;
+* a ``.SAFE`` product's ``MTD_MSIL2A.xml`` (:mod:`~domainmae.data.safe`): its baseline, and offsets per band and
+  a quantification value stated outright (:meth:`Radiometry.for_product`).
 
 A file's own GDAL band scale/offset win over all of these.
 """
@@ -94,6 +96,21 @@ class Radiometry:
         applies = [(start, value) for start, value in applies if start <= baseline]
         return replace(self, offset=max(applies)[1] if applies else 0.0, baseline_offsets=())
 
+    def for_product(
+        self, baseline: tuple[int, int] | None, offset: float | None = None, quantification: float | None = None
+    ) -> Radiometry:
+        """What a product says about itself: its processing ``baseline`` picks the table's offset
+        (:meth:`for_baseline`); an ``offset`` (DN) stated outright wins over the table, and a stated
+        ``quantification`` value (DN per unit, 10000 for L2A reflectance) sets ``scale`` to its inverse.
+        """
+        radiometry = self.for_baseline(baseline)
+        if offset is not None:
+            # Drop the table too: a baseline seen later (in a file's path, by for_band) must not undo a stated offset.
+            radiometry = replace(radiometry, offset=offset, baseline_offsets=())
+        if quantification is not None:
+            radiometry = replace(radiometry, scale=1.0 / quantification)
+        return radiometry
+
     def for_band(self, dataset: DatasetReader, index: int) -> Radiometry:
         """This radiometry refined by what the file says about band ``index`` (1-based).
 
@@ -103,10 +120,11 @@ class Radiometry:
         """
         tags, band_tags = dataset.tags(), dataset.tags(index)
         baseline = tags.get(BASELINE_TAG)
-        radiometry = self.for_baseline(parse_baseline(baseline) if baseline else baseline_in_name(dataset.name))
         offset = band_tags.get(OFFSET_TAG, tags.get(OFFSET_TAG))
-        if offset is not None:
-            radiometry = replace(radiometry, offset=float(offset))
+        radiometry = self.for_product(
+            parse_baseline(baseline) if baseline else baseline_in_name(dataset.name),
+            None if offset is None else float(offset),
+        )
         scale, gdal_offset = dataset.scales[index - 1], dataset.offsets[index - 1]
         if (scale, gdal_offset) != (1.0, 0.0):
             radiometry = replace(radiometry, scale=scale, offset=gdal_offset / scale)

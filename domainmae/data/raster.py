@@ -44,11 +44,16 @@ def datetime_from_name(name: str) -> datetime | None:
 
 @dataclass(frozen=True)
 class BandSource:
-    """Where a band lives: ``path`` and its 1-based band ``index`` in that file."""
+    """Where a band lives: ``path`` and its 1-based band ``index`` in that file.
+
+    ``radiometry``, when set, is what the band's product states about this band alone (a ``.SAFE``'s
+    per-band offset) and takes the scene's place for it; the file's own metadata still refines it.
+    """
 
     name: str
     path: Path
     index: int = 1
+    radiometry: Radiometry | None = None
 
 
 def _snap(value: float) -> float:
@@ -79,9 +84,10 @@ def _on_lattice(dataset: DatasetReader, grid: Grid) -> bool:
 class RasterScene(GridSource):
     """One scene: named bands (from one or several files) read on the grid of its finest band.
 
-    ``radiometry`` (the sensor's) converts every image band, refined by what each file says about
-    itself (:meth:`~domainmae.data.radiometry.Radiometry.for_band`: processing baseline, offsets,
-    scale, units). Invalid pixels (``valid`` False, image set to 0 so no NaN reaches a model) are
+    ``radiometry`` (the sensor's, or a band's own :attr:`BandSource.radiometry`) converts every
+    image band, refined by what each file says about itself
+    (:meth:`~domainmae.data.radiometry.Radiometry.for_band`: processing baseline, offsets, scale,
+    units). Invalid pixels (``valid`` False, image set to 0 so no NaN reaches a model) are
     nodata - every pixel equal to ``nodata`` when given, else the file's nodata or mask, else
     ``radiometry.nodata`` - non-finite values, and, for each band named in ``invalid_classes``
     (e.g. ``{"SCL": (0, 1, 3, 8, 9, 10)}``), the listed classes; such mask bands are read with
@@ -187,7 +193,8 @@ class RasterScene(GridSource):
     def _band_radiometry(self, band: BandSource) -> Radiometry:
         key = (band.path, band.index)
         if key not in self._radiometry:
-            self._radiometry[key] = self.radiometry.for_band(self._open(band.path), band.index)
+            radiometry = self.radiometry if band.radiometry is None else band.radiometry
+            self._radiometry[key] = radiometry.for_band(self._open(band.path), band.index)
         return self._radiometry[key]
 
     def _warped(self, path: Path, grid: Grid, resampling: Resampling) -> WarpedVRT:

@@ -37,7 +37,9 @@ def group_band_files(
 
     ``pattern`` is searched in each file's path relative to ``root`` and must have a ``band``
     group; files are grouped by its ``scene`` group if it has one, else by folder (the keys of
-    the result). ``bands`` selects and orders bands (default: every band found, in natural order
+    the result). A band in two files of a scene raises, unless the pattern has a ``res`` group
+    (a number, e.g. the metres of a SAFE's ``R20m`` folder): then the finest copy is taken.
+    ``bands`` selects and orders bands (default: every band found, in natural order
     B01..B08, B8A, B09..). A scene lacking one of ``bands`` raises, or with ``on_error="skip"``
     is left out (see :mod:`~domainmae.data.errors`).
     """
@@ -46,16 +48,19 @@ def group_band_files(
     regex, root = re.compile(pattern), Path(root)
     if "band" not in regex.groupindex:
         raise ValueError(f"pattern {pattern!r} needs a named group (?P<band>...)")
-    groups: dict[str, dict[str, Path]] = {}
+    by_res = "res" in regex.groupindex
+    groups: dict[str, dict[str, tuple[float, Path]]] = {}  # scene -> band -> (resolution, file)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         match = regex.search(path.relative_to(root).as_posix())
         if match is None:
             continue
         key = match["scene"] if "scene" in regex.groupindex else path.parent.relative_to(root).as_posix()
-        files = groups.setdefault(key, {})
-        if match["band"] in files:
-            raise ValueError(f"band {match['band']} of scene {key} is in two files: {files[match['band']]} and {path}")
-        files[match["band"]] = path
+        files, band = groups.setdefault(key, {}), match["band"]
+        res = float(match["res"]) if by_res else 0.0  # without a res group every copy ties, so a second one raises
+        if band in files and files[band][0] == res:
+            raise ValueError(f"band {band} of scene {key} is in two files: {files[band][1]} and {path}")
+        if band not in files or res < files[band][0]:
+            files[band] = (res, path)
     if not groups:
         raise FileNotFoundError(f"no file under {root} matches {pattern!r}")
     scenes = {}
@@ -66,7 +71,7 @@ def group_band_files(
             policy.handle(FileNotFoundError(f"scene {key} under {root} has no file for band(s) {missing} "
                                             f"(found {sorted(files)})"))  # fmt: skip
             continue
-        scenes[key] = [BandSource(name, files[name]) for name in names]
+        scenes[key] = [BandSource(name, files[name][1]) for name in names]
     policy.summarise(since, len(groups), f"scenes under {root}")
     return scenes
 
