@@ -50,3 +50,8 @@ __all__ += [
     "bigearthnet_pairs", "bigearthnet_scenes", "cube_grid", "find_scenes", "group_band_files", "open_cube",
     "pair_scenes", "read_patch_metadata", "stacked_scenes", "tile_aligned_windows",
 ]  # fmt: skip
+
+# Open raster files per process: one LRU shared by every scene (default 128, DOMAINMAE_MAX_OPEN_FILES).
+from .handles import max_open_files, set_max_open_files
+
+__all__ += ["max_open_files", "set_max_open_files"]
