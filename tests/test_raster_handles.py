@@ -20,6 +20,7 @@ from .test_data_raster import ORIGIN, write_tif
 
 LIMIT = 4
 WINDOW = Window(4, 8, 16, 16)
+linux_only = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc, forks")
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +61,7 @@ def warped_scene(root: Path) -> RasterScene:
     return RasterScene([BandSource("B02", b02), BandSource("B8A", b8a)])
 
 
+@linux_only
 def test_open_files_stay_bounded_across_scenes(tmp_path):
     scenes = make_scenes(tmp_path, 12)
     settled = 0
@@ -153,6 +155,7 @@ def test_limit_from_the_environment(monkeypatch):
         handles.set_max_open_files(0)
 
 
+@linux_only
 def test_a_forked_worker_opens_its_own_handles(tmp_path):
     scene = make_scenes(tmp_path, 1)[0]
     expected = scene.read(WINDOW).image
