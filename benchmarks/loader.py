@@ -1,7 +1,8 @@
 """Loader throughput (samples/s, one process = one worker) and peak RSS, against baselines in the same run.
 
-    python benchmarks/loader.py                        # defaults: ~3-4 min on a 2-core CPU
+    python benchmarks/loader.py                        # defaults: ~5-6 min on a 2-core CPU
     python benchmarks/loader.py --cog-size 4096 --fields 4 --seconds 2     # quicker
+    python benchmarks/loader.py --only handles         # (d) alone: ~2 min
 
 (a) microscopy: 5-channel uint16 1080x1080 fields as per-channel TIFFs (uncompressed, as microscopes write
     them) vs one Zarr array [N, 5, H, W] (256x256 chunks, zstd); 224 px crops through WindowDataset, 1 crop per
@@ -13,6 +14,10 @@
 (c) one file per band at mixed resolution, like Sentinel-2 (4 bands at 10 m, 6 at 20 m, 2 at 60 m; coarse
     bands resampled to the 10 m grid on read).
 Peak RSS as the dataset grows 10x: fields (N vs 10N) and COG area (side/sqrt(10) vs side).
+(d) open files: N small one-file-per-band scenes (12 band files each, as in (c)), a random window read from
+    each in turn, twice over (N = 20 and 200): the most file descriptors the process held and peak RSS, with
+    the per-process LRU of open files (domainmae.data.handles, 128) vs a cache made unbounded (1e6), and
+    whether a walk fits under the common soft limit of 1,024 open files.
 
 Every case runs in its own process, so each peak RSS belongs to that case alone. Files are generated in a
 temporary folder and are in the page cache when read, so the numbers measure decoding, not the disk. GDAL's
@@ -80,9 +85,9 @@ def write_raster(path: Path, side: int, bands: int, pixel: float = 10.0) -> None
             dst.write(strip, window=RioWindow(0, top, side, len(rows)))
 
 
-def write_s2_like(root: Path, side: int) -> None:
+def write_s2_like(root: Path, side: int, name: str = "S2X_MSIL2A_20200101T000000_T33UUP") -> None:
     """One scene folder with a file per band at 10/20/60 m on a common origin (``side`` px at 10 m)."""
-    scene = root / "S2X_MSIL2A_20200101T000000_T33UUP"
+    scene = root / name
     scene.mkdir(parents=True)
     for metres, names in S2_BANDS.items():
         for name in names:
@@ -157,8 +162,47 @@ def _rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _open_fds() -> int:
+    """File descriptors the process holds (GDAL keeps one per open raster file)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def run_handles_case(case: dict) -> dict:
+    """A random window from each of ``scenes`` scenes in turn, ``passes`` times: most open files, peak RSS.
+
+    Written against RasterScene.read and find_scenes only, not the window readers built on them. Sentinel-2
+    radiometry declares nodata 0, so each band is opened through GDAL's vrt:// syntax, as in training.
+    """
+    from domainmae.data import RasterReadError, Window, find_scenes, set_max_open_files
+    from domainmae.data.radiometry import SENTINEL2_L2A
+
+    if case["nofile"]:  # the soft limit most systems start a process with
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(case["nofile"], hard), hard))
+    set_max_open_files(case["max_open"])
+    scenes = find_scenes(case["root"], radiometry=SENTINEL2_L2A)[: case["scenes"]]
+    rng, size, most, failed, reads = random.Random(0), case["size"], 0, None, 0
+    setup, start = _rss_mb(), time.perf_counter()
+    for i in [i for _ in range(case["passes"]) for i in range(len(scenes))]:
+        try:
+            grid = scenes[i].grid
+            window = Window(rng.randrange(grid.height - size + 1), rng.randrange(grid.width - size + 1), size, size)
+            scenes[i].read(window)
+            most = max(most, _open_fds())  # listing /proc/self/fd takes a descriptor too
+        except (RasterReadError, OSError) as err:  # out of file descriptors: the failure this case is about
+            failed = f"failed at scene {reads + 1}: {str(err).splitlines()[0][-90:]}"
+            break
+        reads += 1
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {**case, "samples_per_s": reads / elapsed, "samples": reads, "peak_rss_mb": peak,
+            "read_mb": max(peak - setup, 0.0), "open_fds": most, "failed": failed}  # fmt: skip
+
+
 def run_case(case: dict) -> dict:
     """Throughput and memory of one case; ``read_mb`` is the peak above the RSS of imports and setup."""
+    if case["kind"] == "handles":
+        return run_handles_case(case)
     rng = random.Random(0)
     produce = _field_case(case, rng) if case["kind"] == "fields" else _raster_case(case, rng)
     setup = _rss_mb()
@@ -185,6 +229,27 @@ def verdict(name: str, value: float, target: float, unit: str) -> None:
     print(f"  -> {name}: {value:.1f}{unit} (target >= {target:g}{unit}): {'met' if value >= target else 'NOT met'}")
 
 
+def handles_section(args: argparse.Namespace, root: Path) -> None:
+    """(d) open files and RSS over many one-file-per-band scenes: the LRU of open files vs unbounded."""
+    most = max(args.scenes)
+    for i in range(most):
+        write_s2_like(root / "many", args.scene_size, f"S2X_MSIL2A_20200101T000000_T33UUP_{i:03d}")
+    print(f"(d) N S2-like scenes of 12 band files ({args.scene_size}^2 at 10 m), a random {args.handles_window} px "
+          "window from each in turn, 2 passes")
+    print(f"  {'':<52} {'reads/s':>9} {'peak MB':>8} {'read MB':>8} {'max fds':>8}")
+    base = dict(kind="handles", root=str(root / "many"), size=args.handles_window, passes=2)
+    unbounded = 10**6
+    for count in args.scenes:
+        for limit, nofile in ((128, 1024), (unbounded, None), (unbounded, 1024)):
+            if nofile and limit == unbounded and 12 * count < 1000:
+                continue  # fits under the limit anyway
+            label = f"N={count}, " + ("LRU of 128 open files" if limit == 128 else "unbounded (baseline)")
+            label += ", soft limit 1024 files" if nofile else ""
+            r = measure({**base, "scenes": count, "max_open": limit, "nofile": nofile}, args.gdal_cache_mb)
+            print(f"  {label:<52} {r['samples_per_s']:>9.1f} {r['peak_rss_mb']:>8.0f} {r['read_mb']:>8.0f} "
+                  f"{r['open_fds']:>8}" + (f"\n    -> {r['failed']}" if r["failed"] else ""), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fields", type=int, default=8, help="fields in the throughput runs; 10x for the RSS run")
@@ -193,14 +258,22 @@ def main() -> None:
     p.add_argument("--s2-size", type=int, default=6144, help="side of the S2-like scene at 10 m (multiple of 6)")
     p.add_argument("--windows", type=int, default=16, help="windows per tile-aligned read")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case (after one warm-up call)")
+    p.add_argument("--scenes", type=int, nargs="+", default=[20, 200], help="scene counts of the open-files case")
+    p.add_argument("--scene-size", type=int, default=480, help="side of those scenes at 10 m (multiple of 6)")
+    p.add_argument("--handles-window", type=int, default=128, help="window side in the open-files case")
+    p.add_argument("--only", choices=["handles"], help="run this section only: (d) open files")
     p.add_argument("--gdal-cache-mb", type=int, default=64)
     p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one case as JSON
     args = p.parse_args()
     if args.one:
         print(json.dumps(run_case(json.loads(args.one)), default=str))
         return
-    if args.s2_size % 6:
-        p.error("--s2-size must be a multiple of 6 (60 m bands)")
+    if args.s2_size % 6 or args.scene_size % 6:
+        p.error("--s2-size and --scene-size must be multiples of 6 (60 m bands)")
+    if args.only == "handles":
+        with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
+            handles_section(args, Path(tmp))
+        return
     t = args.seconds
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         root = Path(tmp)
@@ -260,6 +333,7 @@ def main() -> None:
                                                                                   args.gdal_cache_mb))  # fmt: skip
         verdict("tile-aware vs 1 window/read", tile["samples_per_s"] / one["samples_per_s"], 3, "x")
         print(f"  -> tile-aware vs whole-scene baseline: {tile['samples_per_s'] / full['samples_per_s']:.0f}x")
+        handles_section(args, root)
         print(f"total {time.perf_counter() - start:.0f} s")
 
 

@@ -54,3 +54,8 @@ __all__ += [
     "group_band_files", "open_cube", "pair_scenes", "read_patch_metadata", "read_product_metadata", "safe_scenes",
     "stacked_scenes",
 ]  # fmt: skip
+
+# Open raster files per process: one LRU shared by every scene (default 128, DOMAINMAE_MAX_OPEN_FILES).
+from .handles import max_open_files, set_max_open_files
+
+__all__ += ["max_open_files", "set_max_open_files"]

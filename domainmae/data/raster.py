@@ -12,7 +12,6 @@ scene's grid is fetched band by band, never the whole scene. Bands are put on on
 """
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 
 from ..validity import fill_invalid
+from . import handles
 from .geo import Grid, GridSource, MissingCRSError, RasterReadError
 from .radiometry import Radiometry
 from .samplers import Window
@@ -125,10 +125,7 @@ class RasterScene(GridSource):
             raise ValueError(f"scene {self.scene_id}: every band is a mask band; no image channels left")
         self.radiometry, self.nodata, self.categorical = radiometry, nodata, frozenset(categorical)
         self.datetime, self.meta = datetime, dict(meta or {})
-        self._datasets: dict[Path, DatasetReader] = {}
-        self._vrts: dict[tuple[Path, Resampling, Grid], WarpedVRT] = {}
         self._radiometry: dict[tuple[Path, int], Radiometry] = {}  # per band, from its file's metadata
-        self._pid = os.getpid()
         self._reference_band: tuple[BandSource, Grid] | None = None
 
     @classmethod
@@ -172,23 +169,28 @@ class RasterScene(GridSource):
         return {"scene_id": self.scene_id, "datetime": self.datetime, "files": self.files, **self.meta}
 
     # -- opening -----------------------------------------------------------------------------
+    # Handles live in the process-wide LRU of domainmae.data.handles, not in the scene: a worker walking
+    # hundreds of scenes keeps a bounded number of files open, and a scene holds nothing to pickle.
+    def _key(self, path: Path) -> handles.Key:
+        # What decides how _open_file opens the file; repr so that a NaN nodata finds its own entry again.
+        declared = tuple(None if v is None else repr(float(v)) for v in (self.nodata, self.radiometry.nodata))
+        return path, declared
+
+    def _open_file(self, path: Path) -> DatasetReader:
+        try:
+            dataset = rasterio.open(path)
+            nodata = self.nodata if self.nodata is not None else dataset.nodata
+            nodata = self.radiometry.nodata if nodata is None else nodata
+            if nodata is not None and nodata != dataset.nodata:
+                # Declared through GDAL's vrt:// syntax, GDAL masks it on every (resampled or warped) read.
+                dataset.close()
+                dataset = rasterio.open(f"vrt://{path}?a_nodata={nodata!r}")
+            return dataset
+        except RasterioIOError as err:
+            raise RasterReadError(f"cannot open raster {path} (scene {self.scene_id}): {err}") from err
+
     def _open(self, path: Path) -> DatasetReader:
-        # Handles opened before a DataLoader forked belong to the parent; each process opens its own.
-        if self._pid != os.getpid():
-            self._datasets, self._vrts, self._pid = {}, {}, os.getpid()
-        if path not in self._datasets:
-            try:
-                dataset = rasterio.open(path)
-                nodata = self.nodata if self.nodata is not None else dataset.nodata
-                nodata = self.radiometry.nodata if nodata is None else nodata
-                if nodata is not None and nodata != dataset.nodata:
-                    # Declared through GDAL's vrt:// syntax, GDAL masks it on every (resampled or warped) read.
-                    dataset.close()
-                    dataset = rasterio.open(f"vrt://{path}?a_nodata={nodata!r}")
-                self._datasets[path] = dataset
-            except RasterioIOError as err:
-                raise RasterReadError(f"cannot open raster {path} (scene {self.scene_id}): {err}") from err
-        return self._datasets[path]
+        return handles.cache().dataset(self._key(path), lambda: self._open_file(path))
 
     def _band_radiometry(self, band: BandSource) -> Radiometry:
         key = (band.path, band.index)
@@ -198,24 +200,21 @@ class RasterScene(GridSource):
         return self._radiometry[key]
 
     def _warped(self, path: Path, grid: Grid, resampling: Resampling) -> WarpedVRT:
-        key = (path, resampling, grid)
-        if key not in self._vrts:
-            dataset = self._open(path)
-            self._vrts[key] = WarpedVRT(
+        def build(dataset: DatasetReader) -> WarpedVRT:
+            return WarpedVRT(
                 dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                 resampling=resampling, add_alpha=True,  # alpha marks what the source covers
                 src_nodata=dataset.nodata,
             )  # fmt: skip
-        return self._vrts[key]
+
+        return handles.cache().warped(self._key(path), lambda: self._open_file(path), (resampling, grid), build)
 
     def close(self) -> None:
-        for handle in [*self._vrts.values(), *self._datasets.values()]:
-            handle.close()
-        self._datasets, self._vrts = {}, {}
+        """Close this scene's files (and VRTs) in this process; a later read reopens them.
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Open GDAL handles cannot be pickled; workers reopen lazily.
-        return {**self.__dict__, "_datasets": {}, "_vrts": {}}
+        Scenes that open the same files the same way share the handles, so they reopen them too.
+        """
+        handles.cache().close([self._key(path) for path in dict.fromkeys(band.path for band in self.bands)])
 
     # -- grid --------------------------------------------------------------------------------
     @property
