@@ -32,7 +32,7 @@ from .data.scenes import find_scenes, stacked_scenes
 from .data.stats import band_statistics
 from .data.tiff import load_data_fields, pattern_fields, stack_fields
 from .data.transforms import Augment, BandStandardize, PercentileClip, SelfStandardize
-from .data.windows import WindowDataset
+from .data.windows import WindowDataset, proportional_reads
 from .data.zarr import zarr_fields
 from .recipes import DataSection, Recipe
 
@@ -40,6 +40,7 @@ MICROSCOPY_FORMATS = ("manifest", "pattern", "stack", "zarr", "ome-zarr")
 SENTINEL_FORMATS = ("bigearthnet", "scene", "stack")
 STATS_SAMPLES = 64  # windows measured when a recipe has no band statistics yet
 STATS_STREAM = 2**32 - 1  # the "epoch" of the statistics windows' seeds: one no training run reaches
+VALID_PROBES = 4  # random windows per scene that estimate its valid fraction for data.windows_per_epoch
 
 
 @dataclass
@@ -65,7 +66,8 @@ class TrainingData:
         for channels, items in members.items():
             if len(items) < items_per_step:
                 what = "the data has" if channels is None else f"channel set {list(channels)} has"
-                raise ValueError(f"{what} {len(items)} fields/regions but {need}; lower train.batch_size")
+                raise ValueError(f"{what} {len(items)} fields/regions but {need}; lower train.batch_size "
+                                 "or draw more per epoch with data.windows_per_epoch")  # fmt: skip
         return sum(len(items) // items_per_step for items in members.values())
 
 
@@ -186,8 +188,15 @@ def build_training_data(section: DataSection, seed: int = 0) -> TrainingData:
     if section.kind == "microscopy" and not section.channels:
         raise ValueError("data.channels must list the channels the model is trained on")
     sources = microscopy_fields(section) if section.kind == "microscopy" else sentinel_scenes(section)
+    reads: int | list[int] = 1
+    if section.windows_per_epoch:
+        # Microscopy fields have no nodata: their weight is their area, with nothing to probe.
+        probes = 0 if section.kind == "microscopy" else VALID_PROBES
+        reads = proportional_reads(sources, section.crop_size, -(-section.windows_per_epoch // k), probes=probes,
+                                   seed=seed, on_error=section.on_error)  # fmt: skip
     # Read errors reach SeededItems, which under on_error=skip reads a stand-in so the batch keeps its size.
-    windows = WindowDataset(sources, section.crop_size, windows_per_read=k, min_valid=section.min_valid_fraction)
+    windows = WindowDataset(sources, section.crop_size, reads_per_source=reads, windows_per_read=k,
+                            min_valid=section.min_valid_fraction)  # fmt: skip
     # A channel-agnostic microscopy model has one sensor, named as the model names its only one.
     sensors = {"image": list(section.channels)} if section.kind == "microscopy" else {
         name: list(bands) for name, bands in section.sensors.items()
@@ -196,7 +205,7 @@ def build_training_data(section: DataSection, seed: int = 0) -> TrainingData:
     items = TransformedItems(windows, _compose([normalizer(section, stats), _augment(section)]))
     if section.kind != "microscopy":
         return TrainingData(SeededItems(items, on_error=section.on_error), k, sensors=sensors, band_stats=stats)
-    sets = [field.channels for field in sources] if section.allow_channel_subsets else None
+    sets = [sources[windows.source_index(i)].channels for i in range(len(windows))] if section.allow_channel_subsets else None
     return TrainingData(SeededItems(items, on_error=section.on_error, groups=sets), k, channels=list(section.channels),
                         channel_sets=sets, band_stats=stats)  # fmt: skip
 

@@ -173,6 +173,9 @@ class DataSection(Section):
     radiometry: dict[str, SensorRadiometry] = Field(default_factory=dict)  # sentinel: per sensor, from configs/sensors
     crop_size: int = Field(224, gt=0)
     crops_per_read: int = Field(4, gt=0)  # crops cut from one field/region read
+    # Crops one epoch draws, spread over the fields/scenes in proportion to their valid area (a few large
+    # scenes then make a full epoch); default: one read of crops_per_read crops per field/scene.
+    windows_per_epoch: int | None = Field(None, gt=0)
     normalize: Literal["standardize", "percentile", "stats"] = "standardize"
     band_stats: dict[str, dict[str, dict[str, float]]] | None = None  # {sensor: {band: {mean, std}}}
     min_valid_fraction: float = Field(0.5, ge=0, le=1)

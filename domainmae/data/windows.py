@@ -17,6 +17,8 @@ source adds its CRS, the window's affine transform and its bounds (:meth:`Grid.w
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -194,9 +196,11 @@ class WindowReader:
 class WindowDataset(torch.utils.data.Dataset):
     """Windows of many fields or scenes; item ``i`` is a list of Samples cut from one read.
 
-    ``sampling="random"`` (training): source ``i // reads_per_source`` gives ``windows_per_read``
-    tile-aware windows from one read (positions uniform over the source, redrawn below
-    ``min_valid``); ``reads_per_source`` items per source make an epoch. ``sampling="grid"``
+    ``sampling="random"`` (training): an item is ``windows_per_read`` tile-aware windows of one
+    source from one read (positions uniform over the source, redrawn below ``min_valid``);
+    ``reads_per_source`` items per source make an epoch, the same number for every source or one
+    per source (:func:`proportional_reads`: a few large scenes then train as well as many small
+    patches). ``sampling="grid"``
     (export): item ``i`` is the ``i``-th row of windows ``stride`` apart of the row-major tiling of
     all sources, read as one strip; the index is built from the sources' headers on first use.
 
@@ -215,7 +219,7 @@ class WindowDataset(torch.utils.data.Dataset):
         size: int,
         *,
         sampling: Literal["random", "grid"] = "random",
-        reads_per_source: int = 1,
+        reads_per_source: int | Sequence[int] = 1,
         windows_per_read: int = 1,
         stride: int | None = None,
         min_valid: float = 0.0,
@@ -224,11 +228,16 @@ class WindowDataset(torch.utils.data.Dataset):
     ) -> None:
         if sampling not in ("random", "grid"):
             raise ValueError(f"sampling must be 'random' or 'grid', got {sampling!r}")
-        if reads_per_source < 1:
-            raise ValueError(f"reads_per_source must be at least 1, got {reads_per_source}")
+        if isinstance(reads_per_source, int):
+            if reads_per_source < 1:
+                raise ValueError(f"reads_per_source must be at least 1, got {reads_per_source}")
+            reads_per_source = [reads_per_source] * len(sources)
+        if len(reads_per_source) != len(sources) or min(reads_per_source, default=0) < 0:
+            raise ValueError(f"reads_per_source needs one count >= 0 per source ({len(sources)}), got {reads_per_source}")
         options = dict(windows_per_read=windows_per_read, min_valid=min_valid, max_redraws=max_redraws)
         self.readers = [WindowReader(source, size, **options) for source in sources]
-        self.sampling, self.reads_per_source, self.stride = sampling, reads_per_source, stride
+        self.sampling, self.stride = sampling, stride
+        self._ends = list(itertools.accumulate(reads_per_source))  # random item i reads source bisect(ends, i)
         self.policy = as_policy(on_error)
         self._grid_index: list[tuple[int, list[Window]]] | None = None
 
@@ -250,16 +259,64 @@ class WindowDataset(torch.utils.data.Dataset):
         return self._grid_index
 
     def __len__(self) -> int:
-        return len(self.readers) * self.reads_per_source if self.sampling == "random" else len(self._grid())
+        if self.sampling == "grid":
+            return len(self._grid())
+        return self._ends[-1] if self._ends else 0
+
+    def source_index(self, index: int) -> int:
+        """The source that random item ``index`` reads."""
+        return bisect.bisect_right(self._ends, index)
 
     def __getitem__(self, index: int) -> list[dict[str, Any]]:
         try:
             if self.sampling == "grid":
                 source_index, row = self._grid()[index]
                 return self.readers[source_index].cut(row)
-            reader = self.readers[index // self.reads_per_source]
+            reader = self.readers[self.source_index(index)]
             rng = random.Random(int(torch.randint(2**62, ()).item()))
             return list(reader.random(reader.windows_per_read, rng))
         except OSError as err:  # unreadable or missing files: FieldError, RasterReadError, FileNotFoundError
             self.policy.handle(err)
             return []
+
+
+def proportional_reads(
+    sources: Sequence[WindowSource],
+    size: int,
+    reads: int,
+    *,
+    probes: int = 4,
+    seed: int = 0,
+    on_error: OnError | ErrorPolicy = "raise",
+) -> list[int]:
+    """``reads`` reads spread over ``sources`` in proportion to their valid area, as whole numbers.
+
+    A source's weight is its number of ``size`` px window positions times its valid fraction,
+    estimated from ``probes`` random windows (each its own read; ``probes=0``: every pixel valid,
+    for sources without nodata such as microscopy fields). Counts are rounded by largest remainder,
+    so they sum to ``reads`` exactly; a source of no valid area gets none. Probe positions come from
+    ``seed`` and the source's place in the list, so the split is the same in every process. A source
+    that cannot be read is handled by ``on_error`` (skipped: weight 0).
+    """
+    policy = as_policy(on_error)
+    weights = []
+    for i, source in enumerate(sources):
+        try:
+            height, width = source.shape
+            positions = max(height - size + 1, 0) * max(width - size + 1, 0)
+            reader, rng = WindowReader(source, size), random.Random(seed * 1_000_003 + i)
+            valid = [valid_fraction(next(reader.random(1, rng))) for _ in range(probes)] if positions else []
+        except OSError as err:
+            policy.handle(err)
+            weights.append(0.0)
+            continue
+        weights.append(positions * (float(np.mean(valid)) if valid else 1.0))
+    total = sum(weights)
+    if total <= 0:
+        raise NoValidWindowError(f"none of the {len(sources)} fields/scenes has a valid {size} px window to sample")
+    quotas = [reads * w / total for w in weights]
+    counts = [int(q) for q in quotas]
+    by_remainder = sorted(range(len(quotas)), key=lambda i: (counts[i] - quotas[i], i))
+    for i in by_remainder[: reads - sum(counts)]:
+        counts[i] += 1
+    return counts
