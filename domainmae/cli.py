@@ -95,7 +95,7 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .export import embed
+    from .export.embed import embed
 
     path = embed(
         args.checkpoint, output=args.output, data=args.data, pool=args.pool, level=args.level, format=args.format,

@@ -9,8 +9,8 @@ import rasterio
 import torch
 
 import domainmae
-from domainmae.export import embed, read_embeddings
-from domainmae.export.embed import embed_baselines
+from domainmae.export import read_embeddings
+from domainmae.export.embed import embed, embed_baselines
 from domainmae.export.raw import channel_stats, with_invalid_as_nan
 from domainmae.export.writers.tables import write_embeddings
 from tests import test_export_geo, test_export_tables

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from domainmae.cli import main
-from domainmae.export import embed, evaluate, read_embeddings
-from domainmae.export.embed import embed_baselines
+from domainmae.export import evaluate, read_embeddings
+from domainmae.export.embed import embed, embed_baselines
 from domainmae.export.splits import split_rows
 from domainmae.export.writers.tables import feature_names, write_embeddings
 from tests import test_export_tables

@@ -7,8 +7,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from domainmae.cli import main
-from domainmae.export import embed, evaluate
-from domainmae.export.embed import embed_baselines
+from domainmae.export import evaluate
+from domainmae.export.embed import embed, embed_baselines
 from domainmae.export.labels import raster_table
 from tests import test_export_geo
 from tests.test_export_geo import HEIGHT, PATCH, TRANSFORM, WIDTH, WINDOW
