@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,7 +95,7 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .export import embed
+    from .export.embed import embed
 
     path = embed(
         args.checkpoint, output=args.output, data=args.data, pool=args.pool, level=args.level, format=args.format,
@@ -115,13 +117,26 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _against(text: str) -> str | tuple[str, str]:
+    """``--against [NAME=]FILE``: a ``(name, file)`` pair, or the file (named by its provenance); a file that
+    exists is taken whole, '=' and all."""
+    name, sep, path = text.partition("=")
+    return (name, path) if sep and re.fullmatch(r"[\w-]+", name) and not Path(text).exists() else text
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .export.evaluate import evaluate, format_table
 
-    result = evaluate(args.file, args.label, split=args.split, methods=_split(args.method), test_size=args.test_size,
-                      k=args.k, seed=args.seed, baselines=_split(args.baselines) or (), against=args.against,
-                      balanced=args.balanced, gap=args.gap,
-                      labels=args.labels, purity=args.purity, output=args.output)  # fmt: skip
+    against = list(args.against)
+    with tempfile.TemporaryDirectory(prefix="domainmae-baselines-") as folder:
+        if args.baselines:  # embedded here: evaluate only reads files, the model and the data are embed's
+            from .export.embed import embed_baselines
+
+            against += embed_baselines(args.file, _split(args.baselines), folder, seed=args.seed).items()
+        result = evaluate(args.file, args.label, split=args.split, methods=_split(args.method),
+                          test_size=args.test_size, k=args.k, seed=args.seed, against=against,
+                          balanced=args.balanced, gap=args.gap,
+                          labels=args.labels, purity=args.purity, output=args.output)  # fmt: skip
     print(format_table(result))
     return 0
 
@@ -230,10 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows within --gap px dropped)")  # fmt: skip
     p.add_argument("--gap", type=int, help="blocks split: px kept free around test windows (default one window)")
     p.add_argument("--baselines", help="comma-separated: raw (pixel statistics), random (untrained model); "
-                   "embedded again from the file's provenance and scored on the same split")
-    p.add_argument("--against", action="append", default=[], metavar="FILE",
+                   "embedded again from the file's provenance (needs its checkpoint and data) and scored on the "
+                   "same split")  # fmt: skip
+    p.add_argument("--against", action="append", default=[], type=_against, metavar="[NAME=]FILE",
                    help="another embeddings file of the same rows (a baseline embedded once, another checkpoint), "
-                        "scored on the same split (repeatable)")  # fmt: skip
+                        "scored on the same split and shown as NAME (default: its features, else its file name); "
+                        "repeatable")  # fmt: skip
     p.add_argument("--balanced", action="store_true",
                    help="weight the linear probe's classes inversely to their frequency (rare labels)")
     p.add_argument("--method", default="linear,knn", help="comma-separated: linear, knn")

@@ -1,4 +1,5 @@
-"""Baseline features: ``embed(features="raw"|"random")``: the model's rows, other features."""
+"""Baseline features: ``embed(features="raw"|"random")``: the model's rows, other features; ``embed_baselines``
+embeds them for the rows of an embeddings file, from its provenance."""
 import json
 
 import numpy as np
@@ -8,8 +9,10 @@ import rasterio
 import torch
 
 import domainmae
-from domainmae.export import embed, read_embeddings
+from domainmae.export import read_embeddings
+from domainmae.export.embed import embed, embed_baselines
 from domainmae.export.raw import channel_stats, with_invalid_as_nan
+from domainmae.export.writers.tables import write_embeddings
 from tests import test_export_geo, test_export_tables
 from tests.test_export_geo import BANDS, PATCH, WINDOW
 from tests.test_export_tables import CHANNELS, _tiles
@@ -58,6 +61,23 @@ def test_random_init_is_reproducible_and_differs_from_the_trained_model(plate, t
     np.testing.assert_allclose(rows[features].to_numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="features must be"):
         embed(plate["run"], output=tmp_path / "x.parquet", features="pixels", progress=False)
+
+
+def test_embed_baselines_writes_them_for_the_rows_of_a_file(plate, tmp_path):
+    path = embed(plate["run"], output=tmp_path / "emb.parquet", progress=False)
+    files = embed_baselines(path, ["raw", "random"], tmp_path / "baselines", seed=3)
+    assert list(files) == ["raw", "random"] and all(f.parent == tmp_path / "baselines" for f in files.values())
+    model, features, source = read_embeddings(path)
+    for name, file in files.items():
+        df, _, provenance = read_embeddings(file)
+        assert provenance["features"] == name and provenance["checkpoint_sha256"] == source["checkpoint_sha256"]
+        pd.testing.assert_frame_equal(_meta(df), _meta(model))  # the same rows, in the same order
+    assert read_embeddings(files["random"])[2]["seed"] == 3
+    with pytest.raises(ValueError, match="baselines must be 'raw' and/or 'random', got \\['pixels'\\]"):
+        embed_baselines(path, ["raw", "pixels"], tmp_path / "other")
+    bare = write_embeddings(tmp_path / "bare.parquet", model, features, {})
+    with pytest.raises(ValueError, match="no 'checkpoint' in its provenance, so its baselines cannot be embedded"):
+        embed_baselines(bare, ["raw"], tmp_path / "other")
 
 
 def test_raw_raster_holds_each_patchs_channel_stats(scene, tmp_path):

@@ -11,7 +11,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
-from domainmae.export import embed
+from domainmae.export.embed import embed
 from domainmae.train import pretrain
 
 from .conftest import SAMPLES

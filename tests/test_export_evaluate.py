@@ -1,5 +1,5 @@
 """``evaluate``: probes beat chance on separable embeddings; grouped and block splits keep test rows apart;
-baselines (raw pixels, random init) are scored on the same rows and split."""
+baselines (raw pixels, random init; ``embed_baselines``) and other files are scored on the same rows and split."""
 import json
 
 import numpy as np
@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from domainmae.cli import main
-from domainmae.export import embed, evaluate, read_embeddings
+from domainmae.export import evaluate, read_embeddings
+from domainmae.export.embed import embed, embed_baselines
 from domainmae.export.splits import split_rows
 from domainmae.export.writers.tables import feature_names, write_embeddings
 from tests import test_export_tables
@@ -98,7 +99,8 @@ def test_blocks_split_names_what_it_lacks():
 
 def test_evaluate_scores_every_feature_set_on_the_same_split(plate, tmp_path, capsys):
     path = embed(plate["run"], output=tmp_path / "emb.parquet", progress=False)
-    result = evaluate(path, "Metadata_pert", split="Metadata_Plate", baselines=["raw", "random"],
+    baselines = embed_baselines(path, ["raw", "random"], tmp_path / "baselines")
+    result = evaluate(path, "Metadata_pert", split="Metadata_Plate", against=baselines.items(),
                       output=tmp_path / "eval.json")  # fmt: skip
     assert list(result["features"]) == ["model", "raw", "random"]
     for scores in result["features"].values():
@@ -114,11 +116,9 @@ def test_evaluate_scores_every_feature_set_on_the_same_split(plate, tmp_path, ca
 def test_baseline_rows_that_do_not_line_up_are_an_error(plate, tmp_path):
     df, features, provenance = read_embeddings(embed(plate["run"], output=tmp_path / "emb.parquet", progress=False))
     shuffled = write_embeddings(tmp_path / "shuffled.parquet", df.iloc[::-1].reset_index(drop=True), features, provenance)
-    with pytest.raises(ValueError, match="do not line up"):
-        evaluate(shuffled, "Metadata_pert", baselines=["raw"])
-    bare = write_embeddings(tmp_path / "bare.parquet", df, features, {})
-    with pytest.raises(ValueError, match="no 'checkpoint' in its provenance"):
-        evaluate(bare, "Metadata_pert", baselines=["raw"])
+    baselines = embed_baselines(shuffled, ["raw"], tmp_path / "baselines")
+    with pytest.raises(ValueError, match="raw baseline's rows do not line up"):
+        evaluate(shuffled, "Metadata_pert", against=baselines.items())
 
 
 def test_named_groups_are_the_test_set(tmp_path):
@@ -154,8 +154,11 @@ def test_files_embedded_once_join_like_baselines(plate, tmp_path, capsys):
     path = embed(plate["run"], output=tmp_path / "emb.parquet", progress=False)
     raw = embed(plate["run"], output=tmp_path / "raw.parquet", features="raw", progress=False)
     joined = evaluate(path, "Metadata_pert", split="Metadata_Plate", against=[raw])
-    again = evaluate(path, "Metadata_pert", split="Metadata_Plate", baselines=["raw"])
+    again = evaluate(path, "Metadata_pert", split="Metadata_Plate",
+                     against=embed_baselines(path, ["raw"], tmp_path / "baselines").items())  # fmt: skip
     assert list(joined["features"]) == ["model", "raw"] and joined["features"] == again["features"]
+    named = evaluate(path, "Metadata_pert", split="Metadata_Plate", against=[("pixels", raw)])
+    assert list(named["features"]) == ["model", "pixels"] and named["features"]["pixels"] == joined["features"]["raw"]
     df, features, provenance = read_embeddings(raw)
     shuffled = write_embeddings(tmp_path / "shuffled.parquet", df.iloc[::-1].reset_index(drop=True), features,
                                 provenance)  # fmt: skip
@@ -163,6 +166,8 @@ def test_files_embedded_once_join_like_baselines(plate, tmp_path, capsys):
         evaluate(path, "Metadata_pert", against=[shuffled])
     assert main(["evaluate", str(path), "--label", "Metadata_pert", "--against", str(raw), "--balanced"]) == 0
     assert "raw" in capsys.readouterr().out
+    assert main(["evaluate", str(path), "--label", "Metadata_pert", "--against", f"pixels={raw}"]) == 0
+    assert "\npixels " in capsys.readouterr().out
 
 
 def test_channels_pool_writes_a_block_per_channel_and_its_baselines_follow(plate, tmp_path):
@@ -174,7 +179,8 @@ def test_channels_pool_writes_a_block_per_channel_and_its_baselines_follow(plate
                                  progress=False))[0]  # fmt: skip
     blocks = df[features].to_numpy().reshape(len(df), 2, 32)
     np.testing.assert_allclose(blocks.mean(axis=1), mean[feature_names(32)].to_numpy(), atol=1e-5)
-    result = evaluate(path, "Metadata_pert", split="Metadata_Plate", baselines=["random"], methods=["linear"])
+    random = embed_baselines(path, ["random"], tmp_path / "baselines")
+    result = evaluate(path, "Metadata_pert", split="Metadata_Plate", against=random.items(), methods=["linear"])
     assert list(result["features"]) == ["model", "random"]  # the random init re-embedded with the same pool
     with pytest.raises(ValueError, match="pool='channels' needs one channel set"):
         embed(plate["run"], output=tmp_path / "subsets.parquet", pool="channels", progress=False,

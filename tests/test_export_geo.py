@@ -16,7 +16,7 @@ from rasterio.transform import array_bounds, from_origin
 
 import domainmae
 from domainmae.data.cube import cube_grid, open_cube
-from domainmae.export import embed
+from domainmae.export.embed import embed
 from domainmae.recipes import load_recipe, resolve_recipe
 from domainmae.train.checkpoint import save_checkpoint
 

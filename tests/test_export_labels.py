@@ -7,7 +7,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from domainmae.cli import main
-from domainmae.export import embed, evaluate
+from domainmae.export import evaluate
+from domainmae.export.embed import embed, embed_baselines
 from domainmae.export.labels import raster_table
 from tests import test_export_geo
 from tests.test_export_geo import HEIGHT, PATCH, TRANSFORM, WIDTH, WINDOW
@@ -75,7 +76,8 @@ def test_label_raster_in_another_crs_lines_up(rasters):
 
 
 def test_evaluate_with_a_label_raster_blocks_and_baselines(rasters, tmp_path, capsys):
-    result = evaluate(rasters["emb"], labels=rasters["utm"], split="blocks:32", baselines=["raw"], test_size=0.3)
+    raw = embed_baselines(rasters["emb"], ["raw"], tmp_path / "baselines")
+    result = evaluate(rasters["emb"], labels=rasters["utm"], split="blocks:32", against=raw.items(), test_size=0.3)
     assert result["label"] == "label" and result["n_classes"] == 4 and list(result["features"]) == ["model", "raw"]
     assert result["n_dropped"] > 0  # train patches touching a test block
     assert main(["evaluate", str(rasters["emb"]), "--labels", str(rasters["wgs84"]), "--method", "knn"]) == 0

@@ -1,4 +1,5 @@
-"""The export package's arrows: embed -> stream, writers; writers import neither; no cycle; no training code."""
+"""The export package's arrows: embed -> stream, writers; writers import neither; no cycle; no training code;
+analysis (evaluate, profile) reads embedding files without loading the model side."""
 import ast
 import subprocess
 import sys
@@ -57,8 +58,24 @@ def test_no_import_cycle():
         visit(module, ())
 
 
-def test_import_loads_no_training_code():
-    code = "import domainmae.export, sys; print([m for m in sys.modules if m.startswith('domainmae.train')])"
+
+
+def _loaded(code: str) -> list[str]:
+    """Modules in ``sys.modules`` after running ``code`` in a fresh interpreter beside this checkout's package."""
     # Run beside this checkout's package, so that it, not an installed one, is imported.
+    code += "; import sys; print(chr(10).join(sys.modules))"
     run = subprocess.run([sys.executable, "-c", code], cwd=EXPORT.parent.parent, capture_output=True, text=True, check=True)
-    assert run.stdout == "[]\n"
+    return run.stdout.split()
+
+
+def test_import_loads_no_training_code():
+    assert not [m for m in _loaded("import domainmae.export") if m.startswith("domainmae.train")]
+
+
+def test_analysis_loads_no_model_data_readers_or_torch():
+    # evaluate and profile read embedding files; the model side (embed, stream, models, the data readers,
+    # torch) is embed's, so that analysis runs wherever the files are, without a model or its data.
+    loaded = _loaded("import domainmae.export.evaluate, domainmae.export.profile")
+    model_side = ("domainmae.export.embed", "domainmae.export.stream", "domainmae.models", "domainmae.train",
+                  "domainmae.data", "domainmae.runtime", "domainmae.pipeline")  # fmt: skip
+    assert not [m for m in loaded if m.split(".")[0] == "torch" or m.startswith(model_side)]

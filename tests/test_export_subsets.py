@@ -9,7 +9,7 @@ import tifffile
 import torch
 
 from domainmae.data.transforms import self_standardize
-from domainmae.export import embed
+from domainmae.export.embed import embed
 from domainmae.export.stream import Export
 from domainmae.train import load_checkpoint, pretrain
 

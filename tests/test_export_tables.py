@@ -14,8 +14,8 @@ import torch
 import domainmae
 from domainmae.cli import main
 from domainmae.data.transforms import self_standardize
-from domainmae.export import aggregate, embed, evaluate, feature_columns, normalize, profile, read_embeddings
-from domainmae.export.embed import file_sha256
+from domainmae.export import aggregate, evaluate, feature_columns, normalize, profile, read_embeddings
+from domainmae.export.embed import embed, file_sha256
 from domainmae.export.stream import Export
 from domainmae.export.writers import tables as tables_module
 from domainmae.recipes import load_recipe

@@ -41,10 +41,27 @@ from .stream import (
     singletons,
 )
 from .writers.geoparquet import chip_rows, footprint_crs, scene_name, write_geoparquet
-from .writers.raster import RASTER_SUFFIXES, SceneStrips, write_geotiff, write_int8_geotiff, write_rasters, write_zarr
-from .writers.tables import column_types, feature_columns, field_tables, manifest_metadata, write_h5ad, write_parquet
+from .writers.raster import (
+    RASTER_SUFFIXES,
+    SceneStrips,
+    read_embedding_raster,
+    write_geotiff,
+    write_int8_geotiff,
+    write_rasters,
+    write_zarr,
+)
+from .writers.tables import (
+    column_types,
+    feature_columns,
+    field_tables,
+    manifest_metadata,
+    read_embeddings,
+    write_h5ad,
+    write_parquet,
+)
 
 Level = Literal["tile", "image", "well"]
+Baseline = Literal["raw", "random"]
 #: Output formats by data kind; the first one is what ``.parquet`` means for that kind.
 FORMATS = {"microscopy": ("parquet", "h5ad"), "sentinel": ("geoparquet", "geotiff", "zarr")}
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad", ".tif": "geotiff", ".tiff": "geotiff",
@@ -186,6 +203,7 @@ def embed(
             5/25/50/75/95th percentiles of each normalised tile's valid pixels, or of each patch's in a raster;
             no model forward) or ``random`` (the run's architecture freshly initialised from ``seed``). Baselines
             for ``evaluate``: same rows, order and formats; the provenance records ``features`` (and ``seed``).
+            :func:`embed_baselines` makes them for the rows of an existing embeddings file.
     """
     output = Path(output)
     if output.exists() and not overwrite:
@@ -222,7 +240,7 @@ def embed(
     if widths and recipe.data.allow_channel_subsets:  # their width is per channel: every row needs the same set
         raise ValueError(f"{widths} needs one channel set for every row of {output}, and recipe "
                          f"{recipe.name!r} allows fields with channel subsets; embed a --channels set every field has")
-    # Enough to embed the same rows again (evaluate's baselines): the source as given, overrides, level, stride.
+    # Enough to embed the same rows again (embed_baselines): the source as given, overrides, level, stride.
     source = Path(checkpoint).resolve() if Path(checkpoint).exists() else checkpoint
     extra = {"feature_names": raw_feature_names(chosen)} if features == "raw" else {}
     provenance = build_provenance(trained, recipe, channels=chosen, pool=None if raster else pool,
@@ -240,6 +258,46 @@ def embed(
     if kind == "sentinel":
         return embed_windows(export, items, output, write, provenance, pool=pool, level=level, crs=crs)
     return embed_fields(export, items, output, write, provenance, pool=pool, level=level)
+
+
+def embed_baselines(
+    file: str | Path, names: Sequence[Baseline], folder: str | Path, *, seed: int = 0
+) -> dict[str, Path]:
+    """Embed the rows of the embeddings ``file`` again as each baseline of ``names`` into ``folder``; return
+    ``{name: baseline file}``, for ``evaluate(file, ..., against=files.items())``.
+
+    ``raw`` and ``random`` are ``embed(features=...)`` (``random`` initialised from ``seed``) with the settings
+    the file's provenance records (checkpoint, data, pool, level, stride, channels, format), so that they hold
+    the same rows in the same order, which ``evaluate`` checks; a per-patch raster's baseline is the same
+    scene's raster. Here, not in ``evaluate``: making them needs the model and the data, reading them does not.
+    """
+    unknown = [name for name in names if name not in ("raw", "random")]
+    if unknown:
+        raise ValueError(f"baselines must be 'raw' and/or 'random', got {unknown}")
+    file, folder = Path(file), Path(folder)
+    raster = SUFFIXES.get(file.suffix.lower()) in RASTERS
+    provenance = read_embedding_raster(file)[3] if raster else read_embeddings(file)[2]
+    source = provenance.get("source") or provenance.get("checkpoint")
+    if not source:
+        raise ValueError(f"{file} has no 'checkpoint' in its provenance, so its baselines cannot be embedded; "
+                         "baselines need a file written by domainmae embed")  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for features in names:
+        target = folder / (features if raster else f"{features}{file.suffix}")  # rasters: a folder of scenes
+        out = embed(source, output=target, data=provenance.get("data_path"),
+                    pool=provenance.get("pool") or "mean", level="tile" if raster else provenance.get("level", "tile"),
+                    format=provenance.get("format"), channels=provenance.get("channels_requested"),
+                    stride=provenance.get("stride"), crs=provenance.get("crs"),
+                    overrides=provenance.get("overrides", ()), dtype=provenance.get("dtype", "float32"),
+                    features=features, seed=seed, progress=False)  # fmt: skip
+        if raster:
+            out = out / f"{provenance.get('scene_id', file.stem)}{file.suffix}"
+        made = (read_embedding_raster(out)[3] if raster else read_embeddings(out)[2]).get("checkpoint_sha256")
+        if provenance.get("checkpoint_sha256") not in (None, made):
+            raise ValueError(f"{source} is not the checkpoint {file} was embedded with (its SHA-256 differs)")
+        files[features] = out
+    return files
 
 
 def embed_fields(export: Export, items: TransformedItems, output: Path, write: Callable[..., Path],

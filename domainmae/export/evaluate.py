@@ -1,4 +1,4 @@
-"""Linear-probe and k-NN evaluation of an embeddings file against a label column, beside baselines.
+"""Linear-probe and k-NN evaluation of an embeddings file against a label column, beside other feature sets.
 
 Single-label columns report accuracy, macro-F1 and balanced accuracy; list-valued columns (multi-label,
 e.g. BigEarthNet CORINE labels) report subset accuracy, macro-F1 and macro mean average precision. The
@@ -7,9 +7,15 @@ column (plate, scene, ...) or by spatial blocks with a gap. ``chance`` is the ac
 predicting the most frequent training label set.
 
 Baselines answer "is the model better than the obvious?": ``raw`` (per-channel pixel statistics of each
-tile) and ``random`` (the same architecture at random init) are embedded again from the file's provenance,
-checked to hold the same rows in the same order, and scored on the very same train and test rows. Files
-embedded once (a baseline reused across folds, another checkpoint) join the same way with ``against``.
+tile) and ``random`` (the same architecture at random init) files of the same rows, and files of other
+checkpoints, join with ``against``: checked to hold the same rows in the same order, and scored on the very
+same train and test rows. Evaluation only reads embedding files (Parquet, GeoParquet, h5ad, per-patch
+GeoTIFF/Zarr), so it runs without the model, torch or the data; baseline files are made on the embed side,
+by :func:`~domainmae.export.embed.embed_baselines` (``domainmae evaluate --baselines`` calls it first)::
+
+    with tempfile.TemporaryDirectory() as folder:
+        files = embed_baselines("emb.parquet", ["raw", "random"], folder)  # {"raw": path, "random": path}
+        result = evaluate("emb.parquet", "Metadata_pert", against=files.items())
 
 Rare classes (a few % mitotic cells) leave an unweighted probe predicting the majority class: ``balanced``
 weights the linear probe's classes inversely to their training frequency (k-NN has no class weights).
@@ -17,8 +23,7 @@ weights the linear probe's classes inversely to their training frequency (k-NN h
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,14 +38,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
 from ..atomic import atomic_write_text
-from .embed import RASTERS, embed
 from .labels import LABEL, raster_table
 from .splits import split_rows
-from .writers.raster import read_embedding_raster
 from .writers.tables import read_embeddings
 
 Method = Literal["linear", "knn"]
-Baseline = Literal["raw", "random"]
+#: A file named by its provenance's ``features`` (else its file name), or a ``(name, file)`` pair.
+Against = str | Path | tuple[str, str | Path]
 
 
 def _classifier(method: str, k: int, n_train: int, multilabel: bool, balanced: bool) -> Any:
@@ -52,28 +56,6 @@ def _classifier(method: str, k: int, n_train: int, multilabel: bool, balanced: b
         raise ValueError(f"method must be 'linear' or 'knn', got {method!r}")
     # Standardised features: embeddings' scales differ per dimension; k-NN and the L2 penalty both care.
     return make_pipeline(StandardScaler(), OneVsRestClassifier(head) if multilabel else head)
-
-
-def baseline_file(file: Path, provenance: dict[str, Any], features: Baseline, folder: Path, seed: int) -> Path:
-    """Embed the rows of ``file`` again as ``features``, with the settings its provenance records; for a
-    per-patch raster, the same scene's raster of the baseline."""
-    source = provenance.get("source") or provenance.get("checkpoint")
-    if not source:
-        raise ValueError(f"{file} has no 'checkpoint' in its provenance, so its baselines cannot be embedded; "
-                         "baselines need a file written by domainmae embed")  # fmt: skip
-    raster = provenance.get("format") in RASTERS
-    name = features if raster else f"{features}{file.suffix}"  # rasters: a folder of <scene>.tif/.zarr, however many
-    out = embed(source, output=folder / name, data=provenance.get("data_path"),
-                pool=provenance.get("pool") or "mean", level="tile" if raster else provenance.get("level", "tile"),
-                format=provenance.get("format"), channels=provenance.get("channels_requested"),
-                stride=provenance.get("stride"), crs=provenance.get("crs"), overrides=provenance.get("overrides", ()),
-                dtype=provenance.get("dtype", "float32"), features=features, seed=seed, progress=False)  # fmt: skip
-    if raster:
-        out = out / f"{provenance.get('scene_id', file.stem)}{file.suffix}"
-    made = (read_embedding_raster(out)[3] if raster else read_embeddings(out)[2]).get("checkpoint_sha256")
-    if provenance.get("checkpoint_sha256") not in (None, made):
-        raise ValueError(f"{source} is not the checkpoint {file} was embedded with (its SHA-256 differs)")
-    return out
 
 
 def same_rows(file: Path, df: pd.DataFrame, other: pd.DataFrame, features: Sequence[str], name: str) -> None:
@@ -119,26 +101,24 @@ def evaluate(
     test_size: float = 0.25,
     k: int = 5,
     seed: int = 0,
-    baselines: Sequence[Baseline] = (),
-    against: Sequence[str | Path] = (),
+    against: Iterable[Against] = (),
     balanced: bool = False,
     gap: int | None = None,
     labels: str | Path | None = None,
     purity: float = 0.5,
     output: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Fit each method on the train rows and score the test rows, for the file's features and each baseline.
+    """Fit each method on the train rows and score the test rows, for the file's features and each ``against``.
 
     Args:
         split: ``random``, a group column (plate, well, ``scene_id``...) kept on one side, ``COLUMN=VALUE,...``
             (those groups are the test set), or ``blocks:SIZE`` (GeoParquet windows: SIZE x SIZE source-pixel
             blocks per scene held out whole; training windows nearer than ``gap`` px to a test window dropped,
             default one window).
-        baselines: ``raw`` and/or ``random`` features (see ``embed(features=...)``), embedded again from the
-            file's provenance (checkpoint, data, level, stride, channels) into a temporary folder, the random
-            one from ``seed``; an error if their rows differ from the file's.
-        against: more embedding files of the same rows in the same order (checked), scored on the same split,
-            each named by its provenance's features (``model``, ``raw``, ``random``) or else its file name.
+        against: more embedding files of the same rows in the same order (an error if not), scored on the
+            same split: ``raw``/``random`` baselines (``embed_baselines(...).items()``), other checkpoints.
+            Each is a path, named by its provenance's features (``model``, ``raw``, ``random``), or a
+            ``(name, path)`` pair; a name already taken falls back to the file name.
         balanced: class weights inversely proportional to class frequency in the linear probe.
         labels: a categorical label raster (any CRS) for ``file``, a per-patch embedding GeoTIFF/Zarr: each
             patch takes its majority class when at least ``purity`` of its valid label pixels hold it
@@ -163,9 +143,6 @@ def evaluate(
     df, features, provenance = read(file)
     if label not in df.columns:
         raise KeyError(f"label column {label!r} is not in {file}; it has {[c for c in df.columns if c not in features]}")
-    unknown = [b for b in baselines if b not in ("raw", "random")]
-    if unknown:
-        raise ValueError(f"baselines must be 'raw' and/or 'random', got {unknown}")
     sets = {provenance.get("features", "model"): df[features].to_numpy(np.float32)}
 
     def join(path: Path, name: str | None) -> None:
@@ -177,11 +154,9 @@ def evaluate(
         same_rows(file, df, other, features, name)
         sets[name] = other[other_features].to_numpy(np.float32)
 
-    for path in against:
-        join(Path(path), None)
-    with tempfile.TemporaryDirectory(prefix="domainmae-baselines-") as folder:
-        for name in baselines:
-            join(baseline_file(file, provenance, name, Path(folder), seed), name)
+    for entry in against:
+        name, path = entry if isinstance(entry, tuple) else (None, entry)
+        join(Path(path), name)
     labelled = df[label].notna().to_numpy()
     df = df[labelled].reset_index(drop=True)
     multilabel = isinstance(df[label].iloc[0], (list, tuple, np.ndarray))

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -30,8 +30,10 @@ from rasterio.windows import Window as RioWindow
 from zarr.errors import ZarrUserWarning
 
 from ...atomic import atomic_dir, atomic_path
-from ...data.geo import Grid
 from .tables import PROVENANCE_KEY, feature_names
+
+if TYPE_CHECKING:  # annotations only: domainmae.data loads every reader and torch; reading needs neither
+    from ...data.geo import Grid
 
 #: Raster suffixes by format; a path without one of them is a folder with one raster per scene.
 RASTER_SUFFIXES = {"geotiff": (".tif", ".tiff"), "zarr": (".zarr",)}
@@ -41,7 +43,7 @@ OVERVIEW_MIN_SIZE = 256  # overviews halve the grid until its larger side is at 
 PREDICTORS = {"float32": "FLOATING_POINT", "int8": "STANDARD"}  # TIFF predictor 3 and 2
 Strip = tuple[int, np.ndarray]  # (first patch row, [D, rows, W/p]), in row order
 #: A sink: ``(path, patch grid, D, strips, provenance)`` -> one raster file.
-RasterWriter = Callable[[Path, Grid, int, Iterable[Strip], dict[str, Any]], None]
+RasterWriter = Callable[[Path, "Grid", int, Iterable[Strip], dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
