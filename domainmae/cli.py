@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import re
 import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -127,12 +128,17 @@ def _against(text: str) -> str | tuple[str, str]:
 def _evaluate(args: argparse.Namespace) -> int:
     from .export.evaluate import evaluate, format_table
 
-    against = list(args.against)
     with tempfile.TemporaryDirectory(prefix="domainmae-baselines-") as folder:
-        if args.baselines:  # embedded here: evaluate only reads files, the model and the data are embed's
-            from .export.embed import embed_baselines
 
-            against += embed_baselines(args.file, _split(args.baselines), folder, seed=args.seed).items()
+        def baselines() -> Iterator[tuple[str, Path]]:
+            # Embedded here (evaluate only reads files; the model and the data are embed's), and lazily: evaluate
+            # takes the against files after it has checked the label, so a wrong --label costs no embedding.
+            if args.baselines:
+                from .export.embed import embed_baselines
+
+                yield from embed_baselines(args.file, _split(args.baselines), folder, seed=args.seed).items()
+
+        against = itertools.chain(args.against, baselines())
         result = evaluate(args.file, args.label, split=args.split, methods=_split(args.method),
                           test_size=args.test_size, k=args.k, seed=args.seed, against=against,
                           balanced=args.balanced, gap=args.gap,

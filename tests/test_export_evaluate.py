@@ -113,6 +113,17 @@ def test_evaluate_scores_every_feature_set_on_the_same_split(plate, tmp_path, ca
     assert "model" in table and "raw" in table and "balanced_accuracy" in table
 
 
+def test_a_wrong_label_is_reported_before_baselines_are_embedded(plate, tmp_path, capsys, monkeypatch):
+    path = embed(plate["run"], output=tmp_path / "emb.parquet", progress=False)
+
+    def too_early(*args, **kwargs):
+        raise AssertionError("baselines embedded before the label was checked")
+
+    monkeypatch.setattr("domainmae.export.embed.embed_baselines", too_early)
+    assert main(["evaluate", str(path), "--label", "Metadata_nope", "--baselines", "raw,random"]) != 0
+    assert "label column 'Metadata_nope' is not in" in capsys.readouterr().err
+
+
 def test_baseline_rows_that_do_not_line_up_are_an_error(plate, tmp_path):
     df, features, provenance = read_embeddings(embed(plate["run"], output=tmp_path / "emb.parquet", progress=False))
     shuffled = write_embeddings(tmp_path / "shuffled.parquet", df.iloc[::-1].reset_index(drop=True), features, provenance)
