@@ -3,10 +3,14 @@
     python benchmarks/loader.py                        # defaults: ~5-6 min on a 2-core CPU
     python benchmarks/loader.py --cog-size 4096 --fields 4 --seconds 2     # quicker
     python benchmarks/loader.py --only handles         # (d) alone: ~2 min
+    python benchmarks/loader.py --only fields          # (a) alone: ~2 min
 
 (a) microscopy: 5-channel uint16 1080x1080 fields as per-channel TIFFs (uncompressed, as microscopes write
     them) vs one Zarr array [N, 5, H, W] (256x256 chunks, zstd); 224 px crops through WindowDataset, 1 crop per
-    field read vs several; baseline: read every channel file whole, then crop.
+    field read vs several; baseline: read every channel file whole, then crop; plain baselines at one crop
+    per read, what the libraries give with the files kept open: a slice of ``tifffile.memmap`` per channel
+    file, and a plain zarr slice ``array[n, :, rows, cols]``, each stacked/converted to float32 [C, h, w] like
+    the readers' output.
 (b) a tiled multi-band COG-like GeoTIFF (10 bands uint16, 512 px tiles, deflate, pixel-interleaved as GDAL
     writes COGs); random 128/224 px windows through WindowReader, tile-aware with several windows per
     read, and one window per read; baseline 1: read the whole file, then crop; baseline 2: plain per-window
@@ -115,6 +119,8 @@ def _field_case(case: dict, rng: random.Random) -> Callable[[], int]:
     else:
         fields = pattern_fields(root, r"(?P<field>f\d+)_(?P<channel>\w+)\.tif", channels=CHANNELS)[:count]
     position = iter(range(10**9))
+    if case["mode"] == "plain":
+        return _plain_case(case, rng, fields)
     if case["mode"] == "whole":  # baseline: every channel file read whole, then one crop
         def produce() -> int:
             field = fields[next(position) % count]
@@ -125,6 +131,27 @@ def _field_case(case: dict, rng: random.Random) -> Callable[[], int]:
         return produce
     crops = WindowDataset(fields, CROP, windows_per_read=case["k"])
     return lambda: len(crops[next(position) % count])
+
+
+def _plain_case(case: dict, rng: random.Random, fields: list) -> Callable[[], int]:
+    """Plain library reads, one crop each, the files/array opened once: the speed a reader should reach."""
+    span, position = FIELD_SIDE - CROP + 1, iter(range(10**9))
+    if case["format"] == "zarr":
+        array = zarr.open_array(Path(case["root"]) / "fields.zarr", mode="r")
+
+        def read(n: int, rows: slice, cols: slice) -> np.ndarray:
+            return array[n, :, rows, cols]
+    else:
+        maps = [[tifffile.memmap(path, mode="r") for path in field.files] for field in fields]
+
+        def read(n: int, rows: slice, cols: slice) -> np.ndarray:
+            return np.stack([plane[rows, cols] for plane in maps[n]])  # the slices, copied out of the maps
+
+    def produce() -> int:
+        r, c = rng.randrange(span), rng.randrange(span)
+        read(next(position) % len(fields), slice(r, r + CROP), slice(c, c + CROP)).astype(np.float32)
+        return 1
+    return produce
 
 
 def _raster_case(case: dict, rng: random.Random) -> Callable[[], int]:
@@ -229,6 +256,37 @@ def verdict(name: str, value: float, target: float, unit: str) -> None:
     print(f"  -> {name}: {value:.1f}{unit} (target >= {target:g}{unit}): {'met' if value >= target else 'NOT met'}")
 
 
+PLAIN = {"tiff": "tifffile.memmap slices, files kept open", "zarr": "zarr slice, array kept open"}
+
+
+def fields_section(args: argparse.Namespace, root: Path) -> None:
+    """(a) microscopy fields: WindowDataset on per-channel TIFFs and Zarr vs plain library reads and whole reads."""
+    for name, count in (("fields", args.fields), ("fields10", 10 * args.fields)):
+        (root / name).mkdir()
+        write_fields(root / name, count)
+    print(f"{'case':<54} {'samples/s':>9} {'peak MB':>8} {'read MB':>8}   (read MB: peak above imports+setup)")
+    print(f"(a) {args.fields} fields x 5 ch uint16 {FIELD_SIDE}^2, {CROP} px crops")
+    fields = dict(kind="fields", root=str(root / "fields"), fields=args.fields, seconds=args.seconds)
+    a = {(fmt, k): row(f"{fmt} WindowDataset, {k} crop(s) per field read", measure({**fields, "format": fmt,
+         "mode": "crops", "k": k}, args.gdal_cache_mb)) for fmt in ("tiff", "zarr") for k in (1, args.crops)}  # fmt: skip
+    plain = {fmt: row(f"plain {fmt}: {PLAIN[fmt]}", measure({**fields, "format": fmt, "mode": "plain"},
+                                                             args.gdal_cache_mb)) for fmt in ("tiff", "zarr")}  # fmt: skip
+    whole = row("baseline: tiff read whole, then 1 crop", measure({**fields, "format": "tiff", "mode": "whole"},
+                                                                   args.gdal_cache_mb))  # fmt: skip
+    for fmt in ("tiff", "zarr"):
+        verdict(f"{fmt}, 1 crop/read vs plain", a[fmt, 1]["samples_per_s"] / plain[fmt]["samples_per_s"], 0.9, "x")
+    verdict("zarr, 1 crop/read", a["zarr", 1]["samples_per_s"], 200, " samples/s")
+    verdict(f"zarr, {args.crops} crops/read", a["zarr", args.crops]["samples_per_s"], 200, " samples/s")
+    print(f"  -> tiff {args.crops} crops/read vs whole-read baseline: "
+          f"{a['tiff', args.crops]['samples_per_s'] / whole['samples_per_s']:.1f}x")
+    big = {fmt: row(f"{fmt} WindowDataset, {args.crops} crops, {10 * args.fields} fields (RSS growth)",
+                    measure({**fields, "root": str(root / "fields10"), "fields": 10 * args.fields, "format": fmt,
+                             "mode": "crops", "k": args.crops}, args.gdal_cache_mb)) for fmt in ("tiff", "zarr")}  # fmt: skip
+    for fmt in ("tiff", "zarr"):
+        growth = big[fmt]["peak_rss_mb"] / a[fmt, args.crops]["peak_rss_mb"]
+        print(f"  -> {fmt} peak RSS, 10x fields: {growth:.2f}x ({'flat' if growth <= 1.25 else 'NOT flat'})")
+
+
 def handles_section(args: argparse.Namespace, root: Path) -> None:
     """(d) open files and RSS over many one-file-per-band scenes: the LRU of open files vs unbounded."""
     most = max(args.scenes)
@@ -261,7 +319,7 @@ def main() -> None:
     p.add_argument("--scenes", type=int, nargs="+", default=[20, 200], help="scene counts of the open-files case")
     p.add_argument("--scene-size", type=int, default=480, help="side of those scenes at 10 m (multiple of 6)")
     p.add_argument("--handles-window", type=int, default=128, help="window side in the open-files case")
-    p.add_argument("--only", choices=["handles"], help="run this section only: (d) open files")
+    p.add_argument("--only", choices=["fields", "handles"], help="run this section only: (a) fields or (d) open files")
     p.add_argument("--gdal-cache-mb", type=int, default=64)
     p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one case as JSON
     args = p.parse_args()
@@ -270,40 +328,21 @@ def main() -> None:
         return
     if args.s2_size % 6 or args.scene_size % 6:
         p.error("--s2-size and --scene-size must be multiples of 6 (60 m bands)")
-    if args.only == "handles":
+    if args.only:
         with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
-            handles_section(args, Path(tmp))
+            {"fields": fields_section, "handles": handles_section}[args.only](args, Path(tmp))
         return
     t = args.seconds
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         root = Path(tmp)
         small_side = round(args.cog_size / math.sqrt(10))
         start = time.perf_counter()
-        for name, count in (("fields", args.fields), ("fields10", 10 * args.fields)):
-            (root / name).mkdir()
-            write_fields(root / name, count)
         write_raster(root / "cog.tif", args.cog_size, 10)
         write_raster(root / "cog_small.tif", small_side, 10)
         write_s2_like(root / "s2", args.s2_size)
         print(f"generated test data in {time.perf_counter() - start:.0f} s under {root}")
-        print(f"{'case':<54} {'samples/s':>9} {'peak MB':>8} {'read MB':>8}   (read MB: peak above imports+setup)")
 
-        print(f"(a) {args.fields} fields x 5 ch uint16 {FIELD_SIDE}^2, {CROP} px crops")
-        fields = dict(kind="fields", root=str(root / "fields"), fields=args.fields, seconds=t)
-        a = {(fmt, k): row(f"{fmt} WindowDataset, {k} crop(s) per field read", measure({**fields, "format": fmt,
-             "mode": "crops", "k": k}, args.gdal_cache_mb)) for fmt in ("tiff", "zarr") for k in (1, args.crops)}  # fmt: skip
-        whole = row("baseline: tiff read whole, then 1 crop", measure({**fields, "format": "tiff", "mode": "whole"},
-                                                                       args.gdal_cache_mb))  # fmt: skip
-        verdict("zarr, 1 crop/read", a["zarr", 1]["samples_per_s"], 200, " samples/s")
-        verdict(f"zarr, {args.crops} crops/read", a["zarr", args.crops]["samples_per_s"], 200, " samples/s")
-        print(f"  -> tiff {args.crops} crops/read vs whole-read baseline: "
-              f"{a['tiff', args.crops]['samples_per_s'] / whole['samples_per_s']:.1f}x")
-        big = {fmt: row(f"{fmt} WindowDataset, {args.crops} crops, {10 * args.fields} fields (RSS growth)",
-                        measure({**fields, "root": str(root / "fields10"), "fields": 10 * args.fields, "format": fmt,
-                                 "mode": "crops", "k": args.crops}, args.gdal_cache_mb)) for fmt in ("tiff", "zarr")}  # fmt: skip
-        for fmt in ("tiff", "zarr"):
-            growth = big[fmt]["peak_rss_mb"] / a[fmt, args.crops]["peak_rss_mb"]
-            print(f"  -> {fmt} peak RSS, 10x fields: {growth:.2f}x ({'flat' if growth <= 1.25 else 'NOT flat'})")
+        fields_section(args, root)
 
         print(f"(b) COG {args.cog_size}^2 x 10 bands uint16, 512 px tiles, deflate")
         for size in (128, 224):
