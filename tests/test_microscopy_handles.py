@@ -1,5 +1,5 @@
 """Microscopy fields keep their files open in the per-process LRU of domainmae.data.handles: a TIFF's header is
-parsed once per process, not once per read, and the open-file limit still holds."""
+parsed once per process, not once per read, a Zarr array is opened once, and the open-file limit still holds."""
 from __future__ import annotations
 
 import multiprocessing
@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from domainmae.data import (
     FieldError,
     Window,
+    ZarrField,
     handles,
     load_data_fields,
     pattern_fields,
     stack_fields,
+    zarr_fields,
 )  # fmt: skip
 
 from .conftest import SAMPLES
@@ -83,6 +86,28 @@ def test_tiff_stack_parses_its_header_once(tmp_path: Path, tiff_opens: list[str]
         for window in WINDOWS[:3]:
             np.testing.assert_array_equal(field.pixels(window), data[(slice(None), *window.slices())])
         assert tiff_opens == [name]
+
+
+def test_zarr_array_is_opened_once_per_process(tmp_path: Path, monkeypatch) -> None:
+    data = np.random.default_rng(1).integers(0, 4000, (2, 3, 500, 480), dtype=np.uint16)
+    zarr.create_array(tmp_path / "fields.zarr", shape=data.shape, dtype="uint16", chunks=(1, 1, 128, 128))[:] = data
+    fields = zarr_fields(tmp_path / "fields.zarr", channels=["a", "b", "c"])
+    opened: list[str] = []
+    open_array = zarr.open_array
+
+    def counting(*args, **kwargs) -> zarr.Array:
+        opened.append(kwargs.get("path", ""))
+        return open_array(*args, **kwargs)
+
+    monkeypatch.setattr(zarr, "open_array", counting)
+    for field, n in zip(fields, range(2), strict=True):
+        for window in WINDOWS[:3]:
+            np.testing.assert_array_equal(field.pixels(window), data[(n, slice(None), *window.slices())])
+    assert len(opened) == 1  # both fields index one array: one open for the process
+    for index in ([1, 2], [2, 0]):  # consecutive channels are read as a slice, others as a list
+        subset = ZarrField("subset", ("x", "y"), {}, str(tmp_path / "fields.zarr"), "", "ncyx", {"n": 1}, index)
+        np.testing.assert_array_equal(subset.pixels(WINDOWS[1]), data[(1, index, *WINDOWS[1].slices())])
+    assert len(opened) == 1
 
 
 def test_illumination_functions_are_mapped_once(tmp_path: Path, monkeypatch) -> None:
