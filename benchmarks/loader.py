@@ -253,7 +253,7 @@ def row(label: str, result: dict) -> dict:
 
 
 def verdict(name: str, value: float, target: float, unit: str) -> None:
-    print(f"  -> {name}: {value:.1f}{unit} (target >= {target:g}{unit}): {'met' if value >= target else 'NOT met'}")
+    print(f"  -> {name}: {value:.3g}{unit} (target >= {target:g}{unit}): {'met' if value >= target else 'NOT met'}")
 
 
 PLAIN = {"tiff": "tifffile.memmap slices, files kept open", "zarr": "zarr slice, array kept open"}
