@@ -52,7 +52,7 @@ def _close(handle: Any) -> None:
 def file_stamp(path: Path) -> Hashable:
     """What changes when ``path`` is replaced or rewritten; ``FileNotFoundError`` once it is removed.
 
-    One ``stat`` (about a microsecond), cheap beside even a small window read.
+    One ``stat``: a few microseconds, against ~0.2 ms to reopen a TIFF.
     """
     status = os.stat(path)
     return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns

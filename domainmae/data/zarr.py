@@ -39,9 +39,10 @@ class ZarrField(Field):
         super().__init__(key, channels, meta)
         self.store, self.path, self.axes, self.fixed, self.index = store, path, axes, dict(fixed), list(index)
         # Consecutive channels (the usual case: all of them) as a slice, so a read is a basic selection, which
-        # zarr serves about a third faster than an orthogonal one with a channel list.
-        consecutive = self.index == list(range(self.index[0], self.index[0] + len(self.index)))
-        self._channels = slice(self.index[0], self.index[0] + len(self.index)) if consecutive else self.index
+        # zarr serves in about two thirds of the time of an orthogonal one with a channel list.
+        first = self.index[0] if self.index else 0
+        consecutive = self.index == list(range(first, first + len(self.index)))
+        self._channels = slice(first, first + len(self.index)) if consecutive else self.index
 
     def _open(self) -> zarr.Array:
         # The process-wide cache holds the array, not the field, so fields stay small to pickle.
