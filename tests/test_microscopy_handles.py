@@ -118,7 +118,12 @@ def test_illumination_functions_are_mapped_once(tmp_path: Path, monkeypatch) -> 
     (tmp_path / "load_data.csv").write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
     loads: list[str] = []
     load = np.load
-    monkeypatch.setattr(np, "load", lambda path, *args, **kwargs: loads.append(Path(path).name) or load(path, *args, **kwargs))
+
+    def counting(path, *args, **kwargs) -> np.ndarray:
+        loads.append(Path(path).name)
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", counting)
     (field,) = load_data_fields(tmp_path / "load_data.csv")
     raw = tifffile.imread(FLY / "01_POS002_D.TIF").astype(np.float32)
     for window in WINDOWS:
