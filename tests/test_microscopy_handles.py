@@ -172,6 +172,10 @@ def test_a_file_replaced_removed_or_broken_while_open_is_reopened_or_named(tmp_p
     tifffile.imwrite(tmp_path / "new.tif", inverted)
     os.replace(tmp_path / "new.tif", path)  # as tools that write files atomically do: a new file, same path
     np.testing.assert_array_equal(field.pixels(window)[1], inverted[window.slices()])  # not the open old one
+    tifffile.imwrite(tmp_path / "new.tif", inverted[:150])
+    os.replace(tmp_path / "new.tif", path)  # now shorter than the field, whose shape was read before
+    with pytest.raises(FieldError, match=r"01_POS002_F\.TIF \(channel PH3, .*\): read a plane of shape \(50, 120\)"):
+        field.pixels(window)
     path.unlink()
     with pytest.raises(FileNotFoundError, match=r"01_POS002_F\.TIF \(channel PH3, field=01_POS002 .*\) does not exist"):
         field.pixels(window)
