@@ -3,7 +3,7 @@
     python benchmarks/loader.py                        # defaults: ~5-6 min on a 2-core CPU
     python benchmarks/loader.py --cog-size 4096 --fields 4 --seconds 2     # quicker
     python benchmarks/loader.py --only handles         # (d) alone: ~2 min
-    python benchmarks/loader.py --only fields          # (a) alone: ~2 min
+    python benchmarks/loader.py --only fields          # (a) alone: ~2.5 min
 
 (a) microscopy: 5-channel uint16 1080x1080 fields as per-channel TIFFs (uncompressed, as microscopes write
     them) vs one Zarr array [N, 5, H, W] (256x256 chunks, zstd); 224 px crops through WindowDataset, 1 crop per
