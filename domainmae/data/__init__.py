@@ -55,7 +55,7 @@ __all__ += [
     "stacked_scenes",
 ]  # fmt: skip
 
-# Open raster files per process: one LRU shared by every scene (default 128, DOMAINMAE_MAX_OPEN_FILES).
+# Open files per process: one LRU shared by every scene and field (default 128, DOMAINMAE_MAX_OPEN_FILES).
 from .handles import max_open_files, set_max_open_files
 
 __all__ += ["max_open_files", "set_max_open_files"]

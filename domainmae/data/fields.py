@@ -82,8 +82,9 @@ class Field(ABC):
     """One multichannel field ``[C, H, W]``, a window source (:mod:`~domainmae.data.windows`).
 
     ``key`` names the field in errors (e.g. ``row 3 of load_data.csv``); ``meta`` travels into every
-    sample cut from it, with ``"field"`` (the key). Subclasses reopen their files on each read, so
-    fields stay small and pickle cheaply into DataLoader workers.
+    sample cut from it, with ``"field"`` (the key). Subclasses keep their open files in the per-process
+    cache of :mod:`~domainmae.data.handles`, not in the object, so fields stay small and pickle cheaply
+    into DataLoader workers, where each worker opens the files it reads once.
     """
 
     def __init__(self, key: str, channels: tuple[str, ...], meta: dict[str, Any]) -> None:

@@ -1,13 +1,21 @@
-"""Open raster files per process: one least-recently-used cache shared by every :class:`RasterScene`.
+"""Open files per process: one least-recently-used cache shared by every scene and microscopy field.
 
-A scene opens its band files lazily and reads windows from them many times, so the handles are worth
+A scene or field opens its files lazily and reads windows from them many times, so the handles are worth
 keeping - but not all of them: a worker that walks hundreds of one-file-per-band scenes would otherwise
 hold every file it ever touched (measured on Sentinel-2: 200 scenes, ~1,600 open files, +530 MB RSS per
 worker; the common limit of 1,024 open files is reached after ~80 scenes). So each process keeps at most
-:func:`max_open_files` files open (default 128, like torchgeo's per-dataset LRU; enough that a 12-band
+:func:`max_open_files` handles open (default 128, like torchgeo's per-dataset LRU; enough that a 12-band
 scene is never reopened between the reads of one window) and closes the least recently used beyond that.
-A :class:`~rasterio.vrt.WarpedVRT` is kept with the file it warps and closed with it, so no VRT outlives
-its dataset.
+
+A handle is whatever reads a file: a rasterio dataset (:class:`~domainmae.data.raster.RasterScene`), a
+memory-mapped TIFF or ``.npy`` plane, a :class:`tifffile.TiffFile`, an open ``zarr.Array`` (microscopy
+fields). Handles *derived* from one, like a :class:`~rasterio.vrt.WarpedVRT` over a dataset, are kept
+with it and closed before it, so none outlives what it reads through. Closing calls a handle's
+``close()``; memory maps and Zarr arrays have none and are released with their last reference (reads
+return copies, so the cache holds that reference). A handle may be kept with a *stamp* of its file
+(:func:`file_stamp`): a file replaced, rewritten or removed since it was opened is reopened (or reported
+missing) on its next read rather than read stale - or, through a memory map of a shortened file, crash
+the process with SIGBUS.
 
 Set the limit with :func:`set_max_open_files` or the ``DOMAINMAE_MAX_OPEN_FILES`` environment variable
 (read when a process opens its first file, so DataLoader workers inherit it either way).
@@ -23,30 +31,47 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from rasterio.io import DatasetReader
-from rasterio.vrt import WarpedVRT
+from typing import Any, TypeVar
 
 DEFAULT_MAX_OPEN_FILES = 128
 ENV_VAR = "DOMAINMAE_MAX_OPEN_FILES"
 
-#: ``(path, how the file was opened)``: a scene that declares another nodata value opens the file apart.
+#: ``(path, how the file was opened)``: a scene that declares another nodata value opens the file apart,
+#: and a TIFF read by GDAL and by tifffile is two handles.
 Key = tuple[Path, Hashable]
+H = TypeVar("H")
+D = TypeVar("D")
+
+
+def _close(handle: Any) -> None:
+    close = getattr(handle, "close", None)
+    if close is not None:  # memory maps and Zarr arrays have none: dropping the reference releases them
+        close()
+
+
+def file_stamp(path: Path) -> Hashable:
+    """What changes when ``path`` is replaced or rewritten; ``FileNotFoundError`` once it is removed.
+
+    One ``stat``: a few microseconds, against ~0.2 ms to reopen a TIFF.
+    """
+    status = os.stat(path)
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 @dataclass
 class _Entry:
-    dataset: DatasetReader
-    vrts: dict[Hashable, WarpedVRT] = field(default_factory=dict)
+    handle: Any
+    stamp: Hashable = None
+    derived: dict[Hashable, Any] = field(default_factory=dict)
 
     def close(self) -> None:
-        for vrt in self.vrts.values():  # the VRTs first: they read through the dataset's handle
-            vrt.close()
-        self.dataset.close()
+        for handle in self.derived.values():  # first: they read through the handle
+            _close(handle)
+        _close(self.handle)
 
 
 class HandleCache:
-    """At most ``max_open`` open datasets (and the VRTs built on them), least recently used closed first."""
+    """At most ``max_open`` open handles (and those derived from them), least recently used closed first."""
 
     def __init__(self, max_open: int) -> None:
         self.max_open = max_open
@@ -55,31 +80,32 @@ class HandleCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def dataset(self, key: Key, open_: Callable[[], DatasetReader]) -> DatasetReader:
-        """The dataset under ``key``, opened with ``open_`` unless open already."""
-        return self._entry(key, open_).dataset
+    def get(self, key: Key, open_: Callable[[], H], stamp: Hashable = None) -> H:
+        """The handle under ``key``, opened with ``open_`` unless open already (nothing is kept if it raises).
 
-    def warped(
-        self,
-        key: Key,
-        open_: Callable[[], DatasetReader],
-        vrt_key: Hashable,
-        build: Callable[[DatasetReader], WarpedVRT],
-    ) -> WarpedVRT:
-        """The VRT ``vrt_key`` over the dataset under ``key``, built with ``build`` unless built already."""
+        A handle kept with another ``stamp`` (see :func:`file_stamp`) is of an older version of the file:
+        it is closed and the file opened anew.
+        """
+        entry = self._entries.get(key)
+        if entry is not None and entry.stamp != stamp:
+            self.close([key])
+        return self._entry(key, open_, stamp).handle
+
+    def derived(self, key: Key, open_: Callable[[], H], derived_key: Hashable, build: Callable[[H], D]) -> D:
+        """The handle ``derived_key`` built with ``build`` over the handle under ``key``, unless built already."""
         entry = self._entry(key, open_)
-        if vrt_key not in entry.vrts:
-            entry.vrts[vrt_key] = build(entry.dataset)
-        return entry.vrts[vrt_key]
+        if derived_key not in entry.derived:
+            entry.derived[derived_key] = build(entry.handle)
+        return entry.derived[derived_key]
 
-    def _entry(self, key: Key, open_: Callable[[], DatasetReader]) -> _Entry:
+    def _entry(self, key: Key, open_: Callable[[], Any], stamp: Hashable = None) -> _Entry:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
             return entry
         # Make room before opening, so the process never holds more than max_open files, even briefly.
         self._trim(self.max_open - 1)
-        entry = self._entries[key] = _Entry(open_())
+        entry = self._entries[key] = _Entry(open_(), stamp)
         return entry
 
     def _trim(self, size: int) -> None:
@@ -95,7 +121,7 @@ class HandleCache:
         return [path for path, _ in self._entries]
 
     def close(self, keys: list[Key] | None = None) -> None:
-        """Close the files under ``keys`` (default: all)."""
+        """Close the handles under ``keys`` (default: all)."""
         for key in list(self._entries) if keys is None else keys:
             entry = self._entries.pop(key, None)
             if entry is not None:
@@ -108,7 +134,7 @@ _cache_pid: int | None = None
 
 
 def max_open_files() -> int:
-    """The most raster files one process keeps open: :func:`set_max_open_files`, else the environment, else 128."""
+    """The most files one process keeps open: :func:`set_max_open_files`, else the environment, else 128."""
     if _limit is not None:
         return _limit
     value = os.environ.get(ENV_VAR)
@@ -127,7 +153,7 @@ def _checked(limit: int) -> int:
 
 
 def set_max_open_files(limit: int | None) -> None:
-    """Keep at most ``limit`` raster files open per process (``None``: back to the environment or 128).
+    """Keep at most ``limit`` files open per process (``None``: back to the environment or 128).
 
     Applies at once: files beyond a lowered limit are closed (least recently used first). Set it before
     a DataLoader starts its workers, which then inherit it.
@@ -148,15 +174,15 @@ def cache() -> HandleCache:
 
 
 def open_files() -> int:
-    """How many raster files this process holds open."""
+    """How many files this process holds open (handles in the cache)."""
     return len(cache())
 
 
 def open_paths() -> list[Path]:
-    """The raster files this process holds open, least recently used first."""
+    """The files this process holds open, least recently used first."""
     return cache().paths()
 
 
 def close_all() -> None:
-    """Close every raster file this process holds open (scenes reopen them on their next read)."""
+    """Close every file this process holds open (scenes and fields reopen them on their next read)."""
     cache().close()

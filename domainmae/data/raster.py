@@ -190,7 +190,7 @@ class RasterScene(GridSource):
             raise RasterReadError(f"cannot open raster {path} (scene {self.scene_id}): {err}") from err
 
     def _open(self, path: Path) -> DatasetReader:
-        return handles.cache().dataset(self._key(path), lambda: self._open_file(path))
+        return handles.cache().get(self._key(path), lambda: self._open_file(path))
 
     def _band_radiometry(self, band: BandSource) -> Radiometry:
         key = (band.path, band.index)
@@ -207,7 +207,7 @@ class RasterScene(GridSource):
                 src_nodata=dataset.nodata,
             )  # fmt: skip
 
-        return handles.cache().warped(self._key(path), lambda: self._open_file(path), (resampling, grid), build)
+        return handles.cache().derived(self._key(path), lambda: self._open_file(path), (resampling, grid), build)
 
     def close(self) -> None:
         """Close this scene's files (and VRTs) in this process; a later read reopens them.

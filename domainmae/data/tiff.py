@@ -2,7 +2,9 @@
 
 Each reader returns a list of :class:`~domainmae.data.fields.Field`; pixels are read later, by window.
 TIFF windows are memory-mapped when the data is uncompressed, else decoded through tifffile's Zarr view
-(only the strips or tiles a window touches); PNG/JPEG channel files (e.g. RxRx) are decoded whole.
+(only the strips or tiles a window touches); each TIFF and illumination ``.npy`` is opened once per process
+and kept in the LRU of open files (:mod:`.handles`, :mod:`.tiffimage`), so fields themselves hold no handles
+and pickle cheaply. PNG/JPEG channel files (e.g. RxRx) are decoded whole.
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from . import handles
 from .errors import ErrorPolicy, OnError, as_policy
 from .fields import Field, FieldError, resolve_channels
 from .samplers import Window
+from .tiffimage import first_series, open_tiff
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 
@@ -35,19 +39,11 @@ def _reading(path: Path, where: str) -> Iterator[None]:
         raise FieldError(f"cannot read {path} ({where}): {err}") from err
 
 
-def _series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
-    """The first image series; for a file without one tifffile only logs a warning, so raise here."""
-    if not tif.series:
-        raise ValueError("no image found")
-    return tif.series[0]
-
-
 def _plane_shape(path: Path, where: str) -> tuple[int, int]:
     """``(H, W)`` of a single-channel image file, from its header."""
     with _reading(path, where):
         if path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
-                shape = _series(tif).shape
+            shape = open_tiff(path).shape  # opened here for the reads to come
         else:
             with Image.open(path) as image:
                 bands = len(image.getbands())
@@ -57,30 +53,19 @@ def _plane_shape(path: Path, where: str) -> tuple[int, int]:
     return shape
 
 
-def _read_tiff(path: Path, selection: tuple[slice, ...], where: str) -> np.ndarray:
-    """``selection`` of the first series of a TIFF, decoding as little as the file allows.
-
-    Uncompressed contiguous data is memory-mapped, so a window costs only its own bytes. Otherwise
-    tifffile's Zarr view decodes only the strips/tiles a window touches; a whole-image read skips it, as the
-    plain decoder is many times faster than going through Zarr chunk by chunk.
-    """
-    with _reading(path, where):
-        with tifffile.TiffFile(path) as tif:
-            series = _series(tif)
-            if all(part.indices(size) == (0, size, 1) for part, size in zip(selection, series.shape)):
-                return series.asarray()
-            contiguous = series.dataoffset is not None
-        if contiguous:
-            return np.array(tifffile.memmap(path, mode="r")[selection])
-        return tifffile.imread(path, selection=selection)
-
-
 def _read_plane(path: Path, window: Window, where: str) -> np.ndarray:
     """Pixels ``[h, w]`` of ``window`` from a single-channel image file."""
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        return _read_tiff(path, window.slices(), where)
-    with _reading(path, where), Image.open(path) as image:
-        return np.asarray(image)[window.slices()]
+    with _reading(path, where):
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            return open_tiff(path).read(window.slices())
+        with Image.open(path) as image:
+            return np.asarray(image)[window.slices()]
+
+
+def _illumination(path: Path) -> np.ndarray:
+    """An illumination function ``[H, W]``, memory-mapped once per process: a window reads only its rows,
+    and the one file a plate's rows share is not reopened for every field."""
+    return handles.cache().get((path, "npy"), lambda: np.load(path, mmap_mode="r"), handles.file_stamp(path))
 
 
 class ChannelFilesField(Field):
@@ -104,21 +89,26 @@ class ChannelFilesField(Field):
         for k, path in enumerate(self.illum):
             if path is not None:
                 with _reading(path, self._where(k)):
-                    shapes[path] = np.load(path, mmap_mode="r").shape
+                    shapes[path] = _illumination(path).shape
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{path.name}: {shape}" for path, shape in shapes.items())
             raise FieldError(f"field {self.key}: channel files differ in shape ({listing})")
         return next(iter(shapes.values()))
 
     def _read(self, window: Window) -> np.ndarray:
-        planes = []
+        # Each plane is converted into its place in the float32 result: at one small window per read, a float
+        # copy per plane and then a stack of them cost about as much as the memory-mapped read itself.
+        image = np.empty((len(self.files), window.height, window.width), np.float32)
         for k, (path, illum) in enumerate(zip(self.files, self.illum)):
             plane = _read_plane(path, window, self._where(k))
+            if plane.shape != image.shape[1:]:  # the file changed since its shape was read; never broadcast
+                raise FieldError(f"{path} ({self._where(k)}): read a plane of shape {plane.shape}, expected "
+                                 f"{image.shape[1:]}")
+            image[k] = plane
             if illum is not None:
                 with _reading(illum, self._where(k)):
-                    plane = plane / np.load(illum, mmap_mode="r")[window.slices()].astype(np.float32)
-            planes.append(plane.astype(np.float32, copy=False))
-        return np.stack(planes)
+                    image[k] /= _illumination(illum)[window.slices()].astype(np.float32)
+        return image
 
 
 def _read_table(manifest: Path) -> tuple[list[str], list[dict[str, Any]]]:
@@ -273,14 +263,15 @@ class TiffStackField(Field):
         self.path, self.axes, self.index = path, axes, list(index)
 
     def _shape(self) -> tuple[int, int]:
-        with _reading(self.path, self.key), tifffile.TiffFile(self.path) as tif:
-            shape = _series(tif).shape
+        with _reading(self.path, self.key):
+            shape = open_tiff(self.path).shape
         return shape[self.axes.index("Y")], shape[self.axes.index("X")]
 
     def _read(self, window: Window) -> np.ndarray:
         rows, cols = window.slices()
         selection = (slice(None), rows, cols) if self.axes == "CYX" else (rows, cols, slice(None))
-        pixels = _read_tiff(self.path, selection, self.key)
+        with _reading(self.path, self.key):
+            pixels = open_tiff(self.path).read(selection)
         pixels = pixels if self.axes == "CYX" else pixels.transpose(2, 0, 1)
         return pixels[self.index]
 
@@ -329,7 +320,7 @@ def stack_fields(
     for path in map(Path, paths):
         try:
             with _reading(path, "TIFF stack"), tifffile.TiffFile(path) as tif:
-                series, ome_xml = _series(tif), tif.ome_metadata if tif.is_ome else None
+                series, ome_xml = first_series(tif), tif.ome_metadata if tif.is_ome else None
         except OSError as err:
             policy.handle(err)
             continue

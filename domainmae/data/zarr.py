@@ -8,7 +8,8 @@ Layouts recognised at a path:
 
 OME metadata sits in the group attributes: top level for NGFF 0.4 (``.zattrs``, Zarr v2), under
 ``attributes["ome"]`` of ``zarr.json`` for 0.5 (Zarr v3); zarr opens both formats. Channel names come
-from ``omero.channels[].label``. Reads index only the chunks a window touches.
+from ``omero.channels[].label``. Reads index only the chunks a window touches; each array is opened once per
+process and kept in the LRU of open files (:mod:`.handles`), as reopening it costs about as much as a crop.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from . import handles
 from .errors import ErrorPolicy, OnError, as_policy
 from .fields import Field, FieldError, resolve_channels
 from .samplers import Window
@@ -36,9 +38,17 @@ class ZarrField(Field):
                  axes: str, fixed: Mapping[str, int], index: Sequence[int]) -> None:
         super().__init__(key, channels, meta)
         self.store, self.path, self.axes, self.fixed, self.index = store, path, axes, dict(fixed), list(index)
+        # Consecutive channels (the usual case: all of them) as a slice, so a read is a basic selection, which
+        # zarr serves in about two thirds of the time of an orthogonal one with a channel list.
+        first = self.index[0] if self.index else 0
+        consecutive = self.index == list(range(first, first + len(self.index)))
+        self._channels = slice(first, first + len(self.index)) if consecutive else self.index
 
     def _open(self) -> zarr.Array:
-        # Reopened per read (well under a millisecond): fields stay picklable and hold no file handles.
+        # The process-wide cache holds the array, not the field, so fields stay small to pickle.
+        return handles.cache().get((Path(self.store) / self.path, "zarr"), self._open_array)
+
+    def _open_array(self) -> zarr.Array:
         try:
             return zarr.open_array(store=self.store, path=self.path, mode="r")
         except (OSError, ValueError) as err:
@@ -50,9 +60,9 @@ class ZarrField(Field):
 
     def _read(self, window: Window) -> np.ndarray:
         rows, cols = window.slices()
-        pick = {"c": self.index, "y": rows, "x": cols}
+        pick = {"c": self._channels, "y": rows, "x": cols}
         selection = tuple(pick[axis] if axis in pick else self.fixed[axis] for axis in self.axes)
-        pixels = self._open().oindex[selection]
+        pixels = self._open()[selection]  # zarr reads a channel list as an orthogonal selection
         return pixels if "c" in self.axes else pixels[None]
 
 
