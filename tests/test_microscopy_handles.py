@@ -2,7 +2,6 @@
 parsed once per process, not once per read, a Zarr array is opened once, and the open-file limit still holds."""
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import shutil
@@ -25,6 +24,7 @@ from domainmae.data import (
 )  # fmt: skip
 
 from .conftest import SAMPLES
+from .test_raster_handles import read_in_forked_worker
 
 FLY, HUMAN = SAMPLES / "examplefly", SAMPLES / "examplehuman"
 FLY_PATTERN, FLY_CHANNELS = r"(?P<field>.+)_(?P<channel>[DFR])\.TIF", {"D": "DNA", "F": "PH3", "R": "Actin"}
@@ -189,17 +189,8 @@ def test_a_file_replaced_removed_or_broken_while_open_is_reopened_or_named(tmp_p
 def test_a_forked_worker_opens_its_own_microscopy_handles() -> None:
     field = pattern_fields(FLY, FLY_PATTERN, FLY_CHANNELS)[0]
     expected = field.pixels(WINDOWS[1])
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-
-    def worker() -> None:  # as a DataLoader worker: the parent's memory maps are not the child's
-        inherited = handles.open_files()
-        results.put((inherited, field.pixels(WINDOWS[1]), handles.open_files()))
-
-    child = context.Process(target=worker)
-    child.start()
-    inherited, image, opened = results.get(timeout=60)
-    child.join(timeout=60)
-    assert child.exitcode == 0 and (inherited, opened) == (0, 3)
+    # As in a DataLoader worker: the parent's memory maps are not the child's.
+    inherited, image, opened = read_in_forked_worker(lambda: field.pixels(WINDOWS[1]))
+    assert (inherited, opened) == (0, 3)
     np.testing.assert_array_equal(image, expected)
     assert handles.open_files() == 3

@@ -5,6 +5,7 @@ import math
 import multiprocessing
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,22 +156,30 @@ def test_limit_from_the_environment(monkeypatch):
         handles.set_max_open_files(0)
 
 
+def read_in_forked_worker(read: Callable[[], np.ndarray]) -> tuple[int, np.ndarray, int]:
+    """``read()`` in a forked child, as in a DataLoader worker: handles open in the child before the read, the
+    pixels, handles open after it."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    def worker() -> None:
+        inherited = handles.open_files()
+        results.put((inherited, read(), handles.open_files()))
+
+    child = context.Process(target=worker)
+    child.start()
+    found = results.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    return found
+
+
 @linux_only
 def test_a_forked_worker_opens_its_own_handles(tmp_path):
     scene = make_scenes(tmp_path, 1)[0]
     expected = scene.read(WINDOW).image
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-
-    def worker() -> None:  # as a DataLoader worker: the parent's handles are not the child's
-        inherited = handles.open_files()
-        results.put((inherited, scene.read(WINDOW).image, handles.open_files()))
-
-    child = context.Process(target=worker)
-    child.start()
-    inherited, image, opened = results.get(timeout=60)
-    child.join(timeout=60)
-    assert child.exitcode == 0 and (inherited, opened) == (0, 3)
+    inherited, image, opened = read_in_forked_worker(lambda: scene.read(WINDOW).image)
+    assert (inherited, opened) == (0, 3)
     np.testing.assert_array_equal(image, expected)
     assert handles.open_files() == 3  # the parent's are untouched and still read
     np.testing.assert_array_equal(scene.read(WINDOW).image, expected)
