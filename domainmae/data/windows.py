@@ -200,9 +200,9 @@ class WindowDataset(torch.utils.data.Dataset):
     source from one read (positions uniform over the source, redrawn below ``min_valid``);
     ``reads_per_source`` items per source make an epoch, the same number for every source or one
     per source (:func:`proportional_reads`: a few large scenes then train as well as many small
-    patches). ``sampling="grid"``
-    (export): item ``i`` is the ``i``-th row of windows ``stride`` apart of the row-major tiling of
-    all sources, read as one strip; the index is built from the sources' headers on first use.
+    patches). ``sampling="grid"`` (export): item ``i`` is the ``i``-th row of windows ``stride``
+    apart of the row-major tiling of all sources, read as one strip; the index is built from the
+    sources' headers on first use.
 
     Items are lists, so a loader's collate concatenates them (``batch_size`` then counts reads);
     normalisation and augmentation wrap the dataset
