@@ -260,6 +260,11 @@ def embed(
     return embed_fields(export, items, output, write, provenance, pool=pool, level=level)
 
 
+def _provenance(path: Path, raster: bool) -> dict[str, Any]:
+    """The provenance an embeddings file records (a per-patch raster, or a table)."""
+    return read_embedding_raster(path)[3] if raster else read_embeddings(path)[2]
+
+
 def embed_baselines(
     file: str | Path, names: Sequence[Baseline], folder: str | Path, *, seed: int = 0
 ) -> dict[str, Path]:
@@ -276,7 +281,7 @@ def embed_baselines(
         raise ValueError(f"baselines must be 'raw' and/or 'random', got {unknown}")
     file, folder = Path(file), Path(folder)
     raster = SUFFIXES.get(file.suffix.lower()) in RASTERS
-    provenance = read_embedding_raster(file)[3] if raster else read_embeddings(file)[2]
+    provenance = _provenance(file, raster)
     source = provenance.get("source") or provenance.get("checkpoint")
     if not source:
         raise ValueError(f"{file} has no 'checkpoint' in its provenance, so its baselines cannot be embedded; "
@@ -293,7 +298,7 @@ def embed_baselines(
                     features=features, seed=seed, progress=False)  # fmt: skip
         if raster:
             out = out / f"{provenance.get('scene_id', file.stem)}{file.suffix}"
-        made = (read_embedding_raster(out)[3] if raster else read_embeddings(out)[2]).get("checkpoint_sha256")
+        made = _provenance(out, raster).get("checkpoint_sha256")
         if provenance.get("checkpoint_sha256") not in (None, made):
             raise ValueError(f"{source} is not the checkpoint {file} was embedded with (its SHA-256 differs)")
         files[features] = out
