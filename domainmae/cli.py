@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as err:
-        # 128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM (schedulers requeue on it).
+        # 128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM, 138 for SIGUSR1.
         print(f"domainmae {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(err, "signum", signal.SIGINT)
     except (ValueError, OSError, KeyError, ArithmeticError) as err:  # user-actionable: no traceback

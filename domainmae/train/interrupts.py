@@ -1,8 +1,12 @@
-"""Stop requests (Ctrl-C, SIGTERM from a scheduler or a spot-instance reclaim) that end a run at a step boundary.
+"""Stop requests (Ctrl-C; SIGTERM or SIGUSR1 from a scheduler or a spot-instance reclaim) that end a run at a
+step boundary.
 
 A checkpoint written in the middle of a step would pair the weights of one step with the counter of
 another, and a resumed run would replay or skip an update. So a signal only sets a flag; the loop
-finishes the step it is in, writes a checkpoint and stops. A second signal stops at once, without one.
+finishes the step it is in, writes a checkpoint and stops. A second Ctrl-C (SIGINT) stops at once, without
+one: a person who presses it twice wants out. A scheduler's signal may arrive twice - Slurm signals every
+process of a job step and torchrun forwards the signal it gets to its workers - so repeats of SIGTERM and
+SIGUSR1 are ignored; the scheduler's SIGKILL at the end of its grace period is the hard stop.
 """
 from __future__ import annotations
 
@@ -15,12 +19,14 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: SIGUSR1 is the warning Slurm sends before a time limit (``#SBATCH --signal=USR1@120``).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class Stopped(KeyboardInterrupt):
     """A run stopped by a signal at a step boundary, its checkpoint written; ``signum`` is the signal, so a
-    command can exit with ``128 + signum`` (143 for SIGTERM), which schedulers read as "killed, requeue"."""
+    command can exit with ``128 + signum`` (143 for SIGTERM, 138 for SIGUSR1), as a shell reports a process
+    the signal ended."""
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
@@ -28,7 +34,7 @@ class Stopped(KeyboardInterrupt):
 
 
 class StopRequests:
-    """Context manager that turns SIGINT/SIGTERM into a stop request while a run trains.
+    """Context manager that turns SIGINT/SIGTERM/SIGUSR1 into a stop request while a run trains.
 
     :attr:`received` is the first signal (None until one arrives). Handlers are installed
     only in the main thread (Python delivers signals there alone; elsewhere nothing changes) and the
@@ -56,7 +62,10 @@ class StopRequests:
             return
         received = signal.Signals(signum)
         if self.received is not None:
-            raise KeyboardInterrupt(f"{received.name} again: stopping at once, inside a step; no checkpoint written for it")
+            if received == signal.SIGINT:
+                raise KeyboardInterrupt("SIGINT again: stopping at once, inside a step; no checkpoint written for it")
+            log.warning("%s: already stopping after this step", received.name)
+            return
         self.received = received
-        log.warning("%s: finishing this step, then writing a checkpoint and stopping (send it again to stop at once)",
+        log.warning("%s: finishing this step, then writing a checkpoint and stopping (Ctrl-C again stops at once)",
                     received.name)  # fmt: skip
