@@ -125,7 +125,7 @@ def _block_cells(
     [0.3, 1/0.3] and uniform position are tried; the first that adds between 1 and ``room`` new cells
     is painted. A sample stops when ``masked`` cells are covered or a round adds nothing; the caller
     fills any remainder at random. All samples advance together, one ``[B, attempts, 4]`` uniform
-    draw per round, so the Python loop runs over rounds (a handful), never over samples.
+    draw per round, so the Python loop runs over rounds (~20 at batch 4096 on 14 x 14), never samples.
     """
     h, w = grid
     min_area = max(1, min(16, (h * w) // 12))  # BEiT uses 16 on a 14x14 grid
@@ -133,9 +133,14 @@ def _block_cells(
     cells = torch.zeros(batch, h, w, dtype=torch.bool, device=device)
     count = torch.zeros(batch, dtype=torch.long, device=device)
     active = count < masked
-    while bool(active.any()):  # on CUDA one sync per round: cheap next to a loop over samples
-        u = torch.rand(batch, BLOCK_ATTEMPTS, 4, generator=generator, device=device)
-        room = (masked - count).unsqueeze(1)  # [B, 1]
+    while True:
+        # Only the samples still adding blocks are computed on: most stop after a few rounds.
+        live = active.nonzero().squeeze(1)  # on CUDA one sync per round, not one per sample
+        if not len(live):
+            break
+        # Drawn for the whole batch so that a sample's uniforms do not depend on which others are live.
+        u = torch.rand(batch, BLOCK_ATTEMPTS, 4, generator=generator, device=device)[live]
+        room = (masked - count[live]).unsqueeze(1)  # [b, 1]
         low = room.clamp(max=min_area)
         area = low + u[..., 0] * (room - low)
         aspect = torch.exp(math.log(0.3) * (1 - 2 * u[..., 1]))
@@ -146,22 +151,23 @@ def _block_cells(
         bh, bw = bh.clamp(max=h), bw.clamp(max=w)  # in range for the lookups below; `fits` rejects them
         top = (u[..., 2] * (h - bh + 1)).long()  # uniform over the h - bh + 1 positions
         left = (u[..., 3] * (w - bw + 1)).long()
-        # Cells already masked inside every candidate, from a summed-area table [B, (h+1)*(w+1)].
-        table = F.pad(cells.long().cumsum(1).cumsum(2), (1, 0, 1, 0)).flatten(1)
+        # Cells already masked inside every candidate, from a summed-area table [b, (h+1)*(w+1)].
+        mine = cells[live]
+        table = F.pad(mine.long().cumsum(1).cumsum(2), (1, 0, 1, 0)).flatten(1)
         bottom, right = top + bh, left + bw
         corners = torch.stack([bottom * (w + 1) + right, top * (w + 1) + left,
-                               top * (w + 1) + right, bottom * (w + 1) + left], dim=1)  # [B, 4, attempts]
+                               top * (w + 1) + right, bottom * (w + 1) + left], dim=1)  # [b, 4, attempts]
         sums = table.gather(1, corners.flatten(1)).view_as(corners)
         new = bh * bw - (sums[:, 0] + sums[:, 1] - sums[:, 2] - sums[:, 3])
-        ok = fits & (new > 0) & (new <= room) & active.unsqueeze(1)
+        ok = fits & (new > 0) & (new <= room)
         first = ok.int().argmax(1, keepdim=True)  # argmax returns the first of equal maxima: the first attempt that fits
         added = ok.any(1)
         t, l, th, tw, n = (x.gather(1, first).squeeze(1) for x in (top, left, bh, bw, new))
-        in_rows = (rows >= t.unsqueeze(1)) & (rows < (t + th).unsqueeze(1))  # [B, h]
-        in_cols = (cols >= l.unsqueeze(1)) & (cols < (l + tw).unsqueeze(1))  # [B, w]
-        cells |= in_rows.unsqueeze(2) & in_cols.unsqueeze(1) & added[:, None, None]
-        count += torch.where(added, n, 0)
-        active &= added & (count < masked)
+        in_rows = (rows >= t.unsqueeze(1)) & (rows < (t + th).unsqueeze(1))  # [b, h]
+        in_cols = (cols >= l.unsqueeze(1)) & (cols < (l + tw).unsqueeze(1))  # [b, w]
+        cells[live] = mine | (in_rows.unsqueeze(2) & in_cols.unsqueeze(1) & added[:, None, None])
+        count[live] += torch.where(added, n, 0)
+        active[live] = added & (count[live] < masked)
     return cells.flatten(1)
 
 
