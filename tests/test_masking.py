@@ -1,14 +1,24 @@
+import math
+
 import pytest
 import torch
 
+from domainmae.data.loader import chunk_rows
 from domainmae.models.masking import (
+    BLOCK_ATTEMPTS,
     STRATEGIES,
+    _block_cells,
+    _hidden_channels,
+    _interleave,
+    _inverse,
     masking_from_scores,
     num_keep,
     sample_masking,
 )
+from domainmae.train.loop import _step_generator
 
 GRID = (8, 8)
+CPU = torch.device("cpu")
 
 
 def _draw(strategy, channels=3, ratio=0.75, batch=4, seed=0, **kw):
@@ -116,10 +126,13 @@ def test_sensor_masking_hides_a_whole_sensor_that_fits_the_budget():
         _draw("sensor", channels=8)
 
 
-def test_generator_makes_masks_reproducible():
-    for strategy in ("random", "block", "grid", "tied"):
-        assert torch.equal(_draw(strategy, seed=3).mask, _draw(strategy, seed=3).mask)
-        assert not torch.equal(_draw(strategy, seed=3).mask, _draw(strategy, seed=4).mask)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_generator_makes_masks_reproducible(strategy):
+    groups = [0] * 2 + [1]  # sensor: two S2-like channels and one S1-like
+    a, b, other = (_draw(strategy, seed=s, groups=groups) for s in (3, 3, 4))
+    for field in ("ids_keep", "ids_restore", "mask"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    assert not torch.equal(a.mask, other.mask)
 
 
 def test_bad_ratios_and_names_are_rejected():
@@ -127,3 +140,161 @@ def test_bad_ratios_and_names_are_rejected():
         num_keep(10, 1.0)
     with pytest.raises(ValueError, match="unknown masking strategy 'rand'"):
         _draw("rand")
+
+
+# ----------------------------------------------------------------- more shapes, and loop-based references
+SHAPES = [(1, (4, 6)), (5, (14, 14)), (14, (8, 8))]  # (channels, grid): odd grid, Cell Painting, sentinel
+
+
+def _check_contract(m, length: int, keep: int) -> None:
+    assert m.ids_keep.shape == (m.mask.shape[0], keep) and m.mask.shape[1] == length
+    assert torch.all(m.mask.sum(1) == length - keep)
+    assert torch.equal(torch.sort(m.ids_restore, 1).values, torch.arange(length).expand_as(m.ids_restore))
+    torch.testing.assert_close(torch.argsort(m.ids_restore, dim=1)[:, :keep], m.ids_keep)
+    assert torch.all(torch.gather(m.mask, 1, m.ids_keep) == 0)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize(("channels", "grid"), SHAPES)
+def test_every_strategy_keeps_the_contract_on_realistic_shapes(strategy, channels, grid):
+    ratio = 0.9 if strategy == "sensor" and channels > 1 else 0.75  # hiding 12 of 14 bands needs > 12/14
+    groups = [0] * max(1, channels - 2) + [1] * min(2, channels - 1)
+    n = grid[0] * grid[1]
+    if strategy in ("channel", "sensor") and channels == 1:
+        return  # one channel never fits a budget (tested above)
+    g = torch.Generator().manual_seed(7)
+    m = sample_masking(strategy, 16, channels, grid, ratio, groups=groups, generator=g)
+    _check_contract(m, channels * n, round(channels * n * (1 - ratio)))
+    masks = m.mask.reshape(16, channels, *grid)
+    if strategy in ("tied", "block", "grid") and channels * n * (1 - ratio) % channels == 0:
+        assert torch.equal(masks, masks[:, :1].expand_as(masks))
+    if strategy == "grid":  # one kept cell in every 2 x 2, in every channel
+        kept = (1 - masks).reshape(16, channels, grid[0] // 2, 2, grid[1] // 2, 2).sum((3, 5))
+        assert torch.all(kept == 1)
+    if strategy == "sensor":
+        whole = masks.flatten(2).all(2)
+        assert torch.all(whole[:, : len(groups) - 2].all(1) | whole[:, len(groups) - 2 :].all(1))
+
+
+def _dealt_reference(cell_scores: torch.Tensor, channel_scores: torch.Tensor) -> torch.Tensor:
+    """The shuffle dealt by hand: every channel in its turn takes its next best cell."""
+    b, c = channel_scores.shape
+    n = cell_scores.shape[-1]
+    rows = []
+    for i in range(b):
+        turns = torch.argsort(channel_scores[i]).tolist()
+        best = [torch.argsort(cell_scores[i, ch if cell_scores.shape[1] > 1 else 0]).tolist() for ch in range(c)]
+        rows.append([ch * n + best[ch][r] for r in range(n) for ch in turns])
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_interleaving_matches_dealing_cells_to_channels_in_turn(shared):
+    g = torch.Generator().manual_seed(0)
+    cells = torch.rand(6, 1 if shared else 4, 20, generator=g)
+    turns = torch.rand(6, 4, generator=g)
+    ids_shuffle = _inverse(_interleave(cells, turns))
+    assert torch.equal(ids_shuffle, _dealt_reference(cells, turns))
+    # the balance independent masking relies on: any kept prefix holds every channel to within one token
+    for keep in (7, 20, 41):
+        per_channel = torch.stack([torch.bincount(row[:keep] // 20, minlength=4) for row in ids_shuffle])
+        assert torch.all(per_channel.max(1).values - per_channel.min(1).values <= 1)
+
+
+def _beit_reference(grid: tuple[int, int], masked: int, rounds: list[torch.Tensor]) -> torch.Tensor:
+    """BEiT's blockwise masking one sample at a time, reading its uniforms from ``rounds`` ([B, attempts, 4] each)."""
+    h, w = grid
+    min_area = max(1, min(16, h * w // 12))
+    out = []
+    for b in range(rounds[0].shape[0]):
+        cells, count = torch.zeros(h, w, dtype=torch.bool), 0
+        for draws in rounds:
+            room, added = masked - count, 0
+            for u_area, u_aspect, u_top, u_left in draws[b].tolist():
+                low = min(min_area, room)
+                area = low + u_area * (room - low)
+                aspect = math.exp(math.log(0.3) * (1 - 2 * u_aspect))
+                bh, bw = max(1, round(math.sqrt(area * aspect))), max(1, round(math.sqrt(area / aspect)))
+                if bh > h or bw > w:
+                    continue
+                top, left = int(u_top * (h - bh + 1)), int(u_left * (w - bw + 1))
+                new = bh * bw - int(cells[top : top + bh, left : left + bw].sum())
+                if 0 < new <= room:
+                    cells[top : top + bh, left : left + bw] = True
+                    added = new
+                    break
+            count += added
+            if not added or count >= masked:
+                break
+        out.append(cells.flatten())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(("grid", "masked"), [((8, 8), 32), ((14, 14), 147), ((4, 6), 18)])
+def test_block_cells_match_beit_run_one_sample_at_a_time(grid, masked):
+    cells = _block_cells(grid, masked, 32, torch.Generator().manual_seed(5), CPU)
+    g = torch.Generator().manual_seed(5)  # the same stream: one [B, attempts, 4] draw per round
+    rounds = [torch.rand(32, BLOCK_ATTEMPTS, 4, generator=g) for _ in range(masked)]
+    assert torch.equal(cells, _beit_reference(grid, masked, rounds))
+    assert torch.all(cells.sum(1) <= masked)  # never more than the budget; the sampler fills the rest
+    assert (cells.sum(1) == masked).float().mean() > 0.5
+
+
+def test_block_masking_contains_its_blocks_and_fills_the_rest_at_random():
+    m = _draw("block", channels=2, ratio=0.5, batch=16, seed=9)
+    cells = _block_cells(GRID, 32, 16, torch.Generator().manual_seed(9), CPU)  # sample_masking draws blocks first
+    masked = m.mask.reshape(16, 2, 64)[:, 0].bool()
+    assert torch.all(masked >= cells)
+
+
+def _greedy_reference(order: torch.Tensor, sizes: list[int], budget: int, num_drop: int) -> torch.Tensor:
+    """The groups hidden before issue 12: scan a random order, take every group that still fits."""
+    hidden = torch.zeros(order.shape, dtype=torch.bool)
+    for b in range(order.shape[0]):
+        used, taken = 0, 0
+        for group in torch.argsort(order[b]).tolist():
+            if taken < num_drop and used + sizes[group] <= budget:
+                hidden[b, group], used, taken = True, used + sizes[group], taken + 1
+    return hidden
+
+
+def test_hidden_groups_match_the_greedy_scan_over_a_random_order():
+    groups, cells, budget = [5, 5, 5, 1, 9, 9], 4, 16  # tokens per group (sorted ids 1, 5, 9): 4, 12, 8
+    hidden = _hidden_channels(64, 6, cells, budget, groups, 2, torch.Generator().manual_seed(2), CPU)
+    order = torch.rand(64, 3, generator=torch.Generator().manual_seed(2))  # its first draw
+    expected = _greedy_reference(order, [4, 12, 8], budget, 2)
+    assert torch.equal(hidden, expected[:, [1, 1, 1, 0, 2, 2]].float())
+    # both pairs that fit are drawn ({1, 5} and {1, 9}); {5, 9} (20 tokens) never is
+    assert {tuple(row.tolist()) for row in expected} == {(True, True, False), (True, False, True)}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_global_batch_masks_sliced_per_process_and_micro_batch_are_one_draw(strategy):
+    """As the training loop: every process draws the whole global batch from the (seed, step) generator,
+    then takes its rows; any split into processes and micro-batches reassembles the same masks."""
+    groups = [0, 0, 1]
+
+    def draw():
+        return sample_masking(strategy, 8, 3, GRID, 0.75, groups=groups, generator=_step_generator(3, 11, CPU))
+
+    whole = draw()
+    for world, micro in ((1, 1), (2, 1), (2, 2), (1, 4)):
+        rows = 8 // (world * micro)
+        chunks = {}
+        for rank in range(world):
+            mine = draw()  # a process of its own
+            for j in range(micro):
+                part = mine.rows(chunk_rows(j, world, rank, rows))
+                _check_contract(part, 192, 48)
+                chunks[j * world + rank] = part.mask
+        assert torch.equal(torch.cat([chunks[k] for k in sorted(chunks)]), whole.mask)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_masks_are_drawn_on_the_generators_device(strategy):
+    cuda = torch.device("cuda")
+    a, b = (sample_masking(strategy, 64, 3, GRID, 0.75, groups=[0, 0, 1], generator=torch.Generator(cuda).manual_seed(1))
+            for _ in range(2))  # fmt: skip
+    assert a.mask.device.type == "cuda" and torch.equal(a.ids_restore, b.ids_restore)
+    _check_contract(a.to("cpu"), 192, 48)

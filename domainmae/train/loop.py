@@ -43,10 +43,11 @@ class NonFiniteLossError(FloatingPointError):
     """Too many non-finite losses in a row; the last good checkpoint is kept."""
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of one step's masks (independent of the data seeds)."""
+def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of one step's masks (independent of the data seeds), on the training ``device`` so
+    the masks are drawn there: no host sampling or copy on the critical path of a GPU step."""
     state = np.random.SeedSequence([seed, step, 0x4D41534B]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) >> 1)
+    return torch.Generator(device).manual_seed(int(state) >> 1)
 
 
 def _to(batch: Any, device: torch.device) -> Any:
@@ -174,15 +175,17 @@ class Trainer:
     # -------------------------------------------------------------- steps
     def _masking(self, batch: dict[str, Any]):
         """This step's masks for the whole global batch (same on every process)."""
-        m, g = self.model, _step_generator(self.recipe.train.seed, self.step)
+        m, g = self.model, _step_generator(self.recipe.train.seed, self.step, self.info.device)
         strategy, ratio = None, None
         if self.recipe.model.mask_mix:
             mix = self.recipe.model.mask_mix
-            pick = int(torch.multinomial(torch.tensor([x.weight for x in mix]), 1, generator=g))
+            weights = torch.tensor([x.weight for x in mix], device=g.device)
+            # int() waits for the GPU, but the previous step's loss was read already: nothing is queued.
+            pick = int(torch.multinomial(weights, 1, generator=g))
             strategy, ratio = mix[pick].strategy, mix[pick].ratio
         inputs, grid = m.split_inputs(batch["images"], batch["channels"])
         return m.sample_masking(inputs, grid, mask_ratio=ratio, strategy=strategy, generator=g,
-                                batch=self.recipe.train.batch_size).to(self.info.device)  # fmt: skip
+                                batch=self.recipe.train.batch_size)  # fmt: skip
 
     def train_step(self, batches: Sequence[dict[str, Any]]) -> dict[str, float] | None:
         """One optimiser step over this process's micro-batches; None when the loss was not finite."""
