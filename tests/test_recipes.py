@@ -9,7 +9,7 @@ def test_builtin_recipes_compose_and_validate():
     assert {"cellpainting", "sentinel"} <= set(recipes)
     cp = load_recipe("cellpainting")
     assert cp.data.channels == ["DNA", "ER", "RNA", "AGP", "Mito"]  # from configs/channels
-    assert cp.model.size == "vit_small" and cp.model.mask_strategy == "independent"
+    assert cp.model.size == "vit_small" and cp.model.mask_strategy == "tied"
     assert cp.train.base_lr == 1.5e-4 and cp.train.betas == (0.9, 0.95)  # from configs/optim
     demo = load_recipe("cellpainting", demo=True)
     assert demo.model.size == "vit_tiny" and demo.train.max_steps is not None
