@@ -55,7 +55,9 @@ def build(size: str, kind: str, img: int):
     return domainmae.create_model(size, channels=CHANNELS, img_size=img), {"channels": CHANNELS}
 
 
-def run_one(size: str, kind: str, batch: int, img: int, steps: int, device: str, bf16: bool, compile_: bool) -> dict:
+def run_one(size: str, kind: str, batch: int, img: int, steps: int, device: str, bf16: bool,
+            compile_: str | None) -> dict:
+    """One configuration; ``compile_`` is None (eager) or a ``torch.compile`` mode ('default', 'reduce-overhead')."""
     """Time ``steps`` training steps after one warm-up step (two with compile)."""
     torch.manual_seed(0)
     model, kwargs = build(size, kind, img)
@@ -64,7 +66,7 @@ def run_one(size: str, kind: str, batch: int, img: int, steps: int, device: str,
     x = torch.randn(batch, chans, img, img, device=device)
     fused = device == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=fused)
-    forward = torch.compile(model) if compile_ else model
+    forward = torch.compile(model, mode=None if compile_ == "default" else compile_) if compile_ else model
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
 
     def step() -> None:
@@ -120,7 +122,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch.compile the model (optional mode: reduce-overhead uses CUDA graphs)")
     p.add_argument("--one", nargs=2, metavar=("SIZE", "KIND"), help=argparse.SUPPRESS)  # child process
     args = p.parse_args()
     if args.one:
@@ -130,7 +133,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     header = f"{'size':<10} {'kind':<9} {'C':>2} {'img/s':>8} {'us/vis.tok':>10} {'GFLOP':>8} {'peak MB':>8}"
     print(header + ("  MFU" if args.device == "cuda" else ""))
-    flags = [f"--{k}" for k in ("bf16", "compile") if getattr(args, k)]
+    flags = ["--bf16"] * args.bf16 + (["--compile", args.compile] if args.compile else [])
     for size in args.sizes:
         results = {}
         for kind in ("standard", "channel"):
