@@ -144,10 +144,12 @@ def test_mix_weight_is_fixed_or_a_pure_function_of_seed_and_step():
 def test_linear_separability_scores_a_linear_mixture():
     torch.manual_seed(1)
     ridge_x = torch.randn(200, 5)
-    assert ridge_r2(ridge_x, ridge_x @ torch.randn(5, 3), 100, alpha=1e-6) > 0.999
+    assert ridge_r2(ridge_x, ridge_x @ torch.randn(5, 3), 100) > 0.999
+    assert ridge_r2(ridge_x, torch.randn(200, 3), 100) < 0.1  # nothing to find: no better than the mean
     model = _imae()
-    scores = linear_separability(model, *_pair(16), lam=0.3, channels=NAMES)
-    assert set(scores) == {"low", "high"} and all(s <= 1 for s in scores.values())
+    for level in ("image", "patch"):
+        scores = linear_separability(model, *_pair(16), lam=0.3, channels=NAMES, level=level)
+        assert set(scores) == {"low", "high"} and all(s <= 1 for s in scores.values())
 
 
 @pytest.mark.slow

@@ -202,35 +202,57 @@ class MixtureAutoencoder(MaskedAutoencoder):
                           preds, (w_low, w_high), {"low": loss_low, "high": loss_high}, distill)  # fmt: skip
 
 
-def ridge_r2(features: torch.Tensor, targets: torch.Tensor, train: int, alpha: float = 1.0) -> float:
-    """R² on rows ``train:`` of a ridge regression ``features [N, F] -> targets [N, T]`` fitted on rows ``:train``
-    (standardised on the fitted rows; R² averaged over target columns, weighted by their variance)."""
+#: Ridge penalties tried (on standardised features); the one with the lowest leave-one-out error is used.
+RIDGE_ALPHAS = tuple(10.0**k for k in range(-3, 5))
+
+
+def ridge_r2(features: torch.Tensor, targets: torch.Tensor, train: int) -> float:
+    """Held-out R² of ridge regression ``features [N, F] -> targets [N, T]``: fitted on rows ``:train``
+    (features standardised there, the penalty of :data:`RIDGE_ALPHAS` chosen by leave-one-out error on them
+    alone), scored on rows ``train:`` (1 - residual / total sum of squares, over all target columns)."""
     x, y = features.double(), targets.double()
-    mx, sx = x[:train].mean(0), x[:train].std(0).clamp(min=1e-8)
-    my = y[:train].mean(0)
-    x, y = (x - mx) / sx, y - my
-    a = x[:train]
-    w = torch.linalg.solve(a.T @ a + alpha * torch.eye(a.shape[1], dtype=a.dtype), a.T @ y[:train])
-    residual = (y[train:] - x[train:] @ w).pow(2).sum()
-    total = (y[train:] - y[train:].mean(0)).pow(2).sum()
-    return float(1 - residual / total)
+    x = (x - x[:train].mean(0)) / x[:train].std(0).clamp(min=1e-8)
+    y = y - y[:train].mean(0)
+    u, s, vt = torch.linalg.svd(x[:train], full_matrices=False)
+    uty = u.T @ y[:train]
+
+    def loo_error(alpha: float) -> float:  # closed form: residual_i / (1 - leverage_i)
+        shrink = s**2 / (s**2 + alpha)
+        residual = y[:train] - u @ (shrink[:, None] * uty)
+        return float((residual / (1 - (u**2) @ shrink).clamp(min=1e-8)[:, None]).pow(2).sum())
+
+    alpha = min(RIDGE_ALPHAS, key=loo_error)
+    w = vt.T @ ((s / (s**2 + alpha))[:, None] * uty)
+    test = y[train:]
+    return float(1 - (test - x[train:] @ w).pow(2).sum() / (test - test.mean(0)).pow(2).sum())
 
 
 @torch.no_grad()
-def linear_separability(model: MaskedAutoencoder, first: Images, second: Images, lam: float,
-                        channels: Any = None, train_fraction: float = 0.5) -> dict[str, float]:  # fmt: skip
+def linear_separability(model: MaskedAutoencoder, first: Images, second: Images, lam: float, channels: Any = None,
+                        level: str = "image", train_fraction: float = 0.5) -> dict[str, float]:  # fmt: skip
     """How well a linear map recovers each source's latent from the mixture's: ``{"low", "high"}`` held-out R²
-    of ridge regression from the pooled latent ``[N, D]`` of ``lam * first + (1 - lam) * second`` (``[N, C, H, W]``
-    or per sensor) to the pooled latent of the lower- and the higher-weight source, all unmasked, one model.
+    (:func:`ridge_r2`) from the latent of ``lam * first + (1 - lam) * second`` (``[N, C, H, W]`` or per sensor)
+    to the latent of the lower- and the higher-weight source, all unmasked, one model. ``level`` ``"image"``:
+    pooled latents ``[N, D]`` (:meth:`~MaskedAutoencoder.embed`); ``"patch"``: each grid cell's latent
+    (:meth:`~MaskedAutoencoder.embed_patches`), the mixture's against the source's at the same place. The first
+    ``train_fraction`` of the pairs fit the map, the rest score it.
 
     Works for any MAE (an i-MAE's mixture latent is read before its unmix layers: the question is what the
-    encoder's latent holds, and a linear probe subsumes those layers).
+    encoder's latent holds, and a linear map subsumes those layers).
     """
     if isinstance(first, torch.Tensor):
         mixture = lam * first + (1 - lam) * second
     else:
         mixture = {k: lam * first[k] + (1 - lam) * second[k] for k in first}
     low, high = (first, second) if lam <= 0.5 else (second, first)
-    z = {name: model.embed(x, channels) for name, x in (("mixture", mixture), ("low", low), ("high", high))}
-    train = int(len(z["mixture"]) * train_fraction)
-    return {name: ridge_r2(z["mixture"], z[name], train) for name in ("low", "high")}
+    if level == "image":
+        encode = lambda x: model.embed(x, channels)  # noqa: E731
+    elif level == "patch":
+        encode = lambda x: model.embed_patches(x, channels).flatten(1, 2)  # noqa: E731  [N, h * w, D]
+    else:
+        raise ValueError(f"level must be 'image' or 'patch', got {level!r}")
+    z = {name: encode(x) for name, x in (("mixture", mixture), ("low", low), ("high", high))}
+    rows_per_pair = z["mixture"][0].numel() // z["mixture"].shape[-1]  # 1 pooled, h * w per grid cell
+    train = int(len(z["mixture"]) * train_fraction) * rows_per_pair  # a pair's rows are all fitted or all scored
+    flat = {name: v.reshape(-1, v.shape[-1]) for name, v in z.items()}
+    return {name: ridge_r2(flat["mixture"], flat[name], train) for name in ("low", "high")}
