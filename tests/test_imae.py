@@ -1,5 +1,7 @@
 """i-MAE (objective imae): mixing, the two branches and their targets, lam = 1, multi-sensor tokens,
 distillation, pretraining and reconstruction from the CLI, and the config round trip."""
+import shutil
+
 import pytest
 import torch
 
@@ -124,7 +126,7 @@ def test_config_round_trip_and_defaults_stay_out_of_saved_configs():
     assert saved["objective"] == "imae" and saved["mix_beta"] == 0.5 and "mix_ratio" not in saved
     assert model_config(saved).to_dict() == saved
     assert not {"objective", "mix_ratio", "mix_beta", "distill_from", "distill_weight"} & set(model_config({}).to_dict())
-    with pytest.raises(ValueError, match="objective 'imae' only"):
+    with pytest.raises(ValueError, match="options of objective 'imae' only: mix_ratio"):
         model_config({"mix_ratio": 0.3})
     with pytest.raises(ValueError, match="objective 'clip' is not one of"):
         model_config({"objective": "clip"})
@@ -173,3 +175,22 @@ def test_pretrain_imae_on_the_demo_then_reconstruct(tmp_path, capsys):
     assert load_checkpoint(again)[0].config.distill_from == str(teacher)
     with pytest.raises(ValueError, match="crops_per_read to 2 or more"):
         pretrain("cellpainting", output=tmp_path / "one", max_steps=1, overrides=[*overrides, "data.crops_per_read=1"])
+
+
+@pytest.mark.slow
+def test_imae_steps_do_not_depend_on_micro_batches_and_resume_exactly(tmp_path):
+    # Beta-drawn lam: a function of (seed, step); partners within whole reads, so splitting the batch of 16
+    # (two reads of 8) into micro-batches of one read, or stopping and resuming, changes nothing.
+    overrides = ["model.objective=imae", "data.crop_size=32", "train.batch_size=16", "train.log_every=1",
+                 "train.checkpoint_every=2"]  # fmt: skip
+    whole = pretrain("cellpainting", output=tmp_path / "whole", max_steps=4, overrides=overrides, quiet=True)
+    split = pretrain("cellpainting", output=tmp_path / "split", max_steps=4, overrides=[*overrides, "train.micro_batch=8"],
+                     quiet=True)  # fmt: skip
+    losses = {run: [r["loss"] for r in read_metrics(run / "metrics.jsonl")] for run in (whole, split)}
+    assert losses[split] == pytest.approx(losses[whole], rel=1e-5)
+    # Resumed from the step-2 checkpoint of the same run (same schedule), it ends with the same weights.
+    shutil.copytree(whole, tmp_path / "resumed")
+    shutil.copyfile(whole / "checkpoints" / "step_00000002.ckpt", tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    resumed = pretrain("cellpainting", output=tmp_path / "resumed", resume=True, quiet=True)
+    expected, got = load_checkpoint(whole)[1]["model"], load_checkpoint(resumed)[1]["model"]
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)

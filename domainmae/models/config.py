@@ -101,7 +101,7 @@ class MAEConfig:
             raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         set_for_imae = [k for k, v in _IMAE_DEFAULTS.items() if k != "objective" and getattr(self, k) != v]
         if self.objective != "imae" and set_for_imae:
-            raise ValueError(f"{', '.join(set_for_imae)} apply to objective 'imae' only; set objective: imae")
+            raise ValueError(f"options of objective 'imae' only: {', '.join(set_for_imae)}; set objective: imae")
 
     def sensor_specs(self) -> dict[str, int | Sequence[ChannelLike]]:
         """``{sensor: in_chans or channel list}``: how the model turns each sensor's images into tokens."""
