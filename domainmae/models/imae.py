@@ -98,8 +98,8 @@ class MixtureAutoencoder(MaskedAutoencoder):
     """An MAE trained to separate two mixed images (``config.objective == "imae"``).
 
     ``unmix[0]`` / ``unmix[1]`` map the mixture latent ``[B, 1 + K, D]`` to the lower- / higher-weight
-    source's latent. Both start as the identity, so an i-MAE begins as the MAE it is built from (and
-    ``lam = 1`` gives the MAE's loss exactly). Embedding (:meth:`embed`) encodes one image, unmixed.
+    source's latent. Both start as the identity, so an i-MAE begins as the MAE it is built from: untrained,
+    its loss at ``lam = 1`` is exactly that MAE's. Embedding (:meth:`embed`) encodes one image, unmixed.
     """
 
     def __init__(self, config: MAEConfig) -> None:
