@@ -64,7 +64,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
             print(f"wrote {args.output_json}")
         best = result["best_baseline"]
     path = reconstruct(args.checkpoint, data=args.data, mask_ratio=args.mask_ratio, output=args.output,
-                       visible_channels=channels, samples=args.samples, seed=args.seed, baseline=best)  # fmt: skip
+                       visible_channels=channels, samples=args.samples, seed=args.seed, baseline=best,
+                       mix_ratio=args.mix_ratio)  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", help="comma-separated channels the model sees; the others are hidden and rebuilt")
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mix-ratio", type=float,
+                   help="i-MAE checkpoints: each crop's weight in the mixture (default: the model's, else 0.3)")
     p.add_argument("--output", default="reconstruction.png")
     p.add_argument("--score", action="store_true",
                    help="print masked-patch MSE of the model and three baselines on held-out crops (same masks); "

@@ -29,7 +29,7 @@ from pydantic import (
 )  # fmt: skip
 
 from .atomic import atomic_write_text
-from .models import MODEL_SIZES, STRATEGIES, MAEConfig, model_config
+from .models import MODEL_SIZES, OBJECTIVES, STRATEGIES, MAEConfig, model_config
 
 
 def _builtin_dir(name: str) -> Path:
@@ -120,6 +120,11 @@ class ModelSection(_ConfigKeys):
     @classmethod
     def _strategy(cls, v: str) -> str:
         return _one_of(v, STRATEGIES, "strategy")
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, v: str) -> str:
+        return _one_of(v, OBJECTIVES, "objective")
 
     def to_config(
         self, *, img_size: int, channels: list[Any] | None = None, sensors: dict[str, list[Any]] | None = None

@@ -1,7 +1,8 @@
 """Reconstruction previews: original / masked input / reconstruction, as a PNG grid."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,27 @@ import torch
 from matplotlib.figure import Figure
 
 from .atomic import atomic_path
-from .models import MAEOutput, MaskedAutoencoder
+from .models import IMAEOutput, MAEOutput, MaskedAutoencoder
+from .models.inputs import SensorInput
 from .models.patches import unpatchify, unpatchify_channels
 
 RGB_BANDS = ("B04", "B03", "B02")  # Sentinel-2 true colour
+
+
+def _to_image(model: MaskedAutoencoder, inp: SensorInput, grid: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-token pixels ``[B, L_s, P]`` of one sensor -> ``[B, C, H, W]``."""
+    if inp.channels is None:
+        return lambda x: unpatchify(x, model.patch_size, grid)
+    return lambda x: unpatchify_channels(x, model.patch_size, grid)
+
+
+def _pixels(model: MaskedAutoencoder, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Predicted tokens in pixel units: a norm-pix prediction is brought back with each target patch's own
+    mean and variance, as the MAE paper's visualisations do."""
+    pred = pred.float()
+    if model.norm_pix_loss:  # invert normalize_patches with the target patch's statistics
+        pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+    return pred
 
 
 @torch.no_grad()
@@ -29,24 +47,40 @@ def reconstruction_images(
     """Per sensor: ``original``, ``masked`` (removed patches zeroed) and ``reconstruction``
     (visible patches as given, masked ones predicted), each ``[B, C, H, W]``.
 
-    With a norm-pix model the prediction is brought back to pixel units with each target patch's
-    own mean and variance, as the MAE paper's visualisations do.
+    For an i-MAE's :class:`~domainmae.models.IMAEOutput` the rows are the mixture, the masked mixture, and
+    per source (lower weight first) the source and its separated reconstruction: masked patches as
+    predicted, visible ones black (the model saw only the mixture there, never the source).
     """
+    if isinstance(out, IMAEOutput):
+        return _separation_images(model, channels, out)
     inputs, grid = model.split_inputs(images, channels, valid)
     result = {}
     for inp in inputs:
         target, _ = model.targets(inp)
-        pred = out.pred[inp.name].float()
-        if model.norm_pix_loss:  # invert normalize_patches with the target patch's statistics
-            pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
         m = out.mask[inp.name].unsqueeze(-1)
-        to_image = (lambda x: unpatchify(x, model.patch_size, grid)) if inp.channels is None else (
-            lambda x: unpatchify_channels(x, model.patch_size, grid))  # fmt: skip
+        to_image = _to_image(model, inp, grid)
         result[inp.name] = {
             "original": inp.images.float(),
             "masked": to_image(target * (1 - m)),
-            "reconstruction": to_image(target * (1 - m) + pred * m),
+            "reconstruction": to_image(target * (1 - m) + _pixels(model, out.pred[inp.name], target) * m),
         }
+    return result
+
+
+def _separation_images(model: MaskedAutoencoder, channels: Sequence | Mapping | None,
+                       out: IMAEOutput) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+    """:func:`reconstruction_images` of an i-MAE: mixture, masked mixture, each source and its separation."""
+    inputs, grid = model.split_inputs(out.mixture, channels)
+    result = {}
+    for inp in inputs:
+        m = out.mask[inp.name].unsqueeze(-1)
+        to_image = _to_image(model, inp, grid)
+        rows = {"mixture": inp.images.float(), "masked": to_image(model.targets(inp)[0] * (1 - m))}
+        for which, source, pred, weight in zip(("low", "high"), out.sources, out.preds, out.weights):
+            target, _ = model.targets(replace(inp, images=source[inp.name]))
+            rows[f"{which} x{weight:.2f}"] = source[inp.name].float()
+            rows[f"separated {which}"] = to_image(_pixels(model, pred[inp.name], target) * m)
+        result[inp.name] = rows
     return result
 
 
@@ -71,17 +105,17 @@ def save_reconstruction_grid(
     max_samples: int = 2,
 ) -> Path:
     """Draw rows (original, masked, reconstruction, and any further entries of ``images[sensor]``,
-    e.g. a baseline's reconstruction) per sample and one column per channel (per sensor: an RGB
+    e.g. a baseline's reconstruction; the first row's percentiles stretch every row) per sample and one column per channel (per sensor: an RGB
     composite for Sentinel-2), and write the PNG atomically."""
     panels = [(sensor, label, idx) for sensor in images for label, idx in _columns(list(channel_names[sensor]))]
-    kinds = list(next(iter(images.values())))
+    kinds = list(next(iter(images.values())))  # the first row (the original, or an i-MAE's mixture) sets the stretch
     rows = len(kinds)
-    n = min(max_samples, next(iter(images.values()))["original"].shape[0])
+    n = min(max_samples, next(iter(images.values()))[kinds[0]].shape[0])
     fig = Figure(figsize=(2.2 * len(panels), 2.2 * rows * n))
     axes = fig.subplots(rows * n, len(panels), squeeze=False)
     for s in range(n):
         for col, (sensor, label, idx) in enumerate(panels):
-            original = images[sensor]["original"][s, idx].cpu().numpy()
+            original = images[sensor][kinds[0]][s, idx].cpu().numpy()
             lo, hi = np.percentile(original, 1, axis=(1, 2)), np.percentile(original, 99, axis=(1, 2))
             hi = np.where(hi > lo, hi, lo + 1e-6)
             for r, kind in enumerate(kinds):

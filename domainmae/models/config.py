@@ -14,6 +14,13 @@ from typing import Any
 from .embed import ChannelLike, channel_specs
 from .masking import STRATEGIES
 
+#: Pretraining objectives: the MAE, or i-MAE (Zhang & Shen 2022: separate a two-image mixture, models/imae.py).
+OBJECTIVES = ("mae", "imae")
+# i-MAE's options with their defaults. A config at these values leaves them out of to_dict(), so an MAE's
+# saved config (checkpoints, config.json) is what it was before i-MAE existed, and older files still load.
+_IMAE_DEFAULTS: dict[str, Any] = {"objective": "mae", "mix_ratio": None, "mix_beta": 1.0, "distill_from": None,
+                                  "distill_weight": 1.0}  # fmt: skip
+
 # Encoder (width, depth, heads) from ViT; decoders from the MAE paper (512 wide, 8 deep for
 # base/large/huge) and narrower, shallower ones for the small encoders.
 MODEL_SIZES: dict[str, dict[str, int]] = {
@@ -58,6 +65,13 @@ class MAEConfig:
     mask_strategy: str = "random"
     fourier_weight: float = _bounded(0.0, ge=0)
     name: str = "custom"
+    # i-MAE: a crop mixed with a partner, lam * x1 + (1 - lam) * x2, lam = mix_ratio when given, else drawn
+    # per step from Beta(mix_beta, mix_beta); distill_from names a frozen teacher MAE (run, .ckpt, folder).
+    objective: str = "mae"
+    mix_ratio: float | None = _bounded(None, ge=0, le=1)
+    mix_beta: float = _bounded(1.0, gt=0)
+    distill_from: str | None = None
+    distill_weight: float = _bounded(1.0, ge=0)
 
     @property
     def kind(self) -> str:
@@ -69,6 +83,8 @@ class MAEConfig:
             raise ValueError("give either channels= (channel-agnostic) or sensors= (multi-sensor), not both")
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None:  # an option left unset (mix_ratio) has nothing to check
+                continue
             for bound, limit in f.metadata.get("bounds", {}).items():
                 check, sign = _BOUND_CHECKS[bound]
                 if not check(value, limit):
@@ -81,6 +97,11 @@ class MAEConfig:
                 raise ValueError(f"{what}: width {width} must be divisible by {heads} heads and by 4 (2-D sin-cos)")
         if self.mask_strategy not in STRATEGIES:
             raise ValueError(f"mask_strategy {self.mask_strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        set_for_imae = [k for k, v in _IMAE_DEFAULTS.items() if k != "objective" and getattr(self, k) != v]
+        if self.objective != "imae" and set_for_imae:
+            raise ValueError(f"options of objective 'imae' only: {', '.join(set_for_imae)}; set objective: imae")
 
     def sensor_specs(self) -> dict[str, int | Sequence[ChannelLike]]:
         """``{sensor: in_chans or channel list}``: how the model turns each sensor's images into tokens."""
@@ -98,4 +119,4 @@ class MAEConfig:
         out["img_size"] = list(self.img_size) if isinstance(self.img_size, tuple) else self.img_size
         out["channels"] = plain(self.channels) if self.channels else None
         out["sensors"] = {k: plain(v) for k, v in self.sensors.items()} if self.sensors else None
-        return out
+        return {k: v for k, v in out.items() if k not in _IMAE_DEFAULTS or v != _IMAE_DEFAULTS[k]}

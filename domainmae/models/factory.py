@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from .config import MODEL_SIZES, MAEConfig
+from .imae import MixtureAutoencoder
 from .mae import MaskedAutoencoder
 
 
@@ -40,6 +41,8 @@ def create_model(name_or_config: str | MAEConfig | Mapping[str, Any], **override
 
     ``channels=[...]`` gives a channel-agnostic model, ``sensors={name: channels}`` a multi-sensor
     one, otherwise a standard MAE on ``in_chans`` stacked channels. Any config field can be
-    overridden (``patch_size``, ``img_size``, ``embed_dim``, ``mask_strategy`` ...).
+    overridden (``patch_size``, ``img_size``, ``embed_dim``, ``mask_strategy`` ...). ``objective="imae"``
+    gives a :class:`~domainmae.models.imae.MixtureAutoencoder` (an MAE that also separates mixtures).
     """
-    return MaskedAutoencoder(model_config(name_or_config, **overrides))
+    config = model_config(name_or_config, **overrides)
+    return (MixtureAutoencoder if config.objective == "imae" else MaskedAutoencoder)(config)

@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data.loader import chunk_rows, skipped_reads
-from ..models import MaskedAutoencoder, load_pretrained
+from ..models import MaskedAutoencoder, create_model, load_pretrained
+from ..models.imae import training_mix
 from ..pipeline import TrainingData, build_training_data, training_loader
 from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
-from ..runtime import RunDir
+from ..runtime import RunDir, load_trained
 from ..viz import reconstruction_images, save_reconstruction_grid
 from .checkpoint import prune_checkpoints, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistInfo, cleanup_distributed, mean_over_processes, setup_distributed
@@ -60,10 +61,12 @@ def _to(batch: Any, device: torch.device) -> Any:
 
 
 def _model_for(recipe: Recipe, data: TrainingData) -> MaskedAutoencoder:
-    model = MaskedAutoencoder(recipe.model.to_config(img_size=recipe.data.crop_size, channels=data.channels,
-                                                     sensors=data.sensors))  # fmt: skip
+    model = create_model(recipe.model.to_config(img_size=recipe.data.crop_size, channels=data.channels,
+                                                sensors=data.sensors))  # fmt: skip
     if recipe.model.pretrained:
         log.info("initialised from %s:\n%s", recipe.model.pretrained, load_pretrained(model, recipe.model.pretrained))
+    if model.config.distill_from:  # i-MAE's frozen teacher: a run, .ckpt or exported model
+        model.set_teacher(load_trained(model.config.distill_from).model)
     return model
 
 
@@ -120,6 +123,8 @@ class Trainer:
             log.info("micro-batches of %d crops (train.micro_batch %d is a cap; %d splits the batch of %d evenly)",
                      micro_rows, t.micro_batch, micro_rows, t.batch_size)  # fmt: skip
         _check_masking_fits_channel_sets(recipe, self.data)
+        # Extra forward keywords of each step: none for an MAE (its path is untouched), i-MAE's mixing weight.
+        self.mix = training_mix(self.model.config, t.seed, k)
         self.micro = t.batch_size // (micro_rows * info.world)
         self.steps_per_epoch = self.data.steps_per_epoch(t.batch_size // k)
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
@@ -197,7 +202,8 @@ class Trainer:
             sync = contextlib.nullcontext() if j == len(batches) - 1 or self.info.world == 1 else self.ddp.no_sync()
             with sync:
                 with self.autocast:
-                    out = self.forward(batch["images"], batch["channels"], valid=batch["valid"], masking=masking.rows(rows))
+                    out = self.forward(batch["images"], batch["channels"], valid=batch["valid"], masking=masking.rows(rows),
+                                       **self.mix(self.step))  # fmt: skip
                 (out.loss / len(batches)).backward()
             for name, value in {"loss": out.loss, **out.losses}.items():
                 totals[name] = totals.get(name, 0) + value.detach().float() / len(batches)
@@ -217,7 +223,8 @@ class Trainer:
         """Reconstruction PNG of the first crops of ``batch`` under this step's masks."""
         self.model.eval()
         with torch.no_grad(), self.autocast:
-            out = self.model(batch["images"], batch["channels"], valid=batch["valid"], masking=masking)
+            out = self.model(batch["images"], batch["channels"], valid=batch["valid"], masking=masking,
+                             **self.mix(self.step))  # fmt: skip
         images = reconstruction_images(self.model, batch["images"], batch["channels"], out)
         # A single-sensor batch carries one channel tuple; the model names its one sensor ("image", "s2", ...).
         names = batch["channels"] if isinstance(batch["channels"], dict) else {next(iter(images)): batch["channels"]}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..data.loader import collate_samples, sample_seed
-from ..models import MaskedAutoencoder, Masking, masking_from_scores
+from ..models import MaskedAutoencoder, Masking, MixtureAutoencoder, masking_from_scores
 from ..models.baselines import channel_gram
 from ..models.masking import num_keep
 from ..pipeline import TrainingData, build_training_data
@@ -54,7 +54,7 @@ def hide_channels_masking(
     return masking_from_scores(torch.rand(batch, hidden.numel(), generator=generator) + hidden, keep)
 
 
-def _crops(training: TrainingData, samples: int, seed: int, stream: int) -> dict[str, Any]:
+def sample_crops(training: TrainingData, samples: int, seed: int, stream: int) -> dict[str, Any]:
     """``samples`` crops, fixed by ``seed`` and ``stream``, collated (``images``, ``channels``, ``valid``)."""
     k = training.crops_per_item
     items = [training.dataset[(i % len(training.dataset), sample_seed(seed, stream, i))] for i in range(-(-samples // k))]
@@ -80,7 +80,7 @@ def reference_gram(trained: Trained, samples: int, seed: int) -> torch.Tensor:
     """:func:`~domainmae.models.baselines.channel_gram` of ``samples`` crops of the run's training data,
     channels of all sensors in the model's order: what the linear baseline is fitted on."""
     training = build_training_data(resolve_recipe(trained.recipe, NO_AUGMENT).data)
-    batch = _crops(training, samples, seed, REFERENCE_STREAM)
+    batch = sample_crops(training, samples, seed, REFERENCE_STREAM)
     inputs, _ = trained.model.split_inputs(batch["images"], batch["channels"], batch["valid"])
     images = torch.cat([inp.images.float() for inp in inputs], dim=1)
     valid = [torch.ones_like(inp.images, dtype=torch.bool) if inp.valid is None else inp.valid for inp in inputs]
@@ -105,8 +105,13 @@ def score_reconstruction(
     """
     trained = load_trained(checkpoint)
     model = trained.model
+    if isinstance(model, MixtureAutoencoder):
+        raise ValueError(
+            f"{checkpoint} is an i-MAE (objective imae): it rebuilds two sources from a mixture, which the "
+            "baselines cannot; draw the separation with `domainmae reconstruct` without --score/--output-json"
+        )
     recipe = resolve_recipe(trained.recipe, [*NO_AUGMENT, *([f"data.path={data}"] if data else [])])
-    batch = _crops(build_training_data(recipe.data), samples, seed, SCORE_STREAM)
+    batch = sample_crops(build_training_data(recipe.data), samples, seed, SCORE_STREAM)
     ratio = model.mask_ratio if mask_ratio is None else mask_ratio
     masking = _masking(model, batch, ratio, visible_channels, seed)
     result = score_batch(model, batch["images"], batch["channels"], batch["valid"], masking,
@@ -128,6 +133,7 @@ def reconstruct(
     samples: int = 2,
     seed: int = 0,
     baseline: str | None = None,
+    mix_ratio: float | None = None,
 ) -> Path:
     """Draw original / masked / reconstruction for ``samples`` crops of the run's data (or ``data``).
 
@@ -137,15 +143,29 @@ def reconstruct(
     the others from them: the cross-channel prediction a channel-agnostic model is trained for.
     With ``baseline`` (``mean``, ``interpolation`` or ``linear``) a further row shows that baseline's
     reconstruction from the same visible patches.
+
+    An i-MAE checkpoint (objective imae) draws the mixture of each crop (weight ``mix_ratio``; default the
+    model's fixed ratio, else 0.3) with the next crop, and both separated sources; it takes no ``baseline``.
     """
     trained = load_trained(checkpoint)
     model = trained.model
+    imae = isinstance(model, MixtureAutoencoder)
+    if imae and baseline:
+        raise ValueError(f"{checkpoint} is an i-MAE (objective imae): baselines rebuild one image, not two sources")
+    if not imae and mix_ratio is not None:
+        raise ValueError(f"--mix-ratio applies to i-MAE checkpoints (objective imae); {checkpoint} is an MAE")
     recipe = resolve_recipe(trained.recipe, [f"data.path={data}"] if data else [])
-    batch = _crops(build_training_data(recipe.data), samples, seed, 0)
+    batch = sample_crops(build_training_data(recipe.data), samples + imae, seed, 0)
+    extra: dict[str, Any] = {}
+    if imae:  # each crop's partner is the next crop of the same stream (mostly of the same read, as in training)
+        partner = {k: take_rows(v, slice(1, None)) for k, v in batch.items()}
+        batch = {k: take_rows(v, slice(0, samples)) for k, v in batch.items()}
+        lam = next(r for r in (mix_ratio, model.config.mix_ratio, 0.3) if r is not None)
+        extra = {"partner": partner["images"], "partner_valid": partner["valid"], "lam": lam}
     ratio = model.mask_ratio if mask_ratio is None else mask_ratio
     masking = _masking(model, batch, ratio, visible_channels, seed)
     with torch.no_grad():
-        out = model(batch["images"], batch["channels"], valid=batch["valid"], masking=masking)
+        out = model(batch["images"], batch["channels"], valid=batch["valid"], masking=masking, **extra)
     images = reconstruction_images(model, batch["images"], batch["channels"], out)
     if baseline:
         inputs, grid = model.split_inputs(batch["images"], batch["channels"], batch["valid"])
@@ -156,5 +176,6 @@ def reconstruct(
             images[inp.name][f"baseline: {baseline}"] = torch.where(hidden, predicted[inp.name], inp.images.float())
     names = batch["channels"] if isinstance(batch["channels"], dict) else {"image": batch["channels"]}
     seen = f"  visible: {','.join(visible_channels)}" if visible_channels else ""
+    seen += f"  mix {extra['lam']:.2f}" if imae else ""
     title = f"{recipe.name} step {trained.step}  mask {ratio:.2f}{seen}  loss {out.loss.item():.4f}"
     return save_reconstruction_grid(images, names, output, title=title, max_samples=samples)
