@@ -26,10 +26,12 @@ from .test_preemption import ENV, _torchrun
 
 STEPS = 6
 RTOL = 1e-5
-# A tiny model on 32 px crops of the fly fields; one field read of 4 crops per process; checkpoints at steps
-# 3 and 6 (the first is where the resumed runs start); no previews except the last.
-SETTINGS = ["train.log_every=1", "train.checkpoint_every=3", "data.crops_per_read=4", "data.crop_size=32",
-            "model.embed_dim=32", "model.num_heads=2", "model.decoder_embed_dim=32", "model.decoder_num_heads=2"]  # fmt: skip
+# A tiny model on 32 px crops of the fly fields (16 crops an epoch, 2 per read, so 3 fields fill a step);
+# batches of 8 in micro-batches of 2 (accumulated; under fsdp reduce-scattered after each) with gradient
+# clipping; checkpoints at steps 3 and 6 (the first is where the resumed runs start); a preview at the end.
+SETTINGS = ["train.log_every=1", "train.checkpoint_every=3", "data.crops_per_read=2", "data.windows_per_epoch=16", "train.micro_batch=2",
+            "train.grad_clip=1.0", "data.crop_size=32", "model.embed_dim=32", "model.num_heads=2",
+            "model.decoder_embed_dim=32", "model.decoder_num_heads=2"]  # fmt: skip
 FSDP = [*SETTINGS, "train.strategy=fsdp"]
 
 
