@@ -11,12 +11,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 import domainmae
 from domainmae.recipes import RecipeError, load_recipe
-from domainmae.runtime import RunDir
+from domainmae.runtime import RunDir, export_model
 from domainmae.train import load_checkpoint, pretrain
 from domainmae.train.checkpoint import prune_checkpoints
 from domainmae.train.logging import read_metrics
@@ -29,9 +30,9 @@ RTOL = 1e-5
 # A tiny model on 32 px crops of the fly fields (16 crops an epoch, 2 per read, so 3 fields fill a step);
 # batches of 8 in micro-batches of 2 (accumulated; under fsdp reduce-scattered after each) with gradient
 # clipping; checkpoints at steps 3 and 6 (the first is where the resumed runs start); a preview at the end.
-SETTINGS = ["train.log_every=1", "train.checkpoint_every=3", "data.crops_per_read=2", "data.windows_per_epoch=16", "train.micro_batch=2",
-            "train.grad_clip=1.0", "data.crop_size=32", "model.embed_dim=32", "model.num_heads=2",
-            "model.decoder_embed_dim=32", "model.decoder_num_heads=2"]  # fmt: skip
+SETTINGS = ["train.log_every=1", "train.checkpoint_every=3", "data.crops_per_read=2", "data.windows_per_epoch=16",
+            "train.micro_batch=2", "train.grad_clip=1.0", "data.crop_size=32", "model.embed_dim=32",
+            "model.num_heads=2", "model.decoder_embed_dim=32", "model.decoder_num_heads=2"]  # fmt: skip
 FSDP = [*SETTINGS, "train.strategy=fsdp"]
 
 
@@ -173,6 +174,15 @@ def test_two_processes_under_fsdp_give_the_curve_of_one(one, two):
     assert not (two / "checkpoints" / "last.ckpt").exists()
     _, state = load_checkpoint(folder)  # the folder itself loads too, into one unsharded model
     assert state["step"] == STEPS and state["recipe"]["train"]["strategy"] == "fsdp"
+
+
+@pytest.mark.slow
+def test_embed_and_export_take_a_sharded_run(two, tmp_path):
+    table = domainmae.embed(two, output=tmp_path / "emb.parquet", level="image", progress=False)
+    assert pd.read_parquet(table).filter(like="emb_").notna().all().all()
+    exported = export_model(two, tmp_path / "model")
+    shared = domainmae.MaskedAutoencoder.from_pretrained(exported)
+    torch.testing.assert_close(shared.state_dict(), load_checkpoint(two)[0].state_dict())
 
 
 @pytest.mark.slow
