@@ -209,6 +209,12 @@ class TrainSection(Section):
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(None, gt=0)
     bf16: bool = True  # autocast on CUDA only; CPU runs fp32
+    # ddp: every process holds the whole model. fsdp: parameters, gradients and optimiser state sharded over the
+    # processes (one unit per transformer block), for ViT-L/H that do not fit with ddp; with bf16 on CUDA the
+    # shards are gathered as bf16 and gradients reduced in fp32. fsdp writes sharded checkpoints (step_N.dcp/)
+    # that resume on any number of processes; run alone, it trains the unsharded model (nothing to split).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
     compile: bool = False
     seed: int = 0
     log_every: int = Field(10, gt=0)

@@ -6,6 +6,11 @@ A trained model comes as
 * a run directory (:class:`RunDir`; its ``checkpoints/last.ckpt``) or a ``.ckpt`` file: the full training state
   (weights, optimiser, RNG states, resolved recipe), read with ``torch.load(weights_only=True)``:
   tensors and plain data only, plus the numpy types of the numpy RNG state;
+* a sharded checkpoint of a ``train.strategy: fsdp`` run (``checkpoints/step_N.dcp/``, the run's
+  ``checkpoints/last.dcp`` links to the newest): ``torch.distributed.checkpoint`` shards of the weights and
+  optimiser state, one file per process that wrote it, and :data:`SHARDED_STATE`, the rest of a ``.ckpt``
+  (read as above). Its ``.metadata`` index is a pickle that ``torch.distributed.checkpoint`` unpickles, so
+  read only sharded checkpoints you trust;
 * an exported folder (``domainmae export-model``): ``model.safetensors`` + ``config.json`` (model
   config with the channel/sensor vocabulary and wavelengths, normalisation statistics, crop size,
   step) + the run's resolved ``recipe.yaml``, so ``embed``/``reconstruct`` work from it as from the
@@ -15,6 +20,9 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +37,7 @@ from .models.pretrained import CONFIG, WEIGHTS, read_pretrained, save_pretrained
 from .recipes import resolve_recipe, save_recipe
 
 FORMAT = "domainmae-checkpoint/1"
+SHARDED_STATE = "state.ckpt"  # in a sharded checkpoint folder: a .ckpt's contents but the model and optimiser
 RECIPE = "recipe.yaml"  # an exported folder's resolved recipe
 
 
@@ -47,15 +56,20 @@ class RunDir:
         self.tensorboard = self.root / "tensorboard"  # event files (train.tensorboard)
         self.checkpoints = self.root / "checkpoints"
         self.last = self.checkpoints / "last.ckpt"  # the newest checkpoint: what resume and loading read
+        self.last_sharded = self.checkpoints / "last.dcp"  # fsdp runs: a link to the newest step_N.dcp/ instead
         self.reconstructions = self.root / "reconstructions"  # preview PNGs
 
     def checkpoint(self, step: int) -> Path:
         """The periodic checkpoint of ``step``."""
         return self.checkpoints / f"step_{step:08d}.ckpt"
 
+    def sharded_checkpoint(self, step: int) -> Path:
+        """The sharded checkpoint folder of ``step`` (``train.strategy: fsdp``)."""
+        return self.checkpoints / f"step_{step:08d}.dcp"
+
     def periodic_checkpoints(self) -> list[Path]:
-        """The periodic checkpoints on disk, oldest first (``last.ckpt`` is not one of them)."""
-        return sorted(self.checkpoints.glob("step_*.ckpt"))
+        """The periodic checkpoints on disk, files and sharded folders, oldest first (``last.*`` are not)."""
+        return sorted([*self.checkpoints.glob("step_*.ckpt"), *self.checkpoints.glob("step_*.dcp")])
 
     def reconstruction(self, step: int) -> Path:
         """The reconstruction preview of ``step``."""
@@ -63,7 +77,7 @@ class RunDir:
 
     def holds_run(self) -> bool:
         """Whether a run has written a checkpoint here (a new run must not overwrite it)."""
-        return self.last.exists()
+        return self.last.exists() or self.last_sharded.exists()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -75,13 +89,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def is_sharded(path: Path) -> bool:
+    """Whether ``path`` is a sharded checkpoint folder (or a link to one, like ``last.dcp``)."""
+    return (path / SHARDED_STATE).is_file()
+
+
 def checkpoint_file(path: str | Path) -> Path:
-    """A checkpoint file from a file path or a run directory (its ``checkpoints/last.ckpt``)."""
+    """A checkpoint file or sharded checkpoint folder from its path or a run directory (its newest:
+    ``checkpoints/last.ckpt``, else ``checkpoints/last.dcp``; a sharded save removes ``last.ckpt``, so when
+    both are there the file was written after the folder)."""
     path = Path(path)
+    if is_sharded(path):
+        return path
     if path.is_dir():
-        candidate = RunDir(path).last
-        if not candidate.is_file():
-            raise FileNotFoundError(f"no checkpoint in run directory {path} (looked for {candidate})")
+        run = RunDir(path)
+        candidate = next((c for c in (run.last, run.last_sharded) if c.exists()), None)
+        if candidate is None:
+            raise FileNotFoundError(f"no checkpoint in run directory {path} (looked for {run.last} and {run.last_sharded})")
         return candidate
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -106,9 +130,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict, unpickled as tensors and plain data only; errors name the file.
 
     A file holding anything else (an object whose unpickling would call a function) is refused
-    before any of it runs.
+    before any of it runs. A sharded checkpoint gives its :data:`SHARDED_STATE` dict: no ``model``
+    or ``optimizer`` entries (:func:`read_sharded_weights` reads the weights).
     """
     file = checkpoint_file(path)
+    if is_sharded(file):
+        file = file / SHARDED_STATE
     try:
         with torch.serialization.safe_globals(_numpy_rng_types()):
             state = torch.load(file, map_location="cpu", weights_only=True)
@@ -131,8 +158,36 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """
     state = read_checkpoint(path)
     model = create_model(state["model_config"])
-    model.load_state_dict(state["model"])
+    if "model" in state:
+        model.load_state_dict(state["model"])
+    else:
+        state["model"] = read_sharded_weights(model, checkpoint_file(path))
     return model.to(device).eval(), state
+
+
+@contextmanager
+def single_process_dcp() -> Iterator[None]:
+    """Silence ``torch.distributed.checkpoint``'s warning that it runs without a process group: reading a
+    sharded checkpoint in one process, or a one-process fsdp run writing one, is what we mean to do."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def read_sharded_weights(model: MaskedAutoencoder, folder: Path) -> dict[str, torch.Tensor]:
+    """Load the weights of sharded checkpoint ``folder`` into ``model`` (whole, on the CPU) and return its
+    state dict. One process reads every shard, however many processes wrote them."""
+    import torch.distributed.checkpoint as dcp  # here: importing it costs every command a second or more
+
+    weights = model.state_dict()
+    try:
+        # no_dist: read alone even inside a process group (e.g. embed run under torchrun).
+        with single_process_dcp():
+            dcp.load({"model": weights}, checkpoint_id=folder, no_dist=True)
+    except Exception as err:  # torch raises several types for missing or torn shards
+        raise ValueError(f"cannot read sharded checkpoint {folder}: {err}") from err
+    model.load_state_dict(weights)
+    return weights
 
 
 @dataclass

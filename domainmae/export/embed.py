@@ -135,10 +135,15 @@ def export_items(recipe: Recipe, stride: int | None) -> TransformedItems:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a weights file, or of a sharded checkpoint folder: its files' names and bytes, in name order."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    folder = path.is_dir()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if folder else [path]:
+        if folder:  # a name ends with NUL, so no file's bytes can pass for another's name
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import MAEConfig
 from .embed import ChannelEmbedding, ChannelLike, channel_specs, patch_embedder
@@ -83,6 +84,11 @@ class MaskedAutoencoder(nn.Module):
     (``{name: channel list}``, names or ``{"name", "wavelength"}`` specs). ``config.img_size`` is the
     default ``(H, W)``; any size with sides multiple of ``patch_size`` works.
     """
+
+    #: Recompute each transformer block's activations in backward instead of keeping them (set by
+    #: ``train.activation_checkpointing``): memory for ViT-L/H, at about a third more compute. Not part of the
+    #: config: it changes how the model computes, not what, so checkpoints and exports do not carry it.
+    activation_checkpointing: bool = False
 
     def __init__(self, config: MAEConfig) -> None:
         super().__init__()
@@ -229,9 +235,15 @@ class MaskedAutoencoder(nn.Module):
             tokens = torch.gather(tokens, 1, index)
         # The cls token carries no position, like the zero cls row of the reference pos_embed.
         x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return self.norm(self._run_blocks(self.blocks, x))
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, T, D]`` through ``blocks``, checkpointed one block at a time when asked and a backward
+        will follow (under ``no_grad`` there are no activations to save)."""
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
+        for blk in blocks:
+            x = checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)
+        return x
 
     def forward_decoder(
         self, latent: torch.Tensor, ids_restore: torch.Tensor, inputs: list[SensorInput], grid: tuple[int, int]
@@ -243,8 +255,7 @@ class MaskedAutoencoder(nn.Module):
         x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)
         x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # unshuffle
         x = torch.cat([x[:, :1], x_ + self.decoder_embeddings(inputs, grid)], dim=1)
-        for blk in self.decoder_blocks:
-            x = blk(x)
+        x = self._run_blocks(self.decoder_blocks, x)
         decoded = split_tokens(self.decoder_norm(x)[:, 1:], inputs, grid)
         heads = self.by_sensor(self.decoder_pred)
         return {name: heads[name](tokens) for name, tokens in decoded.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def prune_checkpoints(run: RunDir, keep: int) -> None:
-    """Keep the ``keep`` newest periodic checkpoints of ``run`` (``last.ckpt`` is never pruned)."""
+    """Keep the ``keep`` newest periodic checkpoints of ``run``, files and sharded folders (``last.ckpt`` is
+    never pruned; ``last.dcp`` links to the newest folder, which is kept)."""
     periodic = run.periodic_checkpoints()
     for old in periodic[:-keep] if keep else periodic:
-        old.unlink()
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
 

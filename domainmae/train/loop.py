@@ -31,11 +31,20 @@ from ..pipeline import TrainingData, build_training_data, training_loader
 from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
 from ..runtime import RunDir, load_trained
 from ..viz import reconstruction_images, save_reconstruction_grid
-from .checkpoint import prune_checkpoints, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    checkpoint_file,
+    prune_checkpoints,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)  # fmt: skip
 from .distributed import DistInfo, cleanup_distributed, mean_over_processes, setup_distributed
+from .fsdp import shard_model
 from .interrupts import Stopped, StopRequests
 from .logging import MetricsLog, progress_bar
 from .optim import build_optimizer, build_scheduler, scaled_lr
+from .sharded import load_training_state, save_sharded
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +126,11 @@ class Trainer:
             if info.is_main:
                 save_recipe(recipe, run_dir.config)
         self.model = _model_for(recipe, self.data).to(info.device)
+        self.model.activation_checkpointing = t.activation_checkpointing
+        # Sharded before the optimiser is built, which must hold the shards. Alone, fsdp trains the whole model.
+        self.sharded = t.strategy == "fsdp" and info.world > 1
+        if self.sharded:
+            shard_model(self.model, info, bf16=t.bf16)
         k = self.data.crops_per_item
         self.micro_rows = micro_rows = micro_batch_rows(t.batch_size, t.micro_batch, info.world, k)
         if t.micro_batch is not None and micro_rows != t.micro_batch:
@@ -135,22 +149,22 @@ class Trainer:
         self.step, self.bad_steps = 0, 0
         self.skipped = 0  # unreadable items replaced so far in the run (data.on_error=skip)
         if resume:
-            self._restore(read_checkpoint(run_dir.last))
+            self._restore(checkpoint_file(run_dir.root))
         self.ddp = (
             # Buffers are fixed position/wavelength codes: no need to broadcast them every step.
             DistributedDataParallel(self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                     broadcast_buffers=False)
-            if info.world > 1 else self.model
+            if info.world > 1 and not self.sharded else self.model
         )  # fmt: skip
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=t.bf16 and info.device.type == "cuda")
 
     # ------------------------------------------------------------- state
-    def _state(self) -> dict[str, Any]:
+    def _state(self, weights: bool = True) -> dict[str, Any]:
+        """The run's state for a checkpoint; without ``weights`` (a sharded one's) no model or optimiser."""
         return {
             "model_config": self.model.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()} if weights else {}),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
@@ -160,22 +174,26 @@ class Trainer:
             "recipe": self.recipe.model_dump(mode="json"),
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _restore(self, source: Path) -> None:
+        """Continue from checkpoint ``source``: a file or a sharded folder, written by any number of processes."""
+        state = read_checkpoint(source)
+        load_training_state(self.model, self.optimizer, source, state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         self.skipped = state.get("skipped", 0)  # absent from checkpoints of older versions
         set_rng_state(state["rng"])
 
     def save(self) -> None:
-        """``last.ckpt`` and a periodic copy, both atomic; only the main process writes."""
-        if not self.info.is_main:
-            return
-        last = save_checkpoint(self.run_dir.last, self._state())
-        with atomic_path(self.run_dir.checkpoint(self.step)) as tmp:
-            shutil.copyfile(last, tmp)
-        prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints)
+        """``last.ckpt`` and a periodic copy, both atomic, written by the main process; under fsdp a sharded
+        folder that every process writes its shards to (:func:`save_sharded`)."""
+        if self.recipe.train.strategy == "fsdp":
+            save_sharded(self.run_dir, self.step, self.model, self.optimizer, self._state(weights=False), self.info)
+        elif self.info.is_main:
+            last = save_checkpoint(self.run_dir.last, self._state())
+            with atomic_path(self.run_dir.checkpoint(self.step)) as tmp:
+                shutil.copyfile(last, tmp)
+        if self.info.is_main:
+            prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints)
 
     # -------------------------------------------------------------- steps
     def _masking(self, batch: dict[str, Any]):
@@ -199,7 +217,10 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         for j, batch in enumerate(batches):
             rows = chunk_rows(j, self.info.world, self.info.rank, self.micro_rows)
-            sync = contextlib.nullcontext() if j == len(batches) - 1 or self.info.world == 1 else self.ddp.no_sync()
+            # DDP reduces once, after the last micro-batch; FSDP reduce-scatters after each one, so no process
+            # ever holds the whole model's gradients (the memory FSDP is for).
+            reduce = j == len(batches) - 1 or self.info.world == 1 or self.sharded
+            sync = contextlib.nullcontext() if reduce else self.ddp.no_sync()
             with sync:
                 with self.autocast:
                     out = self.forward(batch["images"], batch["channels"], valid=batch["valid"], masking=masking.rows(rows),
@@ -220,16 +241,18 @@ class Trainer:
         return {("loss" if n == "loss" else f"loss_{n}"): float(v) for n, v in zip(names, values) if n == "loss" or multi}
 
     def preview(self, batch: dict[str, Any], masking) -> None:
-        """Reconstruction PNG of the first crops of ``batch`` under this step's masks."""
+        """Reconstruction PNG of the first crops of ``batch`` under this step's masks. A sharded model's forward
+        needs every process (they gather its weights together); only the main one draws."""
         self.model.eval()
         with torch.no_grad(), self.autocast:
             out = self.model(batch["images"], batch["channels"], valid=batch["valid"], masking=masking,
                              **self.mix(self.step))  # fmt: skip
-        images = reconstruction_images(self.model, batch["images"], batch["channels"], out)
-        # A single-sensor batch carries one channel tuple; the model names its one sensor ("image", "s2", ...).
-        names = batch["channels"] if isinstance(batch["channels"], dict) else {next(iter(images)): batch["channels"]}
-        title = f"{self.recipe.name} step {self.step}  loss {out.loss.item():.4f}"
-        save_reconstruction_grid(images, names, self.run_dir.reconstruction(self.step), title=title)
+        if self.info.is_main:
+            images = reconstruction_images(self.model, batch["images"], batch["channels"], out)
+            # A single-sensor batch carries one channel tuple; the model names its one sensor ("image", "s2", ...).
+            names = batch["channels"] if isinstance(batch["channels"], dict) else {next(iter(images)): batch["channels"]}
+            title = f"{self.recipe.name} step {self.step}  loss {out.loss.item():.4f}"
+            save_reconstruction_grid(images, names, self.run_dir.reconstruction(self.step), title=title)
         self.model.train()
 
     # --------------------------------------------------------------- run
@@ -285,7 +308,7 @@ class Trainer:
                     # Also after a non-finite step: its update was skipped, so this is the last good state.
                     if self.step % t.checkpoint_every == 0 or last or stopping:
                         self.save()
-                    if main and record is not None and (self.step % preview_every == 0 or last):
+                    if (main or self.sharded) and record is not None and (self.step % preview_every == 0 or last):
                         masking = self._masking(step_batches[0]).rows(slice(0, self.micro_rows))
                         self.preview(step_batches[0], masking)
                     if stopping and not last:
