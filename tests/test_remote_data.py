@@ -104,11 +104,13 @@ def test_cog_opens_without_listing_or_sidecars(tmp_path: Path) -> None:
 def test_list_of_urls_reads_as_local_stacks(samples: Served, tmp_path: Path) -> None:
     listing = tmp_path / "scenes.txt"
     listing.write_text("# three scenes\n" + "".join(f"{samples.url}/multispectral/{p.name}\n\n" for p in STACKS))
-    scenes, local = stacked_scenes(listing), stacked_scenes(SAMPLES / "multispectral")
-    assert [s.scene_id for s in scenes] == [s.scene_id for s in local]
-    window = Window(40, 40, 32, 32)
-    for scene, local_scene in zip(scenes, local, strict=True):
-        _same(scene.read(window), local_scene.read(window))
+    local = stacked_scenes(SAMPLES / "multispectral")
+    with serve(tmp_path) as lists:  # the list itself at a URL too
+        for scenes in (stacked_scenes(listing), stacked_scenes(f"{lists.url}/scenes.txt")):
+            assert [s.scene_id for s in scenes] == [s.scene_id for s in local]
+            window = Window(40, 40, 32, 32)
+            for scene, local_scene in zip(scenes, local, strict=True):
+                _same(scene.read(window), local_scene.read(window))
 
 
 def test_zarr_store_over_http_equals_local(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ErrorPolicy, OnError, as_policy
 from .geo import RasterReadError
 from .raster import BandSource, RasterScene, datetime_from_name
-from .remote import Location, as_location, is_url, read_list
+from .remote import Location, as_location, is_url, pure_path, read_list
 from .tiff import TIFF_SUFFIXES
 
 #: Regex grouping one-file-per-band layouts (Sentinel-2 SAFE/BigEarthNet, Sentinel-1 VV/VH).
@@ -100,10 +100,10 @@ def find_scenes(
 def _rasters(root: str | Path) -> list[Location]:
     """The rasters ``root`` stands for (see :func:`stacked_scenes`)."""
     root = as_location(root)
+    if pure_path(root).suffix.lower() == ".txt":
+        return read_list(root)
     if is_url(root):
         return [root]
-    if root.suffix.lower() == ".txt":
-        return read_list(root)
     return [root] if root.is_file() else sorted(p for p in root.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
 
 
