@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +100,14 @@ def test_cog_opens_without_listing_or_sidecars(tmp_path: Path) -> None:
     # Without GDAL_DISABLE_READDIR_ON_OPEN and the allowed extensions, GDAL also lists "/" and probes
     # scene.tif.aux.xml, scene.aux, scene.tif.msk, ... (see benchmarks/remote.py).
     assert {key.split(" ", 1)[1] for key in asked} == {"/scene.tif"}, asked
+
+
+def test_urls_without_a_tiff_extension_open(tmp_path: Path) -> None:
+    # Signed URLs carry a query; download endpoints may have no extension at all.
+    shutil.copy(STACKS[0], tmp_path / "scene")
+    with serve(tmp_path) as served:
+        for url in (f"{served.url}/scene", f"{served.url}/scene?signature=abc&expires=1"):
+            assert RasterScene.from_file(url, scene_id="s").read(Window(0, 0, 8, 8)).image.shape == (4, 8, 8)
 
 
 def test_list_of_urls_reads_as_local_stacks(samples: Served, tmp_path: Path) -> None:
