@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import csv
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 import tifffile
@@ -155,15 +158,17 @@ def _fly_manifest(folder: str, out: Path) -> tuple[Path, list[dict[str, str]]]:
 def test_manifest_with_url_paths_equals_local(samples: Served, tmp_path: Path) -> None:
     # The images stay where they are served; the manifest lives elsewhere.
     manifest, rows = _fly_manifest(f"{samples.url}/examplefly", tmp_path)
-    local_manifest = SAMPLES / "examplefly" / "load_data.csv"
-    local = load_data_fields(local_manifest)
-    served_manifest = f"{samples.url}/examplefly/load_data.csv"  # relative PathName "." against a URL manifest
-    for fields in (load_data_fields(manifest), load_data_fields(served_manifest)):
-        assert [f.meta["files"]["DNA"] for f in fields] == [f"{samples.url}/examplefly/{r['FileName_OrigDNA']}"
-                                                            for r in rows]  # fmt: skip
-        for field, local_field in zip(fields, local, strict=True):
-            assert field.shape == local_field.shape
-            _same(field.read(Window(500, 400, 96, 80)), local_field.read(Window(500, 400, 96, 80)))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "load_data.parquet")
+    local = load_data_fields(SAMPLES / "examplefly" / "load_data.csv")
+    with serve(tmp_path) as manifests:
+        for where in (manifest, f"{manifests.url}/load_data.parquet",
+                      f"{samples.url}/examplefly/load_data.csv"):  # relative PathName "." against a URL manifest
+            fields = load_data_fields(where)
+            assert [f.meta["files"]["DNA"] for f in fields] == [f"{samples.url}/examplefly/{r['FileName_OrigDNA']}"
+                                                                for r in rows]  # fmt: skip
+            for field, local_field in zip(fields, local, strict=True):
+                assert field.shape == local_field.shape
+                _same(field.read(Window(500, 400, 96, 80)), local_field.read(Window(500, 400, 96, 80)))
 
 
 def test_recipe_paths_may_be_urls_where_the_format_lists_no_folder(samples: Served) -> None:
@@ -205,7 +210,7 @@ def test_missing_or_unreachable_urls_are_named(samples: Served, tmp_path: Path) 
 
 def test_missing_optional_packages_name_the_url_and_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "http://127.0.0.1:9/plate.zarr"
-    monkeypatch.setitem(__import__("sys").modules, "fsspec", None)  # what `import fsspec` sees when absent
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # what `import fsspec` sees when absent
     with pytest.raises(remote.MissingDependencyError, match=rf"{url} needs the optional package fsspec "
                        r"\(pip install 'domainmae\[remote\]'\)"):  # fmt: skip
         zarr_fields(url, channels=FLY)

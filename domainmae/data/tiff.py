@@ -4,7 +4,8 @@ Each reader returns a list of :class:`~domainmae.data.fields.Field`; pixels are 
 TIFF windows are memory-mapped when the data is uncompressed, else decoded through tifffile's Zarr view
 (only the strips or tiles a window touches); each TIFF and illumination ``.npy`` is opened once per process
 and kept in the LRU of open files (:mod:`.handles`, :mod:`.tiffimage`), so fields themselves hold no handles
-and pickle cheaply. PNG/JPEG channel files (e.g. RxRx) are decoded whole.
+and pickle cheaply. PNG/JPEG channel files (e.g. RxRx) are decoded whole. Manifests, their files and stacks may be
+URLs (:mod:`.remote`): TIFFs are then read by byte ranges through fsspec, other files fetched whole.
 """
 from __future__ import annotations
 
