@@ -27,7 +27,7 @@ from .data.loader import SeededItems, StepBatchSampler, TransformedItems, collat
 from .data.multisensor import MultiSensorScene
 from .data.radiometry import Radiometry
 from .data.raster import RasterScene
-from .data.remote import Location, is_url
+from .data.remote import Location, as_location, is_url
 from .data.safe import holds_safe_products, safe_scenes
 from .data.scenes import find_scenes, stacked_scenes
 from .data.stats import band_statistics
@@ -244,7 +244,7 @@ def training_loader(
 
 
 # -- inspect ------------------------------------------------------------------------------------
-def recipe_layout(path: Path, section: DataSection) -> Found:
+def recipe_layout(path: Location, section: DataSection) -> Found:
     """The fields or scenes at ``path`` read exactly as training reads them with ``section``."""
     section = section.model_copy(update={"path": str(path)})
     layout = f"recipe data section: kind {section.kind}, format {section.format}"
@@ -259,10 +259,13 @@ def inspect_path(path: str | Path, data: DataSection | None = None, samples: int
     section), measured on ``samples`` fields/scenes through a centred window of at most ``max_side`` px.
 
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming what was looked for when no
-    layout is recognised.
+    layout is recognised. A URL needs ``data``: detecting a layout probes and lists files, which URLs cannot.
     """
-    path = Path(path)
-    if not path.exists():
+    path = as_location(path)
+    if is_url(path) and data is None:
+        raise ValueError(f"{path} is a URL: name its layout with a recipe (--recipe, data.format one of "
+                         f"{', '.join(URL_FORMATS)}); detection probes and lists files, which a URL cannot")  # fmt: skip
+    if not is_url(path) and not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if samples < 1 or max_side < 1:
         raise ValueError(f"samples and max_side must be positive, got {samples} and {max_side}")

@@ -17,13 +17,14 @@ import zarr
 
 from domainmae.data import handles, remote
 from domainmae.data.geo import RasterReadError
+from domainmae.data.inspect import render_report
 from domainmae.data.raster import RasterScene
 from domainmae.data.samplers import Window
 from domainmae.data.scenes import stacked_scenes
 from domainmae.data.tiff import load_data_fields, stack_fields
 from domainmae.data.zarr import zarr_fields
-from domainmae.pipeline import microscopy_fields
-from domainmae.recipes import DataSection
+from domainmae.pipeline import inspect_path, microscopy_fields
+from domainmae.recipes import DataSection, load_recipe
 
 from .conftest import SAMPLES
 from .httpserver import Served, serve
@@ -223,3 +224,15 @@ def test_missing_optional_packages_name_the_url_and_the_extra(monkeypatch: pytes
     monkeypatch.setattr(fsspec, "get_filesystem_class", no_filesystem)
     with pytest.raises(remote.MissingDependencyError, match="s3://bucket/m.csv needs the optional package s3fs"):
         load_data_fields("s3://bucket/m.csv")
+
+
+def test_inspect_reads_urls_with_a_recipe(samples: Served) -> None:
+    data = load_recipe("multispectral").data
+    url = f"{samples.url}/multispectral/{STACKS[0].name}"
+    remote_report, local_report = inspect_path(url, data, samples=1), inspect_path(STACKS[0], data, samples=1)
+    assert render_report(remote_report).replace(url, str(STACKS[0])) == render_report(local_report)
+    manifest = f"{samples.url}/examplefly/load_data.csv"
+    fly = load_recipe("cellpainting", ["data.channels=[DNA,PH3,Actin]"]).data
+    assert inspect_path(manifest, fly, samples=1).groups[0].channels[0].dtype == "uint8"
+    with pytest.raises(ValueError, match="is a URL: name its layout with a recipe"):
+        inspect_path(url)

@@ -15,6 +15,7 @@ and lose the host. Local paths take exactly the code paths they always took; onl
 """
 from __future__ import annotations
 
+import io
 import posixpath
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePosixPath
@@ -143,6 +144,11 @@ def read_bytes(url: str) -> bytes:
     """The whole file at ``url``; a missing file raises ``FileNotFoundError`` naming the URL."""
     with open_file(url) as handle:
         return handle.read()
+
+
+def whole_file(location: Location) -> Location | io.BytesIO:
+    """What PIL, numpy and pyarrow open for a file they read whole: a local path itself, or the bytes at a URL."""
+    return io.BytesIO(read_bytes(location)) if is_url(location) else location
 
 
 def read_list(path: str | Path) -> list[Location]:

@@ -24,7 +24,7 @@ from PIL import Image
 from . import handles
 from .errors import ErrorPolicy, OnError, as_policy
 from .fields import Field, FieldError, resolve_channels
-from .remote import Location, as_location, is_url, join, parent, pure_path, read_bytes
+from .remote import Location, as_location, is_url, join, parent, pure_path, whole_file
 from .samplers import Window
 from .tiffimage import first_series, open_tiff, tiff_file
 
@@ -46,18 +46,13 @@ def _is_tiff(path: Location) -> bool:
     return pure_path(path).suffix.lower() in TIFF_SUFFIXES
 
 
-def _whole(path: Location) -> Path | io.BytesIO:
-    """What PIL and numpy open for a file read whole: the path, or the bytes at a URL."""
-    return io.BytesIO(read_bytes(path)) if is_url(path) else path
-
-
 def _plane_shape(path: Location, where: str) -> tuple[int, int]:
     """``(H, W)`` of a single-channel image file, from its header."""
     with _reading(path, where):
         if _is_tiff(path):
             shape = open_tiff(path).shape  # opened here for the reads to come
         else:
-            with Image.open(_whole(path)) as image:
+            with Image.open(whole_file(path)) as image:
                 bands = len(image.getbands())
                 shape = (image.height, image.width) + ((bands,) if bands > 1 else ())
     if len(shape) != 2:
@@ -70,7 +65,7 @@ def _read_plane(path: Location, window: Window, where: str) -> np.ndarray:
     with _reading(path, where):
         if _is_tiff(path):
             return open_tiff(path).read(window.slices())
-        with Image.open(_whole(path)) as image:
+        with Image.open(whole_file(path)) as image:
             return np.asarray(image)[window.slices()]
 
 
@@ -78,7 +73,7 @@ def _illumination(path: Location) -> np.ndarray:
     """An illumination function ``[H, W]``, memory-mapped once per process (loaded whole from a URL): a window
     reads only its rows, and the one file a plate's rows share is not reopened for every field."""
     def load() -> np.ndarray:  # a memory map can only be of a local file
-        return np.load(_whole(path)) if is_url(path) else np.load(path, mmap_mode="r")
+        return np.load(whole_file(path)) if is_url(path) else np.load(path, mmap_mode="r")
 
     return handles.cache().get((path, "npy"), load, handles.file_stamp(path))
 
@@ -134,9 +129,9 @@ def _read_table(manifest: Location) -> tuple[list[str], list[dict[str, Any]]]:
     if pure_path(manifest).suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        table = pq.read_table(_whole(manifest))
+        table = pq.read_table(whole_file(manifest))
         return table.column_names, table.to_pylist()
-    with io.TextIOWrapper(_whole(manifest), newline="") if is_url(manifest) else open(manifest, newline="") as handle:
+    with io.TextIOWrapper(whole_file(manifest), newline="") if is_url(manifest) else open(manifest, newline="") as handle:
         reader = csv.DictReader(handle)
         return list(reader.fieldnames or []), list(reader)
 
