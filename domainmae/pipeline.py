@@ -264,7 +264,7 @@ def inspect_path(path: str | Path, data: DataSection | None = None, samples: int
     path = as_location(path)
     if is_url(path) and data is None:
         raise ValueError(f"{path} is a URL: name its layout with a recipe (--recipe, data.format one of "
-                         f"{', '.join(URL_FORMATS)}); detection probes and lists files, which a URL cannot")  # fmt: skip
+                         f"{', '.join(URL_FORMATS)}); detection lists files, which a URL cannot")  # fmt: skip
     if not is_url(path) and not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if samples < 1 or max_side < 1:

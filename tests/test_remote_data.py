@@ -177,7 +177,8 @@ def test_recipe_paths_may_be_urls_where_the_format_lists_no_folder(samples: Serv
     fields = microscopy_fields(DataSection(kind="microscopy", format="manifest", path=url))
     assert len(fields) == 1 and fields[0].pixels().shape == (3, 512, 512)
     with pytest.raises(ValueError, match="is a URL, which format 'pattern' cannot read"):
-        microscopy_fields(DataSection(kind="microscopy", format="pattern", path=f"{samples.url}/examplefly", pattern="x"))
+        section = DataSection(kind="microscopy", format="pattern", path=f"{samples.url}/examplefly", pattern="x")
+        microscopy_fields(section)
 
 
 def test_tiff_stack_over_http_equals_local(samples: Served, tmp_path: Path) -> None:

@@ -131,7 +131,8 @@ def _read_table(manifest: Location) -> tuple[list[str], list[dict[str, Any]]]:
 
         table = pq.read_table(whole_file(manifest))
         return table.column_names, table.to_pylist()
-    with io.TextIOWrapper(whole_file(manifest), newline="") if is_url(manifest) else open(manifest, newline="") as handle:
+    url = is_url(manifest)
+    with io.TextIOWrapper(whole_file(manifest), newline="") if url else open(manifest, newline="") as handle:
         reader = csv.DictReader(handle)
         return list(reader.fieldnames or []), list(reader)
 

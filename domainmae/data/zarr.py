@@ -9,9 +9,11 @@ Layouts recognised at a path:
 OME metadata sits in the group attributes: top level for NGFF 0.4 (``.zattrs``, Zarr v2), under
 ``attributes["ome"]`` of ``zarr.json`` for 0.5 (Zarr v3); zarr opens both formats. Channel names come
 from ``omero.channels[].label``. A store may be a URL (``https://``, ``s3://``; :mod:`.remote`), read through
-fsspec; over plain HTTP nothing can be listed, so a group of plain arrays needs consolidated metadata, while
-arrays and OME-Zarr images and plates name their members in their metadata. Reads index only the chunks a window touches; each array is opened once per
-process and kept in the LRU of open files (:mod:`.handles`), as reopening it costs about as much as a crop.
+fsspec. Arrays and OME-Zarr images and plates name their members in their metadata; a group of plain arrays is
+listed, which plain HTTP allows only where the server lists folders (object stores do not: consolidate its
+metadata, ``zarr.consolidate_metadata``). Reads index only the chunks a window touches; each array is opened
+once per process and kept in the LRU of open files (:mod:`.handles`), as reopening it costs about as much as a
+crop.
 """
 from __future__ import annotations
 
