@@ -27,6 +27,7 @@ from .data.loader import SeededItems, StepBatchSampler, TransformedItems, collat
 from .data.multisensor import MultiSensorScene
 from .data.radiometry import Radiometry
 from .data.raster import RasterScene
+from .data.remote import Location, as_location, is_url
 from .data.safe import holds_safe_products, safe_scenes
 from .data.scenes import find_scenes, stacked_scenes
 from .data.stats import band_statistics
@@ -71,9 +72,18 @@ class TrainingData:
         return sum(len(items) // items_per_step for items in members.values())
 
 
-def _path(section: DataSection) -> Path:
+#: Formats whose ``data.path`` may be a URL (:mod:`.data.remote`); the others find their files by listing folders.
+URL_FORMATS = ("manifest", "stack", "zarr", "ome-zarr")
+
+
+def _path(section: DataSection) -> Location:
     if not section.path:
         raise ValueError("data.path is not set: pass --data PATH (or set data.path in the recipe)")
+    if is_url(section.path):
+        if section.format not in URL_FORMATS:
+            raise ValueError(f"data.path {section.path} is a URL, which format {section.format!r} cannot read (it "
+                             f"lists folders); formats that read URLs: {', '.join(URL_FORMATS)}")  # fmt: skip
+        return section.path
     path = Path(section.path)
     if not path.exists():
         raise FileNotFoundError(f"data.path {path} does not exist")
@@ -92,7 +102,8 @@ def microscopy_fields(section: DataSection) -> list[Field]:
             raise ValueError("data.pattern is needed for format 'pattern' (a regex with a 'channel' group)")
         return pattern_fields(path, section.pattern, **kw)
     if section.format == "stack":
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff")) if path.is_dir() else [path]
+        folder = not is_url(path) and path.is_dir()
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff")) if folder else [path]
         return stack_fields(files, **kw)
     if section.format in ("zarr", "ome-zarr"):
         return zarr_fields(str(path), **kw)
@@ -233,7 +244,7 @@ def training_loader(
 
 
 # -- inspect ------------------------------------------------------------------------------------
-def recipe_layout(path: Path, section: DataSection) -> Found:
+def recipe_layout(path: Location, section: DataSection) -> Found:
     """The fields or scenes at ``path`` read exactly as training reads them with ``section``."""
     section = section.model_copy(update={"path": str(path)})
     layout = f"recipe data section: kind {section.kind}, format {section.format}"
@@ -248,10 +259,13 @@ def inspect_path(path: str | Path, data: DataSection | None = None, samples: int
     section), measured on ``samples`` fields/scenes through a centred window of at most ``max_side`` px.
 
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming what was looked for when no
-    layout is recognised.
+    layout is recognised. A URL needs ``data``: detecting a layout probes and lists files, which URLs cannot.
     """
-    path = Path(path)
-    if not path.exists():
+    path = as_location(path)
+    if is_url(path) and data is None:
+        raise ValueError(f"{path} is a URL: name its layout with a recipe (--recipe, data.format one of "
+                         f"{', '.join(URL_FORMATS)}); detection lists files, which a URL cannot")  # fmt: skip
+    if not is_url(path) and not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if samples < 1 or max_side < 1:
         raise ValueError(f"samples and max_side must be positive, got {samples} and {max_side}")

@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .remote import is_url
+
 DEFAULT_MAX_OPEN_FILES = 128
 ENV_VAR = "DOMAINMAE_MAX_OPEN_FILES"
 
-#: ``(path, how the file was opened)``: a scene that declares another nodata value opens the file apart,
+#: ``(path or URL, how the file was opened)``: a scene that declares another nodata value opens the file apart,
 #: and a TIFF read by GDAL and by tifffile is two handles.
-Key = tuple[Path, Hashable]
+Key = tuple[Path | str, Hashable]
 H = TypeVar("H")
 D = TypeVar("D")
 
@@ -49,11 +51,15 @@ def _close(handle: Any) -> None:
         close()
 
 
-def file_stamp(path: Path) -> Hashable:
+def file_stamp(path: Path | str) -> Hashable:
     """What changes when ``path`` is replaced or rewritten; ``FileNotFoundError`` once it is removed.
 
-    One ``stat``: a few microseconds, against ~0.2 ms to reopen a TIFF.
+    One ``stat``: a few microseconds, against ~0.2 ms to reopen a TIFF. ``None`` for a URL: asking a server
+    would cost a round trip per read, and objects at a URL are not rewritten in place under a reader
+    (nor memory-mapped, so a changed one cannot crash it).
     """
+    if is_url(path):
+        return None
     status = os.stat(path)
     return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
@@ -116,7 +122,7 @@ class HandleCache:
         self.max_open = max_open
         self._trim(max_open)
 
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[Path | str]:
         """Paths of the open files, least recently used first (a file opened two ways appears twice)."""
         return [path for path, _ in self._entries]
 
@@ -178,7 +184,7 @@ def open_files() -> int:
     return len(cache())
 
 
-def open_paths() -> list[Path]:
+def open_paths() -> list[Path | str]:
     """The files this process holds open, least recently used first."""
     return cache().paths()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +25,10 @@ from ..validity import valid_pixels
 from .detect import Found
 from .fields import Field
 from .raster import RasterScene
+from .remote import Location, gdal_env, gdal_path, pure_path, whole_file
 from .samplers import Window
 from .tiff import TIFF_SUFFIXES, ChannelFilesField, TiffStackField
+from .tiffimage import tiff_file
 from .zarr import ZarrField
 
 
@@ -69,14 +70,14 @@ class GroupReport:
 class Report:
     """What :func:`inspect_found` measured: the ``layout``, the ``reader`` function and one group per sensor."""
 
-    path: Path
+    path: Location
     layout: str
     reader: str
     groups: list[GroupReport]
     notes: list[str] = field(default_factory=list)
 
 
-def inspect_found(path: Path, found: Found, samples: int = 8, max_side: int = 1024) -> Report:
+def inspect_found(path: Location, found: Found, samples: int = 8, max_side: int = 1024) -> Report:
     """Measure what a reader ``found`` at ``path``: per group, ``samples`` (>= 1) fields/scenes (evenly
     spaced) are opened and read through a centred window of at most ``max_side x max_side`` px."""
     groups = [_measure(name, items, samples, max_side) for name, items in found.items.items()]
@@ -105,15 +106,15 @@ def _ome_tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | 
     return (float(pixels["PhysicalSizeX"]), float(pixels["PhysicalSizeY"])), unit
 
 
-def _image_header(path: Path) -> tuple[str, tuple[float, float] | None, str | None]:
+def _image_header(path: Location) -> tuple[str, tuple[float, float] | None, str | None]:
     """``(dtype, pixel size (x, y) or None, unit)`` of an image file; pixel sizes only from OME metadata."""
-    if path.suffix.lower() not in TIFF_SUFFIXES:
+    if pure_path(path).suffix.lower() not in TIFF_SUFFIXES:
         from PIL import Image
 
-        with Image.open(path) as image:  # PIL modes of single-channel images
+        with Image.open(whole_file(path)) as image:  # PIL modes of single-channel images
             dtype = {"1": "bool", "L": "uint8", "I;16": "uint16", "I": "int32", "F": "float32"}.get(image.mode, image.mode)
         return dtype, None, None
-    with tifffile.TiffFile(path) as tif:
+    with tiff_file(path) as tif:
         dtype = str(tif.series[0].dtype)
         return (dtype, *_ome_tiff_pixel_size(tif)) if tif.is_ome else (dtype, None, None)
 
@@ -157,7 +158,7 @@ def _scene_channels(scene: RasterScene) -> tuple[list[ChannelReport], str | None
     for band in scene.bands:
         if band.name not in scene.channels:  # mask bands such as SCL only feed the valid mask
             continue
-        with rasterio.open(band.path) as dataset:
+        with gdal_env(band.path), rasterio.open(gdal_path(band.path)) as dataset:
             nodata = scene.nodata if scene.nodata is not None else dataset.nodatavals[band.index - 1]
             channels.append(ChannelReport(band.name, dataset.dtypes[band.index - 1], (dataset.height, dataset.width),
                                           dataset.res, nodata))  # fmt: skip

@@ -32,6 +32,7 @@ from ..validity import fill_invalid
 from . import handles
 from .geo import Grid, GridSource, MissingCRSError, RasterReadError
 from .radiometry import Radiometry
+from .remote import Location, as_location, gdal_env, gdal_path, pure_path
 from .samplers import Window
 from .windows import Region
 
@@ -44,14 +45,14 @@ def datetime_from_name(name: str) -> datetime | None:
 
 @dataclass(frozen=True)
 class BandSource:
-    """Where a band lives: ``path`` and its 1-based band ``index`` in that file.
+    """Where a band lives: ``path`` (a file or a URL) and its 1-based band ``index`` in that file.
 
     ``radiometry``, when set, is what the band's product states about this band alone (a ``.SAFE``'s
     per-band offset) and takes the scene's place for it; the file's own metadata still refines it.
     """
 
     name: str
-    path: Path
+    path: Location  # a local Path or a URL string (:mod:`.remote`)
     index: int = 1
     radiometry: Radiometry | None = None
 
@@ -119,25 +120,25 @@ class RasterScene(GridSource):
         if unknown:
             raise ValueError(f"scene {scene_id}: invalid_classes names bands {sorted(unknown)} not among {names}")
         self.bands = tuple(bands)
-        self.scene_id = scene_id or bands[0].path.parent.name
+        self.scene_id = scene_id or pure_path(bands[0].path).parent.name
         self.channels = tuple(name for name in names if name not in self.invalid_classes)
         if not self.channels:
             raise ValueError(f"scene {self.scene_id}: every band is a mask band; no image channels left")
         self.radiometry, self.nodata, self.categorical = radiometry, nodata, frozenset(categorical)
         self.datetime, self.meta = datetime, dict(meta or {})
-        self._radiometry: dict[tuple[Path, int], Radiometry] = {}  # per band, from its file's metadata
+        self._radiometry: dict[tuple[Location, int], Radiometry] = {}  # per band, from its file's metadata
         self._reference_band: tuple[BandSource, Grid] | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, bands: Sequence[str] | None = None, **kwargs: Any) -> RasterScene:
-        """A multi-band file (GeoTIFF, COG) as a scene.
+        """A multi-band file (GeoTIFF, COG; a local path or a URL, see :mod:`.remote`) as a scene.
 
         When every band has a description, the descriptions name the bands and ``bands`` selects
         and orders them (default: all); otherwise ``bands`` names every band of the file, in order.
         """
-        path = Path(path)
+        path = as_location(path)
         try:
-            with rasterio.open(path) as dataset:
+            with gdal_env(path), rasterio.open(gdal_path(path)) as dataset:
                 count, descriptions = dataset.count, list(dataset.descriptions)
         except RasterioIOError as err:
             raise RasterReadError(f"cannot open raster {path}: {err}") from err
@@ -151,8 +152,8 @@ class RasterScene(GridSource):
             raise ValueError(f"raster {path} has {count} bands without (distinct) descriptions; {given}")
         else:
             sources = [BandSource(name, path, i + 1) for i, name in enumerate(bands)]
-        kwargs.setdefault("scene_id", path.stem)
-        kwargs.setdefault("datetime", datetime_from_name(path.name))
+        kwargs.setdefault("scene_id", pure_path(path).stem)
+        kwargs.setdefault("datetime", datetime_from_name(pure_path(path).name))
         return cls(sources, **kwargs)
 
     @property
@@ -171,25 +172,26 @@ class RasterScene(GridSource):
     # -- opening -----------------------------------------------------------------------------
     # Handles live in the process-wide LRU of domainmae.data.handles, not in the scene: a worker walking
     # hundreds of scenes keeps a bounded number of files open, and a scene holds nothing to pickle.
-    def _key(self, path: Path) -> handles.Key:
+    def _key(self, path: Location) -> handles.Key:
         # What decides how _open_file opens the file; repr so that a NaN nodata finds its own entry again.
         declared = tuple(None if v is None else repr(float(v)) for v in (self.nodata, self.radiometry.nodata))
         return path, declared
 
-    def _open_file(self, path: Path) -> DatasetReader:
+    def _open_file(self, path: Location) -> DatasetReader:
         try:
-            dataset = rasterio.open(path)
-            nodata = self.nodata if self.nodata is not None else dataset.nodata
-            nodata = self.radiometry.nodata if nodata is None else nodata
-            if nodata is not None and nodata != dataset.nodata:
-                # Declared through GDAL's vrt:// syntax, GDAL masks it on every (resampled or warped) read.
-                dataset.close()
-                dataset = rasterio.open(f"vrt://{path}?a_nodata={nodata!r}")
+            with gdal_env(path):
+                dataset = rasterio.open(gdal_path(path))
+                nodata = self.nodata if self.nodata is not None else dataset.nodata
+                nodata = self.radiometry.nodata if nodata is None else nodata
+                if nodata is not None and nodata != dataset.nodata:
+                    # Declared through GDAL's vrt:// syntax, GDAL masks it on every (resampled or warped) read.
+                    dataset.close()
+                    dataset = rasterio.open(f"vrt://{gdal_path(path)}?a_nodata={nodata!r}")
             return dataset
         except RasterioIOError as err:
             raise RasterReadError(f"cannot open raster {path} (scene {self.scene_id}): {err}") from err
 
-    def _open(self, path: Path) -> DatasetReader:
+    def _open(self, path: Location) -> DatasetReader:
         return handles.cache().get(self._key(path), lambda: self._open_file(path))
 
     def _band_radiometry(self, band: BandSource) -> Radiometry:
@@ -199,13 +201,14 @@ class RasterScene(GridSource):
             self._radiometry[key] = radiometry.for_band(self._open(band.path), band.index)
         return self._radiometry[key]
 
-    def _warped(self, path: Path, grid: Grid, resampling: Resampling) -> WarpedVRT:
+    def _warped(self, path: Location, grid: Grid, resampling: Resampling) -> WarpedVRT:
         def build(dataset: DatasetReader) -> WarpedVRT:
-            return WarpedVRT(
-                dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                resampling=resampling, add_alpha=True,  # alpha marks what the source covers
-                src_nodata=dataset.nodata,
-            )  # fmt: skip
+            with gdal_env(path):
+                return WarpedVRT(
+                    dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                    resampling=resampling, add_alpha=True,  # alpha marks what the source covers
+                    src_nodata=dataset.nodata,
+                )  # fmt: skip
 
         return handles.cache().derived(self._key(path), lambda: self._open_file(path), (resampling, grid), build)
 
@@ -249,30 +252,32 @@ class RasterScene(GridSource):
         return Resampling.nearest if categorical else Resampling.bilinear
 
     def _read_file(
-        self, path: Path, bands: Sequence[BandSource], resampling: Resampling, grid: Grid, region: Window
+        self, path: Location, bands: Sequence[BandSource], resampling: Resampling, grid: Grid, region: Window
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw values ``[n, h, w]`` of ``bands`` (all in ``path``) on ``grid`` for ``region``, valid ``[h, w]``."""
         indexes = [band.index for band in bands]
         shape = (region.height, region.width)
         dataset = self._open(path)
+        # GDAL fetches a remote file's tiles when they are read, not on open: its settings must hold here too.
         try:
-            if _on_lattice(dataset, grid):
-                left, bottom, right, top = grid.window_meta(region)["bounds"]
-                found = rasterio.windows.from_bounds(left, bottom, right, top, transform=dataset.transform)
-                window = rasterio.windows.Window(
-                    *(_snap(value) for value in (found.col_off, found.row_off, found.width, found.height))
-                )
-                raw = dataset.read(indexes, window=window, out_shape=(len(indexes), *shape), resampling=resampling)
-                return raw, self._window_valid(dataset, indexes, window, shape)
-            if dataset.crs is None or grid.crs is None:
-                raise MissingCRSError(
-                    f"raster {path} (bands {[b.name for b in bands]} of scene {self.scene_id}) is not on the "
-                    f"target grid and {'it has' if dataset.crs is None else 'the target grid has'} no CRS; "
-                    "a CRS is needed to warp it"
-                )
-            vrt = self._warped(path, grid, resampling)
-            rio = region.to_rasterio()
-            return vrt.read(indexes, window=rio), vrt.read(vrt.count, window=rio) > 0
+            with gdal_env(path):
+                if _on_lattice(dataset, grid):
+                    left, bottom, right, top = grid.window_meta(region)["bounds"]
+                    found = rasterio.windows.from_bounds(left, bottom, right, top, transform=dataset.transform)
+                    window = rasterio.windows.Window(
+                        *(_snap(value) for value in (found.col_off, found.row_off, found.width, found.height))
+                    )
+                    raw = dataset.read(indexes, window=window, out_shape=(len(indexes), *shape), resampling=resampling)
+                    return raw, self._window_valid(dataset, indexes, window, shape)
+                if dataset.crs is None or grid.crs is None:
+                    raise MissingCRSError(
+                        f"raster {path} (bands {[b.name for b in bands]} of scene {self.scene_id}) is not on the "
+                        f"target grid and {'it has' if dataset.crs is None else 'the target grid has'} no CRS; "
+                        "a CRS is needed to warp it"
+                    )
+                vrt = self._warped(path, grid, resampling)
+                rio = region.to_rasterio()
+                return vrt.read(indexes, window=rio), vrt.read(vrt.count, window=rio) > 0
         except RasterioIOError as err:
             names = [band.name for band in bands]
             raise RasterReadError(f"cannot read {region} of bands {names} from raster {path}: {err}") from err
@@ -297,7 +302,7 @@ class RasterScene(GridSource):
         grid = self.grid if grid is None else grid
         image = np.empty((len(self.channels), region.height, region.width), dtype=np.float32)
         valid = np.ones((region.height, region.width), dtype=bool)
-        groups: dict[tuple[Path, Resampling], list[BandSource]] = {}
+        groups: dict[tuple[Location, Resampling], list[BandSource]] = {}
         for band in self.bands:
             groups.setdefault((band.path, self._resampling(band)), []).append(band)
         for (path, resampling), bands in groups.items():

@@ -15,6 +15,7 @@ from typing import Any
 from .errors import ErrorPolicy, OnError, as_policy
 from .geo import RasterReadError
 from .raster import BandSource, RasterScene, datetime_from_name
+from .remote import Location, as_location, is_url, pure_path, read_list
 from .tiff import TIFF_SUFFIXES
 
 #: Regex grouping one-file-per-band layouts (Sentinel-2 SAFE/BigEarthNet, Sentinel-1 VV/VH).
@@ -96,6 +97,16 @@ def find_scenes(
     return scenes
 
 
+def _rasters(root: str | Path) -> list[Location]:
+    """The rasters ``root`` stands for (see :func:`stacked_scenes`)."""
+    root = as_location(root)
+    if pure_path(root).suffix.lower() == ".txt":
+        return read_list(root)
+    if is_url(root):
+        return [root]
+    return [root] if root.is_file() else sorted(p for p in root.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+
+
 def stacked_scenes(
     root: str | Path,
     *,
@@ -103,7 +114,8 @@ def stacked_scenes(
     on_error: OnError | ErrorPolicy = "raise",
     **scene_kwargs: Any,
 ) -> list[RasterScene]:
-    """One :class:`RasterScene` per multi-band raster: ``root`` itself, or each ``.tif``/``.tiff`` in it.
+    """One :class:`RasterScene` per multi-band raster: ``root`` itself (a file or a URL), each ``.tif``/``.tiff``
+    in the folder ``root``, or each file or URL that the ``.txt`` list ``root`` names (:func:`~.remote.read_list`).
 
     Bands are named as :meth:`RasterScene.from_file` says (descriptions, else ``bands`` in order);
     ``scene_kwargs`` go to each scene. A raster that cannot be opened or lacks one of ``bands``
@@ -111,8 +123,7 @@ def stacked_scenes(
     """
     policy = as_policy(on_error)
     since = len(policy.skipped)
-    root = Path(root)
-    paths = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+    paths = _rasters(root)
     if not paths:
         raise FileNotFoundError(f"no GeoTIFF ({', '.join(sorted(TIFF_SUFFIXES))}) in {root}")
     scenes = []

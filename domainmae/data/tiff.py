@@ -4,11 +4,13 @@ Each reader returns a list of :class:`~domainmae.data.fields.Field`; pixels are 
 TIFF windows are memory-mapped when the data is uncompressed, else decoded through tifffile's Zarr view
 (only the strips or tiles a window touches); each TIFF and illumination ``.npy`` is opened once per process
 and kept in the LRU of open files (:mod:`.handles`, :mod:`.tiffimage`), so fields themselves hold no handles
-and pickle cheaply. PNG/JPEG channel files (e.g. RxRx) are decoded whole.
+and pickle cheaply. PNG/JPEG channel files (e.g. RxRx) are decoded whole. Manifests, their files and stacks may be
+URLs (:mod:`.remote`): TIFFs are then read by byte ranges through fsspec, other files fetched whole.
 """
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,14 +24,15 @@ from PIL import Image
 from . import handles
 from .errors import ErrorPolicy, OnError, as_policy
 from .fields import Field, FieldError, resolve_channels
+from .remote import Location, as_location, is_url, join, parent, pure_path, whole_file
 from .samplers import Window
-from .tiffimage import first_series, open_tiff
+from .tiffimage import first_series, open_tiff, tiff_file
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 
 
 @contextmanager
-def _reading(path: Path, where: str) -> Iterator[None]:
+def _reading(path: Location, where: str) -> Iterator[None]:
     """Re-raise a library's error on ``path`` with the file and its origin (manifest row, field) named."""
     try:
         yield
@@ -39,13 +42,17 @@ def _reading(path: Path, where: str) -> Iterator[None]:
         raise FieldError(f"cannot read {path} ({where}): {err}") from err
 
 
-def _plane_shape(path: Path, where: str) -> tuple[int, int]:
+def _is_tiff(path: Location) -> bool:
+    return pure_path(path).suffix.lower() in TIFF_SUFFIXES
+
+
+def _plane_shape(path: Location, where: str) -> tuple[int, int]:
     """``(H, W)`` of a single-channel image file, from its header."""
     with _reading(path, where):
-        if path.suffix.lower() in TIFF_SUFFIXES:
+        if _is_tiff(path):
             shape = open_tiff(path).shape  # opened here for the reads to come
         else:
-            with Image.open(path) as image:
+            with Image.open(whole_file(path)) as image:
                 bands = len(image.getbands())
                 shape = (image.height, image.width) + ((bands,) if bands > 1 else ())
     if len(shape) != 2:
@@ -53,19 +60,22 @@ def _plane_shape(path: Path, where: str) -> tuple[int, int]:
     return shape
 
 
-def _read_plane(path: Path, window: Window, where: str) -> np.ndarray:
+def _read_plane(path: Location, window: Window, where: str) -> np.ndarray:
     """Pixels ``[h, w]`` of ``window`` from a single-channel image file."""
     with _reading(path, where):
-        if path.suffix.lower() in TIFF_SUFFIXES:
+        if _is_tiff(path):
             return open_tiff(path).read(window.slices())
-        with Image.open(path) as image:
+        with Image.open(whole_file(path)) as image:
             return np.asarray(image)[window.slices()]
 
 
-def _illumination(path: Path) -> np.ndarray:
-    """An illumination function ``[H, W]``, memory-mapped once per process: a window reads only its rows,
-    and the one file a plate's rows share is not reopened for every field."""
-    return handles.cache().get((path, "npy"), lambda: np.load(path, mmap_mode="r"), handles.file_stamp(path))
+def _illumination(path: Location) -> np.ndarray:
+    """An illumination function ``[H, W]``, memory-mapped once per process (loaded whole from a URL): a window
+    reads only its rows, and the one file a plate's rows share is not reopened for every field."""
+    def load() -> np.ndarray:  # a memory map can only be of a local file
+        return np.load(whole_file(path)) if is_url(path) else np.load(path, mmap_mode="r")
+
+    return handles.cache().get((path, "npy"), load, handles.file_stamp(path))
 
 
 class ChannelFilesField(Field):
@@ -75,8 +85,8 @@ class ChannelFilesField(Field):
     ``[H, W]`` array, memory-mapped so a window reads only its rows) or None.
     """
 
-    def __init__(self, key: str, channels: tuple[str, ...], meta: dict[str, Any], files: Sequence[Path],
-                 illum: Sequence[Path | None]) -> None:
+    def __init__(self, key: str, channels: tuple[str, ...], meta: dict[str, Any], files: Sequence[Location],
+                 illum: Sequence[Location | None]) -> None:
         super().__init__(key, channels, meta)
         self.files = tuple(files)
         self.illum = tuple(illum)
@@ -111,17 +121,18 @@ class ChannelFilesField(Field):
         return image
 
 
-def _read_table(manifest: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """Column names and rows of a CSV or Parquet manifest.
+def _read_table(manifest: Location) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and rows of a CSV or Parquet manifest (a file or a URL).
 
     CSV cells stay strings (so plate barcodes like ``"000123"`` keep their zeros); Parquet keeps its types.
     """
-    if manifest.suffix.lower() in (".parquet", ".pq"):
+    if pure_path(manifest).suffix.lower() in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        table = pq.read_table(manifest)
+        table = pq.read_table(whole_file(manifest))
         return table.column_names, table.to_pylist()
-    with open(manifest, newline="") as handle:
+    url = is_url(manifest)
+    with io.TextIOWrapper(whole_file(manifest), newline="") if url else open(manifest, newline="") as handle:
         reader = csv.DictReader(handle)
         return list(reader.fieldnames or []), list(reader)
 
@@ -141,7 +152,9 @@ def load_data_fields(
     renames these names (``{"DNA": "Hoechst"}``) and ``channels`` selects and orders them (see
     :func:`~domainmae.data.fields.resolve_channels`). With ``illum``, a ``FileName_Illum<name>`` /
     ``PathName_Illum<name>`` pair gives channel ``<name>`` an illumination function (``.npy``) that the
-    image is divided by. Relative ``PathName`` values are resolved against the manifest's folder.
+    image is divided by. Relative ``PathName`` values are resolved against the manifest's folder. The manifest
+    and its ``PathName`` values may be URLs (:mod:`.remote`); files at URLs are not checked for existence
+    here (a request per file) but raise naming the URL on their first read.
     All ``Metadata_*`` columns go to ``meta`` as they are, with ``manifest``, ``row`` (1-based, header not
     counted) and the ``files``/``illum`` paths per channel. A row whose file is missing raises
     ``FileNotFoundError`` naming the file and row, or is skipped with ``on_error="skip"`` (see
@@ -149,7 +162,7 @@ def load_data_fields(
     With ``subsets``, ``channels`` is a vocabulary (see :func:`~domainmae.data.fields.resolve_channels`)
     and a row with an empty ``FileName_<X>`` cell is a field without channel ``<X>``.
     """
-    manifest = Path(manifest)
+    manifest = as_location(manifest)
     policy = as_policy(on_error)
     since = len(policy.skipped)
     columns, rows = _read_table(manifest)
@@ -186,14 +199,16 @@ def load_data_fields(
     return fields
 
 
-def _locate(manifest: Path, row: Mapping[str, Any], suffix: str, channel: str, key: str, checked: set[Path]) -> Path:
-    """The file that ``FileName_<suffix>``/``PathName_<suffix>`` of ``row`` point to; it must exist."""
+def _locate(manifest: Location, row: Mapping[str, Any], suffix: str, channel: str, key: str,
+            checked: set[Location]) -> Location:
+    """The file that ``FileName_<suffix>``/``PathName_<suffix>`` of ``row`` point to; a local one must exist."""
     name, folder = row[f"FileName_{suffix}"], row[f"PathName_{suffix}"]
     if not name:
         raise FileNotFoundError(f"{key} has no FileName_{suffix} (channel {channel})")
-    path = manifest.parent / str(folder or "") / str(name)  # an absolute PathName replaces the manifest folder
+    # An absolute PathName replaces the manifest folder, and a URL replaces either.
+    path = join(parent(manifest), str(folder or ""), str(name))
     # Illumination files repeat on every row of a plate: stat each path once.
-    if path not in checked:
+    if path not in checked and not is_url(path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} (FileName_{suffix}, channel {channel}, {key}) does not exist")
         checked.add(path)
@@ -257,7 +272,7 @@ def pattern_fields(
 class TiffStackField(Field):
     """A field stored as one multichannel TIFF, ``CYX`` or ``YXC``; ``index`` picks the channels read."""
 
-    def __init__(self, key: str, channels: tuple[str, ...], meta: dict[str, Any], path: Path, axes: str,
+    def __init__(self, key: str, channels: tuple[str, ...], meta: dict[str, Any], path: Location, axes: str,
                  index: Sequence[int]) -> None:
         super().__init__(key, channels, meta)
         self.path, self.axes, self.index = path, axes, list(index)
@@ -276,7 +291,7 @@ class TiffStackField(Field):
         return pixels[self.index]
 
 
-def stack_layout(path: Path, series: tifffile.TiffPageSeries, ome_xml: str | None,
+def stack_layout(path: Location, series: tifffile.TiffPageSeries, ome_xml: str | None,
                   axes: str | None) -> tuple[str, int, list[str] | None]:
     """``("CYX"|"YXC", channel count, OME channel names or None)`` of a stack's first ``series``."""
     # tifffile calls samples-per-pixel "S" (RGB-like YXS) and axes it cannot name "Q" (plain shaped stacks).
@@ -306,7 +321,7 @@ def stack_fields(
     on_error: OnError | ErrorPolicy = "raise",
     subsets: bool = False,
 ) -> list[TiffStackField]:
-    """One field per multichannel TIFF (``CYX`` or ``YXC``; OME-TIFF, ImageJ or plain).
+    """One field per multichannel TIFF (``CYX`` or ``YXC``; OME-TIFF, ImageJ or plain), each a file or a URL.
 
     The layout comes from the file (OME/ImageJ axes, or RGB-like samples) or from ``axes`` when the file
     does not say (plain shaped stacks). Channel names come from the OME metadata when present; otherwise
@@ -317,9 +332,9 @@ def stack_fields(
     policy = as_policy(on_error)
     since = len(policy.skipped)
     fields = []
-    for path in map(Path, paths):
+    for path in map(as_location, paths):
         try:
-            with _reading(path, "TIFF stack"), tifffile.TiffFile(path) as tif:
+            with _reading(path, "TIFF stack"), tiff_file(path) as tif:
                 series, ome_xml = first_series(tif), tif.ome_metadata if tif.is_ome else None
         except OSError as err:
             policy.handle(err)

@@ -7,13 +7,17 @@ rasters.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import tifffile
 import zarr
 
 from . import handles
+from .remote import Location, is_url, open_file
+
+
+def tiff_file(location: Location) -> tifffile.TiffFile:
+    """``location`` opened by tifffile: a local file as it always was, a URL through fsspec (byte ranges)."""
+    return tifffile.TiffFile(open_file(location) if is_url(location) else location)
 
 
 def first_series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
@@ -26,19 +30,20 @@ def first_series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
 class TiffImage:
     """The first series of a TIFF file, opened for reading windows.
 
-    Uncompressed contiguous data is memory-mapped (the header is parsed once and the file closed; the map
-    keeps its own descriptor), so a window costs only its own bytes. Otherwise the file stays open with a
+    Uncompressed contiguous data in a local file is memory-mapped (the header is parsed once and the file
+    closed; the map keeps its own descriptor), so a window costs only its own bytes. Otherwise (compressed
+    data, or a file at a URL, read through fsspec by byte ranges) the file stays open with a
     Zarr view of its strips/tiles, which decodes only those a window touches; a whole-image read skips it,
     as the plain decoder is many times faster than going through Zarr chunk by chunk.
     """
 
-    def __init__(self, path: Path) -> None:
-        tif = tifffile.TiffFile(path)
+    def __init__(self, path: Location) -> None:
+        tif = tiff_file(path)
         try:
             series = first_series(tif)
             self.shape: tuple[int, ...] = tuple(series.shape)
             self._map: np.ndarray | None = None
-            if series.dataoffset is not None:
+            if series.dataoffset is not None and not is_url(path):
                 dtype = np.dtype(tif.byteorder + series.dtype.char)  # as tifffile.memmap: the file's byte order
                 # Sliced as a plain ndarray: numpy's memmap subclass adds Python-level work to every slice.
                 self._map = np.memmap(path, dtype, "r", series.dataoffset, self.shape, "C").view(np.ndarray)
@@ -70,6 +75,6 @@ class TiffImage:
             self._tif.close()
 
 
-def open_tiff(path: Path) -> TiffImage:
+def open_tiff(path: Location) -> TiffImage:
     """``path``'s image, opened once per process (and again after the LRU closed it or the file changed)."""
     return handles.cache().get((path, "tiff"), lambda: TiffImage(path), handles.file_stamp(path))

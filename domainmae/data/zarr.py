@@ -8,8 +8,12 @@ Layouts recognised at a path:
 
 OME metadata sits in the group attributes: top level for NGFF 0.4 (``.zattrs``, Zarr v2), under
 ``attributes["ome"]`` of ``zarr.json`` for 0.5 (Zarr v3); zarr opens both formats. Channel names come
-from ``omero.channels[].label``. Reads index only the chunks a window touches; each array is opened once per
-process and kept in the LRU of open files (:mod:`.handles`), as reopening it costs about as much as a crop.
+from ``omero.channels[].label``. A store may be a URL (``https://``, ``s3://``; :mod:`.remote`), read through
+fsspec. Arrays and OME-Zarr images and plates name their members in their metadata; a group of plain arrays is
+listed, which plain HTTP allows only where the server lists folders (object stores do not: consolidate its
+metadata, ``zarr.consolidate_metadata``). Reads index only the chunks a window touches; each array is opened
+once per process and kept in the LRU of open files (:mod:`.handles`), as reopening it costs about as much as a
+crop.
 """
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.errors
 
 from . import handles
 from .errors import ErrorPolicy, OnError, as_policy
 from .fields import Field, FieldError, resolve_channels
+from .remote import is_url, join, require_fsspec
 from .samplers import Window
 
 
@@ -46,7 +52,7 @@ class ZarrField(Field):
 
     def _open(self) -> zarr.Array:
         # The process-wide cache holds the array, not the field, so fields stay small to pickle.
-        return handles.cache().get((Path(self.store) / self.path, "zarr"), self._open_array)
+        return handles.cache().get((join(self.store, self.path), "zarr"), self._open_array)
 
     def _open_array(self) -> zarr.Array:
         try:
@@ -81,7 +87,12 @@ def zarr_fields(
     With ``subsets``, ``channels`` is a vocabulary: each named image holds any of them.
     """
     path = str(path)
-    node = zarr.open(store=path, mode="r")
+    if is_url(path):
+        require_fsspec(path)  # zarr opens URLs through fsspec
+    try:
+        node = zarr.open(store=path, mode="r")
+    except zarr.errors.NodeNotFoundError as err:  # what a URL without a store gives; a missing folder says so
+        raise FileNotFoundError(f"no Zarr array or group at {path}") from err
     naming = {"channel_map": channel_map, "channels": channels, "subsets": subsets}
     if isinstance(node, zarr.Array):
         return _plain_fields(path, node, naming)

@@ -1,0 +1,166 @@
+"""Data at URLs: COGs/GeoTIFFs through GDAL's virtual file systems, TIFFs, manifests and Zarr through fsspec.
+
+A *location* is a local :class:`~pathlib.Path` or a URL string (``http://``, ``https://``, ``s3://``,
+``gs://``). URLs stay strings throughout the readers: ``Path("https://host/a.tif")`` would fold the ``//``
+and lose the host. Local paths take exactly the code paths they always took; only URLs go through here.
+
+* Rasters (:class:`~domainmae.data.raster.RasterScene`) open ``/vsicurl/``, ``/vsis3/`` or ``/vsigs/`` paths
+  inside :func:`gdal_env`, GDAL's settings for cloud-optimised reads (what the GDAL and rio-cogeo docs advise):
+  no directory listing or sidecar probing on open (``benchmarks/remote.py``: 10 requests to open a COG
+  without them, 2 with), consecutive tile ranges merged into one request, HTTP/2 multiplexing and a cache
+  of fetched ranges. The settings apply to remote opens and reads only, never to local files.
+* Microscopy TIFFs, manifests and Zarr stores at URLs are read through fsspec (``pip install
+  'domainmae[remote]'``: fsspec and aiohttp; ``s3fs`` or ``gcsfs`` for ``s3://`` and ``gs://``), imported
+  only when a URL is read.
+"""
+from __future__ import annotations
+
+import io
+import posixpath
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+#: A local file or folder, or a URL string.
+Location = Path | str
+
+#: URL schemes the readers accept, with the GDAL virtual file system that reads each.
+GDAL_PREFIXES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
+
+#: The fsspec filesystem package each scheme needs (what to tell a user who lacks it).
+FSSPEC_PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs"}
+
+#: GDAL settings for remote rasters (GDAL's "configuration options", set for remote files only).
+GDAL_REMOTE_OPTIONS: dict[str, Any] = {
+    # Without it GDAL lists the parent "directory" and probes for .aux.xml/.ovr/.msk sidecars on every open.
+    # gdal_env adds CPL_VSIL_CURL_ALLOWED_EXTENSIONS, the file's own extension, which stops requests for
+    # any other file; a fixed list (.tif,.tiff) would make GDAL refuse URLs without one (API endpoints).
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    # A window spanning adjacent tiles is fetched in one request rather than one per tile.
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    # Many tile requests over one HTTP/2 connection where the server speaks it (HTTPS; GDAL's default, stated
+    # because the two settings above are what make it pay).
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    # Fetched bytes are kept, since a training run reads overlapping windows of the same scenes many times:
+    # per open file (4 MB, so the 128 files a process keeps open hold at most 512 MB) and across files in
+    # curl's process-wide cache. Decoded blocks go to GDAL's block cache, left at GDAL's default (5 % of RAM):
+    # GDAL reads GDAL_CACHEMAX once per process, so setting it here would depend on which file came first.
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": 4 * 2**20,
+    "CPL_VSIL_CURL_CACHE_SIZE": 256 * 2**20,
+    "GDAL_HTTP_MAX_RETRY": 3,  # object stores answer 429/503 under load; GDAL retries those with back-off
+    "GDAL_HTTP_RETRY_DELAY": 0.5,
+}
+
+
+class MissingDependencyError(ImportError):
+    """A URL needs an optional package that is not installed; the message names the URL and what to install."""
+
+
+def is_url(location: object) -> bool:
+    """True for a URL string of a scheme the readers know (``http``, ``https``, ``s3``, ``gs``)."""
+    return isinstance(location, str) and urlsplit(location).scheme in GDAL_PREFIXES
+
+
+def as_location(value: str | Path) -> Location:
+    """``value`` as a location: URLs stay strings, anything else becomes a :class:`Path`."""
+    return value if is_url(value) else Path(value)
+
+
+def pure_path(location: Location) -> PurePosixPath | Path:
+    """The path part of ``location``, for its ``name``, ``stem``, ``suffix`` and ``parent.name``."""
+    return PurePosixPath(urlsplit(location).path) if is_url(location) else Path(location)
+
+
+def parent(location: Location) -> Location:
+    """The folder holding ``location``."""
+    return join(location, "..") if is_url(location) else Path(location).parent
+
+
+def join(base: Location, *parts: str | Path) -> Location:
+    """``base`` joined with ``parts``, like ``Path /``: a URL or absolute part replaces what came before.
+
+    URL paths are normalised (``.`` and ``..`` resolved), so a manifest's ``PathName`` of ``.`` or
+    ``../images`` works at a URL as it does on disk.
+    """
+    location = as_location(base)
+    for part in map(str, parts):
+        if is_url(part) or not is_url(location):
+            location = as_location(part) if is_url(part) else Path(location) / part
+            continue
+        scheme, netloc, path, query, fragment = urlsplit(location)
+        path = posixpath.normpath(posixpath.join(path or "/", part))
+        location = urlunsplit((scheme, netloc, path, query, fragment))
+    return location
+
+
+def gdal_path(location: Location) -> Location:
+    """What GDAL opens for ``location``: ``/vsicurl/<url>``, ``/vsis3/<bucket>/<key>``, ``/vsigs/...``."""
+    if not is_url(location):
+        return location
+    scheme = urlsplit(location).scheme
+    # /vsicurl/ takes the whole URL; /vsis3/ and /vsigs/ take bucket/key and sign requests themselves.
+    return GDAL_PREFIXES[scheme] + (location if scheme in ("http", "https") else location.split("://", 1)[1])
+
+
+def gdal_env(location: Location) -> AbstractContextManager[Any]:
+    """GDAL's remote settings (:data:`GDAL_REMOTE_OPTIONS`) around a remote open or read; nothing for files."""
+    if not is_url(location):
+        return nullcontext()
+    import rasterio  # here, so that modules reading only microscopy data do not load GDAL
+
+    suffix = pure_path(location).suffix
+    allowed = {"CPL_VSIL_CURL_ALLOWED_EXTENSIONS": suffix} if suffix else {}
+    return rasterio.Env(**GDAL_REMOTE_OPTIONS, **allowed)
+
+
+def _missing(url: str, package: str, err: ImportError) -> MissingDependencyError:
+    extra = "pip install 'domainmae[remote]'" if package in ("fsspec", "aiohttp") else f"pip install {package}"
+    return MissingDependencyError(f"reading {url} needs the optional package {package} ({extra}): {err}")
+
+
+def require_fsspec(url: str) -> None:
+    """Import fsspec and its filesystem for ``url``'s scheme, or raise :class:`MissingDependencyError`
+    naming the URL and what to install."""
+    try:
+        import fsspec
+    except ImportError as err:
+        raise _missing(url, "fsspec", err) from err
+    scheme = urlsplit(url).scheme
+    try:
+        fsspec.get_filesystem_class(scheme)  # imports aiohttp, s3fs or gcsfs
+    except ImportError as err:
+        raise _missing(url, FSSPEC_PACKAGES[scheme], err) from err
+
+
+def open_file(url: str) -> Any:
+    """An :class:`fsspec.core.OpenFile` for ``url``, for binary reads (tifffile and ``with`` open it)."""
+    require_fsspec(url)
+    import fsspec
+
+    return fsspec.open(url, "rb")
+
+
+def read_bytes(url: str) -> bytes:
+    """The whole file at ``url``; a missing file raises ``FileNotFoundError`` naming the URL."""
+    with open_file(url) as handle:
+        return handle.read()
+
+
+def whole_file(location: Location) -> Location | io.BytesIO:
+    """What PIL, numpy and pyarrow open for a file they read whole: a local path itself, or the bytes at a URL."""
+    return io.BytesIO(read_bytes(location)) if is_url(location) else location
+
+
+def read_list(path: str | Path) -> list[Location]:
+    """The locations a ``.txt`` list names, one a line (blank lines and lines starting with ``#`` skipped).
+
+    Relative entries are resolved against the list's own folder (or URL), as a manifest's paths are.
+    """
+    text = read_bytes(path).decode() if is_url(path) else Path(path).read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    locations = [join(parent(as_location(path)), line) for line in lines if line and not line.startswith("#")]
+    if not locations:
+        raise ValueError(f"the list {path} names no file")
+    return locations
