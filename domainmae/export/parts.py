@@ -107,17 +107,23 @@ def write_parts(output: Path, info: DistInfo, write: Callable[[Path], None],
     """Every rank's ``write(folder)`` into one temporary folder beside ``output``; once all succeeded, rank 0's
     ``finish(folder)``, then the folder replaces ``output``. On any failure the folder is removed and an
     existing ``output`` stays as it was. Returns ``output``."""
-    with ExitStack() as stack:  # rank 0 holds the folder: removed on any exception, renamed by stack.close()
-        (folder, *_) = on_every_rank(info, lambda: stack.enter_context(atomic_dir(output)) if info.is_main else None,
-                                     output)  # fmt: skip
-        on_every_rank(info, lambda: write(folder), output)
+    try:
+        with ExitStack() as stack:  # rank 0 holds the folder: removed on any exception, renamed by stack.close()
+            (folder, *_) = on_every_rank(info, lambda: stack.enter_context(atomic_dir(output)) if info.is_main
+                                         else None, output)  # fmt: skip
+            on_every_rank(info, lambda: write(folder), output)
 
-        def close() -> None:
-            if info.is_main:
-                finish(folder)
-                stack.close()
+            def close() -> None:
+                if info.is_main:
+                    finish(folder)
+                    stack.close()
 
-        on_every_rank(info, close, output)
+            on_every_rank(info, close, output)
+    except BaseException:
+        # Every rank raises at the same step; wait until rank 0 has removed the folder, since torchrun stops the
+        # other processes as soon as the failed one exits.
+        dist.barrier()
+        raise
     return output
 
 
