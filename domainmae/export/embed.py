@@ -4,7 +4,8 @@ The orchestrator: it resolves the checkpoint, recipe, channels and output format
 (:mod:`~domainmae.export.stream`), computes what the writer needs up front (column types from the
 manifest or scenes, the footprint CRS, the patch grid), and hands the stream to the writer that
 :data:`WRITERS` names for the format (:mod:`~domainmae.export.writers`). A new output format is a
-writer in ``writers/`` plus its entries in :data:`FORMATS`, :data:`SUFFIXES` and :data:`WRITERS`.
+writer in ``writers/`` plus its entries in :data:`FORMATS`, :data:`SUFFIXES` and :data:`WRITERS` (and
+:data:`PARTITIONED` if several torchrun processes can write it in parts: :mod:`~domainmae.export.parts`).
 The data are tiled deterministically (grid windows, no masking, no augmentation) and normalised
 exactly as in training (the run's recipe and band statistics).
 """
@@ -191,7 +192,10 @@ def embed(
         output: ``.parquet``/``.h5ad`` (microscopy: one row per tile/image/well, ``Metadata_*`` + ``emb_XXXX``),
             ``.parquet`` (EO: GeoParquet of window footprints), ``.tif`` or ``.zarr`` (EO: per-patch embedding
             raster ``[D, H/p, W/p]``; a folder of ``<scene>.tif``/``<scene>.zarr`` when there are several
-            scenes, with ``format`` naming the kind). ``format`` overrides the suffix.
+            scenes, with ``format`` naming the kind). ``format`` overrides the suffix. Under torchrun with
+            several processes, a ``.parquet`` output is a folder of one part per process plus ``_metadata``,
+            read as one table, and each process writes its own scenes' rasters (:mod:`~domainmae.export.parts`);
+            ``.h5ad`` is refused.
         data: dataset path (default: the run's own ``data.path``); ``overrides`` are further recipe
             ``key=value`` settings (e.g. ``data.format=pattern``).
         pool: ``mean`` of patch tokens, the ``cls`` token, or ``channels`` (each chosen channel's token mean,
