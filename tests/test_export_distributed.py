@@ -5,6 +5,7 @@ the suite pays the start of two processes once."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -79,6 +80,14 @@ def _wells_manifest(folder: Path) -> Path:
     return path
 
 
+def _one_scene(folder: Path) -> Path:
+    """The first BigEarthNet S2 patch and its S1 pair alone (copies; the reader does not follow links)."""
+    for sensor, name in (("S2", "S2A_MSIL2A_20170613T101031_87_48"), ("S1", "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48")):
+        shutil.copytree(SAMPLES / "bigearthnet-mm" / f"BigEarthNet-{sensor}-Example" / name,
+                        folder / f"BigEarthNet-{sensor}-Example" / name)  # fmt: skip
+    return folder
+
+
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory) -> dict:
     """Tiny fly and S1+S2 models (one step each), and every job run once by two processes: their outputs and
@@ -96,6 +105,7 @@ def launch(tmp_path_factory) -> dict:
         "h5ad": {"kwargs": {"checkpoint": str(fly), "output": "tiles.h5ad"}},
         "chips": {"kwargs": {"checkpoint": str(ben), "output": "chips.parquet", "crs": "EPSG:4326", "batch_size": 8}},
         "rasters": {"kwargs": {"checkpoint": str(ben), "output": "rasters", "format": "geotiff"}},
+        "one_file": {"kwargs": {"checkpoint": str(ben), "output": "scene.tif", "data": str(_one_scene(root / "one_scene"))}},
         "failed": {"kwargs": {"checkpoint": str(fly), "output": "keep.parquet", "overwrite": True}, "fail_rank": 1},
     }  # fmt: skip
     for job in jobs.values():
@@ -163,6 +173,14 @@ def test_each_scene_raster_is_written_once_and_equals_the_single_process_one(lau
         (a, ta, ca, pa_), (b, tb, cb, pb) = read_embedding_raster(single / name), read_embedding_raster(folder / name)
         np.testing.assert_array_equal(a, b)
         assert ta == tb and ca == cb and pa_ == pb
+
+
+def test_a_one_scene_raster_file_is_written_by_one_process(launch):
+    assert launch["outcomes"]["one_file"] == ["ok", "ok"]
+    (a, ta, ca, pa_), (b, tb, cb, pb) = (read_embedding_raster(_single(launch, "one_file")),
+                                         read_embedding_raster(Path(launch["jobs"]["one_file"]["kwargs"]["output"])))
+    np.testing.assert_array_equal(a, b)
+    assert ta == tb and ca == cb and pa_ == pb
 
 
 def test_h5ad_cannot_be_split_and_is_refused_by_every_process(launch):
