@@ -3,15 +3,19 @@
 Builds a synthetic plate (3-channel 16-bit TIFF fields) and a small channel-agnostic model, then runs
 ``domainmae.embed`` to Parquet in a fresh subprocess per scale, so each peak RSS (``ru_maxrss``) belongs
 to one export alone. The 10x manifest lists the same fields ten times, so only the amount of data
-changes. With streamed writing the peak RSS should stay flat while the file grows tenfold.
+changes. With streamed writing the peak RSS should stay flat while the file grows tenfold. With
+``--processes 1 2`` each scale also runs under ``torchrun`` with 2 processes (a folder of Parquet parts);
+seconds are rank 0's ``embed`` call, which returns once every process has finished, and RSS is rank 0's.
 
     python benchmarks/embed.py [--fields 16] [--size 256] [--tile 32] [--embed-dim 384] [--format parquet]
+                               [--processes 1 2]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -66,7 +70,8 @@ def make_checkpoint(root: Path, manifest: Path, tile: int, embed_dim: int) -> Pa
 
 
 def run_one(checkpoint: str, manifest: str, output: str, batch_size: int) -> None:
-    """Child process: one export, then a JSON line with rows, seconds and peak RSS."""
+    """Child process (rank 0 of a torchrun launch reports): one export, then a JSON line with rows, seconds,
+    peak RSS and bytes (of every file, for a folder of parts)."""
     import pyarrow.parquet as pq
 
     import domainmae
@@ -74,9 +79,14 @@ def run_one(checkpoint: str, manifest: str, output: str, batch_size: int) -> Non
     start = time.perf_counter()
     domainmae.embed(checkpoint, data=manifest, output=output, batch_size=batch_size, progress=False)
     seconds = time.perf_counter() - start
-    rows = pq.ParquetFile(output).metadata.num_rows if output.endswith(".parquet") else None
+    if os.environ.get("RANK", "0") != "0":
+        return
+    path = Path(output)
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+    rows = pq.read_metadata(path / "_metadata" if path.is_dir() else path).num_rows if output.endswith(".parquet") else None
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mb": peak_mb, "bytes": Path(output).stat().st_size}))
+    print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mb": peak_mb,
+                      "bytes": sum(f.stat().st_size for f in files)}))  # fmt: skip
 
 
 def main() -> None:
@@ -87,6 +97,8 @@ def main() -> None:
     parser.add_argument("--embed-dim", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--format", choices=["parquet", "h5ad"], default="parquet")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1],
+                        help="process counts to compare; above 1 a torchrun launch (parquet only)")  # fmt: skip
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -98,18 +110,21 @@ def main() -> None:
           f"torch {torch.__version__}, python {platform.python_version()}")  # fmt: skip
     print(f"# {args.fields} fields of {args.size}x{args.size} px x 3 channels, {args.tile} px tiles, "
           f"D={args.embed_dim}, batch {args.batch_size}, {args.format}")  # fmt: skip
-    print(f"{'scale':>5} {'rows':>8} {'seconds':>8} {'emb/s':>8} {'peak RSS MB':>12} {'file MB':>8}")
+    print(f"{'scale':>5} {'procs':>5} {'rows':>8} {'seconds':>8} {'emb/s':>8} {'peak RSS MB':>12} {'file MB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         rows = make_plate(root, args.fields, args.size)
         checkpoint = make_checkpoint(root, write_manifest(root / "x1.csv", rows, 1), args.tile, args.embed_dim)
-        for scale in (1, 10):
+        for scale, procs in ((scale, procs) for scale in (1, 10) for procs in args.processes):
             manifest = write_manifest(root / f"x{scale}.csv", rows, scale)
-            output = root / f"x{scale}.{args.format}"
-            child = [sys.executable, __file__, "--child", str(checkpoint), str(manifest), str(output), str(args.batch_size)]
+            output = root / f"x{scale}-{procs}.{args.format}"
+            # torchrun gives each of several processes one OpenMP thread; one process keeps torch's default.
+            launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)] if procs > 1 else []
+            child = [sys.executable, *launch, __file__, "--child", str(checkpoint), str(manifest), str(output),
+                     str(args.batch_size)]  # fmt: skip
             result = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             n = result["rows"] or args.fields * scale * (args.size // args.tile) ** 2
-            print(f"{scale:>5} {n:>8} {result['seconds']:>8.1f} {n / result['seconds']:>8.0f} "
+            print(f"{scale:>5} {procs:>5} {n:>8} {result['seconds']:>8.1f} {n / result['seconds']:>8.0f} "
                   f"{result['peak_rss_mb']:>12.0f} {result['bytes'] / 2**20:>8.1f}")  # fmt: skip
 
 

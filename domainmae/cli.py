@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import re
 import signal
 import sys
@@ -105,7 +106,8 @@ def _embed(args: argparse.Namespace) -> int:
         crs=args.crs, dtype=args.dtype, overrides=args.set, overwrite=args.overwrite, progress=not args.quiet,
         features=args.features, seed=args.seed,
     )  # fmt: skip
-    print(f"wrote {path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the one output
+        print(f"wrote {path}")
     return 0
 
 

@@ -1,6 +1,8 @@
 """Shared test fixtures: tiny model settings so the suite stays fast on a 2-core CPU."""
 from __future__ import annotations
 
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,3 +19,15 @@ TINY = dict(
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*script: str) -> list[str]:
+    """The command line of a two-process torchrun launch of ``script`` (``-m module ...`` or a file) on a free port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+            *script]  # fmt: skip

@@ -4,7 +4,6 @@ Slurm example script, run here with stand-ins for ``srun`` and ``scontrol``: SIG
 checkpoints and requeues, and the requeued job resumes."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import torch
 from domainmae.train import load_checkpoint
 from domainmae.train.interrupts import StopRequests
 from domainmae.train.logging import read_metrics
+
+from .conftest import free_port, torchrun
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,17 +56,6 @@ sys.exit(main(["pretrain", *sys.argv[1:]]))
 """
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(*script: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_port()),
-            *script]  # fmt: skip
-
-
 def _assert_same_run(straight: Path, resumed: Path) -> None:
     a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(resumed / "metrics.jsonl")
     assert [r["step"] for r in b] == list(range(1, STEPS + 1))
@@ -80,7 +70,7 @@ def _assert_same_run(straight: Path, resumed: Path) -> None:
 def straight(tmp_path_factory) -> Path:
     """Two processes, never stopped: what every stopped and resumed run must reproduce."""
     run = tmp_path_factory.mktemp("straight") / "run"
-    done = subprocess.run(_torchrun("-m", "domainmae", "pretrain", "--output", str(run), *ARGS), env=ENV,
+    done = subprocess.run(torchrun("-m", "domainmae", "pretrain", "--output", str(run), *ARGS), env=ENV,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return run
@@ -89,13 +79,13 @@ def straight(tmp_path_factory) -> Path:
 def test_sigterm_to_a_two_process_run_stops_both_at_one_boundary_and_resumes_exactly(straight, tmp_path):
     script, run = tmp_path / "inject.py", tmp_path / "run"
     script.write_text(INJECT)
-    stopped = subprocess.run(_torchrun(str(script), "--output", str(run), *ARGS), env=ENV, capture_output=True,
+    stopped = subprocess.run(torchrun(str(script), "--output", str(run), *ARGS), env=ENV, capture_output=True,
                              text=True)  # fmt: skip
     assert stopped.returncode != 0
     assert stopped.stderr.count("stopped by SIGTERM after step 3; checkpoint written") == 2, stopped.stderr[-3000:]
     assert load_checkpoint(run)[1]["step"] == 3  # the step the signal arrived in was finished
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
-    resumed = subprocess.run(_torchrun("-m", "domainmae", "pretrain", "--output", str(run), "--resume", *ARGS),
+    resumed = subprocess.run(torchrun("-m", "domainmae", "pretrain", "--output", str(run), "--resume", *ARGS),
                              env=ENV, capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(straight, run)
@@ -118,7 +108,7 @@ def test_the_slurm_script_checkpoints_on_sigusr1_requeues_and_the_requeued_job_r
     run = tmp_path / "run"
     env = {**ENV, "PATH": f"{bin_}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
            "SLURM_JOB_NAME": "test", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost", "GPUS_PER_NODE": "2",
-           "PORT": str(_port()), "RUN": str(run)}  # fmt: skip
+           "PORT": str(free_port()), "RUN": str(run)}  # fmt: skip
     command = ["bash", str(ROOT / "datasets" / "slurm" / "pretrain.sbatch"), *ARGS[2:]]  # the recipe is the default
     job = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics, deadline = run / "metrics.jsonl", time.monotonic() + 300

@@ -4,7 +4,8 @@ The orchestrator: it resolves the checkpoint, recipe, channels and output format
 (:mod:`~domainmae.export.stream`), computes what the writer needs up front (column types from the
 manifest or scenes, the footprint CRS, the patch grid), and hands the stream to the writer that
 :data:`WRITERS` names for the format (:mod:`~domainmae.export.writers`). A new output format is a
-writer in ``writers/`` plus its entries in :data:`FORMATS`, :data:`SUFFIXES` and :data:`WRITERS`.
+writer in ``writers/`` plus its entries in :data:`FORMATS`, :data:`SUFFIXES` and :data:`WRITERS` (and
+:data:`PARTITIONED` if several torchrun processes can write it in parts: :mod:`~domainmae.export.parts`).
 The data are tiled deterministically (grid windows, no masking, no augmentation) and normalised
 exactly as in training (the run's recipe and band statistics).
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import pyarrow as pa
 import torch
 from affine import Affine
@@ -27,7 +29,9 @@ from ..models import MaskedAutoencoder, create_model
 from ..models.mae import POOLS
 from ..pipeline import microscopy_fields, normalizer, sentinel_scenes
 from ..recipes import Recipe, resolve_recipe
-from ..runtime import Trained, load_trained, resolve_device
+from ..runtime import Trained, load_trained
+from ..train.distributed import DistInfo
+from .parts import conform, join_processes, owned, write_raster_parts, write_table_parts
 from .profile import LEVEL_STRATA, aggregate
 from .raw import raw_feature_names
 from .stream import (
@@ -47,7 +51,6 @@ from .writers.raster import (
     read_embedding_raster,
     write_geotiff,
     write_int8_geotiff,
-    write_rasters,
     write_zarr,
 )
 from .writers.tables import (
@@ -67,6 +70,7 @@ FORMATS = {"microscopy": ("parquet", "h5ad"), "sentinel": ("geoparquet", "geotif
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad", ".tif": "geotiff", ".tiff": "geotiff",
             ".zarr": "zarr"}  # fmt: skip
 RASTERS = ("geotiff", "zarr")  # per-patch outputs: no pooling, one value per patch
+PARTITIONED = ("parquet", "geoparquet", *RASTERS)  # formats a torchrun launch writes as one part per process
 #: Format -> writer (``geotiff-int8``: GeoTIFF with ``dtype="int8"``). Table writers take row tables, the
 #: GeoParquet writer grouped (metas, embeddings) batches, raster writers one scene's strips: the feeders
 #: below (``embed_fields``, ``embed_windows``, ``embed_rasters``) shape the stream for each.
@@ -123,13 +127,18 @@ def recipe_channels(recipe: Recipe, model: MaskedAutoencoder) -> dict[str, list[
     return {s: [b["name"] if isinstance(b, dict) else b for b in bands] for s, bands in (section.sensors or {}).items()}
 
 
-def export_items(recipe: Recipe, stride: int | None) -> TransformedItems:
-    """Items (lists of normalised samples) in a fixed order: every grid tile of every field/scene."""
+def export_sources(recipe: Recipe) -> list[Any]:
+    """Every field (microscopy) or scene (EO) of the recipe's data, in order."""
+    section = recipe.data
+    return microscopy_fields(section) if section.kind == "microscopy" else sentinel_scenes(section)
+
+
+def export_items(recipe: Recipe, sources: Sequence[Any], stride: int | None) -> TransformedItems:
+    """Items (lists of normalised samples) in a fixed order: every grid tile of every field/scene of ``sources``."""
     section = recipe.data
     if section.normalize == "stats" and not section.band_stats:
         raise ValueError(f"recipe {recipe.name!r} has no data.band_stats; the run should have stored them")
     normalize = normalizer(section, section.band_stats)
-    sources = microscopy_fields(section) if section.kind == "microscopy" else sentinel_scenes(section)
     tiles = WindowDataset(sources, section.crop_size, sampling="grid", stride=stride, on_error=section.on_error)
     return TransformedItems(tiles, normalize)
 
@@ -188,7 +197,10 @@ def embed(
         output: ``.parquet``/``.h5ad`` (microscopy: one row per tile/image/well, ``Metadata_*`` + ``emb_XXXX``),
             ``.parquet`` (EO: GeoParquet of window footprints), ``.tif`` or ``.zarr`` (EO: per-patch embedding
             raster ``[D, H/p, W/p]``; a folder of ``<scene>.tif``/``<scene>.zarr`` when there are several
-            scenes, with ``format`` naming the kind). ``format`` overrides the suffix.
+            scenes, with ``format`` naming the kind). ``format`` overrides the suffix. Under torchrun with
+            several processes, a ``.parquet`` output is a folder of one part per process plus ``_metadata``,
+            read as one table, and each process writes its own scenes' rasters (:mod:`~domainmae.export.parts`);
+            ``.h5ad`` is refused.
         data: dataset path (default: the run's own ``data.path``); ``overrides`` are further recipe
             ``key=value`` settings (e.g. ``data.format=pattern``).
         pool: ``mean`` of patch tokens, the ``cls`` token, or ``channels`` (each chosen channel's token mean,
@@ -221,7 +233,8 @@ def embed(
         raise ValueError(f"dtype must be 'float32' or 'int8', got {dtype!r}")
     if features not in ("model", "raw", "random"):
         raise ValueError(f"features must be 'model', 'raw' or 'random', got {features!r}")
-    dev = resolve_device(device)
+    info = join_processes(device)  # under torchrun: this rank's part; else the whole export
+    dev = info.device
     trained = load_trained(checkpoint, dev)
     model = trained.model
     if features == "random":
@@ -232,6 +245,9 @@ def embed(
     recipe = resolve_recipe(trained.recipe, [*([f"data.path={data}"] if data else []), *overrides])
     kind = recipe.data.kind
     fmt = resolve_format(output, format, kind)
+    if info.world > 1 and fmt not in PARTITIONED:
+        raise ValueError(f"{output}: {fmt} cannot be written in parts by {info.world} processes (torchrun); write "
+                         ".parquet, which becomes a folder of parts read as one table, or run one process")  # fmt: skip
     levels = ("tile", "image", "well") if kind == "microscopy" else ("tile", "image")
     if level not in levels:
         raise ValueError(f"level {level!r} does not fit {kind} data; choose one of {', '.join(levels)}")
@@ -254,15 +270,19 @@ def embed(
                                   overrides=overrides, channels_requested=list(channels) if channels else None,
                                   features=features,
                                   seed=seed if features == "random" else None, **extra)  # fmt: skip
-    export = Export(model, recipe, chosen, dev, batch_size, progress, features)
+    export = Export(model, recipe, chosen, dev, batch_size, progress and info.is_main, features)
 
-    items = export_items(recipe, stride)
+    sources = export_sources(recipe)
+    one_file = raster and output.suffix.lower() in RASTER_SUFFIXES[fmt]
+    items = export_items(recipe, owned(sources, info, level=level, one_file=one_file), stride)
     write = WRITERS[f"{fmt}-int8" if dtype == "int8" else fmt]
     if raster:
-        return embed_rasters(export, items, output, write, provenance, stride=stride, suffixes=RASTER_SUFFIXES[fmt])
+        return embed_rasters(export, items, output, write, provenance, info, stride=stride,
+                             suffixes=RASTER_SUFFIXES[fmt])  # fmt: skip
     if kind == "sentinel":
-        return embed_windows(export, items, output, write, provenance, pool=pool, level=level, crs=crs)
-    return embed_fields(export, items, output, write, provenance, pool=pool, level=level)
+        return embed_windows(export, items, output, write, provenance, info, sources=sources, pool=pool, level=level,
+                             crs=crs)  # fmt: skip
+    return embed_fields(export, items, output, write, provenance, info, sources=sources, pool=pool, level=level)
 
 
 def _provenance(path: Path, raster: bool) -> dict[str, Any]:
@@ -311,36 +331,50 @@ def embed_baselines(
 
 
 def embed_fields(export: Export, items: TransformedItems, output: Path, write: Callable[..., Path],
-                 provenance: dict[str, Any], *, pool: str, level: Level) -> Path:  # fmt: skip
-    """Microscopy rows at ``level`` (tiles, images or wells) as tables, into a table writer (Parquet, h5ad)."""
-    # Typed from the whole manifest up front: a column null in the first batches still gets the right type.
-    types = column_types((manifest_metadata(f.meta) for f in items.dataset.sources), f"data {export.recipe.data.path}")
+                 provenance: dict[str, Any], info: DistInfo, *, sources: Sequence[Any], pool: str,
+                 level: Level) -> Path:  # fmt: skip
+    """Microscopy rows at ``level`` (tiles, images or wells) of ``items`` (this rank's fields) as tables, into a
+    table writer (Parquet, h5ad); ``sources``: every field of the export, which types the columns."""
+    # Typed from the whole manifest up front: a column null in the first batches (or in one rank's part)
+    # still gets the right type.
+    types = column_types((manifest_metadata(f.meta) for f in sources), f"data {export.recipe.data.path}")
     stream = embedding_stream(export, items, pool)
     groups = singletons(stream) if level == "tile" else consecutive_groups(stream, lambda m: m["field"])
     tables: Iterable[pa.Table] = field_tables(groups, types, tile=level == "tile")
     if level == "well":  # wells may span non-adjacent fields: gather the images, then average per well
-        df = pa.concat_tables(tables).to_pandas()
-        df = aggregate(df, feature_columns(df.columns), LEVEL_STRATA["well"])
-        tables = [pa.Table.from_pandas(df, preserve_index=False)]
-    return write(output, tables, provenance)
+        tables = conform(info, lambda: well_frame(tables), output)
+    return write_table_parts(output, info, write, tables, provenance)
+
+
+def well_frame(tables: Iterable[pa.Table]) -> pd.DataFrame | None:
+    """Image rows -> one row per well (features averaged; columns constant within every well kept); None
+    without rows."""
+    gathered = list(tables)
+    if not gathered:
+        return None
+    df = pa.concat_tables(gathered).to_pandas()
+    return aggregate(df, feature_columns(df.columns), LEVEL_STRATA["well"])
 
 
 def embed_windows(export: Export, items: TransformedItems, output: Path, write: Callable[..., Path],
-                  provenance: dict[str, Any], *, pool: str, level: Level, crs: str | None) -> Path:  # fmt: skip
-    """EO windows (``level="tile"``) or scenes (``"image"``) with their footprints, into the GeoParquet writer."""
-    scenes = items.dataset.sources
-    target = footprint_crs({scene.name: scene.grid.crs for scene in scenes}, crs, output)
+                  provenance: dict[str, Any], info: DistInfo, *, sources: Sequence[Any], pool: str, level: Level,
+                  crs: str | None) -> Path:  # fmt: skip
+    """EO windows (``level="tile"``) or scenes (``"image"``) of ``items`` (this rank's scenes) with their
+    footprints, into the GeoParquet writer; ``sources``: every scene, which sets the CRS and column types."""
+    target = footprint_crs({scene.name: scene.grid.crs for scene in sources}, crs, output)
     sensors = list(export.channels)
     # Columns typed from every scene up front: a batch of undated scenes then still has a timestamp column.
-    types = column_types(chip_rows([[scene_meta(s)] for s in scenes], sensors), f"data {export.recipe.data.path}")
+    types = column_types(chip_rows([[scene_meta(s)] for s in sources], sensors), f"data {export.recipe.data.path}")
     stream = embedding_stream(export, items, pool)
     groups = singletons(stream) if level == "tile" else consecutive_groups(stream, scene_name)
-    return write(output, groups, provenance, types=types, sensors=sensors, crs=target)
+    return write_table_parts(output, info, write, groups, provenance, types=types, sensors=sensors, crs=target)
 
 
 def embed_rasters(export: Export, items: TransformedItems, output: Path, write: Callable[..., None],
-                  provenance: dict[str, Any], *, stride: int | None, suffixes: Sequence[str]) -> Path:  # fmt: skip
-    """Each scene's blended per-patch embeddings into a raster writer: ``output`` (one scene) or ``output/<scene>``."""
+                  provenance: dict[str, Any], info: DistInfo, *, stride: int | None,
+                  suffixes: Sequence[str]) -> Path:  # fmt: skip
+    """Each scene of ``items`` (this rank's) as blended per-patch embeddings into a raster writer: ``output``
+    (one scene) or ``output/<scene>``."""
     p, size = export.model.patch_size, export.recipe.data.crop_size
     stride = stride if stride is not None else max(p, size // 2 // p * p)
     if stride % p or not 0 < stride <= size:
@@ -353,4 +387,4 @@ def embed_rasters(export: Export, items: TransformedItems, output: Path, write: 
         strips = blended_rows(export, reader, items.transform, stride)  # lazy: a scene is embedded as it is written
         scene_provenance = {**provenance, "scene_id": reader.source.name, "stride": stride}
         scenes.append(SceneStrips(reader.source.name, patches, export.dim, strips, scene_provenance))
-    return write_rasters(output, scenes, write, suffixes)
+    return write_raster_parts(output, info, scenes, write, suffixes)

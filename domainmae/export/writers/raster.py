@@ -201,9 +201,14 @@ def write_rasters(output: Path, scenes: Sequence[SceneStrips], write: RasterWrit
         write(output, scene.grid, scene.dim, scene.strips, scene.provenance)
         return output
     with atomic_dir(output) as tmp:
-        for scene in scenes:
-            write(tmp / f"{scene.name}{suffixes[0]}", scene.grid, scene.dim, scene.strips, scene.provenance)
+        write_scenes(tmp, scenes, write, suffixes[0])
     return output
+
+
+def write_scenes(folder: Path, scenes: Iterable[SceneStrips], write: RasterWriter, suffix: str) -> None:
+    """Each scene's raster by ``write`` into ``folder/<scene><suffix>`` (a scene's file appears once complete)."""
+    for scene in scenes:
+        write(folder / f"{scene.name}{suffix}", scene.grid, scene.dim, scene.strips, scene.provenance)
 
 
 def read_embedding_raster(path: Path) -> tuple[np.ndarray, Affine, CRS | None, dict[str, Any]]:

@@ -194,13 +194,14 @@ def write_embeddings(path: str | Path, df: pd.DataFrame, features: Sequence[str]
 
 
 def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
-    """``(table, feature column names, provenance)`` of a Parquet, GeoParquet or ``.h5ad`` embeddings file.
+    """``(table, feature column names, provenance)`` of a Parquet, GeoParquet or ``.h5ad`` embeddings file, or of
+    a folder of Parquet parts (``embed`` under torchrun: its parts in order, one table).
 
     A GeoParquet ``embedding`` list column is spread into ``emb_XXXX`` columns (geometry is left out).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"embeddings file not found: {path}")
+    if not (path.is_file() or (path.is_dir() and (path / "_metadata").is_file())):
+        raise FileNotFoundError(f"embeddings file (or folder of Parquet parts with a _metadata file) not found: {path}")
     if path.suffix.lower() == ".h5ad":
         adata = _anndata().read_h5ad(path)
         features = list(map(str, adata.var_names))
