@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from domainmae.distributed import setup_distributed
 from domainmae.pipeline import training_loader
 from domainmae.recipes import load_recipe
-from domainmae.train.distributed import setup_distributed
 from domainmae.train.loop import Trainer, _to
 
 

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 import domainmae.export.embed as embed_module
+from domainmae.distributed import DistInfo
 from domainmae.export import read_embeddings
 from domainmae.export.embed import embed
 from domainmae.export.parts import owned
 from domainmae.export.writers.raster import read_embedding_raster
 from domainmae.train import pretrain
-from domainmae.train.distributed import DistInfo
 
 from .conftest import SAMPLES, torchrun
 from .test_export_bigearthnet import TINY_SENTINEL

@@ -25,12 +25,12 @@ from .. import __version__
 from ..data.geo import Grid
 from ..data.loader import TransformedItems
 from ..data.windows import WindowDataset
+from ..distributed import DistInfo
 from ..models import MaskedAutoencoder, create_model
 from ..models.mae import POOLS
 from ..pipeline import microscopy_fields, normalizer, sentinel_scenes
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import Trained, load_trained
-from ..train.distributed import DistInfo
 from .parts import conform, join_processes, owned, write_raster_parts, write_table_parts
 from .profile import LEVEL_STRATA, aggregate
 from .raw import raw_feature_names

@@ -1,7 +1,7 @@
 """An export split over the processes of a ``torchrun`` launch: who embeds what, and how the parts become one output.
 
 * :func:`join_processes`: this process's place (rank, world, device) from torchrun's environment, joining
-  the process group (the training setup, :func:`~domainmae.train.distributed.setup_distributed`); alone
+  the process group (the same setup as training, :func:`~domainmae.distributed.setup_distributed`); alone
   without torchrun.
 * :func:`owned`: contiguous blocks of the units that own rows (a field, a well, a scene), so that every
   unit, and so every row that averages over it and every per-scene raster, is made by one process, and
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch.distributed as dist
 
 from ..atomic import atomic_dir
-from ..train.distributed import DistInfo, cleanup_distributed, setup_distributed
+from ..distributed import DistInfo, cleanup_distributed, setup_distributed
 from .profile import LEVEL_STRATA
 from .writers.raster import SceneStrips, write_rasters, write_scenes
 

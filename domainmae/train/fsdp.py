@@ -11,8 +11,8 @@ import torch
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from ..distributed import DistInfo
 from ..models import MaskedAutoencoder
-from .distributed import DistInfo
 
 
 def mixed_precision(device: torch.device, bf16: bool) -> MixedPrecisionPolicy:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data.loader import chunk_rows, skipped_reads
+from ..distributed import DistInfo, cleanup_distributed, mean_over_processes, setup_distributed
 from ..models import MaskedAutoencoder, create_model, load_pretrained
 from ..models.imae import training_mix
 from ..pipeline import TrainingData, build_training_data, training_loader
@@ -39,7 +40,6 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )  # fmt: skip
-from .distributed import DistInfo, cleanup_distributed, mean_over_processes, setup_distributed
 from .fsdp import shard_model
 from .interrupts import Stopped, StopRequests
 from .logging import MetricsLog, progress_bar

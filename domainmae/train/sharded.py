@@ -22,9 +22,9 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
 from ..atomic import atomic_dir
+from ..distributed import DistInfo
 from ..runtime import SHARDED_STATE, RunDir, is_sharded, single_process_dcp
 from .checkpoint import save_checkpoint
-from .distributed import DistInfo
 
 
 def _from_main(value: Any, info: DistInfo) -> Any:

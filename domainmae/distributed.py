@@ -1,4 +1,5 @@
-"""torchrun / DDP setup: one process per device, NCCL on GPUs, gloo on CPUs."""
+"""torchrun process groups, shared by training (DDP/FSDP) and distributed embedding export: one process per
+device, NCCL on GPUs, gloo on CPUs."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..runtime import resolve_device
+from .runtime import resolve_device
 
 
 @dataclass(frozen=True)
