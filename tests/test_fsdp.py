@@ -22,8 +22,8 @@ from domainmae.train import load_checkpoint, pretrain
 from domainmae.train.checkpoint import prune_checkpoints
 from domainmae.train.logging import read_metrics
 
-from .conftest import TINY
-from .test_preemption import ENV, _torchrun
+from .conftest import TINY, torchrun
+from .test_preemption import ENV
 
 STEPS = 6
 RTOL = 1e-5
@@ -43,7 +43,7 @@ def _cli(*overrides: str) -> list[str]:
 
 
 def _two_processes(output: Path, *extra: str, overrides=FSDP) -> Path:
-    done = subprocess.run(_torchrun("-m", "domainmae", "pretrain", "--output", str(output), *extra, *_cli(*overrides)),
+    done = subprocess.run(torchrun("-m", "domainmae", "pretrain", "--output", str(output), *extra, *_cli(*overrides)),
                           env=ENV, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return output
