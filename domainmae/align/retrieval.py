@@ -1,0 +1,71 @@
+"""Recall@k both ways, its chance level, and a bag-of-words baseline that retrieves without a text tower.
+
+Captions repeat (a metadata template gives one text per condition), so retrieval runs over the test rows'
+distinct captions: image->text asks whether an image's own caption is among the k captions it ranks highest;
+text->image asks, for each distinct caption, whether any of the k images it ranks highest carries it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import comb
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+KS = (1, 5, 10)
+
+
+def recall_at_k(similarity: np.ndarray, captions: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    """``{"i2t@k", "t2i@k"}`` from ``similarity`` ``[N images, T captions]`` and each image's caption id
+    ``captions`` ``[N]`` (0..T-1)."""
+    text_rank = np.argsort(-similarity, axis=1, kind="stable")  # [N, T]
+    image_rank = np.argsort(-similarity.T, axis=1, kind="stable")  # [T, N]
+    found = {}
+    for k in ks:
+        found[f"i2t@{k}"] = float((text_rank[:, :k] == captions[:, None]).any(axis=1).mean())
+        top = captions[image_rank[:, :k]]  # [T, k] the captions of each caption's k best images
+        found[f"t2i@{k}"] = float((top == np.arange(similarity.shape[1])[:, None]).any(axis=1).mean())
+    return found
+
+
+def chance_recall(captions: np.ndarray, n_captions: int, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Expected recall@k of a random ranking, for the same ``captions`` ``[N]`` over ``n_captions``."""
+    n = len(captions)
+    counts = np.bincount(captions, minlength=n_captions)
+    found = {}
+    for k in ks:
+        found[f"i2t@{k}"] = min(k, n_captions) / n_captions
+        # A caption misses when all k images drawn (without replacement) are among the n - count others.
+        found[f"t2i@{k}"] = float(np.mean([1 - comb(n - c, k) / comb(n, k) for c in counts]))
+    return found
+
+
+def bag_of_words_similarity(train_x: np.ndarray, train_texts: Sequence[str], test_x: np.ndarray,
+                            captions: Sequence[str]) -> np.ndarray:  # fmt: skip
+    """Similarity ``[N test, T]`` of a baseline with no text tower: ridge regression from the (standardised)
+    image embeddings ``[N train, D]`` to the TF-IDF vector of their captions, then cosine to each caption's."""
+    words = TfidfVectorizer().fit(train_texts)
+    target = words.transform(train_texts).toarray()
+    predicted = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(train_x, target).predict(test_x)
+    vectors = words.transform(list(captions)).toarray()
+    return unit(predicted) @ unit(vectors).T
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length (zero rows stay zero)."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm == 0, 1, norm)
+
+
+def format_scores(scores: dict) -> str:
+    """Held-out recall@k (``held_out_scores``' dict) as a text table: model, bag of words, chance."""
+    ks = sorted({int(key.split("@")[1]) for key in scores["model"]})
+    head = f"held-out rows {scores['n_test']} (train {scores['n_train']}), distinct captions {scores['n_captions']}"
+    lines = [head, f"{'':<14}" + "".join(f"{f'{way} recall@{k}':>18}" for way in ("i2t", "t2i") for k in ks)]
+    for name in ("model", "bag_of_words", "chance"):
+        row = scores[name]
+        lines.append(f"{name:<14}" + "".join(f"{row[f'{way}@{k}']:>18.3f}" for way in ("i2t", "t2i") for k in ks))
+    return "\n".join(lines)

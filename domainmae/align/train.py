@@ -1,0 +1,186 @@
+"""``align``: train a projection head and a text tower on a frozen MAE's embeddings; ``search`` ranks by text.
+
+The encoder stays frozen, so every row is embedded once (``domainmae.embed``, or any embeddings file it
+wrote) and training runs on the cached vectors: fast, and the MAE is reused as it is. Captions come from a
+template filled from each row's metadata (``"cells treated with {Metadata_pert_iname}"``; a list cell, such as
+BigEarthNet's CORINE ``labels``, joins with commas). Held-out rows come from the same splits as ``evaluate``
+(:mod:`~domainmae.export.splits`: random, by a group column, ``COLUMN=VALUE``), and are scored by recall@k
+both ways beside a bag-of-words baseline and chance (:mod:`~domainmae.align.retrieval`).
+
+An aligned folder holds ``align.json`` (the encoder's checkpoint and hash, template, settings, held-out
+scores), ``head.safetensors`` (image projection and temperature) and the text tower (``text.*``).
+"""
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_write_text
+from ..export.embed import embed
+from ..export.splits import split_rows
+from ..export.writers.tables import read_embeddings
+from .model import AlignModel
+from .retrieval import bag_of_words_similarity, chance_recall, recall_at_k
+from .text import TextTower, TextTowerConfig
+
+INFO, HEAD = "align.json", "head.safetensors"
+#: The text tower trained from scratch by default: small, as captions from metadata templates are few and short.
+DEFAULT_TEXT = TextTowerConfig(embed_dim=128, width=256, heads=4, layers=3, context_length=32)
+
+
+def fill_template(df: pd.DataFrame, template: str, source: str = "the table") -> list[str]:
+    """One caption per row of ``df``: ``template``'s ``{column}`` fields filled from that row."""
+    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    if not fields:
+        raise ValueError(f"text template {template!r} names no column; write e.g. 'cells treated with {{Metadata_pert}}'")
+    missing = [name for name in dict.fromkeys(fields) if name not in df.columns]
+    if missing:
+        meta = [c for c in df.columns if not c.startswith("emb_")]
+        raise KeyError(f"text template column(s) {missing} not in {source}; it has {meta}")
+    for name in fields:
+        empty = df[name].isna()  # a list cell (CORINE labels) is not NA
+        if empty.any():
+            raise ValueError(f"column {name!r} of {source} is empty in {int(empty.sum())} row(s), the first at row "
+                             f"{int(np.flatnonzero(empty)[0])}; a caption needs a value")  # fmt: skip
+
+    def text(value: Any) -> str:
+        return ", ".join(map(str, value)) if isinstance(value, (list, tuple, np.ndarray)) else str(value)
+
+    return [template.format(**{name: text(row[name]) for name in fields}) for _, row in df.iterrows()]
+
+
+def fit(model: AlignModel, x: torch.Tensor, texts: list[str], steps: int, batch_size: int, lr: float,
+        seed: int) -> list[float]:  # fmt: skip
+    """Train ``model`` on pairs (``x`` ``[N, D]``, ``texts``) for ``steps`` AdamW steps; the loss of each step."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)  # CLIP/MAE decay
+    losses = []
+    model.train()
+    for _ in range(steps):
+        batch = torch.randperm(len(x), generator=generator)[:batch_size]
+        loss = model(x[batch], [texts[i] for i in batch.tolist()])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@torch.no_grad()
+def similarity(model: AlignModel, x: np.ndarray, captions: list[str]) -> np.ndarray:
+    """Cosine similarity ``[N, T]`` of image embeddings ``x`` ``[N, D]`` and ``captions`` in the joint space."""
+    model.eval()
+    return (model.encode_images(torch.from_numpy(x)) @ model.encode_texts(captions).T).numpy()
+
+
+def held_out_scores(model: AlignModel, x: np.ndarray, texts: np.ndarray, train: np.ndarray,
+                    test: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """Recall@k of the model, the bag-of-words baseline and chance on the ``test`` rows' distinct captions."""
+    captions, ids = np.unique(texts[test], return_inverse=True)
+    captions = captions.tolist()
+    bow = bag_of_words_similarity(x[train], texts[train].tolist(), x[test], captions)
+    return {"n_train": len(train), "n_test": len(test), "n_captions": len(captions),
+            "model": recall_at_k(similarity(model, x[test], captions), ids),
+            "bag_of_words": recall_at_k(bow, ids), "chance": chance_recall(ids, len(captions))}  # fmt: skip
+
+
+def align_embeddings(
+    file: str | Path, template: str, output: str | Path, *, split: str = "random", test_size: float = 0.25,
+    text: TextTowerConfig | None = None, pretrained: tuple[str, str] | None = None, steps: int = 300,
+    batch_size: int = 256, lr: float = 1e-3, seed: int = 0, overwrite: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Align the embeddings ``file`` (written by ``embed``) with captions from ``template``; write the aligned
+    folder ``output`` and return its ``align.json`` (settings, ``losses``, held-out ``scores``).
+
+    Args:
+        split: held-out rows, as for ``evaluate``: ``random`` (stratified by caption), a group column kept on one
+            side (plate, field, scene), or ``COLUMN=VALUE,...``.
+        text: the text tower's shape, trained from scratch (default: ``TextTowerConfig(embed_dim=128, width=256,
+            heads=4, layers=3, context_length=32)``); or ``pretrained=(open_clip model name, weights file or tag)``.
+    """
+    file, output = Path(file), Path(output)
+    if (output / INFO).exists() and not overwrite:
+        raise FileExistsError(f"{output} already holds an aligned model; pass overwrite=True (--overwrite)")
+    df, features, provenance = read_embeddings(file)
+    texts = np.array(fill_template(df, template, str(file)), dtype=object)
+    train, test, _ = split_rows(df, texts, split, test_size, seed, multilabel=False)
+    x = df[features].to_numpy(np.float32)
+    torch.manual_seed(seed)
+    tower = TextTower.pretrained(*pretrained) if pretrained else TextTower(text or DEFAULT_TEXT)
+    model = AlignModel(len(features), tower)
+    losses = fit(model, torch.from_numpy(x[train]), texts[train].tolist(), steps, batch_size, lr, seed)
+    info = {"embeddings": str(file.resolve()), "checkpoint": provenance.get("checkpoint"),
+            "checkpoint_sha256": provenance.get("checkpoint_sha256"), "source": provenance.get("source"),
+            "pool": provenance.get("pool"), "level": provenance.get("level"), "image_dim": len(features),
+            "template": template, "split": split, "seed": seed, "steps": steps, "lr": lr,
+            "text": asdict(tower.config), "pretrained": list(pretrained) if pretrained else None,
+            "losses": losses, "scores": held_out_scores(model, x, texts, train, test)}  # fmt: skip
+    tower.save(output)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("text.")},
+              str(output / HEAD))  # fmt: skip
+    atomic_write_text(output / INFO, json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def align(checkpoint: str | Path, template: str, output: str | Path, *, data: str | Path | None = None,
+          level: str = "tile", pool: str = "mean", device: str = "auto", overwrite: bool = False,
+          **options: Any) -> dict[str, Any]:  # fmt: skip
+    """Embed the run's data (or ``data``) with the frozen ``checkpoint`` into ``output/embeddings.parquet``,
+    then :func:`align_embeddings` on it (``options``: its keywords)."""
+    output = Path(output)
+    if (output / INFO).exists() and not overwrite:
+        raise FileExistsError(f"{output} already holds an aligned model; pass overwrite=True (--overwrite)")
+    output.mkdir(parents=True, exist_ok=True)
+    file = embed(checkpoint, output=output / "embeddings.parquet", data=data, level=level, pool=pool,
+                 device=device, overwrite=True, progress=False)  # fmt: skip
+    return align_embeddings(file, template, output, overwrite=True, **options)
+
+
+def load_aligned(folder: str | Path) -> tuple[AlignModel, dict[str, Any]]:
+    """The aligned model (eval mode) and ``align.json`` of a folder :func:`align_embeddings` wrote."""
+    folder = Path(folder)
+    if not (folder / INFO).is_file() or not (folder / HEAD).is_file():
+        raise FileNotFoundError(f"{folder} is not an aligned model folder: {INFO} or {HEAD} missing (domainmae align)")
+    info = json.loads((folder / INFO).read_text())
+    model = AlignModel(info["image_dim"], TextTower.load(folder))
+    result = model.load_state_dict(load_file(str(folder / HEAD)), strict=False)  # the text tower loaded above
+    missing = [k for k in result.missing_keys if not k.startswith("text.")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{folder / HEAD} does not fit the head: missing {missing}, unexpected {result.unexpected_keys}")
+    return model.eval(), info
+
+
+def aligned_features(model: AlignModel, info: dict[str, Any], file: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """``file``'s rows and their unit vectors ``[N, embed_dim]`` in the joint space; the file must come from
+    the encoder the model was aligned on."""
+    df, features, provenance = read_embeddings(file)
+    made, wanted = provenance.get("checkpoint_sha256"), info.get("checkpoint_sha256")
+    if made and wanted and made != wanted:
+        raise ValueError(f"{file} was embedded by another checkpoint ({provenance.get('checkpoint')}) than the one "
+                         f"aligned ({info.get('checkpoint')}); embed it with that checkpoint")  # fmt: skip
+    if len(features) != info["image_dim"]:
+        raise ValueError(f"{file} has {len(features)} features; the aligned head takes {info['image_dim']}")
+    with torch.no_grad():
+        z = model.encode_images(torch.from_numpy(df[features].to_numpy(np.float32))).numpy()
+    return df.drop(columns=features), z
+
+
+def search(aligned: str | Path, text: str, file: str | Path, top: int = 10) -> pd.DataFrame:
+    """The ``top`` rows of the embeddings ``file`` most similar to ``text``: their metadata and ``score``
+    (cosine similarity in the joint space), best first."""
+    model, info = load_aligned(aligned)
+    meta, z = aligned_features(model, info, file)
+    with torch.no_grad():
+        query = model.encode_texts([text]).numpy()[0]
+    scores = z @ query
+    order = np.argsort(-scores, kind="stable")[:top]
+    return meta.iloc[order].assign(score=scores[order]).reset_index(drop=True)
+

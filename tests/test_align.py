@@ -1,0 +1,109 @@
+"""CLIP-style alignment (issue 11): loss, retrieval, template filling, text tower round trip, CLI end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("open_clip")
+
+from domainmae.align import AlignModel, TextTower, TextTowerConfig, clip_loss, fill_template, recall_at_k  # noqa: E402
+from domainmae.align.retrieval import chance_recall  # noqa: E402
+from domainmae.align.train import fit, held_out_scores  # noqa: E402
+from domainmae.cli import main  # noqa: E402
+from domainmae.train import pretrain  # noqa: E402
+
+from .conftest import SAMPLES  # noqa: E402
+
+TINY_TEXT = TextTowerConfig(embed_dim=16, width=32, heads=2, layers=1, context_length=16)
+TINY_FLY = ["data.crop_size=64", "model.patch_size=16", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
+            "model.decoder_embed_dim=16", "model.decoder_depth=1", "model.decoder_num_heads=2", "train.batch_size=4",
+            "data.crops_per_read=4"]  # fmt: skip
+COLOURS = ("red", "green", "blue", "yellow")
+
+
+def toy_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` image embeddings ``[n, 32]``: one of four cluster centres plus noise, captioned by its cluster."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).normal(size=(len(COLOURS), 32))
+    label = rng.integers(len(COLOURS), size=n)
+    x = (centres[label] + 0.5 * rng.normal(size=(n, 32))).astype(np.float32)
+    return x, np.array([f"a {COLOURS[i]} cell" for i in label], dtype=object)
+
+
+def test_contrastive_loss_falls_and_retrieval_beats_chance() -> None:
+    x, texts = toy_pairs(160, seed=1)
+    train, test = np.arange(120), np.arange(120, 160)
+    model = AlignModel(32, TextTower(TINY_TEXT))
+    losses = fit(model, torch.from_numpy(x[train]), texts[train].tolist(), steps=60, batch_size=64, lr=3e-3, seed=0)
+    # Captions shared by ~16 rows of a batch put the floor near log(16) = 2.8, not 0.
+    assert np.mean(losses[-10:]) < np.mean(losses[:5]) - 2.0
+    scores = held_out_scores(model, x, texts, train, test)
+    assert scores["n_captions"] == 4
+    assert scores["model"]["i2t@1"] > scores["chance"]["i2t@1"] + 0.4  # chance is 0.25
+    assert scores["bag_of_words"]["i2t@1"] > scores["chance"]["i2t@1"]
+
+
+def test_shared_captions_share_the_target() -> None:
+    image = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # rows 0 and 1: one caption
+    scale = torch.tensor(np.log(100.0))
+    # Perfect pairs: the loss is the entropy of the targets, half on each of the two rows sharing a caption.
+    loss = clip_loss(image, text, scale, torch.tensor([0, 0, 1]))
+    assert float(loss) == pytest.approx(2 / 3 * np.log(2), abs=1e-4)
+
+
+def test_recall_at_k_and_chance() -> None:
+    similarity = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])  # the third image ranks the wrong caption first
+    found = recall_at_k(similarity, np.array([0, 1, 1]), ks=(1, 2))
+    assert found == {"i2t@1": pytest.approx(2 / 3), "t2i@1": 1.0, "i2t@2": 1.0, "t2i@2": 1.0}
+    chance = chance_recall(np.array([0, 1, 1]), 2, ks=(1,))
+    assert chance["i2t@1"] == 0.5 and chance["t2i@1"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+
+
+def test_template_fills_from_the_manifest_and_names_a_missing_column() -> None:
+    manifest = SAMPLES / "examplefly" / "load_data.csv"
+    df = pd.read_csv(manifest)
+    texts = fill_template(df, "fly cells at site {Metadata_Site} of {Metadata_Plate}", str(manifest))
+    assert texts[0] == "fly cells at site POS002 of ExampleFly" and len(texts) == len(df)
+    with pytest.raises(KeyError, match=r"Metadata_pert_iname.*load_data.csv"):
+        fill_template(df, "cells treated with {Metadata_pert_iname}", str(manifest))
+    labels = pd.DataFrame({"labels": [["Pastures", "Arable land"]]})  # BigEarthNet's CORINE lists
+    assert fill_template(labels, "a satellite image of {labels}") == ["a satellite image of Pastures, Arable land"]
+
+
+def test_text_tower_saves_and_reloads(tmp_path) -> None:
+    tower = TextTower(TINY_TEXT).eval()
+    captions = ["a pH3-positive nucleus", "a pH3-negative nucleus"]
+    with torch.no_grad():
+        before = tower(captions)
+    again = TextTower.load(tower.save(tmp_path / "tower")).eval()
+    with torch.no_grad():
+        assert torch.equal(before, again(captions))
+    assert again.config == TINY_TEXT
+    with pytest.raises(FileNotFoundError, match="text.json"):
+        TextTower.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_align_and_search_end_to_end(tmp_path, capsys) -> None:
+    run = pretrain("cellpainting", output=tmp_path / "run", max_steps=2, overrides=TINY_FLY, quiet=True)
+    aligned = tmp_path / "aligned"
+    tiny = ["--text-width", "32", "--text-heads", "2", "--text-layers", "1", "--context-length", "16",
+            "--embed-dim", "16"]  # fmt: skip
+    assert main(["align", "--checkpoint", str(run), "--text", "fly cells at site {Metadata_Site}", "--output",
+                 str(aligned), "--steps", "5", *tiny]) == 0  # fmt: skip
+    info = json.loads((aligned / "align.json").read_text())
+    assert info["scores"]["n_captions"] == 3 and len(info["losses"]) == 5
+    assert "recall@1" in capsys.readouterr().out
+    out = tmp_path / "hits.csv"
+    assert main(["search", "--checkpoint", str(aligned), "--text", "fly cells at site POS076",
+                 str(aligned / "embeddings.parquet"), "--top", "4", "--output", str(out)]) == 0  # fmt: skip
+    hits = pd.read_csv(out)
+    assert len(hits) == 4 and hits["score"].is_monotonic_decreasing and "Metadata_Site" in hits
+    assert main(["align", "--checkpoint", str(run), "--text", "{Metadata_Dose}", "--output", str(tmp_path / "x"),
+                 *tiny]) == 1  # fmt: skip
+    assert "Metadata_Dose" in capsys.readouterr().err
