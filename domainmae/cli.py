@@ -97,15 +97,29 @@ def _split(text: str | None) -> list[str] | None:
     return text.split(",") if text else None
 
 
-def _embed(args: argparse.Namespace) -> int:
+def _embed_encoder(args: argparse.Namespace, output: str) -> Path:
     from .export.embed import embed
 
-    path = embed(
-        args.checkpoint, output=args.output, data=args.data, pool=args.pool, level=args.level, format=args.format,
+    return embed(
+        args.checkpoint, output=output, data=args.data, pool=args.pool, level=args.level, format=args.format,
         batch_size=args.batch_size, device=args.device, channels=_split(args.channels), stride=args.stride,
         crs=args.crs, dtype=args.dtype, overrides=args.set, overwrite=args.overwrite, progress=not args.quiet,
         features=args.features, seed=args.seed,
     )  # fmt: skip
+
+
+def _embed(args: argparse.Namespace) -> int:
+    if args.aligned:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("embed --aligned runs in one process; embed under torchrun, then project the file alone")
+        from .align import project_embeddings
+
+        # The encoder's embeddings first (a temporary file), then their projection into the text space.
+        with tempfile.TemporaryDirectory(prefix="domainmae-aligned-") as folder:
+            encoded = _embed_encoder(args, str(Path(folder) / f"encoder{Path(args.output).suffix}"))
+            print(f"wrote {project_embeddings(args.aligned, encoded, args.output, overwrite=args.overwrite)}")
+        return 0
+    path = _embed_encoder(args, args.output)
     if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the one output
         print(f"wrote {path}")
     return 0
@@ -262,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", choices=["model", "raw", "random"], default="model",
                    help="baselines: raw = per-channel mean/std/percentiles of each tile, random = untrained model")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="--features random: the initialisation seed")
+    p.add_argument("--aligned", help="an aligned model folder (domainmae align): write text-aligned embeddings")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_embed)
 

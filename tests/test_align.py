@@ -14,6 +14,7 @@ from domainmae.align import AlignModel, TextTower, TextTowerConfig, clip_loss, f
 from domainmae.align.retrieval import chance_recall  # noqa: E402
 from domainmae.align.train import fit, held_out_scores  # noqa: E402
 from domainmae.cli import main  # noqa: E402
+from domainmae.export.writers.tables import read_embeddings  # noqa: E402
 from domainmae.train import pretrain  # noqa: E402
 
 from .conftest import SAMPLES  # noqa: E402
@@ -88,6 +89,24 @@ def test_text_tower_saves_and_reloads(tmp_path) -> None:
         TextTower.load(tmp_path)
 
 
+def test_pretrained_text_tower_from_a_local_open_clip_file(tmp_path) -> None:
+    import open_clip
+
+    # A tiny open_clip model registered from a config file; its weights saved locally, as a user's download.
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}  # fmt: skip
+    (tmp_path / "tiny-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "tiny-clip.json")
+    clip = open_clip.create_model("tiny-clip")
+    torch.save(clip.state_dict(), tmp_path / "tiny.pt")
+    tower = TextTower.pretrained("tiny-clip", str(tmp_path / "tiny.pt")).eval()
+    tokens = tower.tokenize(["a pH3-positive nucleus"])
+    with torch.no_grad():
+        assert torch.allclose(tower(["a pH3-positive nucleus"]), clip.eval().encode_text(tokens), atol=1e-6)
+    with pytest.raises(ValueError, match="no model config 'nope'"):
+        TextTower.pretrained("nope", "x.pt")
+
+
 @pytest.mark.slow
 def test_cli_align_and_search_end_to_end(tmp_path, capsys) -> None:
     run = pretrain("cellpainting", output=tmp_path / "run", max_steps=2, overrides=TINY_FLY, quiet=True)
@@ -104,6 +123,12 @@ def test_cli_align_and_search_end_to_end(tmp_path, capsys) -> None:
                  str(aligned / "embeddings.parquet"), "--top", "4", "--output", str(out)]) == 0  # fmt: skip
     hits = pd.read_csv(out)
     assert len(hits) == 4 and hits["score"].is_monotonic_decreasing and "Metadata_Site" in hits
+    projected = tmp_path / "aligned.parquet"
+    assert main(["embed", "--checkpoint", str(run), "--aligned", str(aligned), "--output", str(projected),
+                 "--quiet"]) == 0  # fmt: skip
+    df, features, provenance = read_embeddings(projected)
+    assert len(features) == 16 and provenance["aligned_template"] == "fly cells at site {Metadata_Site}"
+    assert np.allclose(np.linalg.norm(df[features].to_numpy(), axis=1), 1, atol=1e-5)
     assert main(["align", "--checkpoint", str(run), "--text", "{Metadata_Dose}", "--output", str(tmp_path / "x"),
                  *tiny]) == 1  # fmt: skip
     assert "Metadata_Dose" in capsys.readouterr().err

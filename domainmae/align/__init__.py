@@ -7,7 +7,7 @@ projection head and the symmetric InfoNCE loss, ``retrieval`` recall@k and the b
 from .model import AlignModel, clip_loss
 from .retrieval import recall_at_k
 from .text import TextTower, TextTowerConfig
-from .train import align, align_embeddings, fill_template, load_aligned, search
+from .train import align, align_embeddings, fill_template, load_aligned, project_embeddings, search
 
 __all__ = ["AlignModel", "TextTower", "TextTowerConfig", "align", "align_embeddings", "clip_loss", "fill_template",
-           "load_aligned", "recall_at_k", "search"]
+           "load_aligned", "project_embeddings", "recall_at_k", "search"]

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_write_text
 from ..export.embed import embed
 from ..export.splits import split_rows
-from ..export.writers.tables import read_embeddings
+from ..export.writers.tables import feature_names, read_embeddings, write_embeddings
 from .model import AlignModel
 from .retrieval import bag_of_words_similarity, chance_recall, recall_at_k
 from .text import TextTower, TextTowerConfig
@@ -158,9 +158,10 @@ def load_aligned(folder: str | Path) -> tuple[AlignModel, dict[str, Any]]:
     return model.eval(), info
 
 
-def aligned_features(model: AlignModel, info: dict[str, Any], file: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """``file``'s rows and their unit vectors ``[N, embed_dim]`` in the joint space; the file must come from
-    the encoder the model was aligned on."""
+def aligned_features(model: AlignModel, info: dict[str, Any],
+                     file: str | Path) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:  # fmt: skip
+    """``file``'s rows (metadata), their unit vectors ``[N, embed_dim]`` in the joint space and the file's
+    provenance; the file must come from the encoder the model was aligned on."""
     df, features, provenance = read_embeddings(file)
     made, wanted = provenance.get("checkpoint_sha256"), info.get("checkpoint_sha256")
     if made and wanted and made != wanted:
@@ -170,14 +171,28 @@ def aligned_features(model: AlignModel, info: dict[str, Any], file: str | Path) 
         raise ValueError(f"{file} has {len(features)} features; the aligned head takes {info['image_dim']}")
     with torch.no_grad():
         z = model.encode_images(torch.from_numpy(df[features].to_numpy(np.float32))).numpy()
-    return df.drop(columns=features), z
+    return df.drop(columns=features), z, provenance
+
+
+def project_embeddings(aligned: str | Path, file: str | Path, output: str | Path, overwrite: bool = False) -> Path:
+    """Write ``file``'s rows with text-aligned embeddings (unit vectors ``[N, embed_dim]`` as ``emb_XXXX``,
+    comparable by dot product with :meth:`AlignModel.encode_texts`) to ``output`` (.parquet or .h5ad)."""
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
+    model, info = load_aligned(aligned)
+    meta, z, provenance = aligned_features(model, info, file)
+    features = feature_names(z.shape[1])
+    df = pd.concat([meta, pd.DataFrame(z, columns=features)], axis=1)
+    return write_embeddings(output, df, features, {**provenance, "aligned": str(Path(aligned).resolve()),
+                                                   "aligned_template": info["template"]})  # fmt: skip
 
 
 def search(aligned: str | Path, text: str, file: str | Path, top: int = 10) -> pd.DataFrame:
     """The ``top`` rows of the embeddings ``file`` most similar to ``text``: their metadata and ``score``
     (cosine similarity in the joint space), best first."""
     model, info = load_aligned(aligned)
-    meta, z = aligned_features(model, info, file)
+    meta, z, _ = aligned_features(model, info, file)
     with torch.no_grad():
         query = model.encode_texts([text]).numpy()[0]
     scores = z @ query
