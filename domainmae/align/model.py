@@ -36,13 +36,22 @@ class AlignModel(nn.Module):
         super().__init__()
         self.image_dim = image_dim
         self.text = text
-        # Linear after a LayerNorm: MAE features are unnormalised and differ in scale per dimension.
-        self.image = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, text.config.embed_dim))
+        # MAE features share a large common direction and differ in scale per dimension (std ~0.06 against a
+        # mean far from 0): standardised per feature with the training rows' statistics, the head sees how
+        # images differ rather than what they share; a LayerNorm per row left every image on one point.
+        self.register_buffer("image_mean", torch.zeros(image_dim))
+        self.register_buffer("image_std", torch.ones(image_dim))
+        self.image = nn.Linear(image_dim, text.config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
+
+    def standardize(self, embeddings: torch.Tensor) -> None:
+        """Take the per-feature mean and std of the training embeddings ``[N, image_dim]``."""
+        self.image_mean.copy_(embeddings.mean(dim=0))
+        self.image_std.copy_(embeddings.std(dim=0).clamp_min(1e-6))  # a constant feature stays 0, not NaN
 
     def encode_images(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Unit vectors ``[N, embed_dim]`` of image embeddings ``[N, image_dim]``."""
-        return F.normalize(self.image(embeddings), dim=-1)
+        return F.normalize(self.image((embeddings - self.image_mean) / self.image_std), dim=-1)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Unit vectors ``[N, embed_dim]`` of ``texts``."""

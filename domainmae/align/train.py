@@ -59,7 +59,9 @@ def fill_template(df: pd.DataFrame, template: str, source: str = "the table") ->
 
 def fit(model: AlignModel, x: torch.Tensor, texts: list[str], steps: int, batch_size: int, lr: float,
         seed: int) -> list[float]:  # fmt: skip
-    """Train ``model`` on pairs (``x`` ``[N, D]``, ``texts``) for ``steps`` AdamW steps; the loss of each step."""
+    """Standardise ``model``'s image input by ``x`` ``[N, D]`` and train it on the pairs (``x``, ``texts``) for
+    ``steps`` AdamW steps; the loss of each step."""
+    model.standardize(x)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)  # CLIP/MAE decay
     losses = []
