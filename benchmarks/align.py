@@ -1,6 +1,6 @@
 """Text retrieval after CLIP-style alignment (issue 11) on the mitosis crops: model vs bag of words vs chance, CPU.
 
-    PYTHONPATH=. python benchmarks/align.py --workdir /tmp/align      # ~3 min on a loaded 2-core CPU
+    PYTHONPATH=. python benchmarks/align.py --workdir /tmp/align      # ~7 min on a loaded 2-core CPU
 
 Builds the labelled nucleus crops of ``benchmarks/mitosis.py`` (DNA + actin; pH3 left out, as it makes the
 label), captions each "a pH3-positive nucleus" or "a pH3-negative nucleus", pretrains the cellpainting demo
@@ -46,8 +46,8 @@ def captioned_crops(work: Path, crop: int) -> tuple[Path, pd.DataFrame]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="folder for the crops, run and embeddings (created)")
-    parser.add_argument("--pretrain-steps", type=int, default=100)
-    parser.add_argument("--align-steps", type=int, default=150)
+    parser.add_argument("--pretrain-steps", type=int, default=60)
+    parser.add_argument("--align-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
