@@ -172,7 +172,7 @@ def aligned_features(model: AlignModel, info: dict[str, Any],
     if len(features) != info["image_dim"]:
         raise ValueError(f"{file} has {len(features)} features; the aligned head takes {info['image_dim']}")
     with torch.no_grad():
-        z = model.encode_images(torch.from_numpy(df[features].to_numpy(np.float32))).numpy()
+        z = model.encode_images(torch.from_numpy(df[features].to_numpy(np.float32, copy=True))).numpy()
     return df.drop(columns=features), z, provenance
 
 
