@@ -214,3 +214,19 @@ def test_units_are_cut_into_contiguous_blocks_and_a_well_stays_whole():
     wells = [[f.meta["Metadata_Well"] for f in owned(fields, r, level="well", one_file=False)] for r in ranks]
     assert wells == [list("AABA"), list("CD")]  # A's three fields on one rank, non-adjacent ones too
     assert [owned(fields, r, level="tile", one_file=True) for r in ranks] == [[], fields]  # one file: one writer
+
+
+def test_the_other_processes_report_a_failed_rank_as_a_clean_cli_error(monkeypatch, capsys):
+    """A rank that did not fail itself stops with RankFailed: the CLI shows it as one line (the failing rank's
+    own message is printed by that rank), not a traceback."""
+    import domainmae.export.embed as embed_module
+    from domainmae.cli import main
+    from domainmae.export.parts import RankFailed
+
+    def failed_elsewhere(*args, **kwargs):
+        raise RankFailed("embedding: 1 of 2 processes failed (rank 1: OSError: x.tif: truncated); it was not written")
+
+    monkeypatch.setattr(embed_module, "embed", failed_elsewhere)
+    assert main(["embed", "--checkpoint", "run", "--output", "emb.parquet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("domainmae embed: error: embedding: 1 of 2 processes failed (rank 1: OSError")

@@ -42,8 +42,11 @@ PART, PARTS = "part-{rank:05d}.parquet", "part-*.parquet"
 METADATA = "_metadata"  # Parquet's summary file: every part's row groups; readers skip names starting with _
 
 
-class RankFailed(RuntimeError):
-    """Another process of the launch failed; its error is in the message (and on its own stderr)."""
+class RankFailed(ChildProcessError):
+    """Another process of the launch failed; its error is in the message (and on its own stderr).
+
+    A ``ChildProcessError`` (an ``OSError``) so the CLI prints it as one line like other input errors: the
+    traceback that matters, if any, is the failing process's own."""
 
 
 def join_processes(device: str) -> DistInfo:
