@@ -27,6 +27,32 @@ def test_per_sensor_heads_and_losses(model):
     assert set(model.decoder_pred) == {"s2", "s1"}
 
 
+def test_sensor_loss_weights_scale_each_sensor_in_the_total():
+    weighted = domainmae.create_model("vit_tiny", sensors={"s2": S2, "s1": S1}, sensor_loss_weights={"s1": 3.0},
+                                      **TINY).eval()  # fmt: skip
+    out = weighted(_batch(), generator=torch.Generator().manual_seed(0))
+    # Per-sensor losses are logged unweighted; only the optimised total weighs them (s2 keeps 1).
+    torch.testing.assert_close(out.loss, out.losses["s2"] + 3.0 * out.losses["s1"])
+    # Saved and rebuilt with the weights; a model at the default saves no such key (old files unchanged).
+    config = weighted.config.to_dict()
+    assert config["sensor_loss_weights"] == {"s1": 3.0}
+    assert domainmae.create_model(config).config.sensor_loss_weights == {"s1": 3.0}
+    assert "sensor_loss_weights" not in domainmae.create_model("vit_tiny", sensors={"s2": S2, "s1": S1},
+                                                               **TINY).config.to_dict()  # fmt: skip
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    ({"s3": 1.0}, r"sensor_loss_weights names unknown sensor 's3'; the model's sensors: s2, s1"),
+    ({"s1": -1.0}, r"sensor_loss_weights\['s1'\] must be >= 0"),
+    ({"s1": 0.0, "s2": 0.0}, "at least one sensor"),
+])  # fmt: skip
+def test_sensor_loss_weights_are_checked(weights, message):
+    with pytest.raises(ValueError, match=message):
+        domainmae.create_model("vit_tiny", sensors={"s2": S2, "s1": S1}, sensor_loss_weights=weights, **TINY)
+    with pytest.raises(ValueError, match="multi-sensor models only"):
+        domainmae.create_model("vit_tiny", in_chans=3, sensor_loss_weights={"image": 2.0}, **TINY)
+
+
 def test_hidden_sensor_is_reconstructed_from_the_other_only(model):
     batch = _batch()
     # Hide all of S1 (tokens 64..95) and a quarter of S2 at random.

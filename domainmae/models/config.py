@@ -20,6 +20,8 @@ OBJECTIVES = ("mae", "imae")
 # saved config (checkpoints, config.json) is what it was before i-MAE existed, and older files still load.
 _IMAE_DEFAULTS: dict[str, Any] = {"objective": "mae", "mix_ratio": None, "mix_beta": 1.0, "distill_from": None,
                                   "distill_weight": 1.0}  # fmt: skip
+# Every option a saved config leaves out at its default (the same reason: files from before it still load alike).
+_OMITTED_AT_DEFAULT: dict[str, Any] = {**_IMAE_DEFAULTS, "sensor_loss_weights": None}
 
 # Encoder (width, depth, heads) from ViT; decoders from the MAE paper (512 wide, 8 deep for
 # base/large/huge) and narrower, shallower ones for the small encoders.
@@ -64,6 +66,9 @@ class MAEConfig:
     mask_ratio: float = _bounded(0.75, gt=0, lt=1)
     mask_strategy: str = "random"
     fourier_weight: float = _bounded(0.0, ge=0)
+    # Multi-sensor models: {sensor: weight} of its term in the summed loss (unnamed sensors weigh 1). Each
+    # term is already a mean over that sensor's masked tokens, so None weighs sensors alike, not tokens.
+    sensor_loss_weights: dict[str, float] | None = None
     name: str = "custom"
     # i-MAE: a crop mixed with a partner, lam * x1 + (1 - lam) * x2, lam = mix_ratio when given, else drawn
     # per step from Beta(mix_beta, mix_beta); distill_from names a frozen teacher MAE (run, .ckpt, folder).
@@ -97,11 +102,29 @@ class MAEConfig:
                 raise ValueError(f"{what}: width {width} must be divisible by {heads} heads and by 4 (2-D sin-cos)")
         if self.mask_strategy not in STRATEGIES:
             raise ValueError(f"mask_strategy {self.mask_strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.sensor_loss_weights is not None:
+            self._validate_sensor_loss_weights(self.sensor_loss_weights)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         set_for_imae = [k for k, v in _IMAE_DEFAULTS.items() if k != "objective" and getattr(self, k) != v]
         if self.objective != "imae" and set_for_imae:
             raise ValueError(f"options of objective 'imae' only: {', '.join(set_for_imae)}; set objective: imae")
+
+    def _validate_sensor_loss_weights(self, weights: dict[str, float]) -> None:
+        if not self.sensors:
+            raise ValueError("sensor_loss_weights applies to multi-sensor models only (this one has one sensor)")
+        for sensor, weight in weights.items():
+            if sensor not in self.sensors:
+                raise ValueError(f"sensor_loss_weights names unknown sensor {sensor!r}; the model's sensors: "
+                                 f"{', '.join(self.sensors)}")  # fmt: skip
+            if not weight >= 0:  # also refuses NaN
+                raise ValueError(f"sensor_loss_weights[{sensor!r}] must be >= 0, got {weight}")
+        if not any(weights.get(s, 1.0) > 0 for s in self.sensors):
+            raise ValueError("sensor_loss_weights must leave at least one sensor a weight above 0")
+
+    def sensor_loss_weight(self, sensor: str) -> float:
+        """The weight of ``sensor``'s term in the loss (1 unless ``sensor_loss_weights`` says otherwise)."""
+        return (self.sensor_loss_weights or {}).get(sensor, 1.0)
 
     def sensor_specs(self) -> dict[str, int | Sequence[ChannelLike]]:
         """``{sensor: in_chans or channel list}``: how the model turns each sensor's images into tokens."""
@@ -119,4 +142,4 @@ class MAEConfig:
         out["img_size"] = list(self.img_size) if isinstance(self.img_size, tuple) else self.img_size
         out["channels"] = plain(self.channels) if self.channels else None
         out["sensors"] = {k: plain(v) for k, v in self.sensors.items()} if self.sensors else None
-        return {k: v for k, v in out.items() if k not in _IMAE_DEFAULTS or v != _IMAE_DEFAULTS[k]}
+        return {k: v for k, v in out.items() if k not in _OMITTED_AT_DEFAULT or v != _OMITTED_AT_DEFAULT[k]}

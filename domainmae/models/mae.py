@@ -271,7 +271,8 @@ class MaskedAutoencoder(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss and ``{sensor: loss}``: per sensor, ``preds`` ``[B, L_s, P_s]`` against its
         patchified images on the masked (``masks`` ``[B, L_s]``, 1 = removed), valid tokens; summed
-        over sensors so each sensor weighs the same whatever its token count."""
+        over sensors so each sensor weighs the same whatever its token count, times
+        ``config.sensor_loss_weights`` where given (the per-sensor losses are returned unweighted)."""
         losses = {}
         for inp in inputs:
             target, valid = self.targets(inp)
@@ -279,7 +280,8 @@ class MaskedAutoencoder(nn.Module):
                 preds[inp.name].float(), target, masks[inp.name], patch_size=self.patch_size, valid=valid,
                 norm_pix=self.norm_pix_loss, fourier_weight=self.fourier_weight,
             )  # fmt: skip
-        return torch.stack(list(losses.values())).sum(), losses
+        total = sum(self.config.sensor_loss_weight(name) * loss for name, loss in losses.items())
+        return total, losses
 
     def forward(
         self,
