@@ -261,8 +261,8 @@ def _beit_reference(grid: tuple[int, int], masked: int, rounds: list[torch.Tenso
 @pytest.mark.parametrize(("grid", "masked"), [((8, 8), 32), ((14, 14), 147), ((4, 6), 18), ((14, 14), 176)])
 def test_block_cells_match_beit_run_one_sample_at_a_time(grid, masked):
     cells = _block_cells(grid, masked, 32, torch.Generator().manual_seed(5), CPU)
-    g = torch.Generator().manual_seed(5)  # the same stream: one [rounds, B, attempts, 4] draw
-    rounds = torch.rand(block_rounds(masked), 32, BLOCK_ATTEMPTS, 4, generator=g).unbind(0)
+    g = torch.Generator().manual_seed(5)  # the same stream: one [rounds, 4, attempts, B] draw
+    rounds = torch.rand(block_rounds(masked), 4, BLOCK_ATTEMPTS, 32, generator=g).permute(0, 3, 2, 1).unbind(0)
     assert torch.equal(cells, _beit_reference(grid, masked, rounds))
     assert torch.all(cells.sum(1) <= masked)  # never more than the budget; the sampler fills the rest
     assert cells.sum(1).float().mean() > 0.95 * masked  # at 0.9 (176 of 196) BEiT's loop often gets stuck

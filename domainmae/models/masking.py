@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 STRATEGIES = ("random", "independent", "tied", "block", "grid", "channel", "sensor")
 BLOCK_ATTEMPTS = 10  # rectangles tried per round before a sample stops adding blocks (as BEiT)
@@ -143,43 +142,50 @@ def _block_cells(
     :func:`block_rounds` rounds; the caller fills any remainder at random.
 
     Every round runs on every sample (one that has stopped has ``room`` 0, so no attempt fits and it
-    does not change) and the uniforms of all rounds are one ``[rounds, B, attempts, 4]`` draw: the
+    does not change) and the uniforms of all rounds are one ``[rounds, 4, attempts, B]`` draw: the
     same ops on the same shapes whatever is drawn, nothing read back to the host. On CUDA the whole
     draw is queued without waiting for the device (issue 12: a sync per round took ~20 ms per step).
+    The attempts' arithmetic has the batch as its last dim, so that on the CPU it runs over contiguous
+    rows of ``B`` values (over ``[B, attempts, 2]`` it took half the time); the grid keeps the batch
+    first, where the CPU's cumsum and gather are 3-5x faster.
     """
     h, w = grid
     min_area = max(1, min(16, (h * w) // 12))  # BEiT uses 16 on a 14x14 grid
-    u = torch.rand(block_rounds(masked), batch, BLOCK_ATTEMPTS, 4, generator=generator, device=device)
+    u = torch.rand(block_rounds(masked), 4, BLOCK_ATTEMPTS, batch, generator=generator, device=device)
     # Built from aranges: a tensor from a Python list would be a host->device copy, and a sync.
-    pair = torch.arange(2, device=device)  # [2]: (row, column) of a block, or (start, end) of a span
-    sign = 1 - 2 * pair  # [1, -1]
-    extent = (h + (w - h) * pair).float()  # [h, w]
+    pair = torch.arange(2, device=device)  # (row, column) of a block, or (start, end) of a span
+    sign = (1 - 2 * pair).view(2, 1, 1)  # [1, -1]
+    extent = (h + (w - h) * pair).float().view(2, 1, 1)  # [h, w]
     # (height, width) = sqrt(area * aspect), sqrt(area / aspect): the per-attempt factors, for all rounds.
-    aspect = torch.exp(math.log(0.3) * (1 - 2 * u[..., 1:2]) * sign)  # [rounds, B, attempts, 2]
-    corner_sign = sign[:, None] * sign  # inclusion-exclusion over a summed-area table's 2 x 2 corners
-    span = torch.arange(max(h, w), device=device)
-    cells = torch.zeros(batch, h, w, dtype=torch.bool, device=device)
-    room = torch.full((batch, 1), float(masked), device=device)  # cells still to cover; 0 once stopped
+    aspect = torch.exp(math.log(0.3) * (1 - 2 * u[:, 1:2]) * sign)  # [rounds, 2, attempts, B]
+    corner_sign = (sign.view(2, 1, 1, 1) * sign).float()  # [2, 2, 1, 1]: inclusion-exclusion over the table's corners
+    # Cell (i, j) lives at (i + 1, j + 1) of a zero-bordered float grid: its cumsums are the summed-area
+    # table without a pad per round, and float cumsums run ~5x faster than int64 ones on the CPU.
+    span = (torch.arange(max(h, w) + 1, device=device) - 1).view(1, -1, 1)  # cell index of a padded row / col
+    cells = torch.zeros(batch, h + 1, w + 1, device=device)
+    room = torch.full((batch,), float(masked), device=device)  # cells still to cover; 0 once stopped
     for r in range(u.shape[0]):
-        area = torch.lerp(room.clamp(max=min_area), room, u[r, ..., 0])  # [B, attempts]
+        area = torch.lerp(room.clamp(max=min_area), room, u[r, 0])  # [attempts, B]
         # torch.round is half-to-even, as Python's round in BEiT's loop.
-        size = torch.sqrt(area.unsqueeze(-1) * aspect[r]).round().clamp(min=1)  # [B, attempts, 2]
-        fits = (size <= extent).all(-1)
+        size = torch.sqrt(area * aspect[r]).round().clamp(min=1)  # [(height, width), attempts, B]
+        fits = (size <= extent).all(0)
         size = size.minimum(extent)  # in range for the lookups below; `fits` rejects them
-        start = (u[r, ..., 2:] * (extent + 1 - size)).floor()  # uniform over the extent - size + 1 positions
-        bounds = torch.stack([start, start + size], -1).long()  # [B, attempts, (row, col), (start, end)]
-        # Cells already masked inside every candidate, from a summed-area table [B, (h+1)*(w+1)].
-        table = F.pad(cells.cumsum(1).cumsum(2), (1, 0, 1, 0)).flatten(1)
-        corners = bounds[:, :, 0, :, None] * (w + 1) + bounds[:, :, 1, None, :]  # [B, attempts, 2, 2]
-        inside = (table.gather(1, corners.flatten(1)).view_as(corners) * corner_sign).sum((-2, -1))
-        new = size.prod(-1) - inside
+        start = (u[r, 2:] * (extent + 1 - size)).floor()  # uniform over the extent - size + 1 positions
+        bounds = torch.stack([start, start + size], 1).long()  # [(row, col), (start, end), attempts, B]
+        # Cells already masked inside every candidate, from the summed-area table [B, (h+1)*(w+1)].
+        table = cells.cumsum(1).cumsum(2).flatten(1)
+        corners = bounds[0, :, None] * (w + 1) + bounds[1, None, :]  # [2, 2, attempts, B]
+        sums = table.gather(1, corners.flatten(0, 2).t()).t().reshape(corners.shape)
+        inside = (sums * corner_sign).sum((0, 1))
+        new = size.prod(0) - inside  # [attempts, B]
         ok = fits & (new > 0) & (new <= room)
-        added, first = ok.max(1)  # max returns the first of equal maxima: the first attempt that fits
-        chosen = bounds.gather(1, first[:, None, None, None].expand(-1, 1, 2, 2)).squeeze(1)  # [B, 2, 2]
-        within = (span >= chosen[..., :1]) & (span < chosen[..., 1:])  # [B, (row, col), max(h, w)]
-        cells |= within[:, 0, :h, None] & within[:, 1, None, :w] & added[:, None, None]
-        room = torch.where(added.unsqueeze(1), room - new.gather(1, first.unsqueeze(1)), 0)
-    return cells.flatten(1)
+        added, first = ok.max(0)  # max returns the first of equal maxima: the first attempt that fits
+        chosen = bounds.gather(2, first.expand(2, 2, 1, batch)).squeeze(2)  # [(row, col), (start, end), B]
+        within = (span >= chosen[:, None, 0]) & (span < chosen[:, None, 1])  # [(row, col), max(h, w) + 1, B]
+        rows = (within[0, : h + 1] & added).t()  # [B, h + 1]; a sample that adds nothing paints no row
+        cells.masked_fill_(rows.unsqueeze(2) & within[1, : w + 1].t().unsqueeze(1), 1.0)
+        room = torch.where(added, room - new.gather(0, first.unsqueeze(0)).squeeze(0), 0)
+    return cells[:, 1:, 1:].reshape(batch, -1) > 0
 
 
 def _grid_cells(
