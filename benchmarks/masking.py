@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/masking.py                 # ~2 min on a 2-core CPU, 1 thread
     PYTHONPATH=. python benchmarks/masking.py --device cuda   # today's sampler on the GPU (baseline: CPU + copy)
+    PYTHONPATH=. python benchmarks/masking.py --strategies block   # one strategy's rows
 
 Token layouts as the recipes train them: Cell Painting, 5 channels on a 14 x 14 grid (224 px crops, patch
 16), and the sentinel recipe's 14 bands on 8 x 8 (128 px crops, patch 16) with its groups [12 S2, 2 S1] for
@@ -168,6 +169,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="where today's sampler draws (the baseline draws on the CPU)")
+    p.add_argument("--strategies", nargs="+", choices=[s for s, _, _ in CASES], help="only these (default: all)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -175,6 +177,8 @@ def main() -> None:
     print("| strategy | layout | batch | before (ms) | now (ms) | speed-up |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for strategy, layout, shape in CASES:
+        if args.strategies and strategy not in args.strategies:
+            continue
         for batch in args.batches:
             call = {"strategy": strategy, "batch": batch, "num_channels": shape["channels"], "grid": shape["grid"],
                     "ratio": shape["ratio"], "groups": shape["groups"]}  # fmt: skip
