@@ -27,21 +27,10 @@ from .writers.tables import feature_names
 LABEL = "label"  # the label column of a joined table
 
 
-def patch_labels(labels: Path, transform: Affine, crs: CRS | None, shape: tuple[int, int], patch: int,
-                 purity: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """``(label [h, w], keep [h, w] bool)``: each patch's majority class and whether it is pure enough."""
-    h, w = shape
-    with rasterio.open(labels) as src:
-        if src.crs is None or crs is None:
-            raise ValueError(f"{labels} and the embedding raster both need a CRS to be aligned")
-        nodata = src.nodata
-        fine = np.zeros((h * patch, w * patch), dtype=src.dtypes[0])
-        valid = np.zeros(fine.shape, dtype=np.uint8)
-        # Nearest keeps classes as they are; the second pass marks the pixels the label raster covers with data.
-        kwargs = dict(dst_transform=transform @ Affine.scale(1 / patch), dst_crs=crs, resampling=Resampling.nearest)
-        reproject(rasterio.band(src, 1), fine, **kwargs)
-        reproject(src.read_masks(1), valid, src_transform=src.transform, src_crs=src.crs, src_nodata=0, **kwargs)
-    usable = valid > 0 if nodata is None else (valid > 0) & (fine != nodata)
+def patch_majority(fine: np.ndarray, usable: np.ndarray, patch: int, purity: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(label [h, w], keep [h, w] bool)`` from ``fine [h * patch, w * patch]`` classes and ``usable`` (same shape,
+    bool): each patch's majority class among its usable pixels, kept when it holds at least ``purity`` of them."""
+    h, w = fine.shape[0] // patch, fine.shape[1] // patch
     blocks = fine.reshape(h, patch, w, patch).transpose(0, 2, 1, 3).reshape(h, w, patch * patch)
     ok = usable.reshape(h, patch, w, patch).transpose(0, 2, 1, 3).reshape(h, w, patch * patch)
     classes = np.unique(fine[usable])
@@ -50,6 +39,33 @@ def patch_labels(labels: Path, transform: Affine, crs: CRS | None, shape: tuple[
     majority = counts.argmax(0)
     share = np.divide(counts.max(0), total, out=np.zeros((h, w)), where=total > 0)
     return (classes[majority] if len(classes) else majority), (total > 0) & (share >= purity)
+
+
+def fine_raster_labels(labels: Path, transform: Affine, crs: CRS | None,
+                       shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(classes [H, W], usable [H, W] bool)`` of a label raster on the grid ``transform``/``crs``/``shape``."""
+    with rasterio.open(labels) as src:
+        if src.crs is None or crs is None:
+            raise ValueError(f"{labels} and the embedding raster both need a CRS to be aligned")
+        nodata = src.nodata
+        fine = np.zeros(shape, dtype=src.dtypes[0])
+        valid = np.zeros(shape, dtype=np.uint8)
+        # Nearest keeps classes as they are; the second pass marks the pixels the label raster covers with data.
+        kwargs = dict(dst_transform=transform, dst_crs=crs, resampling=Resampling.nearest)
+        reproject(rasterio.band(src, 1), fine, **kwargs)
+        reproject(src.read_masks(1), valid, src_transform=src.transform, src_crs=src.crs, src_nodata=0, **kwargs)
+    return fine, (valid > 0 if nodata is None else (valid > 0) & (fine != nodata))
+
+
+def patch_labels(labels: Path, transform: Affine, crs: CRS | None, shape: tuple[int, int], patch: int,
+                 purity: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``(label [h, w], keep [h, w] bool)``: each patch's majority class and whether it is pure enough.
+
+    ``transform``/``crs``/``shape`` place the patch grid.
+    """
+    h, w = shape
+    fine_shape, fine_transform = (h * patch, w * patch), transform @ Affine.scale(1 / patch)
+    return patch_majority(*fine_raster_labels(labels, fine_transform, crs, fine_shape), patch, purity)
 
 
 def raster_table(file: Path, labels: Path, purity: float = 0.5) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
