@@ -158,8 +158,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         against = itertools.chain(args.against, baselines())
         result = evaluate(args.file, args.label, split=args.split, methods=_split(args.method),
                           test_size=args.test_size, k=args.k, seed=args.seed, against=against,
-                          balanced=args.balanced, gap=args.gap,
-                          labels=args.labels, purity=args.purity, output=args.output)  # fmt: skip
+                          balanced=args.balanced, gap=args.gap, labels=args.labels, label_field=args.label_field,
+                          purity=args.purity, output=args.output)  # fmt: skip
     print(format_table(result))
     return 0
 
@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="linear probe and k-NN of an embeddings file against a label column")
     p.add_argument("file", help="embeddings .parquet (GeoParquet too) or .h5ad; with --labels a per-patch .tif/.zarr")
     p.add_argument("--label", help="label column (list-valued: multi-label)")
-    p.add_argument("--labels", help="categorical label raster (any CRS): majority class per patch of FILE")
+    p.add_argument("--labels", help="categorical label raster or polygon/point file, any CRS: majority class per patch")
+    p.add_argument("--label-field", help="--labels vector file: its class column (needed if it has several columns)")
     p.add_argument("--purity", type=float, default=0.5,
                    help="--labels: least share of a patch's valid label pixels its class must hold")  # fmt: skip
     p.add_argument("--split", default="random",

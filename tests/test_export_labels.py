@@ -1,10 +1,14 @@
-"""Label rasters: per-patch embeddings joined with a categorical raster in another resolution or CRS."""
+"""Label rasters and vector files: per-patch embeddings joined with categorical labels in another resolution
+or CRS."""
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+from rasterio.features import shapes
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
+from shapely.geometry import LineString, MultiPoint, Point, box, shape
 
 from domainmae.cli import main
 from domainmae.export import evaluate
@@ -90,3 +94,108 @@ def test_zarr_embeddings_join_like_the_geotiff(scene, rasters, tmp_path):
     zarr_table, _, provenance = raster_table(store, rasters["utm"])
     assert provenance["format"] == "zarr"
     pd.testing.assert_frame_equal(zarr_table, tif, check_exact=False, rtol=1e-6)
+
+
+# Vector labels are drawn in UTM, where patch edges are easy to place, and written in geographic coordinates, so
+# every test goes through the reprojection to the embedding raster's CRS.
+NAMES = {1: "water", 2: "crops", 3: "forest", 9: "urban"}
+
+
+def _vectors(path, geometries, **columns):
+    frame = gpd.GeoDataFrame(columns, geometry=list(geometries), crs="EPSG:32633").to_crs("EPSG:4326")
+    frame.to_parquet(path) if path.suffix == ".parquet" else frame.to_file(path)
+    return path
+
+
+def _patches(top, left, bottom, right):
+    """The UTM box of patches ``[top, bottom) x [left, right)``."""
+    (west, north), (east, south) = TRANSFORM @ (left * PATCH, top * PATCH), TRANSFORM @ (right * PATCH, bottom * PATCH)
+    return box(west, south, east, north)
+
+
+def _centre(row, col):
+    return Point(TRANSFORM @ (col + 0.5, row + 0.5))  # of source pixel (row, col)
+
+
+def _by_patch(df):
+    return {(r // PATCH, c // PATCH): label for r, c, label in zip(df.window_row, df.window_col, df.label)}
+
+
+@pytest.fixture(scope="module")
+def polygons(tmp_path_factory):
+    """The label raster's classes as polygons (nodata left out), with their class as ``cls`` beside a second column
+    (so the class column has to be named), and as the only column, by name, in GeoParquet."""
+    root, truth = tmp_path_factory.mktemp("vectors"), _truth()
+    drawn = list(shapes(truth, mask=truth != NODATA, transform=from_origin(TRANSFORM.c, TRANSFORM.f, 5.0, 5.0)))
+    geometries, classes = [shape(g) for g, _ in drawn], [int(v) for _, v in drawn]
+    return {"codes": _vectors(root / "truth.gpkg", geometries, cls=classes, source=["survey"] * len(classes)),
+            "names": _vectors(root / "names.parquet", geometries, cls=[NAMES[c] for c in classes])}  # fmt: skip
+
+
+def test_polygons_label_patches_like_the_equivalent_raster(rasters, polygons):
+    expected, _, _ = raster_table(rasters["emb"], rasters["utm"])
+    got, _, _ = raster_table(rasters["emb"], polygons["codes"], field="cls")
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    strict, _, _ = raster_table(rasters["emb"], polygons["codes"], purity=0.7, field="cls")
+    assert _by_patch(strict) == _by_patch(raster_table(rasters["emb"], rasters["utm"], purity=0.7)[0])
+
+
+def test_string_classes_round_trip(rasters, polygons):
+    expected, _, _ = raster_table(rasters["emb"], rasters["utm"])
+    got, _, _ = raster_table(rasters["emb"], polygons["names"])  # its only column: no field needed
+    assert list(got.label) == [NAMES[c] for c in expected.label]
+
+
+def test_points_label_a_patch_by_their_majority(rasters, tmp_path):
+    points = {"a": [(17, 25), (18, 26), (19, 27), (17, 41), (18, 42)], "b": [(20, 28), (19, 43), (20, 44), (21, 45)]}
+    geometries = [_centre(*rc) for cls in points for rc in points[cls]]
+    classes = [cls for cls in points for _ in points[cls]]
+    # A multipoint is its points; rows without a class or a geometry are skipped, not an error.
+    geometries += [MultiPoint([_centre(49, 65), _centre(50, 66)]), _centre(49, 1), None]
+    classes += ["c", None, "b"]
+    file = _vectors(tmp_path / "points.geojson", geometries, cls=classes)
+    got, _, _ = raster_table(rasters["emb"], file)
+    # Patch (2, 3): 3 a, 1 b; patch (2, 5): 2 a, 3 b; patch (6, 8): the multipoint.
+    assert _by_patch(got) == {(2, 3): "a", (2, 5): "b", (6, 8): "c"}
+    strict, _, _ = raster_table(rasters["emb"], file, purity=0.7)
+    assert _by_patch(strict) == {(2, 3): "a", (6, 8): "c"}
+
+
+def test_overlapping_classes_are_not_decided_by_drawing_order(rasters, tmp_path):
+    # Class 1 over patches (1..2, 1..2) twice (a same-class overlap is harmless), class 2 over (2..3, 2..3):
+    # patch (2, 2) lies under both.
+    drawn = [(_patches(1, 1, 3, 3), 1), (_patches(1, 1, 2, 2), 1), (_patches(2, 2, 4, 4), 2)]
+    expected = {(1, 1): 1, (1, 2): 1, (2, 1): 1, (2, 3): 2, (3, 2): 2, (3, 3): 2}
+    for order in (drawn, drawn[::-1]):
+        file = _vectors(tmp_path / "overlap.gpkg", [g for g, _ in order], cls=[c for _, c in order])
+        assert _by_patch(raster_table(rasters["emb"], file)[0]) == expected
+
+
+def test_lines_unknown_fields_and_unplaceable_files_are_refused(rasters, polygons, tmp_path):
+    roads = _vectors(tmp_path / "roads.shp", [LineString([_centre(9, 9).coords[0], _centre(30, 40).coords[0]])], cls=[1])
+    with pytest.raises(ValueError, match=r"roads\.shp holds LineString geometries; only polygons and points"):
+        raster_table(rasters["emb"], roads)
+    with pytest.raises(ValueError, match=r"truth\.gpkg has the columns \['cls', 'source'\].*--label-field"):
+        raster_table(rasters["emb"], polygons["codes"])
+    with pytest.raises(ValueError, match=r"label field 'kind' is not a column of .*truth\.gpkg; it has \['cls', 'source'\]"):
+        raster_table(rasters["emb"], polygons["codes"], field="kind")
+    with pytest.raises(ValueError, match=r"utm\.tif is a raster"):
+        raster_table(rasters["emb"], rasters["utm"], field="cls")
+    (tmp_path / "broken.gpkg").write_text("not a GeoPackage")
+    with pytest.raises(OSError, match=r"cannot read .*broken\.gpkg"):
+        raster_table(rasters["emb"], tmp_path / "broken.gpkg")
+    gpd.GeoDataFrame({"cls": [1]}, geometry=[_patches(1, 1, 2, 2)]).to_parquet(tmp_path / "nocrs.parquet")
+    with pytest.raises(ValueError, match=r"nocrs\.parquet has no CRS"):
+        raster_table(rasters["emb"], tmp_path / "nocrs.parquet")
+    far = _vectors(tmp_path / "far.gpkg", [_patches(100, 100, 101, 101)], cls=[1])
+    with pytest.raises(ValueError, match=r"no patch of .* has a label in .*far\.gpkg"):
+        raster_table(rasters["emb"], far)
+
+
+def test_cli_evaluates_against_a_polygon_file_with_blocks(rasters, polygons, capsys):
+    command = ["evaluate", str(rasters["emb"]), "--labels", str(polygons["codes"]), "--split", "blocks:32"]
+    assert main([*command, "--label-field", "cls", "--method", "knn"]) == 0
+    assert "knn" in capsys.readouterr().out
+    assert main(command) == 1 and "--label-field" in capsys.readouterr().err
+    assert main(["evaluate", str(rasters["emb"]), "--label-field", "cls"]) == 1
+    assert "vector label file" in capsys.readouterr().err

@@ -105,6 +105,7 @@ def evaluate(
     balanced: bool = False,
     gap: int | None = None,
     labels: str | Path | None = None,
+    label_field: str | None = None,
     purity: float = 0.5,
     output: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -120,9 +121,11 @@ def evaluate(
             Each is a path, named by its provenance's features (``model``, ``raw``, ``random``), or a
             ``(name, path)`` pair; a name already taken falls back to the file name.
         balanced: class weights inversely proportional to class frequency in the linear probe.
-        labels: a categorical label raster (any CRS) for ``file``, a per-patch embedding GeoTIFF/Zarr: each
-            patch takes its majority class when at least ``purity`` of its valid label pixels hold it
-            (:mod:`~domainmae.export.labels`); the label column is then ``label``.
+        labels: categorical labels for ``file``, a per-patch embedding GeoTIFF/Zarr: a raster, or a vector
+            file of polygons or points (GeoPackage, GeoJSON, Shapefile, GeoParquet) whose class column is
+            ``label_field`` (needed when it has more than one); any CRS. Each patch takes its majority class
+            when at least ``purity`` of its valid label pixels hold it (:mod:`~domainmae.export.labels`); the
+            label column is then ``label``.
 
     Returns ``{"file", "label", "split", "n_train", "n_test", "n_dropped", "n_classes", "multilabel",
     "chance", "checkpoint_sha256", "seed", "features": {name: {method: {metric: value}}}}``, the file's own
@@ -131,11 +134,14 @@ def evaluate(
     file = Path(file)
     if labels is not None:
         if label not in (None, LABEL):
-            raise ValueError(f"with a label raster the label column is {LABEL!r}, not {label!r}")
+            raise ValueError(f"with a label file (labels=) the label column is {LABEL!r}, not {label!r}")
         label = LABEL
 
         def read(path: Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
-            return raster_table(path, Path(labels), purity)
+            return raster_table(path, Path(labels), purity, label_field)
+    elif label_field is not None:
+        raise ValueError(f"a label field ({label_field!r}) names the class column of a vector label file (labels=, "
+                         "--labels); without one, the label column is label= (--label)")
     elif label is None:
         raise ValueError(f"evaluate {file} needs a label column (label=, --label) or a label raster (labels=, --labels)")
     else:
