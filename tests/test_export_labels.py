@@ -161,6 +161,15 @@ def test_points_label_a_patch_by_their_majority(rasters, tmp_path):
     assert _by_patch(strict) == {(2, 3): "a", (6, 8): "c"}
 
 
+def test_integer_classes_with_missing_values_stay_integers(rasters, tmp_path):
+    # GDAL reads an integer column with nulls as float64: the labels must still be the file's 1 and 2, not 1.0.
+    file = _vectors(tmp_path / "gaps.geojson", [_patches(1, 1, 2, 2), _patches(3, 3, 4, 4), _patches(5, 5, 6, 6)],
+                    cls=[1, 2, None])  # fmt: skip
+    got, _, _ = raster_table(rasters["emb"], file)
+    assert _by_patch(got) == {(1, 1): 1, (3, 3): 2}
+    assert got.label.dtype.kind == "i"
+
+
 def test_overlapping_classes_are_not_decided_by_drawing_order(rasters, tmp_path):
     # Class 1 over patches (1..2, 1..2) twice (a same-class overlap is harmless), class 2 over (2..3, 2..3):
     # patch (2, 2) lies under both.

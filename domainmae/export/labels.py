@@ -95,7 +95,11 @@ def read_label_vectors(labels: Path, field: str | None) -> tuple[gpd.GeoSeries, 
     if refused:
         raise ValueError(f"{labels} holds {', '.join(refused)} geometries; only polygons and points label patches "
                          "(buffer lines into polygons first)")  # fmt: skip
-    return geometry[kept], classes[kept]
+    classes = classes[kept]
+    # GDAL reads an integer column with nulls as float64: whole-number classes go back to the integers they were.
+    if classes.dtype.kind == "f" and (classes == classes.round()).all():
+        classes = classes.astype("int64")
+    return geometry[kept], classes
 
 
 def fine_vector_labels(labels: Path, field: str | None, transform: Affine, crs: CRS | None,
