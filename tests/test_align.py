@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,10 +13,11 @@ import torch
 pytest.importorskip("open_clip")
 
 from domainmae.align import AlignModel, TextTower, TextTowerConfig, clip_loss, fill_template, recall_at_k  # noqa: E402
+from domainmae.align import train as align_train  # noqa: E402
 from domainmae.align.retrieval import chance_recall  # noqa: E402
-from domainmae.align.train import fit, held_out_scores  # noqa: E402
+from domainmae.align.train import align, align_embeddings, fit, held_out_scores, search  # noqa: E402
 from domainmae.cli import main  # noqa: E402
-from domainmae.export.writers.tables import read_embeddings  # noqa: E402
+from domainmae.export.writers.tables import feature_names, read_embeddings, write_embeddings  # noqa: E402
 from domainmae.train import pretrain  # noqa: E402
 
 from .conftest import SAMPLES  # noqa: E402
@@ -33,6 +36,52 @@ def toy_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     label = rng.integers(len(COLOURS), size=n)
     x = (centres[label] + 0.5 * rng.normal(size=(n, 32))).astype(np.float32)
     return x, np.array([f"a {COLOURS[i]} cell" for i in label], dtype=object)
+
+
+def toy_file(path: Path, n: int = 80) -> Path:
+    """An embeddings file of :func:`toy_pairs`, its colour as ``Metadata_Colour``, as ``embed`` writes one."""
+    x, texts = toy_pairs(n, seed=2)
+    df = pd.DataFrame(x, columns=feature_names(32)).assign(Metadata_Colour=[t.split()[1] for t in texts])
+    return write_embeddings(path, df, feature_names(32), {"checkpoint": None})
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_overwrite_leaves_the_old_aligned_folder_whole(tmp_path, monkeypatch) -> None:
+    file, out = toy_file(tmp_path / "toy.parquet"), tmp_path / "aligned"
+    align_embeddings(file, "a {Metadata_Colour} cell", out, text=TINY_TEXT, steps=2)
+    before = folder_bytes(out)
+
+    def broken(*args, **kwargs):  # the head's write fails after the new text tower is written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(align_train, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        align_embeddings(file, "a {Metadata_Colour} cell", out, text=TINY_TEXT, steps=2, seed=1, overwrite=True)
+    assert folder_bytes(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+    with pytest.raises(FileExistsError, match="not an aligned model folder"):
+        align_embeddings(file, "a {Metadata_Colour} cell", tmp_path, text=TINY_TEXT, steps=2, overwrite=True)
+
+
+def test_an_aligned_folder_still_works_after_a_move(tmp_path, monkeypatch) -> None:
+    toy = toy_file(tmp_path / "toy.parquet")
+
+    def fake_embed(checkpoint, output, **kwargs) -> Path:  # align's embedding step, without a model
+        return Path(shutil.copy(toy, output))
+
+    monkeypatch.setattr(align_train, "embed", fake_embed)
+    info = align("run", "a {Metadata_Colour} cell", tmp_path / "aligned", text=TINY_TEXT, steps=2)
+    assert info["embeddings"] == "embeddings.parquet"
+    # Aligning again on the folder's own embeddings (overwrite) keeps them in the new folder.
+    align_embeddings(tmp_path / "aligned" / "embeddings.parquet", "a {Metadata_Colour} cell", tmp_path / "aligned",
+                     text=TINY_TEXT, steps=2, overwrite=True)  # fmt: skip
+    moved = Path(shutil.move(tmp_path / "aligned", tmp_path / "moved"))
+    info = json.loads((moved / "align.json").read_text())
+    hits = search(moved, "a red cell", moved / info["embeddings"], top=3)
+    assert len(hits) == 3 and "Metadata_Colour" in hits
 
 
 def test_contrastive_loss_falls_and_retrieval_beats_chance() -> None:

@@ -8,11 +8,15 @@ BigEarthNet's CORINE ``labels``, joins with commas). Held-out rows come from the
 both ways beside a bag-of-words baseline and chance (:mod:`~domainmae.align.retrieval`).
 
 An aligned folder holds ``align.json`` (the encoder's checkpoint and hash, template, settings, held-out
-scores), ``head.safetensors`` (image projection and temperature) and the text tower (``text.*``).
+scores, the embeddings file's path relative to the folder), ``head.safetensors`` (image projection and
+temperature) and the text tower (``text.*``). It is built under a temporary name and renamed into place
+whole, so a failed ``--overwrite`` run leaves the earlier folder as it was, never a mix of old and new files.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import string
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +27,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_dir, atomic_write_text
 from ..export.embed import embed
 from ..export.splits import split_rows
 from ..export.writers.tables import feature_names, read_embeddings, write_embeddings
@@ -31,7 +35,7 @@ from .model import AlignModel
 from .retrieval import bag_of_words_similarity, chance_recall, recall_at_k
 from .text import TextTower, TextTowerConfig
 
-INFO, HEAD = "align.json", "head.safetensors"
+INFO, HEAD, EMBEDDINGS = "align.json", "head.safetensors", "embeddings.parquet"
 #: The text tower trained from scratch by default: small, as captions from metadata templates are few and short.
 DEFAULT_TEXT = TextTowerConfig(embed_dim=128, width=256, heads=4, layers=3, context_length=32)
 
@@ -94,13 +98,45 @@ def held_out_scores(model: AlignModel, x: np.ndarray, texts: np.ndarray, train: 
             "bag_of_words": recall_at_k(bow, ids), "chance": chance_recall(ids, len(captions))}  # fmt: skip
 
 
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse ``output`` when it is an aligned folder and not ``overwrite``, or anything else but an empty folder:
+    the new folder replaces it whole."""
+    if (output / INFO).is_file():
+        if not overwrite:
+            raise FileExistsError(f"{output} already holds an aligned model; pass overwrite=True (--overwrite)")
+    elif output.is_file() or (output.is_dir() and any(output.iterdir())):
+        raise FileExistsError(f"refusing to replace {output}: it is not an aligned model folder (no {INFO}); "
+                              "choose a new or empty folder")  # fmt: skip
+
+
 def align_embeddings(
-    file: str | Path, template: str, output: str | Path, *, split: str = "random", test_size: float = 0.25,
-    text: TextTowerConfig | None = None, pretrained: tuple[str, str] | None = None, steps: int = 300,
-    batch_size: int = 256, lr: float = 1e-3, seed: int = 0, overwrite: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    file: str | Path, template: str, output: str | Path, *, overwrite: bool = False, **options: Any
+) -> dict[str, Any]:
     """Align the embeddings ``file`` (written by ``embed``) with captions from ``template``; write the aligned
     folder ``output`` and return its ``align.json`` (settings, ``losses``, held-out ``scores``).
+
+    The folder is built under a temporary name and renamed at the end, so a failure leaves an earlier
+    ``output`` as it was (``overwrite``); ``options`` are :func:`train_aligned`'s keywords.
+    """
+    file, output = Path(file), Path(output)
+    check_output(output, overwrite)
+    with atomic_dir(output) as folder:
+        source, old = file.resolve(), output.resolve()
+        if source.is_relative_to(old):  # the old folder's own embeddings, which goes with it: keep a copy
+            file = folder / source.relative_to(old)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, file)  # a folder of parts, or a file
+        info = train_aligned(file, template, folder, **options)
+    return info
+
+
+def train_aligned(
+    file: Path, template: str, folder: Path, *, split: str = "random", test_size: float = 0.25,
+    text: TextTowerConfig | None = None, pretrained: tuple[str, str] | None = None, steps: int = 300,
+    batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Train the head and text tower on the embeddings ``file`` and write them and ``align.json`` into
+    ``folder`` (a new one, renamed by the caller once complete); return ``align.json``'s contents.
 
     Args:
         split: held-out rows, as for ``evaluate``: ``random`` (stratified by caption), a group column kept on one
@@ -108,9 +144,6 @@ def align_embeddings(
         text: the text tower's shape, trained from scratch (default: ``TextTowerConfig(embed_dim=128, width=256,
             heads=4, layers=3, context_length=32)``); or ``pretrained=(open_clip model name, weights file or tag)``.
     """
-    file, output = Path(file), Path(output)
-    if (output / INFO).exists() and not overwrite:
-        raise FileExistsError(f"{output} already holds an aligned model; pass overwrite=True (--overwrite)")
     df, features, provenance = read_embeddings(file)
     texts = np.array(fill_template(df, template, str(file)), dtype=object)
     train, test, _ = split_rows(df, texts, split, test_size, seed, multilabel=False)
@@ -119,16 +152,19 @@ def align_embeddings(
     tower = TextTower.pretrained(*pretrained) if pretrained else TextTower(text or DEFAULT_TEXT)
     model = AlignModel(len(features), tower)
     losses = fit(model, torch.from_numpy(x[train]), texts[train].tolist(), steps, batch_size, lr, seed)
-    info = {"embeddings": str(file.resolve()), "checkpoint": provenance.get("checkpoint"),
+    # Relative to the folder, which is renamed into place (and may be moved later): an absolute path would
+    # name the temporary folder.
+    embeddings = os.path.relpath(file.resolve(), folder.resolve())
+    info = {"embeddings": embeddings, "checkpoint": provenance.get("checkpoint"),
             "checkpoint_sha256": provenance.get("checkpoint_sha256"), "source": provenance.get("source"),
             "pool": provenance.get("pool"), "level": provenance.get("level"), "image_dim": len(features),
             "template": template, "split": split, "seed": seed, "steps": steps, "lr": lr,
             "text": asdict(tower.config), "pretrained": list(pretrained) if pretrained else None,
             "losses": losses, "scores": held_out_scores(model, x, texts, train, test)}  # fmt: skip
-    tower.save(output)
+    tower.save(folder)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("text.")},
-              str(output / HEAD))  # fmt: skip
-    atomic_write_text(output / INFO, json.dumps(info, indent=2) + "\n")
+              str(folder / HEAD))  # fmt: skip
+    atomic_write_text(folder / INFO, json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -136,14 +172,14 @@ def align(checkpoint: str | Path, template: str, output: str | Path, *, data: st
           level: str = "tile", pool: str = "mean", device: str = "auto", overwrite: bool = False,
           **options: Any) -> dict[str, Any]:  # fmt: skip
     """Embed the run's data (or ``data``) with the frozen ``checkpoint`` into ``output/embeddings.parquet``,
-    then :func:`align_embeddings` on it (``options``: its keywords)."""
+    then train on it as :func:`align_embeddings` does (``options``: :func:`train_aligned`'s keywords)."""
     output = Path(output)
-    if (output / INFO).exists() and not overwrite:
-        raise FileExistsError(f"{output} already holds an aligned model; pass overwrite=True (--overwrite)")
-    output.mkdir(parents=True, exist_ok=True)
-    file = embed(checkpoint, output=output / "embeddings.parquet", data=data, level=level, pool=pool,
-                 device=device, overwrite=True, progress=False)  # fmt: skip
-    return align_embeddings(file, template, output, overwrite=True, **options)
+    check_output(output, overwrite)
+    with atomic_dir(output) as folder:
+        file = embed(checkpoint, output=folder / EMBEDDINGS, data=data, level=level, pool=pool, device=device,
+                     progress=False)  # fmt: skip
+        info = train_aligned(file, template, folder, **options)
+    return info
 
 
 def load_aligned(folder: str | Path) -> tuple[AlignModel, dict[str, Any]]:
