@@ -15,9 +15,18 @@ pytest.importorskip("open_clip")
 from domainmae.align import AlignModel, TextTower, TextTowerConfig, clip_loss, fill_template, recall_at_k  # noqa: E402
 from domainmae.align import train as align_train  # noqa: E402
 from domainmae.align.retrieval import chance_recall  # noqa: E402
-from domainmae.align.train import align, align_embeddings, fit, held_out_scores, search  # noqa: E402
+from domainmae.align.train import (  # noqa: E402
+    align,
+    align_embeddings,
+    fit,
+    held_out_scores,
+    project_embeddings,
+    search,
+)
 from domainmae.cli import main  # noqa: E402
+from domainmae.export.embed import file_sha256  # noqa: E402
 from domainmae.export.writers.tables import feature_names, read_embeddings, write_embeddings  # noqa: E402
+from domainmae.runtime import checkpoint_file, load_trained  # noqa: E402
 from domainmae.train import pretrain  # noqa: E402
 
 from .conftest import SAMPLES  # noqa: E402
@@ -27,6 +36,14 @@ TINY_FLY = ["data.crop_size=64", "model.patch_size=16", "model.embed_dim=32", "m
             "model.decoder_embed_dim=16", "model.decoder_depth=1", "model.decoder_num_heads=2", "train.batch_size=4",
             "data.crops_per_read=4"]  # fmt: skip
 COLOURS = ("red", "green", "blue", "yellow")
+SITES = "fly cells at site {Metadata_Site}"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A two-step run of the tiny cellpainting model on the bundled samples."""
+    return pretrain("cellpainting", output=tmp_path_factory.mktemp("run") / "run", max_steps=2, overrides=TINY_FLY,
+                    quiet=True)  # fmt: skip
 
 
 def toy_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,3 +198,31 @@ def test_cli_align_and_search_end_to_end(tmp_path, capsys) -> None:
     assert main(["align", "--checkpoint", str(run), "--text", "{Metadata_Dose}", "--output", str(tmp_path / "x"),
                  *tiny]) == 1  # fmt: skip
     assert "Metadata_Dose" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_unfreeze_fine_tunes_the_encoder_and_embed_aligned_uses_it(tiny_run, tmp_path, capsys) -> None:
+    out = tmp_path / "tuned"
+    info = align(tiny_run, SITES, out, unfreeze=True, text=TINY_TEXT, steps=6, batch_size=32, lr=3e-3)
+    assert np.mean(info["losses"][-2:]) < info["losses"][0]
+    base, tuned = load_trained(tiny_run).model.state_dict(), load_trained(out / "encoder").model.state_dict()
+    changed = {name.split(".")[0] for name in base if not torch.equal(base[name], tuned[name])}
+    assert {"blocks", "patch_embed", "norm"} <= changed and not any(n.startswith("decoder") for n in changed)
+    # The table was written by the fine-tuned encoder in memory; embed --aligned reloads it from the folder.
+    projected, expected = tmp_path / "projected.parquet", tmp_path / "expected.parquet"
+    assert main(["embed", "--checkpoint", str(tiny_run), "--aligned", str(out), "--output", str(projected),
+                 "--quiet"]) == 0  # fmt: skip
+    project_embeddings(out, out / "embeddings.parquet", expected)
+    (got, features, _), (want, _, _) = read_embeddings(projected), read_embeddings(expected)
+    assert len(got) == len(want) == 768
+    assert np.allclose(got[features].to_numpy(), want[features].to_numpy(), atol=1e-5)
+    assert len(search(out, "fly cells at site POS076", out / "embeddings.parquet", top=2)) == 2
+
+    frozen = align(tiny_run, SITES, tmp_path / "frozen", text=TINY_TEXT, steps=2)
+    assert "encoder" not in frozen and not (tmp_path / "frozen" / "encoder").exists()
+    assert frozen["checkpoint_sha256"] == file_sha256(checkpoint_file(tiny_run))  # the run's encoder, untouched
+    with pytest.raises(ValueError, match="embed --aligned"):  # the frozen encoder's rows do not fit the tuned head
+        search(out, "fly cells", tmp_path / "frozen" / "embeddings.parquet")
+    assert main(["align", "--embeddings", str(out / "embeddings.parquet"), "--unfreeze", "--text", SITES,
+                 "--output", str(tmp_path / "x")]) == 1  # fmt: skip
+    assert "--unfreeze fine-tunes the encoder on the images" in capsys.readouterr().err
