@@ -14,7 +14,7 @@ pytest.importorskip("open_clip")
 
 from domainmae.align import AlignModel, TextTower, TextTowerConfig, clip_loss, fill_template, recall_at_k  # noqa: E402
 from domainmae.align import train as align_train  # noqa: E402
-from domainmae.align.retrieval import chance_recall  # noqa: E402
+from domainmae.align.retrieval import chance_recall, format_scores  # noqa: E402
 from domainmae.align.train import (  # noqa: E402
     align,
     align_embeddings,
@@ -126,9 +126,26 @@ def test_shared_captions_share_the_target() -> None:
 def test_recall_at_k_and_chance() -> None:
     similarity = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])  # the third image ranks the wrong caption first
     found = recall_at_k(similarity, np.array([0, 1, 1]), ks=(1, 2))
-    assert found == {"i2t@1": pytest.approx(2 / 3), "t2i@1": 1.0, "i2t@2": 1.0, "t2i@2": 1.0}
+    assert found == {"i2t@1": pytest.approx(2 / 3), "i2t_macro@1": 0.75, "t2i@1": 1.0, "i2t@2": 1.0,
+                     "i2t_macro@2": 1.0, "t2i@2": 1.0}  # fmt: skip
     chance = chance_recall(np.array([0, 1, 1]), 2, ks=(1,))
-    assert chance["i2t@1"] == 0.5 and chance["t2i@1"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert chance["i2t@1"] == chance["i2t_macro@1"] == 0.5 and chance["t2i@1"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+
+
+def test_balanced_recall_is_not_fooled_by_the_majority_caption() -> None:
+    # Nine images of caption 0, one of caption 1, and a model that ranks caption 0 first for every image.
+    captions = np.array([0] * 9 + [1])
+    similarity = np.tile([0.9, 0.1], (10, 1))
+    found = recall_at_k(similarity, captions, ks=(1,))
+    assert found["i2t@1"] == pytest.approx(0.9)  # the majority's share
+    assert found["i2t_macro@1"] == pytest.approx((9 / 9 + 0 / 1) / 2)  # caption 1 is never found
+    # Three captions, uneven: per-caption recall 2/4, 1/1 and 0/2 -> macro 1/2, micro 3/7.
+    captions = np.array([0, 0, 0, 0, 1, 2, 2])
+    similarity = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 0]], float)
+    found = recall_at_k(similarity, captions, ks=(1,))
+    assert found["i2t@1"] == pytest.approx(3 / 7) and found["i2t_macro@1"] == pytest.approx(0.5)
+    assert "i2t_macro recall@1" in format_scores({"n_test": 7, "n_train": 0, "n_captions": 3, "model": found,
+                                                  "bag_of_words": found, "chance": found})  # fmt: skip
 
 
 def test_template_fills_from_the_manifest_and_names_a_missing_column() -> None:
