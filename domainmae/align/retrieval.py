@@ -70,9 +70,10 @@ def unit(x: np.ndarray) -> np.ndarray:
 def format_scores(scores: dict) -> str:
     """Held-out recall@k (``held_out_scores``' dict) as a text table: model, bag of words, chance."""
     ks = sorted({int(key.split("@")[1]) for key in scores["model"]})
-    ways = [(way, k) for way in WAYS for k in ks]
+    columns = [(f"{way} recall@{k}", f"{way}@{k}") for way in WAYS for k in ks]  # (header, key)
     head = f"held-out rows {scores['n_test']} (train {scores['n_train']}), distinct captions {scores['n_captions']}"
-    lines = [head, f"{'':<14}" + "".join(f"{f'{way} recall@{k}':>20}" for way, k in ways)]
+    lines = [head, f"{'':<14}" + "".join(f"{label:>{len(label) + 2}}" for label, _ in columns)]
     for name in ("model", "bag_of_words", "chance"):
-        lines.append(f"{name:<14}" + "".join(f"{scores[name][f'{way}@{k}']:>20.3f}" for way, k in ways))
+        row = scores[name]
+        lines.append(f"{name:<14}" + "".join(f"{row[key]:>{len(label) + 2}.3f}" for label, key in columns))
     return "\n".join(lines)
