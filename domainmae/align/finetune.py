@@ -66,10 +66,10 @@ class TunedEncoder:
         return save_exported(self.export.model, self.export.recipe, self.step, folder)
 
 
-def tuned_encoder(checkpoint: str | Path, rows: int, home: Path, *, data: str | Path | None, pool: str, device: str,
+def tuned_encoder(checkpoint: str | Path, n_rows: int, home: Path, *, data: str | Path | None, pool: str, device: str,
                   batch_size: int, lr_scale: float) -> TunedEncoder:  # fmt: skip
     """The ``checkpoint``'s model over the tiles of its data (or ``data``), in the order ``embed`` writes them;
-    ``rows``: how many rows that table has, checked against the tiles read; ``home``: where it will be saved."""
+    ``n_rows``: how many rows that table has, checked against the tiles read; ``home``: where it will be saved."""
     if lr_scale <= 0:
         raise ValueError(f"the encoder's learning-rate scale must be above 0, got {lr_scale}")
     dev = resolve_device(device)
@@ -82,6 +82,6 @@ def tuned_encoder(checkpoint: str | Path, rows: int, home: Path, *, data: str | 
     export = Export(trained.model, recipe, chosen, dev, batch_size, progress=False)
     items = export_items(recipe, export_sources(recipe), None)
     samples = [sample for batch in sample_batches(export, items) for sample in batch]
-    if len(samples) != rows:
-        raise ValueError(f"{checkpoint}'s data gave {len(samples)} tiles, but its embeddings table has {rows} rows")
+    if len(samples) != n_rows:
+        raise ValueError(f"{checkpoint}'s data gave {len(samples)} tiles, but its embeddings table has {n_rows} rows")
     return TunedEncoder(export, samples, pool, trained.step, lr_scale, home)

@@ -211,8 +211,8 @@ def align(checkpoint: str | Path, template: str, output: str | Path, *, data: st
                      progress=False)  # fmt: skip
         tuned = None
         if unfreeze:
-            rows = len(read_embeddings(file)[0])
-            tuned = tuned_encoder(checkpoint, rows, output.resolve() / ENCODER, data=data, pool=pool, device=device,
+            n_rows = len(read_embeddings(file)[0])
+            tuned = tuned_encoder(checkpoint, n_rows, output.resolve() / ENCODER, data=data, pool=pool, device=device,
                                   batch_size=options.get("batch_size", 256), lr_scale=encoder_lr_scale)  # fmt: skip
         info = train_aligned(file, template, folder, tuned=tuned, **options)
     return info
