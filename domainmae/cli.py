@@ -112,8 +112,9 @@ def _embed(args: argparse.Namespace) -> int:
     if args.aligned:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("embed --aligned runs in one process; embed under torchrun, then project the file alone")
-        from .align import project_embeddings
+        from .align import aligned_encoder, project_embeddings
 
+        args.checkpoint = aligned_encoder(args.aligned) or args.checkpoint  # a fine-tuned encoder (align --unfreeze)
         # The encoder's embeddings first (a temporary file), then their projection into the text space.
         with tempfile.TemporaryDirectory(prefix="domainmae-aligned-") as folder:
             encoded = _embed_encoder(args, str(Path(folder) / f"encoder{Path(args.output).suffix}"))
@@ -171,6 +172,9 @@ def _align(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.embeddings is None):
         raise ValueError("align takes --checkpoint (embed its data first) or --embeddings (a file embed wrote), one")
+    if args.unfreeze and args.embeddings:
+        raise ValueError(f"--unfreeze fine-tunes the encoder on the images: use --checkpoint, not precomputed "
+                         f"--embeddings {args.embeddings}")
     if (args.text_model is None) != (args.text_weights is None):
         raise ValueError("--text-model and --text-weights go together: an open_clip model name and its weights")
     text = TextTowerConfig(embed_dim=args.embed_dim, width=args.text_width, heads=args.text_heads,
@@ -182,7 +186,8 @@ def _align(args: argparse.Namespace) -> int:
         info = align_embeddings(args.embeddings, args.text, args.output, **options)
     else:
         info = align(args.checkpoint, args.text, args.output, data=args.data, level=args.level, pool=args.pool,
-                     device=args.device, **options)  # fmt: skip
+                     device=args.device, unfreeze=args.unfreeze, encoder_lr_scale=args.encoder_lr_scale,
+                     **options)  # fmt: skip
     print(format_scores(info["scores"]))
     print(f"wrote {args.output}")
     return 0
@@ -276,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", choices=["model", "raw", "random"], default="model",
                    help="baselines: raw = per-channel mean/std/percentiles of each tile, random = untrained model")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="--features random: the initialisation seed")
-    p.add_argument("--aligned", help="an aligned model folder (domainmae align): write text-aligned embeddings")
+    p.add_argument("--aligned", help="an aligned model folder (domainmae align): write text-aligned embeddings "
+                   "(with its fine-tuned encoder, if --unfreeze made one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_embed)
 
@@ -342,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-model", help="open_clip model name (e.g. ViT-B-32): load its pretrained text tower")
     p.add_argument("--text-weights", help="--text-model: a local weights file or an open_clip pretrained tag")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (embedding)")
+    p.add_argument("--unfreeze", action="store_true", help="fine-tune the encoder too (--checkpoint, tile level)")
+    p.add_argument("--encoder-lr-scale", type=float, default=0.1, help="--unfreeze: encoder lr = this x --lr")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (embedding, --unfreeze training)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_align)
 

@@ -34,7 +34,7 @@ import yaml
 from .atomic import atomic_dir
 from .models import MaskedAutoencoder, create_model
 from .models.pretrained import CONFIG, WEIGHTS, read_pretrained, save_pretrained
-from .recipes import resolve_recipe, save_recipe
+from .recipes import Recipe, resolve_recipe, save_recipe
 
 FORMAT = "domainmae-checkpoint/1"
 SHARDED_STATE = "state.ckpt"  # in a sharded checkpoint folder: a .ckpt's contents but the model and optimiser
@@ -236,10 +236,16 @@ def export_model(source: str | Path, directory: str | Path, *, overwrite: bool =
         if not (directory / CONFIG).is_file():
             raise FileExistsError(f"refusing to replace {directory}: it is not an exported model (no {CONFIG})")
     trained = load_trained(source)
-    recipe = resolve_recipe(trained.recipe)
-    data = recipe.data
     with atomic_dir(directory) as tmp:
-        save_pretrained(trained.model, tmp, normalization={"method": data.normalize, "band_stats": data.band_stats},
-                        crop_size=data.crop_size, step=trained.step)  # fmt: skip
-        save_recipe(recipe, tmp / RECIPE)
+        save_exported(trained.model, resolve_recipe(trained.recipe), trained.step, tmp)
+    return directory
+
+
+def save_exported(model: MaskedAutoencoder, recipe: Recipe, step: int | None, directory: Path) -> Path:
+    """Write ``model`` with what embedding needs besides its weights (normalisation, band statistics, crop size,
+    the resolved ``recipe``) into ``directory``, the layout :func:`load_trained` reads; return it."""
+    data = recipe.data
+    save_pretrained(model, directory, normalization={"method": data.normalize, "band_stats": data.band_stats},
+                    crop_size=data.crop_size, step=step)  # fmt: skip
+    save_recipe(recipe, directory / RECIPE)
     return directory

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,10 +13,20 @@ import torch
 pytest.importorskip("open_clip")
 
 from domainmae.align import AlignModel, TextTower, TextTowerConfig, clip_loss, fill_template, recall_at_k  # noqa: E402
-from domainmae.align.retrieval import chance_recall  # noqa: E402
-from domainmae.align.train import fit, held_out_scores  # noqa: E402
+from domainmae.align import train as align_train  # noqa: E402
+from domainmae.align.retrieval import chance_recall, format_scores  # noqa: E402
+from domainmae.align.train import (  # noqa: E402
+    align,
+    align_embeddings,
+    fit,
+    held_out_scores,
+    project_embeddings,
+    search,
+)
 from domainmae.cli import main  # noqa: E402
-from domainmae.export.writers.tables import read_embeddings  # noqa: E402
+from domainmae.export.embed import file_sha256  # noqa: E402
+from domainmae.export.writers.tables import feature_names, read_embeddings, write_embeddings  # noqa: E402
+from domainmae.runtime import checkpoint_file, load_trained  # noqa: E402
 from domainmae.train import pretrain  # noqa: E402
 
 from .conftest import SAMPLES  # noqa: E402
@@ -24,6 +36,14 @@ TINY_FLY = ["data.crop_size=64", "model.patch_size=16", "model.embed_dim=32", "m
             "model.decoder_embed_dim=16", "model.decoder_depth=1", "model.decoder_num_heads=2", "train.batch_size=4",
             "data.crops_per_read=4"]  # fmt: skip
 COLOURS = ("red", "green", "blue", "yellow")
+SITES = "fly cells at site {Metadata_Site}"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A two-step run of the tiny cellpainting model on the bundled samples."""
+    return pretrain("cellpainting", output=tmp_path_factory.mktemp("run") / "run", max_steps=2, overrides=TINY_FLY,
+                    quiet=True)  # fmt: skip
 
 
 def toy_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,6 +53,52 @@ def toy_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     label = rng.integers(len(COLOURS), size=n)
     x = (centres[label] + 0.5 * rng.normal(size=(n, 32))).astype(np.float32)
     return x, np.array([f"a {COLOURS[i]} cell" for i in label], dtype=object)
+
+
+def toy_file(path: Path, n: int = 80) -> Path:
+    """An embeddings file of :func:`toy_pairs`, its colour as ``Metadata_Colour``, as ``embed`` writes one."""
+    x, texts = toy_pairs(n, seed=2)
+    df = pd.DataFrame(x, columns=feature_names(32)).assign(Metadata_Colour=[t.split()[1] for t in texts])
+    return write_embeddings(path, df, feature_names(32), {"checkpoint": None})
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_overwrite_leaves_the_old_aligned_folder_whole(tmp_path, monkeypatch) -> None:
+    file, out = toy_file(tmp_path / "toy.parquet"), tmp_path / "aligned"
+    align_embeddings(file, "a {Metadata_Colour} cell", out, text=TINY_TEXT, steps=2)
+    before = folder_bytes(out)
+
+    def broken(*args, **kwargs):  # the head's write fails after the new text tower is written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(align_train, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        align_embeddings(file, "a {Metadata_Colour} cell", out, text=TINY_TEXT, steps=2, seed=1, overwrite=True)
+    assert folder_bytes(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+    with pytest.raises(FileExistsError, match="not an aligned model folder"):
+        align_embeddings(file, "a {Metadata_Colour} cell", tmp_path, text=TINY_TEXT, steps=2, overwrite=True)
+
+
+def test_an_aligned_folder_still_works_after_a_move(tmp_path, monkeypatch) -> None:
+    toy = toy_file(tmp_path / "toy.parquet")
+
+    def fake_embed(checkpoint, output, **kwargs) -> Path:  # align's embedding step, without a model
+        return Path(shutil.copy(toy, output))
+
+    monkeypatch.setattr(align_train, "embed", fake_embed)
+    info = align("run", "a {Metadata_Colour} cell", tmp_path / "aligned", text=TINY_TEXT, steps=2)
+    assert info["embeddings"] == "embeddings.parquet"
+    # Aligning again on the folder's own embeddings (overwrite) keeps them in the new folder.
+    align_embeddings(tmp_path / "aligned" / "embeddings.parquet", "a {Metadata_Colour} cell", tmp_path / "aligned",
+                     text=TINY_TEXT, steps=2, overwrite=True)  # fmt: skip
+    moved = Path(shutil.move(tmp_path / "aligned", tmp_path / "moved"))
+    info = json.loads((moved / "align.json").read_text())
+    hits = search(moved, "a red cell", moved / info["embeddings"], top=3)
+    assert len(hits) == 3 and "Metadata_Colour" in hits
 
 
 def test_contrastive_loss_falls_and_retrieval_beats_chance() -> None:
@@ -60,9 +126,26 @@ def test_shared_captions_share_the_target() -> None:
 def test_recall_at_k_and_chance() -> None:
     similarity = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])  # the third image ranks the wrong caption first
     found = recall_at_k(similarity, np.array([0, 1, 1]), ks=(1, 2))
-    assert found == {"i2t@1": pytest.approx(2 / 3), "t2i@1": 1.0, "i2t@2": 1.0, "t2i@2": 1.0}
+    assert found == {"i2t@1": pytest.approx(2 / 3), "i2t_macro@1": 0.75, "t2i@1": 1.0, "i2t@2": 1.0,
+                     "i2t_macro@2": 1.0, "t2i@2": 1.0}  # fmt: skip
     chance = chance_recall(np.array([0, 1, 1]), 2, ks=(1,))
-    assert chance["i2t@1"] == 0.5 and chance["t2i@1"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert chance["i2t@1"] == chance["i2t_macro@1"] == 0.5 and chance["t2i@1"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+
+
+def test_balanced_recall_is_not_fooled_by_the_majority_caption() -> None:
+    # Nine images of caption 0, one of caption 1, and a model that ranks caption 0 first for every image.
+    captions = np.array([0] * 9 + [1])
+    similarity = np.tile([0.9, 0.1], (10, 1))
+    found = recall_at_k(similarity, captions, ks=(1,))
+    assert found["i2t@1"] == pytest.approx(0.9)  # the majority's share
+    assert found["i2t_macro@1"] == pytest.approx((9 / 9 + 0 / 1) / 2)  # caption 1 is never found
+    # Three captions, uneven: per-caption recall 2/4, 1/1 and 0/2 -> macro 1/2, micro 3/7.
+    captions = np.array([0, 0, 0, 0, 1, 2, 2])
+    similarity = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 0]], float)
+    found = recall_at_k(similarity, captions, ks=(1,))
+    assert found["i2t@1"] == pytest.approx(3 / 7) and found["i2t_macro@1"] == pytest.approx(0.5)
+    assert "i2t_macro recall@1" in format_scores({"n_test": 7, "n_train": 0, "n_captions": 3, "model": found,
+                                                  "bag_of_words": found, "chance": found})  # fmt: skip
 
 
 def test_template_fills_from_the_manifest_and_names_a_missing_column() -> None:
@@ -132,3 +215,31 @@ def test_cli_align_and_search_end_to_end(tmp_path, capsys) -> None:
     assert main(["align", "--checkpoint", str(run), "--text", "{Metadata_Dose}", "--output", str(tmp_path / "x"),
                  *tiny]) == 1  # fmt: skip
     assert "Metadata_Dose" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_unfreeze_fine_tunes_the_encoder_and_embed_aligned_uses_it(tiny_run, tmp_path, capsys) -> None:
+    out = tmp_path / "tuned"
+    info = align(tiny_run, SITES, out, unfreeze=True, text=TINY_TEXT, steps=6, batch_size=32, lr=3e-3)
+    assert np.mean(info["losses"][-2:]) < info["losses"][0]
+    base, tuned = load_trained(tiny_run).model.state_dict(), load_trained(out / "encoder").model.state_dict()
+    changed = {name.split(".")[0] for name in base if not torch.equal(base[name], tuned[name])}
+    assert {"blocks", "patch_embed", "norm"} <= changed and not any(n.startswith("decoder") for n in changed)
+    # The table was written by the fine-tuned encoder in memory; embed --aligned reloads it from the folder.
+    projected, expected = tmp_path / "projected.parquet", tmp_path / "expected.parquet"
+    assert main(["embed", "--checkpoint", str(tiny_run), "--aligned", str(out), "--output", str(projected),
+                 "--quiet"]) == 0  # fmt: skip
+    project_embeddings(out, out / "embeddings.parquet", expected)
+    (got, features, _), (want, _, _) = read_embeddings(projected), read_embeddings(expected)
+    assert len(got) == len(want) == 768
+    assert np.allclose(got[features].to_numpy(), want[features].to_numpy(), atol=1e-5)
+    assert len(search(out, "fly cells at site POS076", out / "embeddings.parquet", top=2)) == 2
+
+    frozen = align(tiny_run, SITES, tmp_path / "frozen", text=TINY_TEXT, steps=2)
+    assert "encoder" not in frozen and not (tmp_path / "frozen" / "encoder").exists()
+    assert frozen["checkpoint_sha256"] == file_sha256(checkpoint_file(tiny_run))  # the run's encoder, untouched
+    with pytest.raises(ValueError, match="embed --aligned"):  # the frozen encoder's rows do not fit the tuned head
+        search(out, "fly cells", tmp_path / "frozen" / "embeddings.parquet")
+    assert main(["align", "--embeddings", str(out / "embeddings.parquet"), "--unfreeze", "--text", SITES,
+                 "--output", str(tmp_path / "x")]) == 1  # fmt: skip
+    assert "--unfreeze fine-tunes the encoder on the images" in capsys.readouterr().err

@@ -1,19 +1,26 @@
 """``align``: train a projection head and a text tower on a frozen MAE's embeddings; ``search`` ranks by text.
 
 The encoder stays frozen, so every row is embedded once (``domainmae.embed``, or any embeddings file it
-wrote) and training runs on the cached vectors: fast, and the MAE is reused as it is. Captions come from a
+wrote) and training runs on the cached vectors: fast, and the MAE is reused as it is. ``unfreeze`` fine-tunes
+the encoder with them instead (:mod:`~domainmae.align.finetune`), on the images. Captions come from a
 template filled from each row's metadata (``"cells treated with {Metadata_pert_iname}"``; a list cell, such as
 BigEarthNet's CORINE ``labels``, joins with commas). Held-out rows come from the same splits as ``evaluate``
 (:mod:`~domainmae.export.splits`: random, by a group column, ``COLUMN=VALUE``), and are scored by recall@k
 both ways beside a bag-of-words baseline and chance (:mod:`~domainmae.align.retrieval`).
 
 An aligned folder holds ``align.json`` (the encoder's checkpoint and hash, template, settings, held-out
-scores), ``head.safetensors`` (image projection and temperature) and the text tower (``text.*``).
+scores, the embeddings file's path relative to the folder), ``head.safetensors`` (image projection and
+temperature), the text tower (``text.*``) and, fine-tuned, the encoder (``encoder/``). It is built under a
+temporary name and renamed into place whole, so a failed ``--overwrite`` run leaves the earlier folder as it
+was, never a mix of old and new files.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import string
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,15 +30,17 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_write_text
-from ..export.embed import embed
+from ..atomic import atomic_dir, atomic_write_text
+from ..export.embed import embed, file_sha256
 from ..export.splits import split_rows
 from ..export.writers.tables import feature_names, read_embeddings, write_embeddings
+from ..models.pretrained import WEIGHTS
+from .finetune import ENCODER, TunedEncoder, tuned_encoder
 from .model import AlignModel
 from .retrieval import bag_of_words_similarity, chance_recall, recall_at_k
 from .text import TextTower, TextTowerConfig
 
-INFO, HEAD = "align.json", "head.safetensors"
+INFO, HEAD, EMBEDDINGS = "align.json", "head.safetensors", "embeddings.parquet"
 #: The text tower trained from scratch by default: small, as captions from metadata templates are few and short.
 DEFAULT_TEXT = TextTowerConfig(embed_dim=128, width=256, heads=4, layers=3, context_length=32)
 
@@ -57,22 +66,34 @@ def fill_template(df: pd.DataFrame, template: str, source: str = "the table") ->
     return [template.format(**{name: text(row[name]) for name in fields}) for _, row in df.iterrows()]
 
 
-def fit(model: AlignModel, x: torch.Tensor, texts: list[str], steps: int, batch_size: int, lr: float,
-        seed: int) -> list[float]:  # fmt: skip
+def fit(model: AlignModel, x: torch.Tensor, texts: list[str], steps: int, batch_size: int, lr: float, seed: int,
+        tuned: TunedEncoder | None = None, rows: Sequence[int] = ()) -> list[float]:  # fmt: skip
     """Standardise ``model``'s image input by ``x`` ``[N, D]`` and train it on the pairs (``x``, ``texts``) for
-    ``steps`` AdamW steps; the loss of each step."""
+    ``steps`` AdamW steps; the loss of each step.
+
+    ``tuned``: instead of ``x``, embed the tiles of the table rows ``rows`` (those of ``x``) with this encoder,
+    fine-tuned alongside at ``lr * tuned.lr_scale``; the model trains on the encoder's device, then returns
+    to the CPU.
+    """
     model.standardize(x)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)  # CLIP/MAE decay
+    groups = [{"params": list(model.parameters())}]
+    if tuned is not None:
+        groups.append({"params": list(tuned.parameters()), "lr": lr * tuned.lr_scale})
+        model.to(tuned.device)
+        tuned.train()
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.05)  # CLIP/MAE decay
     losses = []
     model.train()
     for _ in range(steps):
         batch = torch.randperm(len(x), generator=generator)[:batch_size]
-        loss = model(x[batch], [texts[i] for i in batch.tolist()])
+        images = x[batch] if tuned is None else tuned([rows[i] for i in batch.tolist()])
+        loss = model(images, [texts[i] for i in batch.tolist()])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+    model.cpu()
     return losses
 
 
@@ -94,13 +115,48 @@ def held_out_scores(model: AlignModel, x: np.ndarray, texts: np.ndarray, train: 
             "bag_of_words": recall_at_k(bow, ids), "chance": chance_recall(ids, len(captions))}  # fmt: skip
 
 
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse ``output`` when it is an aligned folder and not ``overwrite``, or anything else but an empty folder:
+    the new folder replaces it whole."""
+    if (output / INFO).is_file():
+        if not overwrite:
+            raise FileExistsError(f"{output} already holds an aligned model; pass overwrite=True (--overwrite)")
+    elif output.is_file() or (output.is_dir() and any(output.iterdir())):
+        raise FileExistsError(f"refusing to replace {output}: it is not an aligned model folder (no {INFO}); "
+                              "choose a new or empty folder")  # fmt: skip
+
+
 def align_embeddings(
-    file: str | Path, template: str, output: str | Path, *, split: str = "random", test_size: float = 0.25,
-    text: TextTowerConfig | None = None, pretrained: tuple[str, str] | None = None, steps: int = 300,
-    batch_size: int = 256, lr: float = 1e-3, seed: int = 0, overwrite: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    file: str | Path, template: str, output: str | Path, *, overwrite: bool = False, **options: Any
+) -> dict[str, Any]:
     """Align the embeddings ``file`` (written by ``embed``) with captions from ``template``; write the aligned
     folder ``output`` and return its ``align.json`` (settings, ``losses``, held-out ``scores``).
+
+    The folder is built under a temporary name and renamed at the end, so a failure leaves an earlier
+    ``output`` as it was (``overwrite``); ``options`` are :func:`train_aligned`'s keywords.
+    """
+    file, output = Path(file), Path(output)
+    check_output(output, overwrite)
+    with atomic_dir(output) as folder:
+        source, old = file.resolve(), output.resolve()
+        if source.is_relative_to(old):  # the old folder's own embeddings, which goes with it: keep a copy
+            file = folder / source.relative_to(old)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, file)  # a folder of parts, or a file
+        info = train_aligned(file, template, folder, **options)
+    return info
+
+
+def train_aligned(
+    file: Path, template: str, folder: Path, *, split: str = "random", test_size: float = 0.25,
+    text: TextTowerConfig | None = None, pretrained: tuple[str, str] | None = None, steps: int = 300,
+    batch_size: int = 256, lr: float = 1e-3, seed: int = 0, tuned: TunedEncoder | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train the head and text tower on the embeddings ``file`` and write them and ``align.json`` into
+    ``folder`` (a new one, renamed by the caller once complete); return ``align.json``'s contents.
+
+    ``tuned`` (``align --unfreeze``): fine-tune this encoder of ``file``'s tiles too, save it in ``folder``
+    and write ``file`` again with its embeddings, which the held-out scores and ``search`` then use.
 
     Args:
         split: held-out rows, as for ``evaluate``: ``random`` (stratified by caption), a group column kept on one
@@ -108,9 +164,6 @@ def align_embeddings(
         text: the text tower's shape, trained from scratch (default: ``TextTowerConfig(embed_dim=128, width=256,
             heads=4, layers=3, context_length=32)``); or ``pretrained=(open_clip model name, weights file or tag)``.
     """
-    file, output = Path(file), Path(output)
-    if (output / INFO).exists() and not overwrite:
-        raise FileExistsError(f"{output} already holds an aligned model; pass overwrite=True (--overwrite)")
     df, features, provenance = read_embeddings(file)
     texts = np.array(fill_template(df, template, str(file)), dtype=object)
     train, test, _ = split_rows(df, texts, split, test_size, seed, multilabel=False)
@@ -118,46 +171,89 @@ def align_embeddings(
     torch.manual_seed(seed)
     tower = TextTower.pretrained(*pretrained) if pretrained else TextTower(text or DEFAULT_TEXT)
     model = AlignModel(len(features), tower)
-    losses = fit(model, torch.from_numpy(x[train]), texts[train].tolist(), steps, batch_size, lr, seed)
-    info = {"embeddings": str(file.resolve()), "checkpoint": provenance.get("checkpoint"),
+    losses = fit(model, torch.from_numpy(x[train]), texts[train].tolist(), steps, batch_size, lr, seed, tuned, train)
+    extra = {}
+    if tuned is not None:
+        x, provenance = rewrite_tuned(tuned, file, folder, df, features, provenance)
+        extra = {"encoder": ENCODER, "encoder_lr_scale": tuned.lr_scale,
+                 "fine_tuned_from": provenance["fine_tuned_from"]}  # fmt: skip
+    # Relative to the folder, which is renamed into place (and may be moved later): an absolute path would
+    # name the temporary folder.
+    embeddings = os.path.relpath(file.resolve(), folder.resolve())
+    info = {"embeddings": embeddings, "checkpoint": provenance.get("checkpoint"),
             "checkpoint_sha256": provenance.get("checkpoint_sha256"), "source": provenance.get("source"),
             "pool": provenance.get("pool"), "level": provenance.get("level"), "image_dim": len(features),
             "template": template, "split": split, "seed": seed, "steps": steps, "lr": lr,
             "text": asdict(tower.config), "pretrained": list(pretrained) if pretrained else None,
-            "losses": losses, "scores": held_out_scores(model, x, texts, train, test)}  # fmt: skip
-    tower.save(output)
+            "losses": losses, "scores": held_out_scores(model, x, texts, train, test), **extra}  # fmt: skip
+    tower.save(folder)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("text.")},
-              str(output / HEAD))  # fmt: skip
-    atomic_write_text(output / INFO, json.dumps(info, indent=2) + "\n")
+              str(folder / HEAD))  # fmt: skip
+    atomic_write_text(folder / INFO, json.dumps(info, indent=2) + "\n")
     return info
 
 
 def align(checkpoint: str | Path, template: str, output: str | Path, *, data: str | Path | None = None,
           level: str = "tile", pool: str = "mean", device: str = "auto", overwrite: bool = False,
-          **options: Any) -> dict[str, Any]:  # fmt: skip
-    """Embed the run's data (or ``data``) with the frozen ``checkpoint`` into ``output/embeddings.parquet``,
-    then :func:`align_embeddings` on it (``options``: its keywords)."""
+          unfreeze: bool = False, encoder_lr_scale: float = 0.1, **options: Any) -> dict[str, Any]:  # fmt: skip
+    """Embed the run's data (or ``data``) with ``checkpoint`` into ``output/embeddings.parquet``, then train on it
+    as :func:`align_embeddings` does (``options``: :func:`train_aligned`'s keywords).
+
+    ``unfreeze``: fine-tune the encoder too, at ``encoder_lr_scale`` times the head's learning rate, on the
+    tiles (``level="tile"``) (:mod:`~domainmae.align.finetune`); the folder then holds it as ``encoder/``.
+    """
     output = Path(output)
-    if (output / INFO).exists() and not overwrite:
-        raise FileExistsError(f"{output} already holds an aligned model; pass overwrite=True (--overwrite)")
-    output.mkdir(parents=True, exist_ok=True)
-    file = embed(checkpoint, output=output / "embeddings.parquet", data=data, level=level, pool=pool,
-                 device=device, overwrite=True, progress=False)  # fmt: skip
-    return align_embeddings(file, template, output, overwrite=True, **options)
+    check_output(output, overwrite)
+    if unfreeze and level != "tile":
+        raise ValueError(f"--unfreeze fine-tunes on tiles; level {level!r} averages them, use level 'tile'")
+    with atomic_dir(output) as folder:
+        file = embed(checkpoint, output=folder / EMBEDDINGS, data=data, level=level, pool=pool, device=device,
+                     progress=False)  # fmt: skip
+        tuned = None
+        if unfreeze:
+            n_rows = len(read_embeddings(file)[0])
+            tuned = tuned_encoder(checkpoint, n_rows, output.resolve() / ENCODER, data=data, pool=pool, device=device,
+                                  batch_size=options.get("batch_size", 256), lr_scale=encoder_lr_scale)  # fmt: skip
+        info = train_aligned(file, template, folder, tuned=tuned, **options)
+    return info
+
+
+def rewrite_tuned(tuned: TunedEncoder, file: Path, folder: Path, df: pd.DataFrame, features: list[str],
+                  provenance: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """Save the fine-tuned encoder in ``folder`` and write ``file`` again with its embeddings of the same rows
+    (``df``); return them ``[N, D]`` and the file's new provenance, which names the encoder by its hash."""
+    weights = tuned.save(folder / ENCODER) / WEIGHTS
+    x = tuned.embed()
+    # Named where the encoder will be once the folder is renamed into place (the hash is what is checked).
+    provenance = {**provenance, "checkpoint": str(tuned.home / WEIGHTS), "checkpoint_sha256": file_sha256(weights),
+                  "source": str(tuned.home), "fine_tuned_from": provenance.get("checkpoint")}  # fmt: skip
+    write_embeddings(file, df.assign(**dict(zip(features, x.T))), features, provenance)
+    return x, provenance
+
+
+def read_info(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``folder`` as a path and its ``align.json``; an error naming what is missing if it is no aligned folder."""
+    folder = Path(folder)
+    if not (folder / INFO).is_file() or not (folder / HEAD).is_file():
+        raise FileNotFoundError(f"{folder} is not an aligned model folder: {INFO} or {HEAD} missing (domainmae align)")
+    return folder, json.loads((folder / INFO).read_text())
 
 
 def load_aligned(folder: str | Path) -> tuple[AlignModel, dict[str, Any]]:
     """The aligned model (eval mode) and ``align.json`` of a folder :func:`align_embeddings` wrote."""
-    folder = Path(folder)
-    if not (folder / INFO).is_file() or not (folder / HEAD).is_file():
-        raise FileNotFoundError(f"{folder} is not an aligned model folder: {INFO} or {HEAD} missing (domainmae align)")
-    info = json.loads((folder / INFO).read_text())
+    folder, info = read_info(folder)
     model = AlignModel(info["image_dim"], TextTower.load(folder))
     result = model.load_state_dict(load_file(str(folder / HEAD)), strict=False)  # the text tower loaded above
     missing = [k for k in result.missing_keys if not k.startswith("text.")]
     if missing or result.unexpected_keys:
         raise ValueError(f"{folder / HEAD} does not fit the head: missing {missing}, unexpected {result.unexpected_keys}")
     return model.eval(), info
+
+
+def aligned_encoder(folder: str | Path) -> Path | None:
+    """The fine-tuned encoder (an exported model folder) of aligned ``folder``; None when it was aligned frozen."""
+    _, info = read_info(folder)
+    return Path(folder) / info["encoder"] if info.get("encoder") else None
 
 
 def aligned_features(model: AlignModel, info: dict[str, Any],
@@ -167,8 +263,9 @@ def aligned_features(model: AlignModel, info: dict[str, Any],
     df, features, provenance = read_embeddings(file)
     made, wanted = provenance.get("checkpoint_sha256"), info.get("checkpoint_sha256")
     if made and wanted and made != wanted:
+        fix = "the fine-tuned encoder: embed --aligned" if info.get("encoder") else "that checkpoint"
         raise ValueError(f"{file} was embedded by another checkpoint ({provenance.get('checkpoint')}) than the one "
-                         f"aligned ({info.get('checkpoint')}); embed it with that checkpoint")  # fmt: skip
+                         f"aligned ({info.get('checkpoint')}); embed it with {fix}")  # fmt: skip
     if len(features) != info["image_dim"]:
         raise ValueError(f"{file} has {len(features)} features; the aligned head takes {info['image_dim']}")
     with torch.no_grad():

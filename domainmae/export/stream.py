@@ -80,6 +80,14 @@ class Export:
             raise ValueError(f"field {field} has channels {list(have)}, none of the chosen {wanted}")
         return {sensor: used}
 
+    def inputs(
+        self, batch: dict[str, Any], samples: Sequence[dict[str, Any]]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, ...] | None]]:
+        """The collated ``batch`` of ``samples`` as the model takes it: ``{sensor: [B, C, H, W]}`` on the device,
+        chosen channels only, and ``{sensor: channel names}`` (also what ``align --unfreeze`` trains through)."""
+        images, channels = select_channels(batch, self.batch_channels(samples), self.model)
+        return {k: v.to(self.device, non_blocking=True) for k, v in images.items()}, channels
+
     def forward(self, samples: Sequence[dict[str, Any]], pool: str | None) -> np.ndarray:
         """Samples -> pooled embeddings ``[B, D]`` (``pool`` "mean"/"cls"; "channels": ``[B, C * D]``) or
         per-patch ``[B, h, w, D]`` (None); per patch ``D`` is :attr:`dim`."""
@@ -87,8 +95,7 @@ class Export:
         if self.features == "raw":
             images, _ = select_channels(with_invalid_as_nan(batch), self.batch_channels(samples), self.model)
             return raw_features(images, None if pool else self.model.patch_size)
-        images, channels = select_channels(batch, self.batch_channels(samples), self.model)
-        images = {k: v.to(self.device, non_blocking=True) for k, v in images.items()}
+        images, channels = self.inputs(batch, samples)
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             if pool is None:
