@@ -187,7 +187,7 @@ def _align(args: argparse.Namespace) -> int:
     else:
         info = align(args.checkpoint, args.text, args.output, data=args.data, level=args.level, pool=args.pool,
                      device=args.device, unfreeze=args.unfreeze, encoder_lr_scale=args.encoder_lr_scale,
-                     **options)  # fmt: skip
+                     crs=args.crs, **options)  # fmt: skip
     print(format_scores(info["scores"]))
     print(f"wrote {args.output}")
     return 0
@@ -351,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unfreeze", action="store_true", help="fine-tune the encoder too (--checkpoint, tile level)")
     p.add_argument("--encoder-lr-scale", type=float, default=0.1, help="--unfreeze: encoder lr = this x --lr")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (embedding, --unfreeze training)")
+    p.add_argument("--crs", help="--checkpoint on scenes in several CRSs: the footprints' CRS, e.g. EPSG:4326")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_align)
 

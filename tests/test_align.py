@@ -217,6 +217,25 @@ def test_cli_align_and_search_end_to_end(tmp_path, capsys) -> None:
     assert "Metadata_Dose" in capsys.readouterr().err
 
 
+def test_cli_align_on_multi_sensor_scenes_in_three_utm_zones(tmp_path, capsys) -> None:
+    # The bundled BigEarthNet S1+S2 pairs lie in UTM zones 29, 33 and 35: one GeoParquet geometry needs one CRS.
+    from .test_export_bigearthnet import TINY_SENTINEL
+
+    run = pretrain("sentinel", output=tmp_path / "run", max_steps=1, overrides=TINY_SENTINEL, quiet=True)
+    tiny = ["--text-width", "32", "--text-heads", "2", "--text-layers", "1", "--context-length", "32",
+            "--embed-dim", "16", "--steps", "3", "--test-size", "0.5"]  # fmt: skip
+    args = ["align", "--checkpoint", str(run), "--text", "a satellite image of {labels}", *tiny]
+    assert main([*args, "--output", str(tmp_path / "refused")]) == 1
+    err = capsys.readouterr().err  # naming the file by its own place, not the temporary folder's
+    assert f"{tmp_path / 'refused' / 'embeddings.parquet'}: the scenes are in 3 CRSs" in err and "--crs" in err
+    assert not (tmp_path / "refused").exists()
+    aligned = tmp_path / "aligned"
+    assert main([*args, "--output", str(aligned), "--crs", "EPSG:4326"]) == 0
+    df, _, provenance = read_embeddings(aligned / "embeddings.parquet")
+    assert df["scene_id"].nunique() == 6 and provenance["crs"] == "EPSG:4326"
+    assert json.loads((aligned / "align.json").read_text())["scores"]["n_captions"] >= 1
+
+
 @pytest.mark.slow
 def test_unfreeze_fine_tunes_the_encoder_and_embed_aligned_uses_it(tiny_run, tmp_path, capsys) -> None:
     out = tmp_path / "tuned"

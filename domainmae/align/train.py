@@ -195,20 +195,25 @@ def train_aligned(
 
 def align(checkpoint: str | Path, template: str, output: str | Path, *, data: str | Path | None = None,
           level: str = "tile", pool: str = "mean", device: str = "auto", overwrite: bool = False,
-          unfreeze: bool = False, encoder_lr_scale: float = 0.1, **options: Any) -> dict[str, Any]:  # fmt: skip
+          unfreeze: bool = False, encoder_lr_scale: float = 0.1, crs: str | None = None,
+          **options: Any) -> dict[str, Any]:  # fmt: skip
     """Embed the run's data (or ``data``) with ``checkpoint`` into ``output/embeddings.parquet``, then train on it
     as :func:`align_embeddings` does (``options``: :func:`train_aligned`'s keywords).
 
     ``unfreeze``: fine-tune the encoder too, at ``encoder_lr_scale`` times the head's learning rate, on the
     tiles (``level="tile"``) (:mod:`~domainmae.align.finetune`); the folder then holds it as ``encoder/``.
+    ``crs``: the footprints' CRS, needed (as by ``embed``) when the scenes lie in several.
     """
     output = Path(output)
     check_output(output, overwrite)
     if unfreeze and level != "tile":
         raise ValueError(f"--unfreeze fine-tunes on tiles; level {level!r} averages them, use level 'tile'")
     with atomic_dir(output) as folder:
-        file = embed(checkpoint, output=folder / EMBEDDINGS, data=data, level=level, pool=pool, device=device,
-                     progress=False)  # fmt: skip
+        try:
+            file = embed(checkpoint, output=folder / EMBEDDINGS, data=data, level=level, pool=pool, device=device,
+                         crs=crs, progress=False)  # fmt: skip
+        except ValueError as err:  # named by the place the user gave, not the temporary folder it is built in
+            raise ValueError(str(err).replace(str(folder), str(output))) from err
         tuned = None
         if unfreeze:
             n_rows = len(read_embeddings(file)[0])
