@@ -68,11 +68,13 @@ class Section(BaseModel):
 
 
 class MaskMix(Section):
-    """One masking strategy of a per-batch mixture."""
+    """One masking strategy of a per-batch mixture, drawn from ``start`` (a fraction of the run's steps) on:
+    a curriculum, e.g. random masking alone first and whole-sensor batches joining late."""
 
     strategy: str
     weight: float = Field(1.0, gt=0)
     ratio: float | None = Field(None, gt=0, lt=1)  # default: model.mask_ratio
+    start: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("strategy")
     @classmethod
@@ -115,6 +117,13 @@ class ModelSection(_ConfigKeys):
     @classmethod
     def _size(cls, v: str) -> str:
         return _one_of(v, MODEL_SIZES, "model size")
+
+    @field_validator("mask_mix")
+    @classmethod
+    def _mix_starts(cls, v: list[MaskMix] | None) -> list[MaskMix] | None:
+        if v and min(m.start for m in v) > 0:
+            raise ValueError("every entry starts late (start > 0): the first steps would have no strategy to draw")
+        return v
 
     @field_validator("mask_strategy")
     @classmethod

@@ -138,6 +138,29 @@ def test_sentinel_demo_runs_end_to_end_with_per_sensor_losses(tmp_path):
         assert image.format == "PNG"
 
 
+def test_mask_mix_entries_join_at_their_start_fraction(tmp_path, monkeypatch):
+    drawn: list[str | None] = []
+    sample = domainmae.MaskedAutoencoder.sample_masking
+
+    def record(self, *args, strategy=None, **kwargs):
+        drawn.append(strategy)
+        return sample(self, *args, strategy=strategy, **kwargs)
+
+    monkeypatch.setattr(domainmae.MaskedAutoencoder, "sample_masking", record)
+    mix = "[{strategy: random, weight: 1}, {strategy: sensor, weight: 1, ratio: 0.9, start: 0.5}]"
+    pretrain("sentinel", output=tmp_path / "run", max_steps=20, overrides=[f"model.mask_mix={mix}"], quiet=True)
+    train = drawn[:-1]  # the last call draws the final reconstruction figure's masks
+    assert len(train) == 20
+    assert train[:10] == ["random"] * 10
+    assert "sensor" in train[10:] and "random" in train[10:]
+
+
+def test_a_mask_mix_with_no_entry_at_the_start_is_refused(tmp_path):
+    mix = "[{strategy: random, start: 0.2}, {strategy: sensor, ratio: 0.9, start: 0.5}]"
+    with pytest.raises(ValueError, match="first steps would have no strategy"):
+        pretrain("sentinel", output=tmp_path / "run", max_steps=2, overrides=[f"model.mask_mix={mix}"], quiet=True)
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     accum = pretrain("cellpainting", output=tmp_path / "accum", max_steps=6, quiet=True,
                      overrides=[*QUICK, "train.micro_batch=4", "data.crops_per_read=4"])  # fmt: skip

@@ -202,7 +202,8 @@ class Trainer:
         strategy, ratio = None, None
         if self.recipe.model.mask_mix:
             mix = self.recipe.model.mask_mix
-            weights = torch.tensor([x.weight for x in mix], device=g.device)
+            # Entries not started yet weigh 0: one draw per step either way, so resume and DDP stay exact.
+            weights = torch.tensor([x.weight * (self.step >= x.start * self.total_steps) for x in mix], device=g.device)
             # int() waits for the GPU, but the previous step's loss was read already: nothing is queued.
             pick = int(torch.multinomial(weights, 1, generator=g))
             strategy, ratio = mix[pick].strategy, mix[pick].ratio
