@@ -14,7 +14,9 @@ pretraining run per count. Pretraining is self-supervised on all crops (transduc
 S2+S1 patches and score, with ``score_reconstruction``, the masked-patch MSE (random masking at 75%) and the
 cross-sensor MSE (S1 rebuilt from all of S2, and S2 from all of S1) of the model beside its reconstruction
 baselines (mean of visible patches, interpolation, per-pixel linear regression from the other channels) on
-the same crops and masks. The crops come from the training patches: six patches leave none to hold out.
+the same crops and masks. By default the crops come from the training patches (a fit score); ``--hold-out
+zone`` leaves one UTM zone out per fold (the six patches lie in three): pretrain on the other zones' patches,
+score on the held-out zone's, band statistics and the linear baseline's fit from the training patches only.
 
 The budget covers the whole run: building the data, a short timing run, and per seed pretraining and
 scoring. Pretraining gets what the measured cost of the rest leaves, as a step count all seeds share.
@@ -22,11 +24,13 @@ scoring. Pretraining gets what the measured cost of the rest leaves, as a step c
     python benchmarks/quality.py mitosis --workdir /tmp/q --budget-minutes 10 --seeds 0,1,2
     python benchmarks/quality.py mitosis --workdir /tmp/q --steps 100,300,756 --seeds 0,1,2 --set data.normalize=stats
     python benchmarks/quality.py eo-reconstruction --workdir /tmp/q-eo --budget-minutes 10 --seeds 0,1,2
+    python benchmarks/quality.py eo-reconstruction --workdir /tmp/q-eo-zones --steps 6000 --seeds 0 --hold-out zone
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -35,8 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rasterio.crs import CRS
 
 import domainmae
+from domainmae.data.bigearthnet import read_patch_metadata
+from domainmae.data.multisensor import PATCH_KEY_PATTERN
 from domainmae.export.evaluate import evaluate
 from domainmae.recipes import Recipe, load_recipe
 from domainmae.runtime import RunDir
@@ -100,9 +107,10 @@ def time_pretraining(recipe: Recipe, run: Path) -> tuple[float, float]:
     return per_step, max(0.0, wall - CALIBRATION_STEPS * per_step)
 
 
-def plan_steps(args: argparse.Namespace, began: float, seeds: list[int], per_step: float, per_seed_other: float) -> int:
-    """Pretraining steps per seed: what the budget leaves after the measured cost of everything else."""
-    left = (args.budget_minutes * 60 - (time.perf_counter() - began)) / len(seeds) - per_seed_other
+def plan_steps(args: argparse.Namespace, began: float, runs: int, per_step: float, per_run_other: float) -> int:
+    """Pretraining steps per run (seed, or seed and fold): what the budget leaves after the measured cost of
+    everything else."""
+    left = (args.budget_minutes * 60 - (time.perf_counter() - began)) / runs - per_run_other
     return max(CALIBRATION_STEPS, int(left / per_step))
 
 
@@ -133,7 +141,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     embed_s = time.perf_counter() - start
     # Per seed and step count: the model's and the random-init embeddings, and 4 folds x 2 probe fits (~1 s).
     schedule = [int(s) for s in args.steps.split(",")] if args.steps else None
-    steps_list = schedule or [plan_steps(args, began, seeds, per_step, startup + 2 * embed_s + 8)]
+    steps_list = schedule or [plan_steps(args, began, len(seeds), per_step, startup + 2 * embed_s + 8)]
     crops = sum(c["positive"] + c["negative"] for c in counts)
     print(f"\ncalibration: {per_step:.2f} s/step (batch {args.batch}), start-up {startup:.1f} s, embedding "
           f"{embed_s:.1f} s; pretraining steps per seed {steps_list} "
@@ -189,16 +197,23 @@ def print_mitosis(scores: pd.DataFrame) -> None:
 
 
 def print_eo(table: pd.DataFrame, samples: int) -> None:
-    """MSE per step count, case and predictor: mean ± sd over seeds."""
+    """MSE per step count, held-out fold and case, and predictor: mean ± sd over seeds; with several folds
+    also per seed the mean over folds, then mean ± sd over seeds."""
+    table = table if "fold" in table else table.assign(fold="none")  # runs from before --hold-out
     seeds = sorted(int(s) for s in table.seed.unique())
-    print(f"\nEO reconstruction, BigEarthNet S2+S1 demo patches ({samples} crops of the training patches, the "
-          f"same masks for every predictor), {len(seeds)} seed(s) {seeds}: MSE in standardised units, "
-          "mean ± sd over seeds (n/a: the baseline has no prediction there)")  # fmt: skip
+    where = ("crops of the training patches" if set(table.fold) == {"none"}
+             else "crops of the held-out zone's patches, pretrained on the other zones'")  # fmt: skip
+    print(f"\nEO reconstruction, BigEarthNet S2+S1 demo patches ({samples} {where}, the same masks for every "
+          f"predictor), {len(seeds)} seed(s) {seeds}: MSE in standardised units (the training patches' band "
+          "statistics), mean ± sd over seeds (n/a: the baseline has no prediction there)")  # fmt: skip
     predictors = list(dict.fromkeys(table.predictor))
-    print(f"{'steps':>6}  {'case':<14}" + "".join(f"{p:>20}" for p in predictors))
-    for (steps, case), group in table.groupby(["steps", "case"], sort=False):
+    if table.fold.nunique() > 1:
+        folds_mean = table.groupby(["steps", "case", "predictor", "seed"], sort=False).mse.mean().reset_index()
+        table = pd.concat([table, folds_mean.assign(fold="mean of folds")], ignore_index=True)
+    print(f"{'steps':>6}  {'held out':<14}{'case':<14}" + "".join(f"{p:>20}" for p in predictors))
+    for (steps, fold, case), group in table.groupby(["steps", "fold", "case"], sort=False):
         cells = [group[group.predictor == p].mse.tolist() for p in predictors]
-        print(f"{steps:>6}  {case:<14}"
+        print(f"{steps:>6}  {fold:<14}{case:<14}"
               + "".join(f"{'n/a' if None in c or any(pd.isna(c)) else spread(c):>20}" for c in cells))  # fmt: skip
 
 
@@ -206,10 +221,11 @@ def run_summary(args: argparse.Namespace) -> None:
     """One table from the ``mitosis.json`` or ``eo.json`` of several workdirs (seeds run apart, same settings)."""
     if all((Path(w) / "eo.json").is_file() for w in args.workdirs):
         runs = [json.loads((Path(w) / "eo.json").read_text()) for w in args.workdirs]
-        if len({json.dumps([r["set"], r["samples"]]) for r in runs}) > 1:
+        if len({json.dumps([r["set"], r["samples"], r.get("hold_out", "none")]) for r in runs}) > 1:
             raise SystemExit("the workdirs ran different settings, their scores do not pool")
         table = pd.concat([pd.DataFrame(r["scores"]) for r in runs], ignore_index=True)
-        if table.duplicated(["seed", "steps", "case", "predictor"]).any():
+        table = table if "fold" in table else table.assign(fold="none")
+        if table.duplicated(["seed", "steps", "fold", "case", "predictor"]).any():
             raise SystemExit("a seed appears in two workdirs; pool runs of different seeds")
         print_eo(table, runs[0]["samples"])
         return
@@ -236,20 +252,54 @@ def eo_recipe(seed: int, overrides: list[str]) -> Recipe:
 SCORED_RATIO = 0.75  # the masked-patch case's ratio (the demo trains at it)
 
 
-def eo_scores(run: Path, bands: dict[str, list[str]], samples: int, seed: int) -> dict[str, dict[str, float | None]]:
-    """``{case: {predictor: MSE}}``: random masking of all sensors, and each sensor rebuilt from all of the other."""
+def eo_scores(run: Path, bands: dict[str, list[str]], samples: int, seed: int,
+              data: Path | None = None) -> dict[str, dict[str, float | None]]:
+    """``{case: {predictor: MSE}}``: random masking of all sensors, and each sensor rebuilt from all of the other,
+    on crops of ``data`` (default: the run's own patches)."""
+    held = str(data) if data else None
     # 75% whatever the run trained at: an ablation of model.mask_ratio must be scored on the same masks.
-    masked = score_reconstruction(run, samples=samples, seed=seed, mask_ratio=SCORED_RATIO)
+    masked = score_reconstruction(run, data=held, samples=samples, seed=seed, mask_ratio=SCORED_RATIO)
     out = {f"masked {SCORED_RATIO:.0%}": {p: s["overall"] for p, s in masked["scores"].items()}}
     for hidden, shown in (("s1", "s2"), ("s2", "s1")):
         # Ratio 0 with visible channels: the shown sensor whole, the hidden one removed whole.
-        result = score_reconstruction(run, samples=samples, seed=seed, mask_ratio=0.0, visible_channels=bands[shown])
+        result = score_reconstruction(run, data=held, samples=samples, seed=seed, mask_ratio=0.0,
+                                      visible_channels=bands[shown])  # fmt: skip
         out[f"{hidden} from {shown}"] = {p: s["sensors"][hidden]["mse"] for p, s in result["scores"].items()}
     return out
 
 
+def patch_key(folder: Path) -> str:
+    """The ``<row>_<col>`` that pairs an S2 patch folder with its S1 partner."""
+    found = re.search(PATCH_KEY_PATTERN, folder.name)
+    if not found:
+        raise SystemExit(f"{folder} is not a BigEarthNet patch folder (no trailing _<row>_<col>)")
+    return found.group(1)
+
+
+def zone_folds(root: Path) -> dict[str, list[str]]:
+    """``{"EPSG:<code>": [patch key, ...]}``: the S2 patches under ``root`` grouped by their UTM zone."""
+    folds: dict[str, list[str]] = {}
+    for meta in sorted(root.glob("BigEarthNet-S2-*/*/*_labels_metadata.json")):
+        zone = f"EPSG:{CRS.from_wkt(read_patch_metadata(meta).crs_wkt).to_epsg()}"
+        folds.setdefault(zone, []).append(patch_key(meta.parent))
+    if len(folds) < 2:
+        raise SystemExit(f"--hold-out zone needs patches in two UTM zones or more; {root} has {sorted(folds)}")
+    return folds
+
+
+def split_patches(root: Path, held: list[str], out: Path) -> tuple[Path, Path]:
+    """Copies of ``root``'s patch folders (both sensors): ``out/train`` without the ``held`` keys, ``out/test``
+    with only them. Returns ``(train, test)``."""
+    shutil.rmtree(out, ignore_errors=True)
+    for folder in sorted(root.glob("BigEarthNet-S*-*/*/")):
+        part = "test" if patch_key(folder) in held else "train"
+        shutil.copytree(folder, out / part / folder.parent.name / folder.name)
+    return out / "train", out / "test"
+
+
 def run_eo(args: argparse.Namespace) -> dict[str, Any]:
-    """Per seed: pretrain the sentinel demo, then score masked-patch and cross-sensor reconstruction."""
+    """Per seed (and per held-out zone with ``--hold-out zone``): pretrain the sentinel demo, then score
+    masked-patch and cross-sensor reconstruction."""
     began = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.workdir)
@@ -257,6 +307,14 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
     recipe = eo_recipe(0, args.set)
     bands = {sensor: [b["name"] if isinstance(b, dict) else b for b in listed]
              for sensor, listed in recipe.data.sensors.items()}  # fmt: skip
+    # fold -> (extra overrides for pretraining, data scored); "none": train and score on every patch.
+    folds: dict[str, tuple[list[str], Path | None]] = {"none": ([], None)}
+    if args.hold_out == "zone":
+        folds = {}
+        for zone, held in zone_folds(Path(recipe.data.path)).items():
+            train, test = split_patches(Path(recipe.data.path), held, work / "folds" / zone.replace(":", "-"))
+            folds[zone] = ([f"data.path={train}"], test)
+            print(f"fold {zone}: scores patches {held}, trains on the other zones'", flush=True)
     if args.steps:  # given: no timing run
         steps_list = [int(s) for s in args.steps.split(",")]
     else:
@@ -264,24 +322,27 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         eo_scores(work / "calibration", bands, args.samples, 0)
         score_s = time.perf_counter() - start
-        steps_list = [plan_steps(args, began, seeds, per_step, startup + score_s)]
+        steps_list = [plan_steps(args, began, len(seeds) * len(folds), per_step, startup + score_s)]
         print(f"calibration: {per_step:.2f} s/step (batch {recipe.train.batch_size}), start-up {startup:.1f} s, "
-              f"scoring {score_s:.1f} s; {steps_list[0]} pretraining steps per seed", flush=True)  # fmt: skip
+              f"scoring {score_s:.1f} s; {steps_list[0]} pretraining steps per run", flush=True)  # fmt: skip
     rows = []
     for seed in seeds:
         for steps in steps_list:
-            run = work / f"run-seed{seed}-steps{steps}"
-            shutil.rmtree(run, ignore_errors=True)
-            pretrain(eo_recipe(seed, args.set), output=run, max_steps=steps, quiet=True)
-            for case, scores in eo_scores(run, bands, args.samples, seed).items():
-                rows += [{"seed": seed, "steps": steps, "case": case, "predictor": p, "mse": v}
-                         for p, v in scores.items()]  # fmt: skip
-            print(f"seed {seed}, {steps} steps done; {time.perf_counter() - began:.0f} s so far", flush=True)
+            for fold, (overrides, scored) in folds.items():
+                run = work / (f"run-seed{seed}-steps{steps}" + ("" if fold == "none" else f"-{fold.replace(':', '-')}"))
+                shutil.rmtree(run, ignore_errors=True)
+                pretrain(eo_recipe(seed, [*args.set, *overrides]), output=run, max_steps=steps, quiet=True)
+                for case, scores in eo_scores(run, bands, args.samples, seed, scored).items():
+                    rows += [{"seed": seed, "steps": steps, "fold": fold, "case": case, "predictor": p, "mse": v}
+                             for p, v in scores.items()]  # fmt: skip
+                print(f"seed {seed}, {steps} steps, held out {fold} done; {time.perf_counter() - began:.0f} s so far",
+                      flush=True)  # fmt: skip
     print_eo(pd.DataFrame(rows), args.samples)
     wall = time.perf_counter() - began
     print(f"\nwall time {wall:.0f} s (budget {args.budget_minutes * 60:.0f} s, used to plan the steps when --steps "
           "is not given)")  # fmt: skip
-    summary = {"set": args.set, "seeds": seeds, "steps": steps_list, "samples": args.samples, "wall_s": wall, "scores": rows}
+    summary = {"set": args.set, "hold_out": args.hold_out, "seeds": seeds, "steps": steps_list,
+               "samples": args.samples, "wall_s": wall, "scores": rows}  # fmt: skip
     (work / "eo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -310,6 +371,9 @@ def main() -> None:
     e = commands.add_parser("eo-reconstruction", parents=[run],
                             help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")  # fmt: skip
     e.add_argument("--samples", type=int, default=32, help="crops scored per case (default 32)")
+    e.add_argument("--hold-out", choices=("none", "zone"), default="none",
+                   help="zone: one fold per UTM zone, pretrained on the other zones' patches and scored on its "
+                        "own (default none: scored on crops of the training patches)")  # fmt: skip
     summary = commands.add_parser("summary", help="one table from several workdirs of one benchmark (seeds run apart)")
     summary.add_argument("workdirs", nargs="+", help="workdirs holding mitosis.json, or all holding eo.json")
     args = parser.parse_args()
