@@ -79,20 +79,21 @@ def embed_crops(run: Path, output: Path, pool: str, features: str = "model", see
                            features=features, seed=seed, overwrite=True, progress=False)  # fmt: skip
 
 
-def probe_folds(model: Path, against: list[Path]) -> list[dict[str, Any]]:
+def probe_folds(model: Path, against: list[Path], tune: bool = False) -> list[dict[str, Any]]:
     """Leave-one-field-out: per held-out field, every feature set under each probe (plain and class-weighted
-    linear, 5-NN), one row per (field, features, probe)."""
+    linear, 5-NN), one row per (field, features, probe); ``tune``: the linear probes' C chosen by
+    leave-one-field-out inside the training fields."""
     fields = sorted(pd.read_parquet(model, columns=[mitosis.FIELD])[mitosis.FIELD].unique())
     rows = []
     for field in fields:
         for balanced in (False, True):
             result = evaluate(model, mitosis.LABEL, split=f"{mitosis.FIELD}={field}", against=against,
-                              methods=("linear",) if balanced else METHODS, balanced=balanced)  # fmt: skip
+                              methods=("linear",) if balanced else METHODS, balanced=balanced, tune=tune)  # fmt: skip
             for features, methods in result["features"].items():
                 for method, scores in methods.items():
                     probe = "linear-balanced" if balanced else method
                     rows.append({"field": field, "features": features, "probe": probe,
-                                 **{m: scores[m] for m in METRICS}})  # fmt: skip
+                                 **{m: scores[m] for m in (*METRICS, "C") if m in scores}})  # fmt: skip
     return rows
 
 
@@ -160,7 +161,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
             for pool in pools:
                 table = embed_crops(run, work / f"model-{pool}-seed{seed}-steps{steps}.parquet", pool)
                 folds = [{"seed": seed, "steps": steps, "pool": pool, **row}
-                         for row in probe_folds(table, [raw, random_init[pool]])]  # fmt: skip
+                         for row in probe_folds(table, [raw, random_init[pool]], args.tune)]  # fmt: skip
                 rows += folds
                 means = pd.DataFrame(folds).query("probe == 'linear-balanced'").groupby("features")
                 print(f"seed {seed}, {steps} steps, pool {pool}: loss {loss:.4f}; balanced linear (mean of folds) "
@@ -172,7 +173,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - began
     print(f"\nwall time {wall:.0f} s (budget {budget:.0f} s, used to plan the steps when --steps is not given)")
     summary = {"set": args.set, "pool": args.pool, "counts": counts, "seeds": seeds,
-               "steps": steps_list, "batch": args.batch, "crop": args.crop, "k": args.k,
+               "steps": steps_list, "batch": args.batch, "crop": args.crop, "k": args.k, "tune": args.tune,
                "wall_s": wall, "budget_s": budget, "scores": rows}  # fmt: skip
     (work / "mitosis.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
@@ -230,7 +231,8 @@ def run_summary(args: argparse.Namespace) -> None:
         print_eo(table, runs[0]["samples"])
         return
     runs = [json.loads((Path(w) / "mitosis.json").read_text()) for w in args.workdirs]
-    settings = {json.dumps({k: r.get(k) for k in ("set", "batch", "crop", "k")}) for r in runs}
+    settings = {json.dumps({k: r.get(k, False if k == "tune" else None) for k in ("set", "batch", "crop", "k", "tune")})
+                for r in runs}  # fmt: skip
     if len(settings) > 1:
         raise SystemExit(f"the workdirs ran different settings, their scores do not pool: {sorted(settings)}")
     # Runs from before --pool took a list hold one pool, named at the top level.
@@ -368,6 +370,9 @@ def main() -> None:
                    help="comma-separated pooled embeddings probed (mean, cls, channels; model and random init; "
                         "default mean)")  # fmt: skip
     m.add_argument("--k", type=float, default=3.0, help="pH3+ above median + k*MAD of the field (default 3)")
+    m.add_argument("--tune", action="store_true",
+                   help="the linear probes' C chosen per feature set by leave-one-field-out inside the training "
+                        "fields (evaluate --tune; default C=1)")  # fmt: skip
     e = commands.add_parser("eo-reconstruction", parents=[run],
                             help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")  # fmt: skip
     e.add_argument("--samples", type=int, default=32, help="crops scored per case (default 32)")

@@ -9,6 +9,7 @@ import pytest
 from domainmae.cli import main
 from domainmae.export import evaluate, read_embeddings
 from domainmae.export.embed import embed, embed_baselines
+from domainmae.export.evaluate import inner_folds
 from domainmae.export.splits import split_rows
 from domainmae.export.writers.tables import feature_names, write_embeddings
 from tests import test_export_tables
@@ -196,3 +197,40 @@ def test_channels_pool_writes_a_block_per_channel_and_its_baselines_follow(plate
     with pytest.raises(ValueError, match="pool='channels' needs one channel set"):
         embed(plate["run"], output=tmp_path / "subsets.parquet", pool="channels", progress=False,
               overrides=["data.allow_channel_subsets=true"])  # fmt: skip
+
+
+def _many_weak_features(path, n: int = 120, dims: int = 200):
+    """Two classes, each of the first 40 of 200 dimensions shifted 0.35 sd: with 90 training rows a probe at
+    C=1 fits the noise; a stronger penalty finds the shared direction. Fields F0-F3 hold both classes."""
+    rng = np.random.default_rng(0)
+    y = np.array(["a", "b"] * (n // 2))
+    x = rng.normal(0, 1, (n, dims)) + np.where(y == "b", 0.35, 0.0)[:, None] * (np.arange(dims) < 40)
+    df = pd.DataFrame(x.astype(np.float32), columns=feature_names(dims))
+    df.insert(0, "Metadata_Label", y)
+    df.insert(0, "Metadata_Field", [f"F{(i // 2) % 4}" for i in range(n)])
+    return write_embeddings(path, df, feature_names(dims), {})
+
+
+def test_a_tuned_probe_chooses_its_penalty_inside_the_training_rows(tmp_path, capsys):
+    path = _many_weak_features(tmp_path / "weak.parquet")
+    fixed = evaluate(path, "Metadata_Label", split="Metadata_Field=F0", methods=["linear"])
+    tuned = evaluate(path, "Metadata_Label", split="Metadata_Field=F0", methods=["linear", "knn"], tune=True)
+    linear = tuned["features"]["model"]["linear"]
+    assert tuned["tune"] and linear["C"] < 1 and "C" not in tuned["features"]["model"]["knn"]
+    assert linear["macro_f1"] > fixed["features"]["model"]["linear"]["macro_f1"] + 0.05
+    assert main(["evaluate", str(path), "--label", "Metadata_Label", "--split", "Metadata_Field=F0", "--tune"]) == 0
+    header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("features")][0]
+    assert header.split()[-1] == "C"
+
+
+def test_tuning_folds_keep_groups_apart_and_need_two(tmp_path):
+    groups = np.array([f"G{i % 5}" for i in range(50)])
+    y = np.array(["a", "b"] * 25)
+    for fit, held in inner_folds(y, groups, seed=0, multilabel=False):
+        assert not set(groups[fit]) & set(groups[held])
+    path = _many_weak_features(tmp_path / "weak.parquet")
+    with pytest.raises(ValueError, match="needs two groups in the training rows"):
+        evaluate(path, "Metadata_Label", split="Metadata_Field=F0,F1,F2", methods=["linear"], tune=True)
+    one_class = np.array(["a"] * 10 + ["a", "b"] * 20)
+    with pytest.raises(ValueError, match=r"trains on one class only \('a'\)"):
+        inner_folds(one_class, np.array(["G0"] * 10 + ["G1"] * 40), seed=0, multilabel=False)

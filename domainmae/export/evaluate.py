@@ -19,6 +19,12 @@ by :func:`~domainmae.export.embed.embed_baselines` (``domainmae evaluate --basel
 
 Rare classes (a few % mitotic cells) leave an unweighted probe predicting the majority class: ``balanced``
 weights the linear probe's classes inversely to their training frequency (k-NN has no class weights).
+
+The linear probe's L2 penalty is fixed (``C=1`` on standardised features) unless ``tune``: then ``C`` is
+chosen per feature set from :data:`C_GRID` by 3-fold cross-validation inside the training rows on macro-F1,
+folds grouped like the split (a field, plate or spatial block never on both sides of an inner fold), and
+the probe refitted on all training rows. Every feature set gets the same search, so a set is not ranked
+by how well one fixed penalty happens to suit its dimension and noise.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import pandas as pd
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score
+from sklearn.model_selection import GridSearchCV, GroupKFold, KFold, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -39,12 +46,15 @@ from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
 from ..atomic import atomic_write_text
 from .labels import LABEL, raster_table
-from .splits import split_rows
+from .splits import split_groups, split_rows
 from .writers.tables import read_embeddings
 
 Method = Literal["linear", "knn"]
 #: A file named by its provenance's ``features`` (else its file name), or a ``(name, file)`` pair.
 Against = str | Path | tuple[str, str | Path]
+#: Inverse L2 strengths a tuned linear probe chooses from (1 is the untuned probe's).
+C_GRID = tuple(10.0**e for e in range(-4, 3))
+INNER_FOLDS = 3
 
 
 def _classifier(method: str, k: int, n_train: int, multilabel: bool, balanced: bool) -> Any:
@@ -73,12 +83,51 @@ def same_rows(file: Path, df: pd.DataFrame, other: pd.DataFrame, features: Seque
                          f"the first at row {first}; was the file reordered, or the data changed?")  # fmt: skip
 
 
+def inner_folds(y: np.ndarray, groups: np.ndarray | None, seed: int, multilabel: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation folds of the training rows for tuning: by group when the split has groups (at
+    least two needed), else stratified when every class has :data:`INNER_FOLDS` rows."""
+    rows = np.arange(len(y))
+    if groups is not None:
+        distinct = len(set(groups))
+        if distinct < 2:
+            raise ValueError(f"tuning the linear probe needs two groups in the training rows to cross-validate "
+                             f"without leaking; the split leaves {distinct}")  # fmt: skip
+        folds = list(GroupKFold(n_splits=min(INNER_FOLDS, distinct)).split(rows, groups=groups))
+        for fit, held in folds:
+            if not multilabel and len(set(y[fit])) < 2:
+                raise ValueError(f"tuning the linear probe: the inner fold that holds out groups "
+                                 f"{sorted(map(str, set(groups[held])))} trains on one class only "
+                                 f"({str(y[fit][0])!r}): the other training groups hold no other class")  # fmt: skip
+        return folds
+    counts = pd.Series(y if not multilabel else list(map(str, y))).value_counts()
+    if not multilabel and counts.min() >= INNER_FOLDS:
+        return list(StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(rows, y))
+    return list(KFold(INNER_FOLDS, shuffle=True, random_state=seed).split(rows))
+
+
+def _fit(method: str, x: np.ndarray, y: np.ndarray, k: int, multilabel: bool, balanced: bool,
+         folds: list[tuple[np.ndarray, np.ndarray]] | None) -> tuple[Any, float | None]:  # fmt: skip
+    """The probe fitted on ``x``; with ``folds`` (linear only) its C chosen first. Returns ``(model, C)``."""
+    model = _classifier(method, k, len(x), multilabel, balanced)
+    if folds is None or method != "linear":
+        return model.fit(x, y), None
+    name = "onevsrestclassifier__estimator__C" if multilabel else "logisticregression__C"
+    search = GridSearchCV(model, {name: list(C_GRID)}, scoring="f1_macro", cv=folds, error_score="raise")
+    try:
+        search.fit(x, y)
+    except ValueError as err:  # e.g. an inner fold whose training part holds one class only
+        raise ValueError(f"tuning the linear probe's C by cross-validation in the training rows failed: {err}") from err
+    return search.best_estimator_, float(search.best_params_[name])
+
+
 def score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, methods: Sequence[str], k: int,
-          multilabel: bool, balanced: bool = False) -> dict[str, dict[str, float]]:  # fmt: skip
-    """``{method: {metric: value}}`` of probes fit on ``x[train]`` and scored on ``x[test]``."""
+          multilabel: bool, balanced: bool = False,
+          folds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
+    """``{method: {metric: value}}`` of probes fit on ``x[train]`` and scored on ``x[test]``; with ``folds``
+    (:func:`inner_folds` of the training rows) the linear probe's C is tuned and reported as ``C``."""
     results = {}
     for method in methods:
-        model = _classifier(method, k, len(train), multilabel, balanced).fit(x[train], y[train])
+        model, c = _fit(method, x[train], y[train], k, multilabel, balanced, folds)
         predicted = model.predict(x[test])
         scores = {"accuracy": float(accuracy_score(y[test], predicted)),
                   "macro_f1": float(f1_score(y[test], predicted, average="macro", zero_division=0))}  # fmt: skip
@@ -88,6 +137,8 @@ def score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, met
             scores["map"] = float(average_precision_score(y[test][:, present], proba[:, present], average="macro"))
         else:
             scores["balanced_accuracy"] = float(balanced_accuracy_score(y[test], predicted))
+        if c is not None:
+            scores["C"] = c
         results[method] = scores
     return results
 
@@ -103,6 +154,7 @@ def evaluate(
     seed: int = 0,
     against: Iterable[Against] = (),
     balanced: bool = False,
+    tune: bool = False,
     gap: int | None = None,
     labels: str | Path | None = None,
     label_field: str | None = None,
@@ -121,6 +173,8 @@ def evaluate(
             Each is a path, named by its provenance's features (``model``, ``raw``, ``random``), or a
             ``(name, path)`` pair; a name already taken falls back to the file name.
         balanced: class weights inversely proportional to class frequency in the linear probe.
+        tune: choose the linear probe's C per feature set by cross-validation inside the training rows,
+            grouped like the split (module docstring); each linear score then carries its ``C``.
         labels: categorical labels for ``file``, a per-patch embedding GeoTIFF/Zarr: a raster, or a vector
             file of polygons or points (GeoPackage, GeoJSON, Shapefile, GeoParquet) whose class column is
             ``label_field`` (needed when it has more than one); any CRS. Each patch takes its majority class
@@ -170,13 +224,15 @@ def evaluate(
     train, test, dropped = split_rows(df, y, split, test_size, seed, multilabel, gap=gap)
     if len(np.unique(y[train], axis=0)) < 2:
         raise ValueError(f"the training rows hold a single value of {label!r}; nothing to learn")
+    groups = split_groups(df, split)
+    folds = inner_folds(y[train], None if groups is None else groups[train], seed, multilabel) if tune else None
     chance = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(train), 1)), y[train]).predict(test[:, None])
     result: dict[str, Any] = {
         "file": str(file), "label": label, "split": split, "n_train": len(train), "n_test": len(test),
         "n_dropped": dropped, "n_classes": int(y.shape[1]) if multilabel else len(np.unique(y)),
         "multilabel": multilabel, "chance": float(accuracy_score(y[test], chance)),
-        "checkpoint_sha256": provenance.get("checkpoint_sha256"), "seed": seed, "balanced": balanced,
-        "features": {name: score(x[labelled], y, train, test, methods, k, multilabel, balanced)
+        "checkpoint_sha256": provenance.get("checkpoint_sha256"), "seed": seed, "balanced": balanced, "tune": tune,
+        "features": {name: score(x[labelled], y, train, test, methods, k, multilabel, balanced, folds)
                      for name, x in sets.items()},
     }  # fmt: skip
     if output is not None:
@@ -187,11 +243,13 @@ def evaluate(
 def format_table(result: dict[str, Any]) -> str:
     """The result as a small text table, one row per feature set and method."""
     rows = [(name, method, scores) for name, by_method in result["features"].items() for method, scores in by_method.items()]
-    metrics = [m for m in ("accuracy", "balanced_accuracy", "macro_f1", "map") if any(m in s for _, _, s in rows)]
+    metrics = [m for m in ("accuracy", "balanced_accuracy", "macro_f1", "map", "C") if any(m in s for _, _, s in rows)]
     dropped = f" dropped(gap)={result['n_dropped']}" if result.get("n_dropped") else ""
     head = (f"{result['file']}  label={result['label']}  split={result['split']}  train={result['n_train']} "
             f"test={result['n_test']}{dropped} classes={result['n_classes']} chance={result['chance']:.3f}")  # fmt: skip
     lines = [head, f"{'features':<10}{'method':<8}" + "".join(f"{m:>19}" for m in metrics)]
     for name, method, scores in rows:
-        lines.append(f"{name:<10}{method:<8}" + "".join(f"{scores[m]:>19.3f}" for m in metrics))
+        # C (a tuned linear probe's) spans decades and k-NN has none.
+        cells = [f"{scores[m]:>19g}" if m == "C" else f"{scores[m]:>19.3f}" for m in metrics if m in scores]
+        lines.append(f"{name:<10}{method:<8}" + "".join(cells))
     return "\n".join(lines)

@@ -84,20 +84,38 @@ def window_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(rows, cols)
 
 
-def block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, seed: int) -> Split:
-    """Whole ``size`` x ``size`` px blocks per scene held out; training windows nearer than ``gap`` px to a
-    test window of their scene dropped (``gap`` default: the largest window side)."""
+def block_labels(df: pd.DataFrame, size: int) -> np.ndarray:
+    """Each window's block, ``scene/row/col`` of the ``size`` x ``size`` px square holding its top-left pixel."""
     missing = [c for c in WINDOW_COLUMNS if c not in df.columns]
     if missing:
         raise KeyError(f"split 'blocks:{size}' needs the window columns {list(WINDOW_COLUMNS)} of a GeoParquet "
                        f"window table (embed --level tile); the table lacks {missing}")  # fmt: skip
+    rows, cols = (df[c].to_numpy(np.int64) // size for c in ("window_row", "window_col"))
+    keys = zip(df["scene_id"].astype(str), rows, cols)
+    return np.array(["/".join(map(str, key)) for key in keys])
+
+
+def split_groups(df: pd.DataFrame, split: str) -> np.ndarray | None:
+    """The group of every row under ``split`` (what a grouped split keeps on one side): the split's column,
+    or the window's block for ``blocks:SIZE``; None for ``random``. For cross-validation inside the
+    training rows (``evaluate(tune=True)``), so it does not leak between groups either."""
+    if split == "random":
+        return None
+    if split.startswith("blocks:"):
+        return block_labels(df, int(split.removeprefix("blocks:")))
+    return df[split.split("=", 1)[0]].astype(str).to_numpy()
+
+
+def block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, seed: int) -> Split:
+    """Whole ``size`` x ``size`` px blocks per scene held out; training windows nearer than ``gap`` px to a
+    test window of their scene dropped (``gap`` default: the largest window side)."""
+    blocks = block_labels(df, size)  # first: it names missing window columns
     scenes = df["scene_id"].astype(str).to_numpy()
     boxes = df[list(WINDOW_COLUMNS[1:])].to_numpy(np.int64)
     if gap is None:
         gap = int(boxes[:, 2:].max())
     if gap < 0:
         raise ValueError(f"gap must be at least 0 pixels, got {gap}")
-    blocks = np.array(["/".join(map(str, key)) for key in zip(scenes, boxes[:, 0] // size, boxes[:, 1] // size)])
     train, test = grouped(np.arange(len(df)), blocks, test_size, seed, f"split 'blocks:{size}'")
     near = np.zeros(len(train), dtype=bool)
     for scene in np.unique(scenes[test]):  # only windows of one scene can be neighbours
