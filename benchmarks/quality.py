@@ -81,17 +81,20 @@ def embed_crops(run: Path, output: Path, pool: str, features: str = "model", see
 
 def probe_folds(model: Path, against: list[Path], tune: bool = False) -> list[dict[str, Any]]:
     """Leave-one-field-out: per held-out field, every feature set under each probe (plain and class-weighted
-    linear, 5-NN), one row per (field, features, probe); ``tune``: the linear probes' C chosen by
-    leave-one-field-out inside the training fields."""
+    linear, 5-NN), one row per (field, features, probe); ``tune`` adds both linear probes with their C chosen
+    by leave-one-field-out inside the training fields (``linear-tuned``, ``linear-balanced-tuned``)."""
     fields = sorted(pd.read_parquet(model, columns=[mitosis.FIELD])[mitosis.FIELD].unique())
+    # (balanced, tuned, methods): the untuned probes always, so a tuned run also has the rows of an untuned one.
+    probes = [(False, False, METHODS), (True, False, ("linear",))]
+    probes += [(False, True, ("linear",)), (True, True, ("linear",))] if tune else []
     rows = []
     for field in fields:
-        for balanced in (False, True):
+        for balanced, tuned, methods in probes:
             result = evaluate(model, mitosis.LABEL, split=f"{mitosis.FIELD}={field}", against=against,
-                              methods=("linear",) if balanced else METHODS, balanced=balanced, tune=tune)  # fmt: skip
-            for features, methods in result["features"].items():
-                for method, scores in methods.items():
-                    probe = "linear-balanced" if balanced else method
+                              methods=methods, balanced=balanced, tune=tuned)  # fmt: skip
+            for features, by_method in result["features"].items():
+                for method, scores in by_method.items():
+                    probe = method + ("-balanced" if balanced else "") + ("-tuned" if tuned else "")
                     rows.append({"field": field, "features": features, "probe": probe,
                                  **{m: scores[m] for m in (*METRICS, "C") if m in scores}})  # fmt: skip
     return rows
@@ -186,15 +189,19 @@ def print_mitosis(scores: pd.DataFrame) -> None:
     per_seed = scores.groupby(["steps", "pool", "features", "probe", "seed"])[list(METRICS)].mean().reset_index()
     print(f"\nmitosis (pH3+) from DNA+actin crops, leave-one-field-out ({scores.field.nunique()} folds), "
           f"{len(seeds)} seed(s) {seeds}: mean over folds, then mean ± sd over seeds")  # fmt: skip
-    print(f"{'steps':>6}  {'pool':<10}{'features':<10}{'probe':<17}{'seeds':>6}" + "".join(f"{m:>24}" for m in METRICS))
+    print(f"{'steps':>6}  {'pool':<10}{'features':<10}{'probe':<23}{'seeds':>6}" + "".join(f"{m:>24}" for m in METRICS))
     for (steps, pool, features, probe), group in per_seed.groupby(["steps", "pool", "features", "probe"]):
-        print(f"{steps:>6}  {pool:<10}{features:<10}{probe:<17}{len(group):>6}"
+        print(f"{steps:>6}  {pool:<10}{features:<10}{probe:<23}{len(group):>6}"
               + "".join(f"{spread(group[m].tolist()):>24}" for m in METRICS))  # fmt: skip
     steps, pool = scores.steps.max(), scores.pool.iloc[0]
     last = scores[(scores.steps == steps) & (scores.probe == "linear-balanced") & (scores.pool == pool)]
     by_field = last.pivot_table(index="field", columns="features", values="macro_f1")
     print(f"\nbalanced linear macro-F1 per held-out field at {steps} steps, pool {pool} (mean over seeds)\n"
           + by_field[list(FEATURES)].round(3).to_string())  # fmt: skip
+    if "C" in scores:  # tuned probes: which penalties the inner cross-validation chose, over folds and seeds
+        chosen = scores.dropna(subset=["C"]).groupby(["steps", "pool", "features", "probe"]).C
+        print("\nC chosen by the tuned probes (count over folds x seeds)\n"
+              + chosen.apply(lambda c: ", ".join(f"{v:g} x{n}" for v, n in sorted(c.value_counts().items()))).to_string())
 
 
 def print_eo(table: pd.DataFrame, samples: int) -> None:
@@ -371,8 +378,8 @@ def main() -> None:
                         "default mean)")  # fmt: skip
     m.add_argument("--k", type=float, default=3.0, help="pH3+ above median + k*MAD of the field (default 3)")
     m.add_argument("--tune", action="store_true",
-                   help="the linear probes' C chosen per feature set by leave-one-field-out inside the training "
-                        "fields (evaluate --tune; default C=1)")  # fmt: skip
+                   help="also probe with the linear probes' C chosen per feature set by leave-one-field-out inside "
+                        "the training fields (evaluate --tune; the untuned probes use C=1)")  # fmt: skip
     e = commands.add_parser("eo-reconstruction", parents=[run],
                             help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")  # fmt: skip
     e.add_argument("--samples", type=int, default=32, help="crops scored per case (default 32)")
