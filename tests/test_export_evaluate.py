@@ -1,6 +1,7 @@
 """``evaluate``: probes beat chance on separable embeddings; grouped and block splits keep test rows apart;
 baselines (raw pixels, random init; ``embed_baselines``) and other files are scored on the same rows and split."""
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -234,3 +235,14 @@ def test_tuning_folds_keep_groups_apart_and_need_two(tmp_path):
     one_class = np.array(["a"] * 10 + ["a", "b"] * 20)
     with pytest.raises(ValueError, match=r"trains on one class only \('a'\)"):
         inner_folds(one_class, np.array(["G0"] * 10 + ["G1"] * 40), seed=0, multilabel=False)
+
+
+def test_a_random_split_of_overlapping_windows_warns_that_it_leaks():
+    """Windows at stride 16 overlap their neighbours: a random split scores interpolation between them."""
+    df = _windows(16)
+    with pytest.warns(UserWarning, match=r"random split of 722 windows from 2 scenes.*blocks:SIZE"):
+        split_rows(df, np.zeros(len(df)), "random", 0.3, seed=0, multilabel=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split_rows(df, np.zeros(len(df)), "blocks:96", 0.3, seed=0, multilabel=False)
+        split_rows(df.drop(columns="window_row"), np.zeros(len(df)), "random", 0.3, seed=0, multilabel=False)

@@ -6,10 +6,11 @@ every scene into squares of ``SIZE`` x ``SIZE`` source pixels (by each window's 
 ``window_row``/``window_col``), holds out whole blocks, and drops training windows that come within
 ``gap`` pixels of a held-out window (default: one window), so no training window overlaps or touches
 the test area. How many were dropped is reported. ``COLUMN=VALUE[,VALUE...]`` names the held-out groups
-instead of drawing them (leave-one-field-out, a fixed test plate).
+instead of drawing them (leave-one-field-out, a fixed test plate). A random split of a window table warns.
 """
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -36,6 +37,11 @@ def split_rows(
     held out), or grouped by the column named ``split`` (groups drawn by ``seed``)."""
     rows = np.arange(len(df))
     if split == "random":
+        if all(c in df.columns for c in WINDOW_COLUMNS):
+            warnings.warn(f"a random split of {len(df)} windows from {df['scene_id'].nunique()} scenes puts windows "
+                          "next to (or overlapping) test windows in training, so the test score is partly measured on "
+                          "neighbours of the training rows; --split blocks:SIZE (or scene_id) holds out whole areas",
+                          stacklevel=2)  # fmt: skip
         counts = pd.Series(list(map(str, y)) if multilabel else y).value_counts()
         stratify = None if multilabel or counts.min() < 2 else y
         return Split(*train_test_split(rows, test_size=test_size, random_state=seed, stratify=stratify))
