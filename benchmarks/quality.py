@@ -7,7 +7,8 @@ the encoder), embed every crop, and probe ``Metadata_Mitotic`` with ``evaluate``
 (per-channel pixel statistics, embedded once) and ``random`` (same architecture, initialised from the seed,
 embedded once per seed) baselines, on the same rows. The split is leave-one-field-out: each field is the
 test set once (``split="Metadata_SourceField=<field>"``). Probes: logistic regression plain and with
-balanced class weights (3.9% positives), and 5-NN. ``--steps 100,300,756`` gives a curve: one full
+balanced class weights (3.9% positives), and 5-NN; ``--tune`` adds both linear probes with C chosen per feature
+set by leave-one-field-out inside the training fields. ``--steps 100,300,756`` gives a curve: one full
 pretraining run per count. Pretraining is self-supervised on all crops (transductive: no labels, no pH3).
 
 ``eo-reconstruction``: per seed, pretrain the sentinel recipe's demo model on the six bundled BigEarthNet

@@ -53,3 +53,24 @@ def test_ph3_rule_is_a_robust_outlier_threshold() -> None:
     positive, threshold = _mitosis().ph3_positive(means, k=3.0)
     assert positive.tolist() == [False] * 5 + [True]
     assert threshold == pytest.approx(12.5 + 3 * 1.4826 * 1.5)  # median 12.5, MAD 1.5
+
+
+def _quality():
+    _mitosis()  # quality.py imports it by name
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eo_folds_hold_out_whole_utm_zones_of_both_sensors(tmp_path: Path) -> None:
+    quality = _quality()
+    root = ROOT / "datasets" / "samples" / "bigearthnet-mm"
+    folds = quality.zone_folds(root)
+    assert folds == {"EPSG:32629": ["36_85", "4_55", "56_35"], "EPSG:32633": ["87_48"], "EPSG:32635": ["69_24", "57_38"]}
+    train, test = quality.split_patches(root, folds["EPSG:32635"], tmp_path / "fold")
+    for part, keys in ((train, ["36_85", "4_55", "56_35", "87_48"]), (test, ["57_38", "69_24"])):
+        for sensor in ("S1", "S2"):
+            folders = sorted((part / f"BigEarthNet-{sensor}-Example").iterdir())
+            assert sorted(quality.patch_key(f) for f in folders) == keys
+            assert all(any(f.glob("*.tif")) for f in folders)
