@@ -48,7 +48,7 @@ def test_probes_beat_chance_with_a_grouped_split(tmp_path, capsys):
 
 def test_grouped_split_keeps_groups_apart(tmp_path):
     df = pd.DataFrame({"plate": [f"P{i % 5}" for i in range(50)]})
-    train, test, dropped = split_rows(df, np.zeros(50), "plate", 0.4, seed=0, multilabel=False)
+    train, test, dropped, _ = split_rows(df, np.zeros(50), "plate", 0.4, seed=0, multilabel=False)
     assert set(df.plate[train]).isdisjoint(df.plate[test]) and len(train) + len(test) == 50 and dropped == 0
     with pytest.raises(KeyError, match="'well' is not in the table"):
         split_rows(df, np.zeros(50), "well", 0.4, seed=0, multilabel=False)
@@ -81,10 +81,11 @@ def _gap(a: pd.Series, b: pd.Series) -> int:
 @pytest.mark.parametrize("stride, gap", [(32, None), (16, None), (32, 0), (16, 64)])
 def test_blocks_split_holds_out_whole_blocks_and_keeps_train_a_gap_away(stride, gap):
     df = _windows(stride)
-    train, test, dropped = split_rows(df, np.zeros(len(df)), "blocks:96", 0.3, seed=1, multilabel=False, gap=gap)
+    train, test, dropped, groups = split_rows(df, np.zeros(len(df)), "blocks:96", 0.3, seed=1, multilabel=False, gap=gap)
     assert len(train) + len(test) + dropped == len(df) and len(train) > 0
     assert (dropped > 0) == (gap != 0 or stride < 32)  # side by side, windows at stride 32 only touch
     block = df.scene_id + "/" + (df.window_row // 96).astype(str) + "/" + (df.window_col // 96).astype(str)
+    assert (groups == block.to_numpy()).all()  # what a tuned probe's inner folds group by
     assert set(np.flatnonzero(block.isin(set(block[test])))) == set(test)  # every row of a test block, only them
     assert set(block[train]).isdisjoint(block[test])
     for i in train:
@@ -136,7 +137,7 @@ def test_baseline_rows_that_do_not_line_up_are_an_error(plate, tmp_path):
 
 def test_named_groups_are_the_test_set(tmp_path):
     df = pd.DataFrame({"plate": [f"P{i % 5}" for i in range(50)]})
-    train, test, dropped = split_rows(df, np.zeros(50), "plate=P1,P3", 0.4, seed=0, multilabel=False)
+    train, test, dropped, _ = split_rows(df, np.zeros(50), "plate=P1,P3", 0.4, seed=0, multilabel=False)
     assert set(df.plate[test]) == {"P1", "P3"} and set(df.plate[train]) == {"P0", "P2", "P4"}
     assert len(train) + len(test) == 50 and dropped == 0
     with pytest.raises(ValueError, match=r"\['P9'\] not among the values of 'plate'"):

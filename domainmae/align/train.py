@@ -166,7 +166,7 @@ def train_aligned(
     """
     df, features, provenance = read_embeddings(file)
     texts = np.array(fill_template(df, template, str(file)), dtype=object)
-    train, test, _ = split_rows(df, texts, split, test_size, seed, multilabel=False)
+    train, test = split_rows(df, texts, split, test_size, seed, multilabel=False)[:2]
     x = df[features].to_numpy(np.float32)
     torch.manual_seed(seed)
     tower = TextTower.pretrained(*pretrained) if pretrained else TextTower(text or DEFAULT_TEXT)

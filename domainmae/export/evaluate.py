@@ -46,7 +46,7 @@ from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
 from ..atomic import atomic_write_text
 from .labels import LABEL, raster_table
-from .splits import split_groups, split_rows
+from .splits import split_rows
 from .writers.tables import read_embeddings
 
 Method = Literal["linear", "knn"]
@@ -221,10 +221,9 @@ def evaluate(
     df = df[labelled].reset_index(drop=True)
     multilabel = isinstance(df[label].iloc[0], (list, tuple, np.ndarray))
     y = MultiLabelBinarizer().fit_transform(df[label]) if multilabel else df[label].astype(str).to_numpy()
-    train, test, dropped = split_rows(df, y, split, test_size, seed, multilabel, gap=gap)
+    train, test, dropped, groups = split_rows(df, y, split, test_size, seed, multilabel, gap=gap)
     if len(np.unique(y[train], axis=0)) < 2:
         raise ValueError(f"the training rows hold a single value of {label!r}; nothing to learn")
-    groups = split_groups(df, split)
     folds = inner_folds(y[train], None if groups is None else groups[train], seed, multilabel) if tune else None
     chance = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(train), 1)), y[train]).predict(test[:, None])
     result: dict[str, Any] = {

@@ -22,11 +22,15 @@ WINDOW_COLUMNS = ("scene_id", "window_row", "window_col", "window_height", "wind
 
 
 class Split(NamedTuple):
-    """Row indices of a split; ``dropped`` training rows were left out for being too near the test rows."""
+    """Row indices of a split; ``dropped`` training rows were left out for being too near the test rows.
+    ``groups``: every row's group (what the split keeps on one side: the split column's value, or the
+    window's block), None for a random split; cross-validation inside the training rows
+    (``evaluate(tune=True)``) folds by it, so it does not leak between groups either."""
 
     train: np.ndarray
     test: np.ndarray
     dropped: int = 0
+    groups: np.ndarray | None = None
 
 
 def split_rows(
@@ -54,7 +58,8 @@ def split_rows(
         return held_out(df, *split.split("=", 1))
     if split not in df.columns:
         raise KeyError(f"split column {split!r} is not in the table; it has {list(df.columns)}")
-    return Split(*grouped(rows, df[split].astype(str).to_numpy(), test_size, seed, f"split column {split!r}"))
+    groups = df[split].astype(str).to_numpy()
+    return Split(*grouped(rows, groups, test_size, seed, f"split column {split!r}"), groups=groups)
 
 
 def grouped(rows: np.ndarray, groups: np.ndarray, test_size: float, seed: int, what: str) -> tuple[np.ndarray, ...]:
@@ -78,7 +83,7 @@ def held_out(df: pd.DataFrame, column: str, values: str) -> Split:
     test = np.isin(groups, wanted)
     if test.all():
         raise ValueError(f"split {column}={values} holds out every row; nothing is left to train on")
-    return Split(np.flatnonzero(~test), np.flatnonzero(test))
+    return Split(np.flatnonzero(~test), np.flatnonzero(test), groups=groups)
 
 
 def window_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -101,17 +106,6 @@ def block_labels(df: pd.DataFrame, size: int) -> np.ndarray:
     return np.array(["/".join(map(str, key)) for key in keys])
 
 
-def split_groups(df: pd.DataFrame, split: str) -> np.ndarray | None:
-    """The group of every row under ``split`` (what a grouped split keeps on one side): the split's column,
-    or the window's block for ``blocks:SIZE``; None for ``random``. For cross-validation inside the
-    training rows (``evaluate(tune=True)``), so it does not leak between groups either."""
-    if split == "random":
-        return None
-    if split.startswith("blocks:"):
-        return block_labels(df, int(split.removeprefix("blocks:")))
-    return df[split.split("=", 1)[0]].astype(str).to_numpy()
-
-
 def block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, seed: int) -> Split:
     """Whole ``size`` x ``size`` px blocks per scene held out; training windows nearer than ``gap`` px to a
     test window of their scene dropped (``gap`` default: the largest window side)."""
@@ -127,4 +121,4 @@ def block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, 
     for scene in np.unique(scenes[test]):  # only windows of one scene can be neighbours
         ours, theirs = scenes[train] == scene, test[scenes[test] == scene]
         near[ours] = (window_distance(boxes[train[ours]], boxes[theirs]) < gap).any(axis=1)
-    return Split(train[~near], test, int(near.sum()))
+    return Split(train[~near], test, int(near.sum()), blocks)
