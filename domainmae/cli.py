@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true",
                    help="weight the linear probe's classes inversely to their frequency (rare labels)")
     p.add_argument("--tune", action="store_true",
-                   help="choose the linear probe's C (1e-4..100) per feature set by 3-fold cross-validation in the "
+                   help="choose the linear probe's C (1e-6..100) per feature set by 3-fold cross-validation in the "
                         "training rows, grouped like --split, on macro-F1 (default: C=1)")  # fmt: skip
     p.add_argument("--method", default="linear,knn", help="comma-separated: linear, knn")
     p.add_argument("--test-size", type=float, default=0.25)
