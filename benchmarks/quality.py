@@ -208,7 +208,6 @@ def print_mitosis(scores: pd.DataFrame) -> None:
 def print_eo(table: pd.DataFrame, samples: int) -> None:
     """MSE per step count, held-out fold and case, and predictor: mean ± sd over seeds; with several folds
     also per seed the mean over folds, then mean ± sd over seeds."""
-    table = table if "fold" in table else table.assign(fold="none")  # runs from before --hold-out
     seeds = sorted(int(s) for s in table.seed.unique())
     where = ("crops of the training patches" if set(table.fold) == {"none"}
              else "crops of the held-out zone's patches, pretrained on the other zones'")  # fmt: skip
@@ -233,7 +232,7 @@ def run_summary(args: argparse.Namespace) -> None:
         if len({json.dumps([r["set"], r["samples"], r.get("hold_out", "none")]) for r in runs}) > 1:
             raise SystemExit("the workdirs ran different settings, their scores do not pool")
         table = pd.concat([pd.DataFrame(r["scores"]) for r in runs], ignore_index=True)
-        table = table if "fold" in table else table.assign(fold="none")
+        table = table if "fold" in table else table.assign(fold="none")  # runs from before --hold-out
         if table.duplicated(["seed", "steps", "fold", "case", "predictor"]).any():
             raise SystemExit("a seed appears in two workdirs; pool runs of different seeds")
         print_eo(table, runs[0]["samples"])
@@ -339,7 +338,8 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
     for seed in seeds:
         for steps in steps_list:
             for fold, (overrides, scored) in folds.items():
-                run = work / (f"run-seed{seed}-steps{steps}" + ("" if fold == "none" else f"-{fold.replace(':', '-')}"))
+                # A held-out fold's run is named after its data folder (folds/EPSG-32633/test -> -EPSG-32633).
+                run = work / (f"run-seed{seed}-steps{steps}" + ("" if scored is None else f"-{scored.parent.name}"))
                 shutil.rmtree(run, ignore_errors=True)
                 pretrain(eo_recipe(seed, [*args.set, *overrides]), output=run, max_steps=steps, quiet=True)
                 for case, scores in eo_scores(run, bands, args.samples, seed, scored).items():
