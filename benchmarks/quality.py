@@ -33,18 +33,19 @@ import argparse
 import json
 import re
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rasterio.crs import CRS
 
 import domainmae
 from domainmae.data.bigearthnet import read_patch_metadata
 from domainmae.data.multisensor import PATCH_KEY_PATTERN
+from domainmae.export.compare import paired_bootstrap
 from domainmae.export.evaluate import evaluate
 from domainmae.recipes import Recipe, load_recipe
 from domainmae.runtime import RunDir
@@ -54,10 +55,9 @@ from domainmae.train.reconstruct import score_reconstruction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
 import mitosis  # noqa: E402
+from quality_tables import FEATURES, METRICS, print_differences, print_eo, print_mitosis  # noqa: E402
 
-FEATURES = ("model", "raw", "random")
 METHODS = ("linear", "knn")
-METRICS = ("macro_f1", "balanced_accuracy")
 CALIBRATION_STEPS = 20
 
 
@@ -80,25 +80,52 @@ def embed_crops(run: Path, output: Path, pool: str, features: str = "model", see
                            features=features, seed=seed, overwrite=True, progress=False)  # fmt: skip
 
 
-def probe_folds(model: Path, against: list[Path], tune: bool = False) -> list[dict[str, Any]]:
+Predictions = dict[tuple[str, str], dict[str, np.ndarray]]  # (field, probe) -> {"truth" | features: [n]}
+
+
+def probe_folds(model: Path, against: list[Path], tune: bool = False) -> tuple[list[dict[str, Any]], Predictions]:
     """Leave-one-field-out: per held-out field, every feature set under each probe (plain and class-weighted
     linear, 5-NN), one row per (field, features, probe); ``tune`` adds both linear probes with their C chosen
-    by leave-one-field-out inside the training fields (``linear-tuned``, ``linear-balanced-tuned``)."""
-    fields = sorted(pd.read_parquet(model, columns=[mitosis.FIELD])[mitosis.FIELD].unique())
+    by leave-one-field-out inside the training fields (``linear-tuned``, ``linear-balanced-tuned``). Also the
+    held-out cells' labels and each feature set's predictions per (field, probe), for :func:`differences`."""
+    table = pd.read_parquet(model, columns=[mitosis.FIELD, mitosis.LABEL])
+    fields = sorted(table[mitosis.FIELD].unique())
     # (balanced, tuned, methods): the untuned probes always, so a tuned run also has the rows of an untuned one.
     probes = [(False, False, METHODS), (True, False, ("linear",))]
     probes += [(False, True, ("linear",)), (True, True, ("linear",))] if tune else []
-    rows = []
+    rows, predicted = [], {}
     for field in fields:
         for balanced, tuned, methods in probes:
             result = evaluate(model, mitosis.LABEL, split=f"{mitosis.FIELD}={field}", against=against,
-                              methods=methods, balanced=balanced, tune=tuned)  # fmt: skip
+                              methods=methods, balanced=balanced, tune=tuned, predictions=True)  # fmt: skip
+            truth = table[mitosis.LABEL].astype(str).to_numpy()[result["test_rows"]]  # as evaluate reads labels
             for features, by_method in result["features"].items():
                 for method, scores in by_method.items():
                     probe = method + ("-balanced" if balanced else "") + ("-tuned" if tuned else "")
                     rows.append({"field": field, "features": features, "probe": probe,
                                  **{m: scores[m] for m in (*METRICS, "C") if m in scores}})  # fmt: skip
-    return rows
+                    fold = predicted.setdefault((field, probe), {"truth": truth})
+                    fold[features] = np.asarray(result["predictions"][features][method])
+    return rows, predicted
+
+
+def differences(steps: int, pool: str, by_seed: dict[int, Predictions]) -> list[dict[str, Any]]:
+    """Per probe, the model minus each baseline as the score table has it (mean over held-out fields, then
+    over seeds), with a 95% paired-bootstrap interval over the held-out cells (each field resampled apart,
+    the same draw for every seed: :func:`~domainmae.export.compare.paired_bootstrap`)."""
+    seeds = sorted(by_seed)
+    out = []
+    for probe in dict.fromkeys(p for _, p in by_seed[seeds[0]]):
+        folds = [key for key in by_seed[seeds[0]] if key[1] == probe]
+        truth = np.concatenate([by_seed[seeds[0]][key]["truth"] for key in folds])
+        strata = np.concatenate([np.full(len(by_seed[seeds[0]][key]["truth"]), i) for i, key in enumerate(folds)])
+        stacked = {f: np.stack([np.concatenate([by_seed[s][key][f] for key in folds]) for s in seeds])
+                   for f in FEATURES}  # fmt: skip  # [seeds, cells]
+        for baseline in FEATURES[1:]:
+            found, _ = paired_bootstrap(truth, stacked["model"], stacked[baseline], strata=strata)
+            out.append({"steps": steps, "pool": pool, "probe": probe, "against": baseline,
+                        **{m: found[m]._asdict() for m in METRICS}})  # fmt: skip
+    return out
 
 
 def time_pretraining(recipe: Recipe, run: Path) -> tuple[float, float]:
@@ -117,13 +144,6 @@ def plan_steps(args: argparse.Namespace, began: float, runs: int, per_step: floa
     everything else."""
     left = (args.budget_minutes * 60 - (time.perf_counter() - began)) / runs - per_run_other
     return max(CALIBRATION_STEPS, int(left / per_step))
-
-
-def spread(values: list[float]) -> str:
-    """``mean ± sd`` (sample sd; only the mean for one value)."""
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,6 +173,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
           f"({', '.join(f'{s * args.batch / crops:.1f}' for s in steps_list)} epochs)", flush=True)  # fmt: skip
 
     rows: list[dict[str, Any]] = []
+    predicted: dict[tuple[int, str], dict[int, Predictions]] = {}  # (steps, pool) -> seed -> predictions
     for seed in seeds:
         random_init = {pool: embed_crops(work / "calibration", work / f"random-{pool}-seed{seed}.parquet", pool,
                                          "random", seed) for pool in pools}  # fmt: skip
@@ -164,8 +185,9 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
             loss = read_metrics(RunDir(run).metrics)[-1]["loss"]
             for pool in pools:
                 table = embed_crops(run, work / f"model-{pool}-seed{seed}-steps{steps}.parquet", pool)
-                folds = [{"seed": seed, "steps": steps, "pool": pool, **row}
-                         for row in probe_folds(table, [raw, random_init[pool]], args.tune)]  # fmt: skip
+                scored, predicted.setdefault((steps, pool), {})[seed] = probe_folds(table, [raw, random_init[pool]],
+                                                                                    args.tune)  # fmt: skip
+                folds = [{"seed": seed, "steps": steps, "pool": pool, **row} for row in scored]
                 rows += folds
                 means = pd.DataFrame(folds).query("probe == 'linear-balanced'").groupby("features")
                 print(f"seed {seed}, {steps} steps, pool {pool}: loss {loss:.4f}; balanced linear (mean of folds) "
@@ -174,55 +196,15 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
                       + f" (macro-F1/bal. acc.); {time.perf_counter() - began:.0f} s so far", flush=True)  # fmt: skip
 
     print_mitosis(pd.DataFrame(rows))
+    gaps = [row for (steps, pool), by_seed in predicted.items() for row in differences(steps, pool, by_seed)]
+    print_differences(gaps, len(seeds))
     wall = time.perf_counter() - began
     print(f"\nwall time {wall:.0f} s (budget {budget:.0f} s, used to plan the steps when --steps is not given)")
     summary = {"set": args.set, "pool": args.pool, "counts": counts, "seeds": seeds,
                "steps": steps_list, "batch": args.batch, "crop": args.crop, "k": args.k, "tune": args.tune,
-               "wall_s": wall, "budget_s": budget, "scores": rows}  # fmt: skip
+               "wall_s": wall, "budget_s": budget, "scores": rows, "differences": gaps}  # fmt: skip
     (work / "mitosis.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
-
-
-def print_mitosis(scores: pd.DataFrame) -> None:
-    """The score table (per seed the mean over the leave-one-field-out folds, then mean ± sd over seeds) and
-    the balanced probe's macro-F1 per held-out field at the largest step count and the first pool."""
-    seeds = sorted(int(s) for s in scores.seed.unique())
-    per_seed = scores.groupby(["steps", "pool", "features", "probe", "seed"])[list(METRICS)].mean().reset_index()
-    print(f"\nmitosis (pH3+) from DNA+actin crops, leave-one-field-out ({scores.field.nunique()} folds), "
-          f"{len(seeds)} seed(s) {seeds}: mean over folds, then mean ± sd over seeds")  # fmt: skip
-    print(f"{'steps':>6}  {'pool':<10}{'features':<10}{'probe':<23}{'seeds':>6}" + "".join(f"{m:>24}" for m in METRICS))
-    for (steps, pool, features, probe), group in per_seed.groupby(["steps", "pool", "features", "probe"]):
-        print(f"{steps:>6}  {pool:<10}{features:<10}{probe:<23}{len(group):>6}"
-              + "".join(f"{spread(group[m].tolist()):>24}" for m in METRICS))  # fmt: skip
-    steps, pool = scores.steps.max(), scores.pool.iloc[0]
-    last = scores[(scores.steps == steps) & (scores.probe == "linear-balanced") & (scores.pool == pool)]
-    by_field = last.pivot_table(index="field", columns="features", values="macro_f1")
-    print(f"\nbalanced linear macro-F1 per held-out field at {steps} steps, pool {pool} (mean over seeds)\n"
-          + by_field[list(FEATURES)].round(3).to_string())  # fmt: skip
-    if "C" in scores:  # tuned probes: which penalties the inner cross-validation chose, over folds and seeds
-        chosen = scores.dropna(subset=["C"]).groupby(["steps", "pool", "features", "probe"]).C
-        print("\nC chosen by the tuned probes (count over folds x seeds)\n"
-              + chosen.apply(lambda c: ", ".join(f"{v:g} x{n}" for v, n in sorted(c.value_counts().items()))).to_string())
-
-
-def print_eo(table: pd.DataFrame, samples: int) -> None:
-    """MSE per step count, held-out fold and case, and predictor: mean ± sd over seeds; with several folds
-    also per seed the mean over folds, then mean ± sd over seeds."""
-    seeds = sorted(int(s) for s in table.seed.unique())
-    where = ("crops of the training patches" if set(table.fold) == {"none"}
-             else "crops of the held-out zone's patches, pretrained on the other zones'")  # fmt: skip
-    print(f"\nEO reconstruction, BigEarthNet S2+S1 demo patches ({samples} {where}, the same masks for every "
-          f"predictor), {len(seeds)} seed(s) {seeds}: MSE in standardised units (the training patches' band "
-          "statistics), mean ± sd over seeds (n/a: the baseline has no prediction there)")  # fmt: skip
-    predictors = list(dict.fromkeys(table.predictor))
-    if table.fold.nunique() > 1:
-        folds_mean = table.groupby(["steps", "case", "predictor", "seed"], sort=False).mse.mean().reset_index()
-        table = pd.concat([table, folds_mean.assign(fold="mean of folds")], ignore_index=True)
-    print(f"{'steps':>6}  {'held out':<14}{'case':<14}" + "".join(f"{p:>20}" for p in predictors))
-    for (steps, fold, case), group in table.groupby(["steps", "fold", "case"], sort=False):
-        cells = [group[group.predictor == p].mse.tolist() for p in predictors]
-        print(f"{steps:>6}  {fold:<14}{case:<14}"
-              + "".join(f"{'n/a' if None in c or any(pd.isna(c)) else spread(c):>20}" for c in cells))  # fmt: skip
 
 
 def run_summary(args: argparse.Namespace) -> None:

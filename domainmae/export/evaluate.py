@@ -45,6 +45,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
 from ..atomic import atomic_write_text
+from .compare import paired_bootstrap
 from .labels import LABEL, raster_table
 from .splits import split_rows
 from .writers.tables import read_embeddings
@@ -123,13 +124,15 @@ def _fit(method: str, x: np.ndarray, y: np.ndarray, k: int, multilabel: bool, ba
 
 def score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, methods: Sequence[str], k: int,
           multilabel: bool, balanced: bool = False,
-          folds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, dict[str, float]]:  # fmt: skip
-    """``{method: {metric: value}}`` of probes fit on ``x[train]`` and scored on ``x[test]``; with ``folds``
-    (:func:`inner_folds` of the training rows) the linear probe's C is tuned and reported as ``C``."""
-    results = {}
+          folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
+          ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:  # fmt: skip
+    """``({method: {metric: value}}, {method: predictions of the test rows})`` of probes fit on ``x[train]``
+    and scored on ``x[test]``; with ``folds`` (:func:`inner_folds` of the training rows) the linear probe's C
+    is tuned and reported as ``C``."""
+    results, predictions = {}, {}
     for method in methods:
         model, c = _fit(method, x[train], y[train], k, multilabel, balanced, folds)
-        predicted = model.predict(x[test])
+        predicted = predictions[method] = model.predict(x[test])
         scores = {"accuracy": float(accuracy_score(y[test], predicted)),
                   "macro_f1": float(f1_score(y[test], predicted, average="macro", zero_division=0))}  # fmt: skip
         if multilabel:
@@ -141,7 +144,21 @@ def score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, met
         if c is not None:
             scores["C"] = c
         results[method] = scores
-    return results
+    return results, predictions
+
+
+def differences(y: np.ndarray, predictions: dict[str, dict[str, np.ndarray]], groups: np.ndarray | None,
+                seed: int) -> tuple[dict[str, Any], str | None]:  # fmt: skip
+    """The first feature set against each other one on the test rows ``y``: ``{other: {method: {metric:
+    {"delta", "low", "high"}}}}`` (:func:`~domainmae.export.compare.paired_bootstrap`), and what was resampled."""
+    (first, ours), *others = predictions.items()
+    out, resampled = {}, None
+    for name, theirs in others:
+        out[name] = {}
+        for method in ours:
+            found, resampled = paired_bootstrap(y, ours[method], theirs[method], groups=groups, seed=seed)
+            out[name][method] = {metric: d._asdict() for metric, d in found.items()}
+    return out, resampled
 
 
 def evaluate(
@@ -160,6 +177,7 @@ def evaluate(
     labels: str | Path | None = None,
     label_field: str | None = None,
     purity: float = 0.5,
+    predictions: bool = False,
     output: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fit each method on the train rows and score the test rows, for the file's features and each ``against``.
@@ -181,10 +199,18 @@ def evaluate(
             ``label_field`` (needed when it has more than one); any CRS. Each patch takes its majority class
             when at least ``purity`` of its valid label pixels hold it (:mod:`~domainmae.export.labels`); the
             label column is then ``label``.
+        predictions: also return each test row's predicted label per feature set and method
+            (``"predictions": {name: {method: [label, ...]}}``, label lists for multi-label) and the test rows'
+            positions in ``file`` (``"test_rows"``), e.g. to pool leave-one-group-out folds.
+
+    With ``against``, ``"differences"`` holds the file's features minus each other set's, per method and
+    metric, with a paired-bootstrap 95% interval over the test rows (:mod:`~domainmae.export.compare`; whole
+    split groups resampled when the test rows span enough of them, named by ``"resampled"``).
 
     Returns ``{"file", "label", "split", "n_train", "n_test", "n_dropped", "n_classes", "multilabel",
     "chance", "checkpoint_sha256", "seed", "features": {name: {method: {metric: value}}}}``, the file's own
-    features first (named by its provenance: ``model`` unless it holds a baseline).
+    features first (named by its provenance: ``model`` unless it holds a baseline), and ``"differences"``,
+    ``"resampled"`` with ``against``, ``"test_rows"``, ``"predictions"`` with ``predictions``.
     """
     file = Path(file)
     if labels is not None:
@@ -221,20 +247,32 @@ def evaluate(
     labelled = df[label].notna().to_numpy()
     df = df[labelled].reset_index(drop=True)
     multilabel = isinstance(df[label].iloc[0], (list, tuple, np.ndarray))
-    y = MultiLabelBinarizer().fit_transform(df[label]) if multilabel else df[label].astype(str).to_numpy()
+    binarizer = MultiLabelBinarizer()
+    y = binarizer.fit_transform(df[label]) if multilabel else df[label].astype(str).to_numpy()
     train, test, dropped, groups = split_rows(df, y, split, test_size, seed, multilabel, gap=gap)
     if len(np.unique(y[train], axis=0)) < 2:
         raise ValueError(f"the training rows hold a single value of {label!r}; nothing to learn")
     folds = inner_folds(y[train], None if groups is None else groups[train], seed, multilabel) if tune else None
+    scored = {name: score(x[labelled], y, train, test, methods, k, multilabel, balanced, folds)
+              for name, x in sets.items()}  # fmt: skip
+    predicted = {name: by_method for name, (_, by_method) in scored.items()}
     chance = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(train), 1)), y[train]).predict(test[:, None])
     result: dict[str, Any] = {
         "file": str(file), "label": label, "split": split, "n_train": len(train), "n_test": len(test),
         "n_dropped": dropped, "n_classes": int(y.shape[1]) if multilabel else len(np.unique(y)),
         "multilabel": multilabel, "chance": float(accuracy_score(y[test], chance)),
         "checkpoint_sha256": provenance.get("checkpoint_sha256"), "seed": seed, "balanced": balanced, "tune": tune,
-        "features": {name: score(x[labelled], y, train, test, methods, k, multilabel, balanced, folds)
-                     for name, x in sets.items()},
+        "features": {name: scores for name, (scores, _) in scored.items()},
     }  # fmt: skip
+    if len(sets) > 1:
+        result["differences"], result["resampled"] = differences(
+            y[test], predicted, None if groups is None else groups[test], seed)
+    if predictions:
+        result["test_rows"] = np.flatnonzero(labelled)[test].tolist()
+        result["predictions"] = {
+            name: {method: ([list(labels) for labels in binarizer.inverse_transform(p)] if multilabel else p.tolist())
+                   for method, p in by_method.items()}
+            for name, by_method in predicted.items()}  # fmt: skip
     if output is not None:
         atomic_write_text(output, json.dumps(result, indent=2) + "\n")
     return result
@@ -252,4 +290,12 @@ def format_table(result: dict[str, Any]) -> str:
         # C (a tuned linear probe's) spans decades and k-NN has none.
         cells = [f"{scores[m]:>19g}" if m == "C" else f"{scores[m]:>19.3f}" for m in metrics if m in scores]
         lines.append(f"{name:<10}{method:<8}" + "".join(cells))
+    if result.get("differences"):
+        first = next(iter(result["features"]))
+        lines.append(f"{first} minus each baseline, on the same test rows, with a 95% paired-bootstrap interval "
+                     f"(test {result['resampled']} resampled):")  # fmt: skip
+        for name, by_method in result["differences"].items():
+            for method, by_metric in by_method.items():
+                cells = [f"{m} {d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for m, d in by_metric.items()]
+                lines.append(f"  - {name:<8}{method:<8}" + "   ".join(cells))
     return "\n".join(lines)
