@@ -10,6 +10,9 @@ test set once (``split="Metadata_SourceField=<field>"``). Probes: logistic regre
 balanced class weights (3.9% positives), and 5-NN; ``--tune`` adds both linear probes with C chosen per feature
 set by leave-one-field-out inside the training fields. ``--steps 100,300,756`` gives a curve: one full
 pretraining run per count. Pretraining is self-supervised on all crops (transductive: no labels, no pH3).
+``--normalize-fields`` standardises every feature set's columns per field before probing (label-free, as
+per-plate profiling does). Per probe, the model minus each baseline is printed with a 95% paired-bootstrap
+interval over the held-out cells (``domainmae.export.compare``).
 
 ``eo-reconstruction``: per seed, pretrain the sentinel recipe's demo model on the six bundled BigEarthNet
 S2+S1 patches and score, with ``score_reconstruction``, the masked-patch MSE (random masking at 75%) and the
@@ -47,6 +50,7 @@ from domainmae.data.bigearthnet import read_patch_metadata
 from domainmae.data.multisensor import PATCH_KEY_PATTERN
 from domainmae.export.compare import paired_bootstrap
 from domainmae.export.evaluate import evaluate
+from domainmae.export.profile import profile
 from domainmae.recipes import Recipe, load_recipe
 from domainmae.runtime import RunDir
 from domainmae.train import pretrain
@@ -74,10 +78,18 @@ def mitosis_recipe(manifest: Path, crop: int, seed: int, batch: int, overrides: 
     ], demo=True)  # fmt: skip
 
 
-def embed_crops(run: Path, output: Path, pool: str, features: str = "model", seed: int = 0) -> Path:
-    """One row per crop (the crop is one tile), DNA and actin only; ``features`` raw/random for baselines."""
-    return domainmae.embed(run, output=output, channels=list(mitosis.ENCODER_CHANNELS), level="tile", pool=pool,
-                           features=features, seed=seed, overwrite=True, progress=False)  # fmt: skip
+def embed_crops(run: Path, output: Path, pool: str, features: str = "model", seed: int = 0,
+                by_field: bool = False) -> Path:  # fmt: skip
+    """One row per crop (the crop is one tile), DNA and actin only; ``features`` raw/random for baselines.
+    ``by_field``: then each feature standardised over its field's crops (``profile`` center-scale with the
+    field as the batch and every row as control, pycytominer's per-plate ``samples="all"``; label-free),
+    written beside as ``*-byfield.parquet``."""
+    table = domainmae.embed(run, output=output, channels=list(mitosis.ENCODER_CHANNELS), level="tile", pool=pool,
+                            features=features, seed=seed, overwrite=True, progress=False)  # fmt: skip
+    if not by_field:
+        return table
+    return profile(table, output.with_name(f"{output.stem}-byfield.parquet"), normalization="center_scale",
+                   batch=mitosis.FIELD, overwrite=True)  # fmt: skip
 
 
 Predictions = dict[tuple[str, str], dict[str, np.ndarray]]  # (field, probe) -> {"truth" | features: [n]}
@@ -162,7 +174,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     pools = args.pool.split(",")
     start = time.perf_counter()
     # The raw statistics depend on the data and its normalisation only: one table serves every run.
-    raw = embed_crops(work / "calibration", work / "raw.parquet", "mean", "raw")
+    raw = embed_crops(work / "calibration", work / "raw.parquet", "mean", "raw", by_field=args.normalize_fields)
     embed_s = time.perf_counter() - start
     # Per seed and step count: the model's and the random-init embeddings, and 4 folds x 2 probe fits (~1 s).
     schedule = [int(s) for s in args.steps.split(",")] if args.steps else None
@@ -176,7 +188,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     predicted: dict[tuple[int, str], dict[int, Predictions]] = {}  # (steps, pool) -> seed -> predictions
     for seed in seeds:
         random_init = {pool: embed_crops(work / "calibration", work / f"random-{pool}-seed{seed}.parquet", pool,
-                                         "random", seed) for pool in pools}  # fmt: skip
+                                         "random", seed, args.normalize_fields) for pool in pools}  # fmt: skip
         for steps in steps_list:
             run = work / f"run-seed{seed}-steps{steps}"
             shutil.rmtree(run, ignore_errors=True)
@@ -184,7 +196,8 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
                      quiet=True)  # fmt: skip
             loss = read_metrics(RunDir(run).metrics)[-1]["loss"]
             for pool in pools:
-                table = embed_crops(run, work / f"model-{pool}-seed{seed}-steps{steps}.parquet", pool)
+                table = embed_crops(run, work / f"model-{pool}-seed{seed}-steps{steps}.parquet", pool,
+                                    by_field=args.normalize_fields)  # fmt: skip
                 scored, predicted.setdefault((steps, pool), {})[seed] = probe_folds(table, [raw, random_init[pool]],
                                                                                     args.tune)  # fmt: skip
                 folds = [{"seed": seed, "steps": steps, "pool": pool, **row} for row in scored]
@@ -202,6 +215,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     print(f"\nwall time {wall:.0f} s (budget {budget:.0f} s, used to plan the steps when --steps is not given)")
     summary = {"set": args.set, "pool": args.pool, "counts": counts, "seeds": seeds,
                "steps": steps_list, "batch": args.batch, "crop": args.crop, "k": args.k, "tune": args.tune,
+               "normalize_fields": args.normalize_fields,
                "wall_s": wall, "budget_s": budget, "scores": rows, "differences": gaps}  # fmt: skip
     (work / "mitosis.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
@@ -363,6 +377,9 @@ def main() -> None:
     m.add_argument("--tune", action="store_true",
                    help="also probe with the linear probes' C chosen per feature set by leave-one-field-out inside "
                         "the training fields (evaluate --tune; the untuned probes use C=1)")  # fmt: skip
+    m.add_argument("--normalize-fields", action="store_true",
+                   help="standardise every feature set's columns per field before probing (profile center-scale, "
+                        "batch = field, all rows as controls: label-free, as per-plate profiling does)")  # fmt: skip
     e = commands.add_parser("eo-reconstruction", parents=[run],
                             help="masked-patch and cross-sensor MSE on the bundled S2+S1 patches")  # fmt: skip
     e.add_argument("--samples", type=int, default=32, help="crops scored per case (default 32)")
