@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight the linear probe's classes inversely to their frequency (rare labels)")
     p.add_argument("--tune", action="store_true",
                    help="choose the linear probe's C (1e-6..100) per feature set by 3-fold cross-validation in the "
-                        "training rows, grouped like --split, on macro-F1 (default: C=1)")  # fmt: skip
+                        "training rows, grouped like --split, on macro-F1 (multi-label: mAP; default: C=1)")  # fmt: skip
     p.add_argument("--method", default="linear,knn", help="comma-separated: linear, knn")
     p.add_argument("--test-size", type=float, default=0.25)
     p.add_argument("--k", type=int, default=5, help="neighbours for k-NN")

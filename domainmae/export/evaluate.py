@@ -21,7 +21,8 @@ Rare classes (a few % mitotic cells) leave an unweighted probe predicting the ma
 weights the linear probe's classes inversely to their training frequency (k-NN has no class weights).
 
 The linear probe's L2 penalty is fixed (``C=1`` on standardised features) unless ``tune``: then ``C`` is
-chosen per feature set from :data:`C_GRID` by 3-fold cross-validation inside the training rows on macro-F1,
+chosen per feature set from :data:`C_GRID` by 3-fold cross-validation inside the training rows on macro-F1
+(multi-label: mAP, the ranking score that probe reports),
 folds grouped like the split (a field, plate or spatial block never on both sides of an inner fold), and
 the probe refitted on all training rows. Every feature set gets the same search, so a set is not ranked
 by how well one fixed penalty happens to suit its dimension and noise.
@@ -37,7 +38,7 @@ import numpy as np
 import pandas as pd
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score, make_scorer
 from sklearn.model_selection import GridSearchCV, GroupKFold, KFold, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
@@ -107,6 +108,12 @@ def inner_folds(y: np.ndarray, groups: np.ndarray | None, seed: int, multilabel:
     return list(KFold(INNER_FOLDS, shuffle=True, random_state=seed).split(rows))
 
 
+def mean_average_precision(y: np.ndarray, proba: np.ndarray) -> float:
+    """Macro mAP of ``[n, L]`` scores over the labels present in ``y`` (AP is undefined for an absent one)."""
+    present = y.any(axis=0)
+    return float(average_precision_score(y[:, present], proba[:, present], average="macro"))
+
+
 def _fit(method: str, x: np.ndarray, y: np.ndarray, k: int, multilabel: bool, balanced: bool,
          folds: list[tuple[np.ndarray, np.ndarray]] | None) -> tuple[Any, float | None]:  # fmt: skip
     """The probe fitted on ``x``; with ``folds`` (linear only) its C chosen first. Returns ``(model, C)``."""
@@ -114,7 +121,8 @@ def _fit(method: str, x: np.ndarray, y: np.ndarray, k: int, multilabel: bool, ba
     if folds is None or method != "linear":
         return model.fit(x, y), None
     name = "onevsrestclassifier__estimator__C" if multilabel else "logisticregression__C"
-    search = GridSearchCV(model, {name: list(C_GRID)}, scoring="f1_macro", cv=folds, error_score="raise")
+    scoring = make_scorer(mean_average_precision, response_method="predict_proba") if multilabel else "f1_macro"
+    search = GridSearchCV(model, {name: list(C_GRID)}, scoring=scoring, cv=folds, error_score="raise")
     try:
         search.fit(x, y)
     except ValueError as err:  # e.g. an inner fold whose training part holds one class only
@@ -136,9 +144,7 @@ def score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, met
         scores = {"accuracy": float(accuracy_score(y[test], predicted)),
                   "macro_f1": float(f1_score(y[test], predicted, average="macro", zero_division=0))}  # fmt: skip
         if multilabel:
-            present = y[test].any(axis=0)  # AP is undefined for labels absent from the test rows
-            proba = model.predict_proba(x[test])
-            scores["map"] = float(average_precision_score(y[test][:, present], proba[:, present], average="macro"))
+            scores["map"] = mean_average_precision(y[test], model.predict_proba(x[test]))
         else:
             scores["balanced_accuracy"] = float(balanced_accuracy_score(y[test], predicted))
         if c is not None:
