@@ -10,8 +10,10 @@ import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from . import __version__
 from .cli_align import add_align_commands
@@ -309,15 +311,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except KeyboardInterrupt as err:
-        # 128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM, 138 for SIGUSR1.
-        print(f"domainmae {args.command}: {err or 'interrupted'}", file=sys.stderr)
-        return 128 + getattr(err, "signum", signal.SIGINT)
-    except (ValueError, OSError, KeyError, ArithmeticError) as err:  # user-actionable: no traceback
-        print(f"domainmae {args.command}: error: {describe_error(err)}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():  # restores the default display when the command returns
+        warnings.showwarning = ours_as_sentences(args.command, warnings.showwarning)
+        try:
+            return args.func(args)
+        except KeyboardInterrupt as err:
+            # 128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM, 138 for SIGUSR1.
+            print(f"domainmae {args.command}: {err or 'interrupted'}", file=sys.stderr)
+            return 128 + getattr(err, "signum", signal.SIGINT)
+        except (ValueError, OSError, KeyError, ArithmeticError) as err:  # user-actionable: no traceback
+            print(f"domainmae {args.command}: error: {describe_error(err)}", file=sys.stderr)
+            return 1
+
+
+def ours_as_sentences(command: str, default: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints the package's own warnings as ``domainmae CMD: warning: ...``
+    (written for users; the default form adds a source line and the category) and passes others to ``default``."""
+    package = Path(__file__).resolve().parent
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
+             line: str | None = None) -> None:  # fmt: skip
+        if Path(filename).resolve().is_relative_to(package):
+            print(f"domainmae {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def describe_error(err: BaseException) -> str:

@@ -282,3 +282,14 @@ def test_a_tuned_multilabel_probe_chooses_its_penalty_by_map(tmp_path):
     by_map, by_f1 = (int(np.argmax(inner[m])) for m in ("map", "macro_f1"))
     assert inner["map"][by_map] > inner["map"][by_f1] + 0.05  # the two criteria do disagree on this table
     assert chosen["features"]["model"]["linear"]["C"] == C_GRID[by_map]
+
+
+def test_the_cli_prints_the_leak_warning_as_a_sentence(tmp_path, capsys):
+    df = _windows(16)
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.normal(0, 1, (len(df), 4)).astype(np.float32), columns=feature_names(4))
+    table = pd.concat([df.assign(label=np.where(rng.random(len(df)) < 0.5, "a", "b")), features], axis=1)
+    path = write_embeddings(tmp_path / "windows.parquet", table, feature_names(4), {})
+    assert main(["evaluate", str(path), "--label", "label", "--method", "linear"]) == 0
+    err = capsys.readouterr().err
+    assert "domainmae evaluate: warning: a random split of 722 windows" in err and "UserWarning" not in err
