@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from domainmae.cli import main
-from domainmae.export import evaluate, read_embeddings
+from domainmae.export import evaluate, profile, read_embeddings
 from domainmae.export.embed import embed, embed_baselines
 from domainmae.export.evaluate import C_GRID, inner_folds, mean_average_precision
 from domainmae.export.splits import split_rows
@@ -293,3 +293,20 @@ def test_the_cli_prints_the_leak_warning_as_a_sentence(tmp_path, capsys):
     assert main(["evaluate", str(path), "--label", "label", "--method", "linear"]) == 0
     err = capsys.readouterr().err
     assert "domainmae evaluate: warning: a random split of 722 windows" in err and "UserWarning" not in err
+
+
+def test_baselines_of_a_profiled_file_go_through_its_profile_steps(plate, tmp_path):
+    """Wells aggregated from tiles and standardised per plate: the baselines must be too, or evaluate would set
+    per-plate-normalised embeddings against raw tile statistics (or rows that do not line up)."""
+    tiles = embed(plate["run"], output=tmp_path / "tiles.parquet", progress=False)
+    steps = dict(level="well", normalization="center_scale", controls="Metadata_pert_type == 'negcon'",
+                 batch="Metadata_Plate")  # fmt: skip
+    wells = profile(tiles, tmp_path / "wells.parquet", **steps)
+    baselines = embed_baselines(wells, ["raw"], tmp_path / "baselines")
+    raw_tiles = embed(plate["run"], output=tmp_path / "raw_tiles.parquet", features="raw", progress=False)
+    expected = read_embeddings(profile(raw_tiles, tmp_path / "raw_wells.parquet", **steps))
+    got = read_embeddings(baselines["raw"])
+    pd.testing.assert_frame_equal(got[0], expected[0])
+    assert got[2]["profile"] == read_embeddings(wells)[2]["profile"]
+    result = evaluate(wells, "Metadata_pert", split="Metadata_Plate", against=baselines.items(), methods=["knn"])
+    assert list(result["features"]) == ["model", "raw"] and result["n_train"] + result["n_test"] == 8

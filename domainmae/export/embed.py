@@ -32,7 +32,7 @@ from ..pipeline import microscopy_fields, normalizer, sentinel_scenes
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import Trained, load_trained
 from .parts import conform, join_processes, owned, write_raster_parts, write_table_parts
-from .profile import LEVEL_STRATA, aggregate
+from .profile import LEVEL_STRATA, aggregate, apply_steps
 from .raw import raw_feature_names
 from .stream import (
     Export,
@@ -59,6 +59,7 @@ from .writers.tables import (
     field_tables,
     manifest_metadata,
     read_embeddings,
+    write_embeddings,
     write_h5ad,
     write_parquet,
 )
@@ -299,7 +300,9 @@ def embed_baselines(
     ``raw`` and ``random`` are ``embed(features=...)`` (``random`` initialised from ``seed``) with the settings
     the file's provenance records (checkpoint, data, pool, level, stride, channels, format), so that they hold
     the same rows in the same order, which ``evaluate`` checks; a per-patch raster's baseline is the same
-    scene's raster. Here, not in ``evaluate``: making them needs the model and the data, reading them does not.
+    scene's raster. A file made by ``profile`` (aggregated and/or normalised) gets baselines through the same
+    recorded steps, so they are compared at its level and in its units. Here, not in ``evaluate``: making them
+    needs the model and the data, reading them does not.
     """
     unknown = [name for name in names if name not in ("raw", "random")]
     if unknown:
@@ -323,6 +326,10 @@ def embed_baselines(
                     features=features, seed=seed, progress=False)  # fmt: skip
         if raster:
             out = out / f"{provenance.get('scene_id', file.stem)}{file.suffix}"
+        elif provenance.get("profile"):  # aggregated and/or normalised by `profile`: the baseline is too
+            df, columns, recorded = read_embeddings(out)
+            steps = provenance["profile"]
+            write_embeddings(out, *apply_steps(df, columns, steps), {**recorded, "profile": steps})
         made = _provenance(out, raster).get("checkpoint_sha256")
         if provenance.get("checkpoint_sha256") not in (None, made):
             raise ValueError(f"{source} is not the checkpoint {file} was embedded with (its SHA-256 differs)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,8 @@ from .writers.tables import read_embeddings, write_embeddings
 Reduce = Literal["mean", "median"]
 #: Group columns of the named aggregation levels.
 LEVEL_STRATA = {"image": ["Metadata_Field"], "well": ["Metadata_Plate", "Metadata_Well"]}
+#: How a normalisation step against every row (no controls query) is recorded.
+ALL_ROWS = "all rows"
 
 
 def _columns(df: pd.DataFrame, names: Sequence[str], what: str) -> list[str]:
@@ -103,18 +105,41 @@ def profile(
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
-    if level is not None and strata is not None:
-        raise ValueError("give level or strata, not both")
+    steps = profile_steps(level=level, strata=strata, method=method, normalization=normalization, controls=controls,
+                          batch=batch)  # fmt: skip
     df, features, provenance = read_embeddings(input)
-    steps = []
-    strata = LEVEL_STRATA[level] if level is not None else strata
-    if strata:
-        df = aggregate(df, features, strata, method)
-        steps.append({"aggregate": list(strata), "method": method})
-    if normalization is not None:
-        df, features = normalize(df, features, method=normalization, controls=controls, batch=batch)
-        steps.append({"normalize": normalization, "controls": controls or "all rows", "batch": batch})
-    if not steps:
-        raise ValueError("nothing to do: give level/strata and/or a normalisation")
+    df, features = apply_steps(df, features, steps)
     provenance = {**provenance, "profile": [*provenance.get("profile", []), *steps]}
     return write_embeddings(output, df, features, provenance)
+
+
+def profile_steps(
+    *, level: Literal["image", "well"] | None = None, strata: Sequence[str] | None = None, method: Reduce = "mean",
+    normalization: Literal["center_scale", "tvn"] | None = None, controls: str | None = None, batch: str | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The steps :func:`profile` takes, as its output's provenance records them (``"profile"``): an
+    aggregation and/or a normalisation."""
+    if level is not None and strata is not None:
+        raise ValueError("give level or strata, not both")
+    steps: list[dict[str, Any]] = []
+    strata = LEVEL_STRATA[level] if level is not None else strata
+    if strata:
+        steps.append({"aggregate": list(strata), "method": method})
+    if normalization is not None:
+        steps.append({"normalize": normalization, "controls": controls or ALL_ROWS, "batch": batch})
+    if not steps:
+        raise ValueError("nothing to do: give level/strata and/or a normalisation")
+    return steps
+
+
+def apply_steps(df: pd.DataFrame, features: Sequence[str], steps: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
+    """``df`` through recorded profile ``steps`` in order (:func:`profile_steps`); returns the table and its
+    feature columns. ``embed_baselines`` replays a profiled file's steps on its baselines with this."""
+    features = list(features)
+    for step in steps:
+        if "aggregate" in step:
+            df = aggregate(df, features, step["aggregate"], step["method"])
+        else:
+            controls = None if step["controls"] == ALL_ROWS else step["controls"]
+            df, features = normalize(df, features, method=step["normalize"], controls=controls, batch=step["batch"])
+    return df, features
