@@ -64,6 +64,13 @@ def test_multilabel_reports_map(tmp_path):
     result = evaluate(path, "labels", methods=["linear"])
     assert result["multilabel"] and result["n_classes"] == 4
     assert result["features"]["model"]["linear"]["map"] > 0.8
+    # Against itself: no difference; predictions come back as label lists naming the test rows' classes.
+    itself = evaluate(path, "labels", methods=["linear"], against=[("same", path)], predictions=True)
+    assert all(d == {"delta": 0.0, "low": 0.0, "high": 0.0} for d in itself["differences"]["same"]["linear"].values())
+    assert set(itself["differences"]["same"]["linear"]) == {"accuracy", "macro_f1"}
+    rows = pd.read_parquet(path)["labels"].iloc[itself["test_rows"]]
+    hits = [set(p) == set(t) for p, t in zip(itself["predictions"]["model"]["linear"], rows)]
+    assert np.mean(hits) == pytest.approx(itself["features"]["model"]["linear"]["accuracy"])
     with pytest.raises(ValueError, match="'labels' holds lists"):
         _embeddings(tmp_path / "multi.h5ad", multilabel=True)
 

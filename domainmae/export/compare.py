@@ -14,7 +14,8 @@ rows' sampling only: not a different training set, seed or split.
 Every resample is scored from confusion counts weighted by how often it drew each row, so a thousand
 resamples cost a few matrix products; the scores equal scikit-learn's ``accuracy_score``,
 ``balanced_accuracy_score`` and ``f1_score(average="macro", zero_division=0)`` on the drawn rows.
-Multi-label rows (0/1 indicator matrices) get subset accuracy and macro-F1.
+Multi-label rows (0/1 indicator matrices) get subset accuracy and macro-F1 (mAP ranks scores, not labels:
+no interval for it).
 """
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ import numpy as np
 #: Fewer test groups than this and a cluster bootstrap has too few units to draw from: rows are resampled.
 MIN_GROUPS = 10
 RESAMPLES = 1000
-SINGLE_LABEL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-MULTILABEL_METRICS = ("accuracy", "macro_f1")
 
 
 class Difference(NamedTuple):

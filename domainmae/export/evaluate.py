@@ -157,7 +157,7 @@ def differences(y: np.ndarray, predictions: dict[str, dict[str, np.ndarray]], gr
                 seed: int) -> tuple[dict[str, Any], str | None]:  # fmt: skip
     """The first feature set against each other one on the test rows ``y``: ``{other: {method: {metric:
     {"delta", "low", "high"}}}}`` (:func:`~domainmae.export.compare.paired_bootstrap`), and what was resampled."""
-    (first, ours), *others = predictions.items()
+    (_, ours), *others = predictions.items()
     out, resampled = {}, None
     for name, theirs in others:
         out[name] = {}
@@ -276,7 +276,7 @@ def evaluate(
     if predictions:
         result["test_rows"] = np.flatnonzero(labelled)[test].tolist()
         result["predictions"] = {
-            name: {method: ([list(labels) for labels in binarizer.inverse_transform(p)] if multilabel else p.tolist())
+            name: {method: ([list(row) for row in binarizer.inverse_transform(p)] if multilabel else p.tolist())
                    for method, p in by_method.items()}
             for name, by_method in predicted.items()}  # fmt: skip
     if output is not None:
