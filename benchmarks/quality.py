@@ -130,6 +130,8 @@ def differences(steps: int, pool: str, by_seed: dict[int, Predictions]) -> list[
     for probe in dict.fromkeys(p for _, p in by_seed[seeds[0]]):
         folds = [key for key in by_seed[seeds[0]] if key[1] == probe]
         truth = np.concatenate([by_seed[seeds[0]][key]["truth"] for key in folds])
+        if any(not np.array_equal(by_seed[s][key]["truth"], by_seed[seeds[0]][key]["truth"]) for s in seeds for key in folds):
+            raise ValueError(f"the held-out cells differ between seeds {seeds} ({probe}): their margins cannot be paired")
         strata = np.concatenate([np.full(len(by_seed[seeds[0]][key]["truth"]), i) for i, key in enumerate(folds)])
         stacked = {f: np.stack([np.concatenate([by_seed[s][key][f] for key in folds]) for s in seeds])
                    for f in FEATURES}  # fmt: skip  # [seeds, cells]

@@ -1,4 +1,5 @@
-"""The mitosis benchmark's dataset builder on one real ExampleFly field, read back with the toolkit's reader."""
+"""The quality benchmarks' helpers: the mitosis dataset builder on one real ExampleFly field (read back with the
+toolkit's reader), the EO zone folds, and the mitosis margins with their intervals."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from domainmae.data.tiff import load_data_fields
 
@@ -74,3 +76,29 @@ def test_eo_folds_hold_out_whole_utm_zones_of_both_sensors(tmp_path: Path) -> No
             folders = sorted((part / f"BigEarthNet-{sensor}-Example").iterdir())
             assert sorted(quality.patch_key(f) for f in folders) == keys
             assert all(any(f.glob("*.tif")) for f in folders)
+
+
+def test_mitosis_differences_centre_on_the_tables_mean_margin() -> None:
+    """The printed margin is the score table's: per seed the mean over held-out fields, then over seeds."""
+    quality = _quality()
+    rng = np.random.default_rng(0)
+    truths = {field: rng.choice(["False", "True"], n, p=[0.8, 0.2]) for field, n in (("F1", 60), ("F2", 90))}
+    by_seed = {}
+    for seed in (0, 1):  # the same held-out cells, each seed's own predictions
+        by_seed[seed] = {}
+        for field, truth in truths.items():
+            n = len(truth)
+            noisy = {f: np.where(rng.random(n) < right, truth, rng.choice(["False", "True"], n))
+                     for f, right in (("model", 0.9), ("raw", 0.6), ("random", 0.7))}  # fmt: skip
+            by_seed[seed][(field, "linear")] = {"truth": truth, **noisy}
+    gaps = quality.differences(100, "mean", by_seed)
+    assert [(g["probe"], g["against"]) for g in gaps] == [("linear", "raw"), ("linear", "random")]
+    for gap in gaps:
+        expected = np.mean([np.mean([f1_score(fold["truth"], fold["model"], average="macro")
+                                     - f1_score(fold["truth"], fold[gap["against"]], average="macro")
+                                     for fold in by_seed[seed].values()]) for seed in by_seed])  # fmt: skip
+        assert gap["macro_f1"]["delta"] == pytest.approx(expected)
+        assert gap["macro_f1"]["low"] < expected < gap["macro_f1"]["high"]
+    by_seed[1][("F1", "linear")]["truth"] = by_seed[1][("F1", "linear")]["truth"][::-1]
+    with pytest.raises(ValueError, match="held-out cells differ between seeds"):
+        quality.differences(100, "mean", by_seed)
