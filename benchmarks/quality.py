@@ -126,13 +126,14 @@ def differences(steps: int, pool: str, by_seed: dict[int, Predictions]) -> list[
     over seeds), with a 95% paired-bootstrap interval over the held-out cells (each field resampled apart,
     the same draw for every seed: :func:`~domainmae.export.compare.paired_bootstrap`)."""
     seeds = sorted(by_seed)
+    first = by_seed[seeds[0]]  # every seed scores the same held-out cells: its labels serve all
     out = []
-    for probe in dict.fromkeys(p for _, p in by_seed[seeds[0]]):
-        folds = [key for key in by_seed[seeds[0]] if key[1] == probe]
-        truth = np.concatenate([by_seed[seeds[0]][key]["truth"] for key in folds])
-        if any(not np.array_equal(by_seed[s][key]["truth"], by_seed[seeds[0]][key]["truth"]) for s in seeds for key in folds):
+    for probe in dict.fromkeys(p for _, p in first):
+        folds = [key for key in first if key[1] == probe]
+        if any(not np.array_equal(by_seed[s][key]["truth"], first[key]["truth"]) for s in seeds for key in folds):
             raise ValueError(f"the held-out cells differ between seeds {seeds} ({probe}): their margins cannot be paired")
-        strata = np.concatenate([np.full(len(by_seed[seeds[0]][key]["truth"]), i) for i, key in enumerate(folds)])
+        truth = np.concatenate([first[key]["truth"] for key in folds])
+        strata = np.repeat(np.arange(len(folds)), [len(first[key]["truth"]) for key in folds])  # each cell's field
         stacked = {f: np.stack([np.concatenate([by_seed[s][key][f] for key in folds]) for s in seeds])
                    for f in FEATURES}  # fmt: skip  # [seeds, cells]
         for baseline in FEATURES[1:]:
