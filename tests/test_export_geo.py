@@ -12,6 +12,7 @@ import shapely
 import tifffile
 import torch
 import xarray as xr
+from rasterio.crs import CRS
 from rasterio.transform import array_bounds, from_origin
 
 import domainmae
@@ -141,6 +142,8 @@ def test_zarr_overlays_the_source_and_equals_the_geotiff(scene, tmp_path, monkey
     assert cube.channels == tuple(f"emb_{i:04d}" for i in range(32))
     dataset = xr.open_dataset(out, engine="zarr", chunks=None)
     array = dataset["embedding"]
+    # GeoZarr's proj:wkt2 is WKT2 (PROJCRS[...]), not GDAL's default WKT1 (PROJCS[...]).
+    assert array.attrs["proj:wkt2"].startswith("PROJCRS[") and CRS.from_wkt(array.attrs["proj:wkt2"]) == source_crs
     assert array.dtype == np.float32 and array.encoding["chunks"] == (32, 3, 3)
     np.testing.assert_allclose(array.values, expected, rtol=0, atol=1e-6)
     # The CF/rioxarray grid mapping alone (as rioxarray/GDAL read it) gives the same grid.

@@ -160,7 +160,9 @@ def write_zarr(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], attrs:
                            "spatial:shape": [height, width], "spatial:registration": "pixel"}  # fmt: skip
     mapping = {"GeoTransform": " ".join(map(repr, grid.transform.to_gdal()))}
     if grid.crs is not None:
-        geo["proj:wkt2"] = mapping["crs_wkt"] = mapping["spatial_ref"] = grid.crs.to_wkt()
+        # GeoZarr asks for WKT2; the CF grid mapping keeps GDAL's WKT1, which every GDAL reads.
+        geo["proj:wkt2"] = grid.crs.to_wkt(version="WKT2_2019")
+        mapping["crs_wkt"] = mapping["spatial_ref"] = grid.crs.to_wkt()
     with atomic_dir(path) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={PROVENANCE_KEY: attrs})
         array = group.create_array(
