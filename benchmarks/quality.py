@@ -12,7 +12,9 @@ set by leave-one-field-out inside the training fields. ``--steps 100,300,756`` g
 pretraining run per count. Pretraining is self-supervised on all crops (transductive: no labels, no pH3).
 ``--normalize-fields`` standardises every feature set's columns per field before probing (label-free, as
 per-plate profiling does). Per probe, the model minus each baseline is printed with a 95% paired-bootstrap
-interval over the held-out cells (``domainmae.export.compare``).
+interval over the held-out cells (``domainmae.export.compare``; ``quality_margins.py``). Every held-out
+cell's predictions are saved as ``predictions.parquet``, so ``summary`` pools the intervals of workdirs
+whose seeds ran apart.
 
 ``eo-reconstruction``: per seed, pretrain the sentinel recipe's demo model on the six bundled BigEarthNet
 S2+S1 patches and score, with ``score_reconstruction``, the masked-patch MSE (random masking at 75%) and the
@@ -29,6 +31,7 @@ scoring. Pretraining gets what the measured cost of the rest leaves, as a step c
     python benchmarks/quality.py mitosis --workdir /tmp/q --steps 100,300,756 --seeds 0,1,2 --set data.normalize=stats
     python benchmarks/quality.py eo-reconstruction --workdir /tmp/q-eo --budget-minutes 10 --seeds 0,1,2
     python benchmarks/quality.py eo-reconstruction --workdir /tmp/q-eo-zones --steps 6000 --seeds 0 --hold-out zone
+    python benchmarks/quality.py summary /tmp/q-seed0 /tmp/q-seed12      # one table (and margins) from both
 """
 from __future__ import annotations
 
@@ -41,15 +44,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from rasterio.crs import CRS
 
 import domainmae
 from domainmae.data.bigearthnet import read_patch_metadata
 from domainmae.data.multisensor import PATCH_KEY_PATTERN
-from domainmae.export.compare import paired_bootstrap
-from domainmae.export.evaluate import evaluate
 from domainmae.export.profile import profile
 from domainmae.recipes import Recipe, load_recipe
 from domainmae.runtime import RunDir
@@ -59,9 +59,9 @@ from domainmae.train.reconstruct import score_reconstruction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
 import mitosis  # noqa: E402
-from quality_tables import FEATURES, METRICS, print_differences, print_eo, print_mitosis  # noqa: E402
+from quality_margins import PREDICTIONS, Predictions, differences, probe_folds, read_predictions, write_predictions  # noqa: E402
+from quality_tables import FEATURES, print_differences, print_eo, print_mitosis  # noqa: E402
 
-METHODS = ("linear", "knn")
 CALIBRATION_STEPS = 20
 
 
@@ -90,57 +90,6 @@ def embed_crops(run: Path, output: Path, pool: str, features: str = "model", see
         return table
     return profile(table, output.with_name(f"{output.stem}-byfield.parquet"), normalization="center_scale",
                    batch=mitosis.FIELD, overwrite=True)  # fmt: skip
-
-
-Predictions = dict[tuple[str, str], dict[str, np.ndarray]]  # (field, probe) -> {"truth" | features: [n]}
-
-
-def probe_folds(model: Path, against: list[Path], tune: bool = False) -> tuple[list[dict[str, Any]], Predictions]:
-    """Leave-one-field-out: per held-out field, every feature set under each probe (plain and class-weighted
-    linear, 5-NN), one row per (field, features, probe); ``tune`` adds both linear probes with their C chosen
-    by leave-one-field-out inside the training fields (``linear-tuned``, ``linear-balanced-tuned``). Also the
-    held-out cells' labels and each feature set's predictions per (field, probe), for :func:`differences`."""
-    table = pd.read_parquet(model, columns=[mitosis.FIELD, mitosis.LABEL])
-    fields = sorted(table[mitosis.FIELD].unique())
-    # (balanced, tuned, methods): the untuned probes always, so a tuned run also has the rows of an untuned one.
-    probes = [(False, False, METHODS), (True, False, ("linear",))]
-    probes += [(False, True, ("linear",)), (True, True, ("linear",))] if tune else []
-    rows, predicted = [], {}
-    for field in fields:
-        for balanced, tuned, methods in probes:
-            result = evaluate(model, mitosis.LABEL, split=f"{mitosis.FIELD}={field}", against=against,
-                              methods=methods, balanced=balanced, tune=tuned, predictions=True)  # fmt: skip
-            truth = table[mitosis.LABEL].astype(str).to_numpy()[result["test_rows"]]  # as evaluate reads labels
-            for features, by_method in result["features"].items():
-                for method, scores in by_method.items():
-                    probe = method + ("-balanced" if balanced else "") + ("-tuned" if tuned else "")
-                    rows.append({"field": field, "features": features, "probe": probe,
-                                 **{m: scores[m] for m in (*METRICS, "C") if m in scores}})  # fmt: skip
-                    fold = predicted.setdefault((field, probe), {"truth": truth})
-                    fold[features] = np.asarray(result["predictions"][features][method])
-    return rows, predicted
-
-
-def differences(steps: int, pool: str, by_seed: dict[int, Predictions]) -> list[dict[str, Any]]:
-    """Per probe, the model minus each baseline as the score table has it (mean over held-out fields, then
-    over seeds), with a 95% paired-bootstrap interval over the held-out cells (each field resampled apart,
-    the same draw for every seed: :func:`~domainmae.export.compare.paired_bootstrap`)."""
-    seeds = sorted(by_seed)
-    first = by_seed[seeds[0]]  # every seed scores the same held-out cells: its labels serve all
-    out = []
-    for probe in dict.fromkeys(p for _, p in first):
-        folds = [key for key in first if key[1] == probe]
-        if any(not np.array_equal(by_seed[s][key]["truth"], first[key]["truth"]) for s in seeds for key in folds):
-            raise ValueError(f"the held-out cells differ between seeds {seeds} ({probe}): their margins cannot be paired")
-        truth = np.concatenate([first[key]["truth"] for key in folds])
-        strata = np.repeat(np.arange(len(folds)), [len(first[key]["truth"]) for key in folds])  # each cell's field
-        stacked = {f: np.stack([np.concatenate([by_seed[s][key][f] for key in folds]) for s in seeds])
-                   for f in FEATURES}  # fmt: skip  # [seeds, cells]
-        for baseline in FEATURES[1:]:
-            found, _ = paired_bootstrap(truth, stacked["model"], stacked[baseline], strata=strata)
-            out.append({"steps": steps, "pool": pool, "probe": probe, "against": baseline,
-                        **{m: found[m]._asdict() for m in METRICS}})  # fmt: skip
-    return out
 
 
 def time_pretraining(recipe: Recipe, run: Path) -> tuple[float, float]:
@@ -214,6 +163,7 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     print_mitosis(pd.DataFrame(rows))
     gaps = [row for (steps, pool), by_seed in predicted.items() for row in differences(steps, pool, by_seed)]
     print_differences(gaps, len(seeds))
+    write_predictions(work, predicted)
     wall = time.perf_counter() - began
     print(f"\nwall time {wall:.0f} s (budget {budget:.0f} s, used to plan the steps when --steps is not given)")
     summary = {"set": args.set, "pool": args.pool, "counts": counts, "seeds": seeds,
@@ -237,8 +187,9 @@ def run_summary(args: argparse.Namespace) -> None:
         print_eo(table, runs[0]["samples"])
         return
     runs = [json.loads((Path(w) / "mitosis.json").read_text()) for w in args.workdirs]
-    settings = {json.dumps({k: r.get(k, False if k == "tune" else None) for k in ("set", "batch", "crop", "k", "tune")})
-                for r in runs}  # fmt: skip
+    # Runs from before --tune / --normalize-fields ran without them.
+    settings = {json.dumps({k: r.get(k, False if k in ("tune", "normalize_fields") else None)
+                            for k in ("set", "batch", "crop", "k", "tune", "normalize_fields")}) for r in runs}  # fmt: skip
     if len(settings) > 1:
         raise SystemExit(f"the workdirs ran different settings, their scores do not pool: {sorted(settings)}")
     # Runs from before --pool took a list hold one pool, named at the top level.
@@ -248,6 +199,12 @@ def run_summary(args: argparse.Namespace) -> None:
     if scores.duplicated(["seed", "steps", "pool", "field", "features", "probe"]).any():
         raise SystemExit("a seed appears in two workdirs; pool runs of different seeds")
     print_mitosis(scores)
+    saved = [Path(w) / PREDICTIONS for w in args.workdirs]
+    if not all(p.is_file() for p in saved):  # runs from before their predictions were saved
+        print(f"\nno margins with intervals: not every workdir has its {PREDICTIONS}")
+        return
+    gaps = [row for (steps, pool), by_seed in read_predictions(saved).items() for row in differences(steps, pool, by_seed)]
+    print_differences(gaps, scores.seed.nunique())
 
 
 def eo_recipe(seed: int, overrides: list[str]) -> Recipe:

@@ -2,8 +2,10 @@
 toolkit's reader), the EO zone folds, and the mitosis margins with their intervals."""
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -78,19 +80,25 @@ def test_eo_folds_hold_out_whole_utm_zones_of_both_sensors(tmp_path: Path) -> No
             assert all(any(f.glob("*.tif")) for f in folders)
 
 
-def test_mitosis_differences_centre_on_the_tables_mean_margin() -> None:
-    """The printed margin is the score table's: per seed the mean over held-out fields, then over seeds."""
-    quality = _quality()
-    rng = np.random.default_rng(0)
+def _predictions(rng: np.random.Generator, seeds: tuple[int, ...] = (0, 1)) -> dict:
+    """Two held-out fields' cells, each seed's predictions: the model right 90% of the time, raw 60%, random 70%."""
     truths = {field: rng.choice(["False", "True"], n, p=[0.8, 0.2]) for field, n in (("F1", 60), ("F2", 90))}
     by_seed = {}
-    for seed in (0, 1):  # the same held-out cells, each seed's own predictions
+    for seed in seeds:  # the same held-out cells, each seed's own predictions
         by_seed[seed] = {}
         for field, truth in truths.items():
             n = len(truth)
             noisy = {f: np.where(rng.random(n) < right, truth, rng.choice(["False", "True"], n))
                      for f, right in (("model", 0.9), ("raw", 0.6), ("random", 0.7))}  # fmt: skip
             by_seed[seed][(field, "linear")] = {"truth": truth, **noisy}
+    return by_seed
+
+
+def test_mitosis_differences_centre_on_the_tables_mean_margin() -> None:
+    """The printed margin is the score table's: per seed the mean over held-out fields, then over seeds."""
+    quality = _quality()
+    rng = np.random.default_rng(0)
+    by_seed = _predictions(rng)
     gaps = quality.differences(100, "mean", by_seed)
     assert [(g["probe"], g["against"]) for g in gaps] == [("linear", "raw"), ("linear", "random")]
     for gap in gaps:
@@ -102,3 +110,38 @@ def test_mitosis_differences_centre_on_the_tables_mean_margin() -> None:
     by_seed[1][("F1", "linear")]["truth"] = by_seed[1][("F1", "linear")]["truth"][::-1]
     with pytest.raises(ValueError, match="held-out cells differ between seeds"):
         quality.differences(100, "mean", by_seed)
+
+
+def test_summary_pools_the_margins_of_seeds_run_apart(tmp_path: Path, capsys) -> None:
+    """Seeds run in two workdirs give, through their saved predictions, the margins of one run of both; a seed
+    saved twice, or workdirs that standardised their features differently, do not pool."""
+    quality = _quality()
+    by_seed = _predictions(np.random.default_rng(1), seeds=(0, 1, 2))
+    apart = {"a": {0: by_seed[0]}, "b": {1: by_seed[1], 2: by_seed[2]}}
+    for name, seeds in apart.items():
+        (tmp_path / name).mkdir()
+        quality.write_predictions(tmp_path / name, {(100, "mean"): seeds})
+    pooled = quality.read_predictions([tmp_path / "a" / "predictions.parquet", tmp_path / "b" / "predictions.parquet"])
+    assert pooled[(100, "mean")].keys() == {0, 1, 2}
+    for key, fold in by_seed[2].items():
+        assert all(np.array_equal(pooled[(100, "mean")][2][key][k], fold[k]) for k in fold)
+    assert quality.differences(100, "mean", pooled[(100, "mean")]) == quality.differences(100, "mean", by_seed)
+    with pytest.raises(ValueError, match="appear in two workdirs"):
+        quality.read_predictions([tmp_path / "a" / "predictions.parquet"] * 2)
+
+    def summary(normalize_fields: bool, name: str) -> str:
+        scores = [{"seed": seed, "steps": 100, "pool": "mean", "field": "F1", "features": f, "probe": probe,
+                   "macro_f1": 0.5, "balanced_accuracy": 0.5}
+                  for seed in apart[name] for f in ("model", "raw", "random") for probe in ("linear", "linear-balanced")]
+        run = {"set": [], "batch": 64, "crop": 32, "k": 3.0, "tune": False, "normalize_fields": normalize_fields,
+               "scores": scores}  # fmt: skip
+        (tmp_path / name / "mitosis.json").write_text(json.dumps(run))
+        return str(tmp_path / name)
+
+    workdirs = [summary(False, "a"), summary(False, "b")]
+    quality.run_summary(argparse.Namespace(workdirs=workdirs))
+    margins = capsys.readouterr().out.split("model minus baseline")[1]
+    expected = quality.differences(100, "mean", by_seed)[0]["macro_f1"]
+    assert f"{expected['delta']:+.3f} [{expected['low']:+.3f}, {expected['high']:+.3f}]" in margins
+    with pytest.raises(SystemExit, match="different settings"):
+        quality.run_summary(argparse.Namespace(workdirs=[workdirs[0], summary(True, "b")]))
