@@ -66,6 +66,21 @@ def test_existing_run_is_not_overwritten(tmp_path):
         pretrain("cellpainting", output=tmp_path / "run", max_steps=2, quiet=True)
 
 
+def test_a_resume_that_fails_on_its_data_keeps_the_run_resumable(tmp_path):
+    """The run's config.yaml is what resume reads: an override that the data refuses must not replace it."""
+    run = pretrain("cellpainting", output=tmp_path / "run", max_steps=2, overrides=QUICK, quiet=True)
+    config = (run / "config.yaml").read_bytes()
+    with pytest.raises(ValueError, match="Actn"):
+        pretrain("cellpainting", output=run, resume=True, max_steps=3, overrides=["data.channels=[DNA,Actn]"], quiet=True)
+    assert (run / "config.yaml").read_bytes() == config
+    pretrain("cellpainting", output=run, resume=True, max_steps=3, quiet=True)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+    # A new run refused by its data leaves no folder behind that would pass for a run.
+    with pytest.raises(ValueError, match="Actn"):
+        pretrain("cellpainting", output=tmp_path / "new", max_steps=2, overrides=["data.channels=[DNA,Actn]"], quiet=True)
+    assert not (tmp_path / "new").exists()
+
+
 def test_non_finite_losses_abort_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
     import domainmae.models.mae as mae
 

@@ -120,11 +120,10 @@ class Trainer:
         self.recipe, self.run_dir, self.info, self.quiet = recipe, run_dir, info, quiet
         self.data = build_training_data(recipe.data, seed=t.seed)
         if self.data.band_stats and not recipe.data.band_stats:
-            # Measured on this run's data: keep them with the run so reconstruct/embed normalise alike.
+            # Measured on this run's data: kept with the run (pretrain saves self.recipe) so reconstruct/embed
+            # normalise alike.
             data = recipe.data.model_copy(update={"band_stats": self.data.band_stats})
             self.recipe = recipe = recipe.model_copy(update={"data": data})
-            if info.is_main:
-                save_recipe(recipe, run_dir.config)
         self.model = _model_for(recipe, self.data).to(info.device)
         self.model.activation_checkpointing = t.activation_checkpointing
         # Sharded before the optimiser is built, which must hold the shards. Alone, fsdp trains the whole model.
@@ -389,12 +388,15 @@ def pretrain(
     info = setup_distributed(device)
     try:
         torch.manual_seed(resolved.train.seed)
+        if info.is_main and not resume and run_dir.holds_run():
+            raise FileExistsError(f"{run_dir.root} already holds a run; pass --resume to continue it or choose another --output")
+        trainer = Trainer(resolved, run_dir, info, resume, quiet)
+        # Written once the data and the checkpoint have accepted the recipe: resume reads this file, so a recipe
+        # the data refuses must not replace it (nor leave a new folder that looks like a run).
         if info.is_main:
-            if not resume and run_dir.holds_run():
-                raise FileExistsError(f"{run_dir.root} already holds a run; pass --resume to continue it or choose another --output")
             run_dir.root.mkdir(parents=True, exist_ok=True)
-            save_recipe(resolved, run_dir.config)
-        Trainer(resolved, run_dir, info, resume, quiet).run()
+            save_recipe(trainer.recipe, run_dir.config)
+        trainer.run()
     finally:
         cleanup_distributed()
     return run_dir.root
