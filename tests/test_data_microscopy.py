@@ -124,10 +124,24 @@ def test_missing_file_names_file_and_row_and_skip_counts(tmp_path: Path, caplog:
     assert "01_POS999_F.TIF" in caplog.text
 
 
-def test_corrupt_file_names_file_and_dataset_skips_it(tmp_path: Path) -> None:
+def _scrambled_zlib_tiff(path: Path) -> None:
+    """A TIFF with a valid header whose zlib strips do not decompress (the codec's error is no OSError)."""
+    tifffile.imwrite(path, tifffile.imread(FLY / "01_POS002_R.TIF"), compression="zlib", rowsperstrip=1006)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[offset + 2 : offset + count] = bytes(b ^ 0x5A for b in data[offset + 2 : offset + count])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("corrupt", ["not a TIFF", "zlib strip"])
+def test_corrupt_file_names_file_and_dataset_skips_it(tmp_path: Path, corrupt: str) -> None:
     for name in ("01_POS002_D.TIF", "01_POS002_F.TIF"):
         shutil.copy(FLY / name, tmp_path / name)
-    (tmp_path / "01_POS002_R.TIF").write_bytes(b"II*\x00 this is not a TIFF")
+    if corrupt == "not a TIFF":
+        (tmp_path / "01_POS002_R.TIF").write_bytes(b"II*\x00 this is not a TIFF")
+    else:
+        _scrambled_zlib_tiff(tmp_path / "01_POS002_R.TIF")
     fields = pattern_fields(tmp_path, FLY_PATTERN, FLY_CHANNELS)
     with pytest.raises(FieldError, match=r"01_POS002_R\.TIF \(channel Actin, field=01_POS002"):
         fields[0].pixels()
@@ -225,6 +239,20 @@ def test_plain_zarr_array_and_group(tmp_path: Path) -> None:
         group.create_array(f"site{n}", data=data[n], chunks=(1, 8, 8))
     fields = zarr_fields(tmp_path / "group.zarr", channels=["DNA", "Actin"])
     np.testing.assert_array_equal(fields[2].pixels(Window(4, 5, 10, 11)), data[2][:, 4:14, 5:16])
+
+
+def test_a_zarr_chunk_that_does_not_decode_names_the_store_and_field(tmp_path: Path) -> None:
+    data = np.random.default_rng(3).integers(0, 4000, size=(2, 2, 16, 16), dtype=np.uint16)
+    zarr.create_array(tmp_path / "fields.zarr", data=data, chunks=(1, 2, 16, 16))
+    chunk = tmp_path / "fields.zarr" / "c" / "1" / "0" / "0" / "0"  # the second field's only chunk
+    chunk.write_bytes(chunk.read_bytes()[:8] + bytes(b ^ 0x5A for b in chunk.read_bytes()[8:]))
+    fields = zarr_fields(tmp_path / "fields.zarr", channels=["DNA", "Actin"])
+    np.testing.assert_array_equal(fields[0].pixels(), data[0])
+    with pytest.raises(FieldError, match=r"cannot read Zarr array .*fields\.zarr.*decompression"):
+        fields[1].pixels()
+    policy = ErrorPolicy("skip")
+    crops = WindowDataset(fields, size=8, on_error=policy)
+    assert len(crops[0]) == 1 and crops[1] == [] and len(policy.skipped) == 1
 
 
 def _write_plate(root: Path, version: str, images: dict[tuple[str, str, str], np.ndarray]) -> None:

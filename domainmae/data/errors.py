@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import logging
 import warnings
+import zlib
 from typing import Literal
 
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
+
+# What image libraries raise for a file or chunk they cannot read or decode: OSError/ValueError from tifffile,
+# PIL and zarr for a bad header or layout, zlib.error from a deflate stream that does not decompress (stdlib
+# zlib, used by tifffile and numcodecs), RuntimeError from the imagecodecs/numcodecs codecs (LZW, zstd, blosc).
+DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, zlib.error, RuntimeError)
 
 
 class ErrorPolicy:

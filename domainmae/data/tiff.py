@@ -22,7 +22,7 @@ import tifffile
 from PIL import Image
 
 from . import handles
-from .errors import ErrorPolicy, OnError, as_policy
+from .errors import DECODE_ERRORS, ErrorPolicy, OnError, as_policy
 from .fields import Field, FieldError, resolve_channels
 from .remote import Location, as_location, is_url, join, parent, pure_path, whole_file
 from .samplers import Window
@@ -38,7 +38,7 @@ def _reading(path: Location, where: str) -> Iterator[None]:
         yield
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{path} ({where}) does not exist") from err
-    except (OSError, ValueError) as err:  # tifffile/PIL signal corrupt files with ValueError subclasses
+    except DECODE_ERRORS as err:
         raise FieldError(f"cannot read {path} ({where}): {err}") from err
 
 

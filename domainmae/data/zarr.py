@@ -26,7 +26,7 @@ import zarr
 import zarr.errors
 
 from . import handles
-from .errors import ErrorPolicy, OnError, as_policy
+from .errors import DECODE_ERRORS, ErrorPolicy, OnError, as_policy
 from .fields import Field, FieldError, resolve_channels
 from .remote import is_url, join, require_fsspec
 from .samplers import Window
@@ -68,7 +68,10 @@ class ZarrField(Field):
         rows, cols = window.slices()
         pick = {"c": self._channels, "y": rows, "x": cols}
         selection = tuple(pick[axis] if axis in pick else self.fixed[axis] for axis in self.axes)
-        pixels = self._open()[selection]  # zarr reads a channel list as an orthogonal selection
+        try:
+            pixels = self._open()[selection]  # zarr reads a channel list as an orthogonal selection
+        except DECODE_ERRORS as err:  # a chunk missing its bytes or failing to decompress
+            raise FieldError(f"cannot read Zarr array {self.path!r} in {self.store} ({self.key}): {err}") from err
         return pixels if "c" in self.axes else pixels[None]
 
 
