@@ -317,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.func(args)
         except KeyboardInterrupt as err:
             # 128 + the signal, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM, 138 for SIGUSR1.
-            print(f"domainmae {args.command}: {err or 'interrupted'}", file=sys.stderr)
+            # A bare Ctrl-C has no text; Stopped (a signal at a step boundary) says what was saved.
+            print(f"domainmae {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
             return 128 + getattr(err, "signum", signal.SIGINT)
         except (ValueError, OSError, KeyError, ArithmeticError) as err:  # user-actionable: no traceback
             print(f"domainmae {args.command}: error: {describe_error(err)}", file=sys.stderr)

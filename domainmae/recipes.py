@@ -305,7 +305,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"override {text!r} must look like dotted.key=value")
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"override {text!r}: the value is not valid YAML ({err.problem or err})") from err
 
 
 def _set(data: dict[str, Any], keys: Sequence[str], value: Any) -> None:

@@ -31,3 +31,21 @@ def test_models_lists_sizes(capsys):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "domainmae", "models"], capture_output=True, text=True)
     assert result.returncode == 0 and "vit_small" in result.stdout
+
+
+def test_ctrl_c_says_interrupted(capsys, monkeypatch):
+    """Ctrl-C raises a KeyboardInterrupt without text: the user reads 'interrupted', exit status 130."""
+    import domainmae.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_models", interrupted)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err.strip() == "domainmae models: interrupted"
+
+
+def test_an_override_that_is_not_yaml_names_itself(capsys):
+    assert main(["pretrain", "--recipe", "cellpainting", "--set", "data.channels=[DNA, PH3"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "override 'data.channels=[DNA, PH3'" in err and "not valid YAML" in err
