@@ -96,6 +96,11 @@ def microscopy_fields(section: DataSection) -> list[Field]:
           "subsets": section.allow_channel_subsets}
     path = _path(section)
     if section.format == "manifest":
+        if isinstance(path, Path) and path.is_dir():
+            tables = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".csv", ".parquet", ".pq"))
+            found = f" (it holds {', '.join(tables[:5])})" if tables else ""
+            raise ValueError(f"data.path {path} is a folder; data.format manifest reads a load_data manifest file: "
+                             f"pass the file{found}, or set data.format to pattern or stack for a folder of images")  # fmt: skip
         return load_data_fields(path, **kw)
     if section.format == "pattern":
         if not section.pattern:

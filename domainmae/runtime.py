@@ -140,12 +140,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_rng_types()):
             state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _refusal(err).startswith("Unsupported global"):  # not a refused object: bytes that are no pickle
+            raise ValueError(f"cannot read checkpoint {file}: not a PyTorch checkpoint, or a damaged one "
+                             f"({_refusal(err)})") from err  # fmt: skip
         raise ValueError(
             f"cannot load checkpoint {file} safely: {_refusal(err)}. Checkpoints are read as tensors and plain "
             "data only, so nothing in it was run; share models as exported folders (domainmae export-model)"
         ) from err
-    except Exception as err:  # torch raises several types for torn files
-        raise ValueError(f"cannot read checkpoint {file}: {err}") from err
+    except Exception as err:  # torch raises several types for torn files, some without text (EOFError, KeyError)
+        what = "it is empty" if file.is_file() and file.stat().st_size == 0 else "not a PyTorch checkpoint, or a damaged one"
+        raise ValueError(f"cannot read checkpoint {file}: {what} ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{file} is not a domainmae checkpoint (no '{FORMAT}' format tag)")
     return state

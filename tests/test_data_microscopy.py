@@ -364,3 +364,13 @@ def test_crop_larger_than_field_names_the_field() -> None:
     crops = WindowDataset(load_data_fields(HUMAN / "load_data.csv"), size=600)
     with pytest.raises(ValueError, match=r"field row 1 of .*load_data\.csv of 512x512 px is smaller than the 600 px crop"):
         crops[0]
+
+
+def test_a_folder_given_as_the_manifest_says_so(tmp_path: Path) -> None:
+    from domainmae.pipeline import microscopy_fields
+    from domainmae.recipes import load_recipe
+
+    (tmp_path / "plate1.csv").write_text("x\n")
+    section = load_recipe("cellpainting", [f"data.path={tmp_path}", "data.format=manifest"]).data
+    with pytest.raises(ValueError, match=rf"{tmp_path} is a folder.*manifest file.*plate1\.csv"):
+        microscopy_fields(section)

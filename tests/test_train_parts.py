@@ -1,4 +1,5 @@
 """Optimiser groups and schedule, atomic checkpoints, and the deterministic data order."""
+import argparse
 import math
 
 import pytest
@@ -76,8 +77,13 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint in run directory"):
         load_checkpoint(tmp_path)
     bad = tmp_path / "x.ckpt"
-    bad.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="x.ckpt"):
+    for content, says in ((b"garbage", "not a PyTorch checkpoint, or a damaged one"), (b"hello\n", "not a PyTorch"),
+                          (b"", "is empty")):  # fmt: skip
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"checkpoint .*x\.ckpt.* {says}"):
+            load_checkpoint(bad)
+    torch.save({"format": "x", "args": argparse.Namespace(a=1)}, bad)  # a pickle that would build an object
+    with pytest.raises(ValueError, match=r"cannot load checkpoint .*x\.ckpt safely: Unsupported global.*nothing in it was run"):
         load_checkpoint(bad)
 
 
