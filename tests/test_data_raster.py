@@ -276,6 +276,20 @@ def test_crs_mismatch_is_warped_onto_the_s2_grid(tmp_path):
     np.testing.assert_allclose(s1["image"][0].numpy()[valid], expected[valid], atol=3.0)
 
 
+def test_a_band_whose_crs_puts_it_off_the_scene_is_an_error_not_nodata(tmp_path):
+    """An S1 file labelled with the wrong UTM zone lies hundreds of km away: warped onto the S2 grid it would
+    read as all nodata, silently. Partly covering is data; covering nothing is a georeferencing error."""
+    s2_path = write_tif(tmp_path / "s2_B02.tif", np.ones((1, 32, 32), np.uint16))
+    wrong_zone = write_tif(tmp_path / "s1_VV.tif", np.ones((1, 32, 32), np.float32), crs="EPSG:32629")
+    with pytest.raises(RasterReadError, match=r"s1_VV\.tif .*EPSG:32629.*does not overlap.*EPSG:32633"):
+        pair_of(s2_path, wrong_zone).read(Window(0, 0, 32, 32))
+    # Half the S2 patch, east edge: read, with the uncovered half invalid.
+    half = write_tif(tmp_path / "half_VV.tif", np.ones((1, 32, 16), np.float32), origin=(ORIGIN[0] + 160, ORIGIN[1]),
+                     res=10.0, crs="EPSG:32633")  # fmt: skip
+    region = pair_of(s2_path, half).scenes["s1"].read(Window(0, 0, 32, 32), grid=pair_of(s2_path, half).scenes["s2"].grid)
+    assert region.valid[:, 16:].all() and not region.valid[:, :16].any()
+
+
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_raster_without_crs_says_so(tmp_path):
     s2_path = write_tif(tmp_path / "s2_B02.tif", np.ones((1, 16, 16), np.uint16))

@@ -7,6 +7,8 @@ window engine (:mod:`~domainmae.data.windows`) asks every source for.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -53,6 +55,18 @@ class Grid:
             "bounds": array_bounds(window.height, window.width, transform),  # (left, bottom, right, top)
             "window": window,
         }
+
+
+def covered_share(box: Sequence[float], other: Sequence[float]) -> float:
+    """Share of ``box``'s area inside ``other``, both ``(left, bottom, right, top)`` in one CRS; 0 when a bound
+    is not finite (a reprojection that failed) or ``box`` has no area."""
+    if not all(math.isfinite(v) for v in (*box, *other)):
+        return 0.0
+    left, bottom, right, top = box
+    width = min(right, other[2]) - max(left, other[0])
+    height = min(top, other[3]) - max(bottom, other[1])
+    area = (right - left) * (top - bottom)
+    return max(width, 0.0) * max(height, 0.0) / area if area > 0 else 0.0
 
 
 class GridSource:

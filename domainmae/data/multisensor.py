@@ -15,7 +15,7 @@ from typing import Literal
 from rasterio.warp import transform_bounds
 
 from .errors import ErrorPolicy, OnError, as_policy
-from .geo import Grid, GridSource, MissingCRSError
+from .geo import Grid, GridSource, MissingCRSError, covered_share
 from .raster import RasterScene
 from .samplers import Window
 from .windows import MultiSensorRegion
@@ -69,11 +69,9 @@ def _footprint(scene: RasterScene) -> tuple[Grid, tuple[float, float, float, flo
 
 def _overlap(scene: RasterScene, other: RasterScene) -> float:
     """Share of ``scene``'s footprint covered by ``other``'s bounding box (in ``scene``'s CRS)."""
-    grid, (left, bottom, right, top) = _footprint(scene)
+    grid, bounds = _footprint(scene)
     other_grid, other_bounds = _footprint(other)
-    o_left, o_bottom, o_right, o_top = transform_bounds(other_grid.crs, grid.crs, *other_bounds)
-    width, height = min(right, o_right) - max(left, o_left), min(top, o_top) - max(bottom, o_bottom)
-    return max(width, 0.0) * max(height, 0.0) / ((right - left) * (top - bottom))
+    return covered_share(bounds, transform_bounds(other_grid.crs, grid.crs, *other_bounds))
 
 
 def _by_key(scenes: Sequence[RasterScene], key: re.Pattern[str]) -> dict[str, RasterScene]:

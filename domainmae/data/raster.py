@@ -27,10 +27,11 @@ from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 
 from ..validity import fill_invalid
 from . import handles
-from .geo import Grid, GridSource, MissingCRSError, RasterReadError
+from .geo import Grid, GridSource, MissingCRSError, RasterReadError, covered_share
 from .radiometry import Radiometry
 from .remote import Location, as_location, gdal_env, gdal_path, pure_path
 from .samplers import Window
@@ -60,6 +61,10 @@ class BandSource:
 def _snap(value: float) -> float:
     # Windows computed from bounds carry float noise (59.999999); rasterio truncates offsets.
     return float(round(value)) if abs(value - round(value)) < 1e-6 else value
+
+
+def _rounded(bounds: Sequence[float]) -> tuple[float, ...]:
+    return tuple(round(float(v), 1) for v in bounds)
 
 
 def _on_lattice(dataset: DatasetReader, grid: Grid) -> bool:
@@ -203,6 +208,16 @@ class RasterScene(GridSource):
 
     def _warped(self, path: Location, grid: Grid, resampling: Resampling) -> WarpedVRT:
         def build(dataset: DatasetReader) -> WarpedVRT:
+            # Checked once per file and grid, as the VRT is built: a file that covers none of the grid would read
+            # as all nodata, which hides a wrong CRS or transform (a band labelled with the wrong UTM zone).
+            footprint = transform_bounds(dataset.crs, grid.crs, *dataset.bounds, densify_pts=21)
+            target = array_bounds(grid.height, grid.width, grid.transform)
+            if covered_share(target, footprint) == 0:
+                raise RasterReadError(
+                    f"raster {path} ({dataset.crs}, scene {self.scene_id}) does not overlap the grid it is read onto "
+                    f"({grid.crs}): its bounds there are {_rounded(footprint)}, the grid's {_rounded(target)}; is its "
+                    "CRS or transform right?"
+                )  # fmt: skip
             with gdal_env(path):
                 return WarpedVRT(
                     dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
