@@ -281,8 +281,13 @@ def test_a_band_whose_crs_puts_it_off_the_scene_is_an_error_not_nodata(tmp_path)
     read as all nodata, silently. Partly covering is data; covering nothing is a georeferencing error."""
     s2_path = write_tif(tmp_path / "s2_B02.tif", np.ones((1, 32, 32), np.uint16))
     wrong_zone = write_tif(tmp_path / "s1_VV.tif", np.ones((1, 32, 32), np.float32), crs="EPSG:32629")
-    with pytest.raises(RasterReadError, match=r"s1_VV\.tif .*EPSG:32629.*does not overlap.*EPSG:32633"):
+    with pytest.raises(RasterReadError, match=r"s1_VV\.tif .*EPSG:32629.*does not overlap.*EPSG:32633, another sensor's"):
         pair_of(s2_path, wrong_zone).read(Window(0, 0, 32, 32))
+    # Within one scene the grid is its finest band's: that file is named too, as it may be the wrong one.
+    b03 = write_tif(tmp_path / "s2_B03.tif", np.ones((1, 16, 16), np.uint16), res=20.0, crs="EPSG:32629")
+    scene = RasterScene([BandSource("B02", s2_path), BandSource("B03", b03)])
+    with pytest.raises(RasterReadError, match=r"s2_B03\.tif .*the scene's own, from .*s2_B02\.tif"):
+        scene.read(Window(0, 0, 32, 32))
     # Half the S2 patch, east edge: read, with the uncovered half invalid.
     half = write_tif(tmp_path / "half_VV.tif", np.ones((1, 32, 16), np.float32), origin=(ORIGIN[0] + 160, ORIGIN[1]),
                      res=10.0, crs="EPSG:32633")  # fmt: skip

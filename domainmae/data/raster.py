@@ -213,10 +213,12 @@ class RasterScene(GridSource):
             footprint = transform_bounds(dataset.crs, grid.crs, *dataset.bounds, densify_pts=21)
             target = array_bounds(grid.height, grid.width, grid.transform)
             if covered_share(target, footprint) == 0:
+                # Either file may be the mislabelled one: name where the grid comes from too.
+                source = f"the scene's own, from {self._reference()[0].path}" if grid == self.grid else "another sensor's"
                 raise RasterReadError(
                     f"raster {path} ({dataset.crs}, scene {self.scene_id}) does not overlap the grid it is read onto "
-                    f"({grid.crs}): its bounds there are {_rounded(footprint)}, the grid's {_rounded(target)}; is its "
-                    "CRS or transform right?"
+                    f"({grid.crs}, {source}): its bounds there are {_rounded(footprint)}, the grid's "
+                    f"{_rounded(target)}; is the CRS or transform of one of them wrong?"
                 )  # fmt: skip
             with gdal_env(path):
                 return WarpedVRT(
