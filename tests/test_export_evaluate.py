@@ -317,3 +317,20 @@ def test_baselines_of_a_profiled_file_go_through_its_profile_steps(plate, tmp_pa
     assert got[2]["profile"] == read_embeddings(wells)[2]["profile"]
     result = evaluate(wells, "Metadata_pert", split="Metadata_Plate", against=baselines.items(), methods=["knn"])
     assert list(result["features"]) == ["model", "raw"] and result["n_train"] + result["n_test"] == 8
+
+
+def test_multilabel_macro_f1_counts_the_labels_the_test_rows_have():
+    """A label absent from the test rows and never predicted there says nothing about the probe (mAP skips it
+    too): macro-F1 is over the labels true or predicted in the test rows, as scikit-learn does for one label."""
+    from domainmae.export.evaluate import score
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((120, 3)) < 0.4).astype(int)
+    y[:, 2] = np.r_[np.ones(10, int), np.zeros(110, int)]  # label 2: in training rows only
+    x = np.c_[y[:, :2] * 4.0 + rng.normal(0, 0.1, (120, 2)), rng.normal(0, 1, (120, 2))]
+    train, test = np.arange(60), np.arange(60, 120)
+    results, predicted = score(x, y, train, test, ["linear"], k=5, multilabel=True)
+    assert not predicted["linear"][:, 2].any()  # the probe learnt it is rare: never predicted on the test rows
+    assert results["linear"]["macro_f1"] == pytest.approx(f1_score(y[test], predicted["linear"], average="macro",
+                                                                   labels=[0, 1]))  # fmt: skip
+    assert results["linear"]["macro_f1"] > 0.95  # (was 2/3 with the absent label counted as 0)

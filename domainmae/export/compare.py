@@ -14,8 +14,8 @@ rows' sampling only: not a different training set, seed or split.
 Every resample is scored from confusion counts weighted by how often it drew each row, so a thousand
 resamples cost a few matrix products; the scores equal scikit-learn's ``accuracy_score``,
 ``balanced_accuracy_score`` and ``f1_score(average="macro", zero_division=0)`` on the drawn rows.
-Multi-label rows (0/1 indicator matrices) get subset accuracy and macro-F1 (mAP ranks scores, not labels:
-no interval for it).
+Multi-label rows (0/1 indicator matrices) get subset accuracy and macro-F1 over the labels true or predicted
+in the drawn rows (:func:`seen_labels`; mAP ranks scores, not labels: no interval for it).
 """
 from __future__ import annotations
 
@@ -63,12 +63,23 @@ def single_label_scores(y: np.ndarray, predicted: np.ndarray, weights: np.ndarra
 
 
 def multilabel_scores(y: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Subset accuracy and macro-F1 (every label column counts) of 0/1 ``[n, L]`` predictions per resample."""
+    """Subset accuracy and macro-F1 of 0/1 ``[n, L]`` predictions per resample; a label neither true nor
+    predicted in a resample's rows does not count (:func:`seen_labels`, as for single labels)."""
     y, predicted = y.astype(bool), predicted.astype(bool)
     hits = weights @ (y & predicted)
-    wrong = weights @ (y ^ predicted)  # false positives + false negatives
+    marked = weights @ y + weights @ predicted  # true + predicted = 2 hits + false positives + false negatives
+    seen = marked > 0
     return {"accuracy": weights @ (y == predicted).all(axis=1) / weights.sum(axis=1),
-            "macro_f1": _ratio(2 * hits, 2 * hits + wrong).mean(axis=1)}  # fmt: skip
+            "macro_f1": _ratio((_ratio(2 * hits, marked) * seen).sum(axis=1), seen.sum(axis=1))}  # fmt: skip
+
+
+def seen_labels(y: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Columns of 0/1 ``[n, L]`` labels true or predicted in some row: the labels a multi-label macro-F1 averages.
+
+    scikit-learn averages a single-label macro-F1 over the classes in the truth or the predictions, but a
+    multi-label one over every column, so a label absent from the test rows and rightly never predicted
+    scores 0 and drags the mean down (mAP skips such labels)."""
+    return np.flatnonzero(np.asarray(y).any(axis=0) | np.asarray(predicted).any(axis=0))
 
 
 def resample_weights(n: int, groups: np.ndarray | None, resamples: int,

@@ -1,10 +1,11 @@
 """Linear-probe and k-NN evaluation of an embeddings file against a label column, beside other feature sets.
 
 Single-label columns report accuracy, macro-F1 and balanced accuracy; list-valued columns (multi-label,
-e.g. BigEarthNet CORINE labels) report subset accuracy, macro-F1 and macro mean average precision. The
+e.g. BigEarthNet CORINE labels) report subset accuracy, macro-F1 and macro mean average precision, the
+macro averages over the labels the test rows hold (macro-F1: true or predicted there; mAP: true there). The
 split (:mod:`~domainmae.export.splits`) is random (stratified when every class has two rows), by a group
 column (plate, scene, ...) or by spatial blocks with a gap. ``chance`` is the accuracy of always
-predicting the most frequent training label set.
+predicting the most frequent training label (multi-label: each label's more frequent training value).
 
 Baselines answer "is the model better than the obvious?": ``raw`` (per-channel pixel statistics of each
 tile) and ``random`` (the same architecture at random init) files of the same rows, and files of other
@@ -46,7 +47,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
 from ..atomic import atomic_write_text
-from .compare import paired_bootstrap
+from .compare import paired_bootstrap, seen_labels
 from .labels import LABEL, raster_table
 from .splits import split_rows
 from .writers.tables import read_embeddings
@@ -141,8 +142,10 @@ def score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, met
     for method in methods:
         model, c = _fit(method, x[train], y[train], k, multilabel, balanced, folds)
         predicted = predictions[method] = model.predict(x[test])
+        labels = seen_labels(y[test], predicted) if multilabel else None
         scores = {"accuracy": float(accuracy_score(y[test], predicted)),
-                  "macro_f1": float(f1_score(y[test], predicted, average="macro", zero_division=0))}  # fmt: skip
+                  "macro_f1": float(f1_score(y[test], predicted, average="macro", labels=labels, zero_division=0))
+                  if labels is None or len(labels) else 0.0}  # fmt: skip
         if multilabel:
             scores["map"] = mean_average_precision(y[test], model.predict_proba(x[test]))
         else:
