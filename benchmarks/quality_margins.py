@@ -69,8 +69,6 @@ def differences(steps: int, pool: str, by_seed: dict[int, Predictions]) -> list[
     return out
 
 
-
-
 def write_predictions(work: Path, predicted: dict[tuple[int, str], dict[int, Predictions]]) -> Path:
     """``work/predictions.parquet``: one row per (steps, pool, seed, held-out field, probe, cell) with the
     cell's label and each feature set's prediction (strings, as ``evaluate`` reads the labels)."""

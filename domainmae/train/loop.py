@@ -120,8 +120,7 @@ class Trainer:
         self.recipe, self.run_dir, self.info, self.quiet = recipe, run_dir, info, quiet
         self.data = build_training_data(recipe.data, seed=t.seed)
         if self.data.band_stats and not recipe.data.band_stats:
-            # Measured on this run's data: kept with the run (pretrain saves self.recipe) so reconstruct/embed
-            # normalise alike.
+            # Measured on this run's data: pretrain saves them with the run, so reconstruct/embed normalise alike.
             data = recipe.data.model_copy(update={"band_stats": self.data.band_stats})
             self.recipe = recipe = recipe.model_copy(update={"data": data})
         self.model = _model_for(recipe, self.data).to(info.device)
