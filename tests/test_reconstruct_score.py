@@ -9,8 +9,9 @@ from PIL import Image
 from domainmae.cli import main
 from domainmae.models import MAEConfig, MaskedAutoencoder, masking_from_scores
 from domainmae.models.baselines import channel_gram, interpolate_visible, linear_from_channels, mean_of_visible
+from domainmae.pipeline import TrainingData
 from domainmae.train import pretrain
-from domainmae.train.reconstruct import score_reconstruction
+from domainmae.train.reconstruct import sample_crops, score_reconstruction
 from domainmae.train.score import format_scores, score_batch
 
 
@@ -189,3 +190,30 @@ def test_hiding_channels_at_mask_ratio_zero_shows_the_other_channels_whole():
     assert "s1/VV" in format_scores(result)
     with pytest.raises(ValueError, match="hides nothing"):
         hide_channels_masking(["VV", "VH"], ["VV", "VH"], 1, 16, 0.0, torch.Generator())
+
+
+class _Fields:
+    """Twelve one-crop "fields", each image filled with its own index, so a crop tells where it came from."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, _ = key
+        return {"image": torch.full((1, 4, 4), float(index)), "channels": ["DNA"], "meta": {}}
+
+
+def test_scored_crops_are_spread_over_the_data_not_the_first_fields():
+    """Four reads of twelve fields come from four different fields chosen by the seed: scoring the first
+    few fields of a sorted listing (one plate row, one tile) would not represent the data."""
+    training = TrainingData(dataset=_Fields(), crops_per_item=1)
+    drawn = {}
+    for seed in range(6):
+        images = sample_crops(training, 4, seed, stream=1)["images"]
+        drawn[seed] = images[:, 0, 0, 0].long().tolist()
+        assert len(set(drawn[seed])) == 4  # each field once before any twice
+        assert sample_crops(training, 4, seed, stream=1)["images"].equal(images)  # fixed by the seed
+    assert len({tuple(d) for d in drawn.values()}) > 1
+    assert len(set().union(*drawn.values())) > 4  # not always the same four fields
+    # More reads than fields: every field once, then again.
+    assert sorted(sample_crops(training, 13, 0, stream=1)["images"][:12, 0, 0, 0].long().tolist()) == list(range(12))

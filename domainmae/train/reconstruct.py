@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data.loader import collate_samples, sample_seed
@@ -55,9 +56,14 @@ def hide_channels_masking(
 
 
 def sample_crops(training: TrainingData, samples: int, seed: int, stream: int) -> dict[str, Any]:
-    """``samples`` crops, fixed by ``seed`` and ``stream``, collated (``images``, ``channels``, ``valid``)."""
-    k = training.crops_per_item
-    items = [training.dataset[(i % len(training.dataset), sample_seed(seed, stream, i))] for i in range(-(-samples // k))]
+    """``samples`` crops, fixed by ``seed`` and ``stream``, collated (``images``, ``channels``, ``valid``).
+
+    The reads go to fields/scenes in an order shuffled by ``seed`` and ``stream``, each once before any twice:
+    the first few of a sorted listing (one plate row, one tile's neighbours) would not represent the data.
+    """
+    k, n = training.crops_per_item, len(training.dataset)
+    order = np.random.default_rng([seed, stream]).permutation(n).tolist()
+    items = [training.dataset[(order[i % n], sample_seed(seed, stream, i))] for i in range(-(-samples // k))]
     return _first_rows(collate_samples(items), samples)
 
 
