@@ -51,6 +51,7 @@ import domainmae
 from domainmae.data.bigearthnet import read_patch_metadata
 from domainmae.data.multisensor import PATCH_KEY_PATTERN
 from domainmae.export.profile import profile
+from domainmae.pipeline import build_training_data
 from domainmae.recipes import Recipe, load_recipe
 from domainmae.runtime import RunDir
 from domainmae.train import pretrain
@@ -182,7 +183,8 @@ def run_summary(args: argparse.Namespace) -> None:
             raise SystemExit("the workdirs ran different settings, their scores do not pool")
         table = pd.concat([pd.DataFrame(r["scores"]) for r in runs], ignore_index=True)
         table = table if "fold" in table else table.assign(fold="none")  # runs from before --hold-out
-        if table.duplicated(["seed", "steps", "fold", "case", "predictor"]).any():
+        if table.duplicated(["seed", "steps", "fold", *(["trained_on"] if "trained_on" in table else []), "case",
+                             "predictor"]).any():  # fmt: skip
             raise SystemExit("a seed appears in two workdirs; pool runs of different seeds")
         print_eo(table, runs[0]["samples"])
         return
@@ -252,13 +254,23 @@ def zone_folds(root: Path) -> dict[str, list[str]]:
     return folds
 
 
-def split_patches(root: Path, held: list[str], out: Path) -> tuple[Path, Path]:
-    """Copies of ``root``'s patch folders (both sensors): ``out/train`` without the ``held`` keys, ``out/test``
-    with only them. Returns ``(train, test)``."""
+def by_acquisition(root: Path, keys: list[str]) -> list[str]:
+    """``keys`` ordered by their S2 patch's acquisition date, earliest first (ties by key): the order in which
+    ``--train-patches`` keeps a fold's training patches, so the last one added is the latest in the year."""
+    acquired = {patch_key(meta.parent): read_patch_metadata(meta).acquired
+                for meta in root.glob("BigEarthNet-S2-*/*/*_labels_metadata.json")}  # fmt: skip
+    return sorted(keys, key=lambda key: (acquired[key], key))
+
+
+def split_patches(root: Path, held: list[str], out: Path, train: list[str] | None = None) -> tuple[Path, Path]:
+    """Copies of ``root``'s patch folders (both sensors): ``out/test`` with the ``held`` keys, ``out/train``
+    with the ``train`` keys (default: every other key). Returns ``(train, test)``."""
     shutil.rmtree(out, ignore_errors=True)
     for folder in sorted(root.glob("BigEarthNet-S*-*/*/")):
-        part = "test" if patch_key(folder) in held else "train"
-        shutil.copytree(folder, out / part / folder.parent.name / folder.name)
+        key = patch_key(folder)
+        part = "test" if key in held else "train" if train is None or key in train else None
+        if part:
+            shutil.copytree(folder, out / part / folder.parent.name / folder.name)
     return out / "train", out / "test"
 
 
@@ -272,14 +284,33 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
     recipe = eo_recipe(0, args.set)
     bands = {sensor: [b["name"] if isinstance(b, dict) else b for b in listed]
              for sensor, listed in recipe.data.sensors.items()}  # fmt: skip
-    # fold -> (extra overrides for pretraining, data scored); "none": train and score on every patch.
-    folds: dict[str, tuple[list[str], Path | None]] = {"none": ([], None)}
+    # (held-out zone, training patches) -> (extra overrides for pretraining, data scored); "none": train and
+    # score on every patch (0: all of them).
+    folds: dict[tuple[str, int], tuple[list[str], Path | None]] = {("none", 0): ([], None)}
+    if args.hold_out != "zone" and (args.folds or args.train_patches):
+        raise SystemExit("--folds and --train-patches choose held-out folds: they need --hold-out zone")
     if args.hold_out == "zone":
         folds = {}
-        for zone, held in zone_folds(Path(recipe.data.path)).items():
-            train, test = split_patches(Path(recipe.data.path), held, work / "folds" / zone.replace(":", "-"))
-            folds[zone] = ([f"data.path={train}"], test)
-            print(f"fold {zone}: scores patches {held}, trains on the other zones'", flush=True)
+        root = Path(recipe.data.path)
+        zones = zone_folds(root)
+        wanted = args.folds.split(",") if args.folds else list(zones)
+        if unknown := sorted(set(wanted) - set(zones)):
+            raise SystemExit(f"--folds {','.join(unknown)}: no such zone; the patches lie in {', '.join(zones)}")
+        for zone in wanted:
+            others = by_acquisition(root, [k for held in zones.values() for k in held if k not in zones[zone]])
+            counts = [int(k) for k in args.train_patches.split(",")] if args.train_patches else [len(others)]
+            # Every count scores in the units of the fold's whole training set (its band statistics, measured
+            # once), so the MSE of runs that trained on fewer patches compares with theirs.
+            full, _ = split_patches(root, zones[zone], work / "folds" / zone.replace(":", "-"), others)
+            stats = build_training_data(eo_recipe(0, [*args.set, f"data.path={full}"]).data).band_stats
+            units = [f"data.band_stats={json.dumps(stats)}"] if counts != [len(others)] else []
+            for count in counts:
+                if not 1 <= count <= len(others):
+                    raise SystemExit(f"--train-patches {count}: fold {zone} has {len(others)} training patches")
+                name = zone.replace(":", "-") + ("" if count == len(others) else f"-{count}of{len(others)}")
+                train, test = split_patches(root, zones[zone], work / "folds" / name, others[:count])
+                folds[(zone, count)] = ([f"data.path={train}", *units], test)
+                print(f"fold {zone}: scores patches {zones[zone]}, trains on {others[:count]}", flush=True)
     if args.steps:  # given: no timing run
         steps_list = [int(s) for s in args.steps.split(",")]
     else:
@@ -293,14 +324,14 @@ def run_eo(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for seed in seeds:
         for steps in steps_list:
-            for fold, (overrides, scored) in folds.items():
+            for (fold, count), (overrides, scored) in folds.items():
                 # A held-out fold's run is named after its data folder (folds/EPSG-32633/test -> -EPSG-32633).
                 run = work / (f"run-seed{seed}-steps{steps}" + ("" if scored is None else f"-{scored.parent.name}"))
                 shutil.rmtree(run, ignore_errors=True)
                 pretrain(eo_recipe(seed, [*args.set, *overrides]), output=run, max_steps=steps, quiet=True)
                 for case, scores in eo_scores(run, bands, args.samples, seed, scored).items():
-                    rows += [{"seed": seed, "steps": steps, "fold": fold, "case": case, "predictor": p, "mse": v}
-                             for p, v in scores.items()]  # fmt: skip
+                    rows += [{"seed": seed, "steps": steps, "fold": fold, "trained_on": count, "case": case,
+                              "predictor": p, "mse": v} for p, v in scores.items()]  # fmt: skip
                 print(f"seed {seed}, {steps} steps, held out {fold} done; {time.perf_counter() - began:.0f} s so far",
                       flush=True)  # fmt: skip
     print_eo(pd.DataFrame(rows), args.samples)
@@ -346,6 +377,11 @@ def main() -> None:
     e.add_argument("--hold-out", choices=("none", "zone"), default="none",
                    help="zone: one fold per UTM zone, pretrained on the other zones' patches and scored on its "
                         "own (default none: scored on crops of the training patches)")  # fmt: skip
+    e.add_argument("--folds", default=None, help="with --hold-out zone: comma-separated zones held out, e.g. "
+                   "EPSG:32633 (default every zone)")  # fmt: skip
+    e.add_argument("--train-patches", default=None, metavar="K[,K...]",
+                   help="with --hold-out zone: pretrain each fold on its K earliest-acquired training patches only, "
+                        "one run per K (a curve of held-out error against training land; default all)")  # fmt: skip
     summary = commands.add_parser("summary", help="one table from several workdirs of one benchmark (seeds run apart)")
     summary.add_argument("workdirs", nargs="+", help="workdirs holding mitosis.json, or all holding eo.json")
     args = parser.parse_args()

@@ -52,8 +52,8 @@ def print_differences(gaps: list[dict[str, Any]], seeds: int) -> None:
 
 
 def print_eo(table: pd.DataFrame, samples: int) -> None:
-    """MSE per step count, held-out fold and case, and predictor: mean ± sd over seeds; with several folds
-    also per seed the mean over folds, then mean ± sd over seeds."""
+    """MSE per step count, held-out fold, training patches and case, and predictor: mean ± sd over seeds; with
+    several folds, each trained on all its patches, also per seed the mean over folds, then mean ± sd over seeds."""
     seeds = sorted(int(s) for s in table.seed.unique())
     where = ("crops of the training patches" if set(table.fold) == {"none"}
              else "crops of the held-out zone's patches, pretrained on the other zones'")  # fmt: skip
@@ -61,11 +61,13 @@ def print_eo(table: pd.DataFrame, samples: int) -> None:
           f"predictor), {len(seeds)} seed(s) {seeds}: MSE in standardised units (the training patches' band "
           "statistics), mean ± sd over seeds (n/a: the baseline has no prediction there)")  # fmt: skip
     predictors = list(dict.fromkeys(table.predictor))
-    if table.fold.nunique() > 1:
+    # How many patches pretrained the fold (0 or absent: all of them, as before --train-patches).
+    table = table.assign(trained_on=table.get("trained_on", 0)).fillna({"trained_on": 0}).astype({"trained_on": int})
+    if table.fold.nunique() > 1 and table.groupby("fold").trained_on.nunique().max() == 1:
         folds_mean = table.groupby(["steps", "case", "predictor", "seed"], sort=False).mse.mean().reset_index()
-        table = pd.concat([table, folds_mean.assign(fold="mean of folds")], ignore_index=True)
-    print(f"{'steps':>6}  {'held out':<14}{'case':<14}" + "".join(f"{p:>20}" for p in predictors))
-    for (steps, fold, case), group in table.groupby(["steps", "fold", "case"], sort=False):
+        table = pd.concat([table, folds_mean.assign(fold="mean of folds", trained_on=0)], ignore_index=True)
+    print(f"{'steps':>6}  {'held out':<14}{'trained on':>10}  {'case':<14}" + "".join(f"{p:>20}" for p in predictors))
+    for (steps, fold, count, case), group in table.groupby(["steps", "fold", "trained_on", "case"], sort=False):
         cells = [group[group.predictor == p].mse.tolist() for p in predictors]
-        print(f"{steps:>6}  {fold:<14}{case:<14}"
+        print(f"{steps:>6}  {fold:<14}{count or 'all':>10}  {case:<14}"
               + "".join(f"{'n/a' if None in c or any(pd.isna(c)) else spread(c):>20}" for c in cells))  # fmt: skip

@@ -80,6 +80,18 @@ def test_eo_folds_hold_out_whole_utm_zones_of_both_sensors(tmp_path: Path) -> No
             assert all(any(f.glob("*.tif")) for f in folders)
 
 
+def test_eo_training_patches_are_kept_earliest_acquisition_first(tmp_path: Path) -> None:
+    """``--train-patches K`` keeps a fold's K earliest training patches (the snowy February one comes last)."""
+    quality = _quality()
+    root = ROOT / "datasets" / "samples" / "bigearthnet-mm"
+    others = quality.by_acquisition(root, ["57_38", "56_35", "69_24", "4_55", "36_85"])
+    assert others == ["36_85", "4_55", "69_24", "56_35", "57_38"]  # June (tie by key), Sep, Dec 2017, Feb 2018
+    train, test = quality.split_patches(root, ["87_48"], tmp_path / "fold", others[:2])
+    for part, keys in ((train, ["36_85", "4_55"]), (test, ["87_48"])):
+        for sensor in ("S1", "S2"):
+            assert sorted(quality.patch_key(f) for f in (part / f"BigEarthNet-{sensor}-Example").iterdir()) == keys
+
+
 def _predictions(rng: np.random.Generator, seeds: tuple[int, ...] = (0, 1)) -> dict:
     """Two held-out fields' cells, each seed's predictions: the model right 90% of the time, raw 60%, random 70%."""
     truths = {field: rng.choice(["False", "True"], n, p=[0.8, 0.2]) for field, n in (("F1", 60), ("F2", 90))}
