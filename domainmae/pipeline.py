@@ -23,7 +23,15 @@ from .data.bigearthnet import bigearthnet_pairs, bigearthnet_scenes
 from .data.detect import Found, by_sensor, detect
 from .data.fields import Field
 from .data.inspect import Report, inspect_found
-from .data.loader import SeededItems, StepBatchSampler, TransformedItems, collate_samples, group_items, sample_seed
+from .data.loader import (
+    SeededItems,
+    StepBatchSampler,
+    TransformedItems,
+    collate_samples,
+    group_items,
+    sample_seed,
+    spread_picks,
+)
 from .data.multisensor import MultiSensorScene
 from .data.radiometry import Radiometry
 from .data.raster import RasterScene
@@ -180,13 +188,14 @@ def normalizer(section: DataSection, stats: dict | None) -> Callable[[dict], dic
 def _measure_stats(
     reads: Dataset, per_read: int, sensors: Sequence[str], seed: int, on_error: str
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Per-band mean/std over a fixed sample of random crops/windows (valid pixels only).
+    """Per-band mean/std over a fixed sample of random crops/windows (valid pixels only), from reads spread
+    over the data (:func:`~.data.loader.spread_picks`).
 
     ``reads`` is a windowed dataset whose items are lists of ``per_read`` samples (fields or scenes).
     """
     items = SeededItems(reads, on_error=on_error)
-    picks = range(min(len(reads), max(1, STATS_SAMPLES // per_read)))
-    samples = [s for i in picks for s in items[(i, sample_seed(seed, STATS_STREAM, i))]]
+    picks = spread_picks(len(reads), min(len(reads), max(1, STATS_SAMPLES // per_read)), seed, STATS_STREAM)
+    samples = [s for i, index in enumerate(picks) for s in items[(index, sample_seed(seed, STATS_STREAM, i))]]
     single = len(sensors) == 1
     return {s: band_statistics([x[s] for x in samples] if not single else samples).as_dict() for s in sensors}
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 import domainmae
 from domainmae.cli import main
+from domainmae.pipeline import _measure_stats
 from domainmae.train import NonFiniteLossError, load_checkpoint, pretrain
 from domainmae.train.logging import read_metrics
 
@@ -197,3 +198,23 @@ def test_microscopy_with_dataset_statistics_measures_keeps_and_embeds_with_them(
     assert 0.2 * dna.mean() < stats["image"]["DNA"]["mean"] < 5 * dna.mean()  # measured on crops, in the data's units
     table = domainmae.embed(run, output=tmp_path / "emb.parquet", level="image", progress=False)
     assert pd.read_parquet(table).filter(like="emb_").notna().all().all()
+
+
+class _Reads:
+    """200 one-crop reads, each image filled with its read's index: a listing sorted so that its first
+    reads differ from the rest, as a plate's first wells or a tile's first patches do."""
+
+    def __len__(self) -> int:
+        return 200
+
+    def __getitem__(self, index: int) -> list[dict]:
+        return [{"image": np.full((1, 4, 4), float(index)), "channels": ["DNA"]}]
+
+
+def test_measured_band_statistics_sample_reads_across_the_data():
+    """The statistics a run measures come from reads spread over the data (the first 64 of 200 here would
+    give mean 31.5, sd 18.5, against 99.5 and 57.7 over all reads), and depend on the seed."""
+    stats = {seed: _measure_stats(_Reads(), 1, ["image"], seed, "raise")["image"]["DNA"] for seed in (0, 1)}
+    for measured in stats.values():
+        assert 75 < measured["mean"] < 125 and 45 < measured["std"] < 70
+    assert stats[0] != stats[1]

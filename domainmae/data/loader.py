@@ -32,6 +32,14 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint64)[0]) >> 1
 
 
+def spread_picks(n: int, count: int, seed: int, stream: int) -> list[int]:
+    """``count`` indices of ``n`` items in an order shuffled by ``seed`` and ``stream``, each once before any
+    twice: a sample of reads that represents the data, where the first items of a sorted listing (one plate
+    row, one tile's patches) would not."""
+    order = np.random.default_rng([seed, stream]).permutation(n)
+    return [int(order[i % n]) for i in range(count)]
+
+
 def chunk_rows(micro_step: int, world: int, rank: int, rows_per_chunk: int) -> slice:
     """Rows of the global batch that ``rank`` handles in its ``micro_step``-th forward pass."""
     chunk = micro_step * world + rank

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..data.loader import collate_samples, sample_seed
+from ..data.loader import collate_samples, sample_seed, spread_picks
 from ..models import MaskedAutoencoder, Masking, MixtureAutoencoder, masking_from_scores
 from ..models.baselines import channel_gram
 from ..models.masking import num_keep
@@ -58,12 +57,10 @@ def hide_channels_masking(
 def sample_crops(training: TrainingData, samples: int, seed: int, stream: int) -> dict[str, Any]:
     """``samples`` crops, fixed by ``seed`` and ``stream``, collated (``images``, ``channels``, ``valid``).
 
-    The reads go to fields/scenes in an order shuffled by ``seed`` and ``stream``, each once before any twice:
-    the first few of a sorted listing (one plate row, one tile's neighbours) would not represent the data.
+    The reads go to fields/scenes spread over the data (:func:`~domainmae.data.loader.spread_picks`).
     """
-    k, n = training.crops_per_item, len(training.dataset)
-    order = np.random.default_rng([seed, stream]).permutation(n).tolist()
-    items = [training.dataset[(order[i % n], sample_seed(seed, stream, i))] for i in range(-(-samples // k))]
+    picks = spread_picks(len(training.dataset), -(-samples // training.crops_per_item), seed, stream)
+    items = [training.dataset[(index, sample_seed(seed, stream, i))] for i, index in enumerate(picks)]
     return _first_rows(collate_samples(items), samples)
 
 
