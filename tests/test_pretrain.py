@@ -16,7 +16,7 @@ from PIL import Image
 
 import domainmae
 from domainmae.cli import main
-from domainmae.pipeline import _measure_stats
+from domainmae.pipeline import STATS_SAMPLES, _measure_stats
 from domainmae.train import NonFiniteLossError, load_checkpoint, pretrain
 from domainmae.train.logging import read_metrics
 
@@ -201,20 +201,22 @@ def test_microscopy_with_dataset_statistics_measures_keeps_and_embeds_with_them(
 
 
 class _Reads:
-    """200 one-crop reads, each image filled with its read's index: a listing sorted so that its first
-    reads differ from the rest, as a plate's first wells or a tile's first patches do."""
+    """``4 * STATS_SAMPLES`` one-crop reads, each image filled with its read's index: a listing sorted so that
+    its first reads differ from the rest, as a plate's first wells or a tile's first patches do."""
 
     def __len__(self) -> int:
-        return 200
+        return 4 * STATS_SAMPLES
 
     def __getitem__(self, index: int) -> list[dict]:
         return [{"image": np.full((1, 4, 4), float(index)), "channels": ["DNA"]}]
 
 
 def test_measured_band_statistics_sample_reads_across_the_data():
-    """The statistics a run measures come from reads spread over the data (the first 64 of 200 here would
-    give mean 31.5, sd 18.5, against 99.5 and 57.7 over all reads), and depend on the seed."""
+    """The statistics a run measures come from reads spread over the data (the first quarter of the reads
+    would give a mean of n/8 and an sd of n/14 for n reads, against n/2 and n/3.5 over all of them), and
+    depend on the seed."""
+    n = len(_Reads())
     stats = {seed: _measure_stats(_Reads(), 1, ["image"], seed, "raise")["image"]["DNA"] for seed in (0, 1)}
     for measured in stats.values():
-        assert 75 < measured["mean"] < 125 and 45 < measured["std"] < 70
+        assert 0.4 * n < measured["mean"] < 0.6 * n and 0.23 * n < measured["std"] < 0.33 * n
     assert stats[0] != stats[1]
