@@ -35,7 +35,7 @@ MANIFESTS = (SAMPLES / "examplefly" / "load_data.csv", SAMPLES / "examplehuman" 
 CHANNELS = ("DNA", "PH3", "Actin")  # the names both sample manifests use (FileName_Orig<name>)
 ENCODER_CHANNELS = ("DNA", "Actin")  # what the crops keep: pH3 is the label's source
 LABEL = "Metadata_Mitotic"
-FIELD = "Metadata_SourceField"  # the field a crop was cut from (embed writes Metadata_Field: the crop)
+FIELD = "Metadata_SourceField"  # the field a crop was cut from (embed writes Metadata_Image: the crop)
 
 
 @dataclass

@@ -148,7 +148,7 @@ def test_tiles_of_fields_split_over_two_processes_read_back_as_one_table(launch)
     folder, _ = _assert_same_table(launch, "tiles")
     df, features, provenance = read_embeddings(folder)
     assert len(features) == 32 and provenance["level"] == "tile"
-    fields = [pq.read_table(part).column("Metadata_Field").unique().to_pylist() for part in sorted(folder.glob("part-*"))]
+    fields = [pq.read_table(part).column("Metadata_Image").unique().to_pylist() for part in sorted(folder.glob("part-*"))]
     assert len(fields[0]) == 1 and len(fields[1]) == 2 and not set(fields[0]) & set(fields[1])  # 3 fields: 1 + 2
 
 

@@ -49,13 +49,13 @@ def test_each_field_is_embedded_with_its_own_channels(run, tmp_path, monkeypatch
     out = embed(run["run"], output=tmp_path / "emb.parquet", batch_size=100, progress=False)
     assert all(len(channels) == 1 for channels in batches)  # no batch mixes channel sets
     df = pd.read_parquet(out)
-    fields = list(pd.unique(df.Metadata_Field))
+    fields = list(pd.unique(df.Metadata_Image))
     assert len(fields) == 3 and len(df) == 3 * 256  # 1006 x 1000 px -> 16 x 16 tiles of 64 px per field
-    per_field = df.groupby("Metadata_Field", sort=False).Metadata_Channels.unique()
+    per_field = df.groupby("Metadata_Image", sort=False).Metadata_Channels.unique()
     assert [list(v) for v in per_field] == [["DNA,PH3,Actin"], ["DNA,PH3"], ["DNA,PH3,Actin"]]
     features = [c for c in df.columns if c.startswith("emb_")]
     for field in fields:
-        rows = df[df.Metadata_Field == field]
+        rows = df[df.Metadata_Image == field]
         site, channels = rows.Metadata_Site.iloc[0], rows.Metadata_Channels.iloc[0].split(",")
         for r, c in [(0, 0), (512, 320)]:
             row = rows[(rows.Metadata_TileRow == r) & (rows.Metadata_TileCol == c)]

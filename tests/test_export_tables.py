@@ -213,7 +213,7 @@ def test_pycytominer_gets_our_features_by_name_and_its_output_reads_back(tiles_f
 
 def test_tvn_whitens_controls_per_plate(tiles_file):
     df, features, _ = read_embeddings(tiles_file)
-    images = aggregate(df, features, ["Metadata_Field"], "median")
+    images = aggregate(df, features, ["Metadata_Image"], "median")
     assert len(images) == 8 and "Metadata_Plate" in images
     out, names = normalize(df, features, method="tvn", controls="Metadata_pert_type == 'negcon'", batch="Metadata_Plate")
     assert len(names) == 24 - 1  # 24 control tiles span 23 directions after centering
@@ -246,9 +246,39 @@ def test_copairs_map_runs_on_the_exported_file(tiles_file):
     df = pd.read_parquet(tiles_file)
     features = [c for c in df.columns if c.startswith("emb_")]
     meta = df[[c for c in df.columns if c.startswith("Metadata_")]]
-    ap = copairs_map.average_precision(meta, df[features].to_numpy(), pos_sameby=["Metadata_Field"], pos_diffby=[],
-                                       neg_sameby=[], neg_diffby=["Metadata_Field"], progress_bar=False)  # fmt: skip
+    ap = copairs_map.average_precision(meta, df[features].to_numpy(), pos_sameby=["Metadata_Image"], pos_diffby=[],
+                                       neg_sameby=[], neg_diffby=["Metadata_Image"], progress_bar=False)  # fmt: skip
     assert len(ap) == len(df) and ap["average_precision"].between(0, 1).all()
-    maps = copairs_map.mean_average_precision(ap, ["Metadata_Field"], null_size=100, threshold=0.05, seed=0,
+    maps = copairs_map.mean_average_precision(ap, ["Metadata_Image"], null_size=100, threshold=0.05, seed=0,
                                               progress_bar=False)  # fmt: skip
     assert len(maps) == 8 and maps["mean_average_precision"].notna().all()
+
+
+def test_a_manifest_metadata_field_column_is_kept_and_images_stay_apart(plate, tmp_path):
+    """CellProfiler manifests often name the site ``Metadata_Field``: the export keeps the user's values and
+    identifies each image in its own column, so image-level profiles do not merge the wells' same sites."""
+    with open(plate["root"] / "load_data.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row |= {"Metadata_Field": "F001"} | {f"PathName_Orig{c}": str(plate["root"]) for c in CHANNELS}
+    manifest = tmp_path / "sites.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    tiles = embed(plate["run"], data=manifest, output=tmp_path / "tiles.parquet", progress=False)
+    df = pd.read_parquet(tiles)
+    assert (df.Metadata_Field == "F001").all()
+    images = read_embeddings(profile(tiles, tmp_path / "images.parquet", level="image"))[0]
+    assert len(images) == 8 and images.Metadata_Well.tolist() == [r["Metadata_Well"] for r in rows]
+    pd.DataFrame([r | {"Metadata_Image": "mine"} for r in rows]).to_csv(manifest, index=False)
+    with pytest.raises(ValueError, match=r"sites.csv.*'Metadata_Image'.*rename"):
+        embed(plate["run"], data=manifest, output=tmp_path / "refused.parquet", progress=False)
+    assert not (tmp_path / "refused.parquet").exists()
+
+
+def test_aggregating_categorical_strata_makes_no_rows_for_absent_combinations():
+    """AnnData reads strings back as categoricals: plate P2 has no well A01, so no P2/A01 row may appear."""
+    df = pd.DataFrame({"Metadata_Plate": pd.Categorical(["P1", "P1", "P2"]),
+                       "Metadata_Well": pd.Categorical(["A01", "A02", "B01"]), "emb_0000": [1.0, 2.0, 3.0]})  # fmt: skip
+    wells = aggregate(df, ["emb_0000"], ["Metadata_Plate", "Metadata_Well"])
+    assert wells[["Metadata_Plate", "Metadata_Well"]].astype(str).values.tolist() == [["P1", "A01"], ["P1", "A02"],
+                                                                                     ["P2", "B01"]]  # fmt: skip
+    assert wells.emb_0000.tolist() == [1.0, 2.0, 3.0]

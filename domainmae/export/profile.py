@@ -20,11 +20,11 @@ import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from .writers.tables import read_embeddings, write_embeddings
+from .writers.tables import IMAGE_COLUMN, read_embeddings, write_embeddings
 
 Reduce = Literal["mean", "median"]
 #: Group columns of the named aggregation levels.
-LEVEL_STRATA = {"image": ["Metadata_Field"], "well": ["Metadata_Plate", "Metadata_Well"]}
+LEVEL_STRATA = {"image": [IMAGE_COLUMN], "well": ["Metadata_Plate", "Metadata_Well"]}
 #: How a normalisation step against every row (no controls query) is recorded.
 ALL_ROWS = "all rows"
 
@@ -41,7 +41,9 @@ def aggregate(df: pd.DataFrame, features: Sequence[str], strata: Sequence[str], 
     if method not in ("mean", "median"):
         raise ValueError(f"aggregation method must be 'mean' or 'median', got {method!r}")
     strata = _columns(df, strata, "strata")
-    grouped = df.groupby(strata, sort=False, dropna=False)
+    # observed: categorical strata (AnnData reads strings back so) would otherwise make a row for every
+    # combination of their categories, wells that do not exist.
+    grouped = df.groupby(strata, sort=False, dropna=False, observed=True)
     others = [c for c in df.columns if c not in strata and c not in features]
     constant = [c for c in others if grouped[c].nunique(dropna=False).le(1).all()]
     reduced = grouped[list(features)].agg(method).astype(np.float32)

@@ -1,8 +1,8 @@
 """Embedding tables: Parquet (streamed) and AnnData ``.h5ad`` in the pycytominer layout, and reading them back.
 
 A row is a tile, an image (field) or a well: ``Metadata_*`` columns (everything scalar the manifest had,
-plus ``Metadata_Field`` and, per tile, ``Metadata_TileRow``/``Metadata_TileCol``: the tile's top-left
-pixel; with ``data.allow_channel_subsets``, ``Metadata_Channels``: the channels the row was embedded with)
+plus ``Metadata_Image``: the image's source, its file or manifest row, and per tile ``Metadata_TileRow``/
+``Metadata_TileCol``: the tile's top-left pixel; with ``data.allow_channel_subsets``, ``Metadata_Channels``: the channels the row was embedded with)
 and float32 feature columns ``emb_0000``... (:func:`feature_columns` finds them; pycytominer takes them as
 ``features=``, since its ``"infer"`` looks for CellProfiler compartments). Provenance (model config, checkpoint hash, recipe,
 channels, pooling) is JSON under the Parquet key-value metadata key ``domainmae``, and ``uns["domainmae"]``
@@ -76,6 +76,12 @@ def metadata_table(rows: list[dict[str, Any]], types: Mapping[str, pa.DataType])
     return pa.Table.from_arrays([*typed, *(table.column(k) for k in rest)], names=[*types, *rest])
 
 
+#: Each row's image (its file or manifest row): the key image-level rows are grouped by. Not ``Metadata_Field``,
+#: which CellProfiler manifests often use for the site.
+IMAGE_COLUMN = "Metadata_Image"
+TILE_COLUMNS = ("Metadata_TileRow", "Metadata_TileCol")
+
+
 def manifest_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
     """A field's ``Metadata_*`` cells that become columns (scalars: lists and paths do not)."""
     return {k: v for k, v in meta.items() if k.startswith("Metadata_") and _scalar(v)}
@@ -85,9 +91,9 @@ def metadata_row(metas: Sequence[dict[str, Any]], tile: bool) -> dict[str, Any]:
     """The ``Metadata_*`` cells of a group of tiles from one field (or one tile when ``tile``)."""
     first = metas[0]
     row = manifest_metadata(first)
-    row["Metadata_Field"] = first["field"]
+    row[IMAGE_COLUMN] = first["field"]
     if tile:
-        row["Metadata_TileRow"], row["Metadata_TileCol"] = first["window"].row, first["window"].col
+        row.update(zip(TILE_COLUMNS, (first["window"].row, first["window"].col)))
     return row
 
 
