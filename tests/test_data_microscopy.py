@@ -374,3 +374,19 @@ def test_a_folder_given_as_the_manifest_says_so(tmp_path: Path) -> None:
     section = load_recipe("cellpainting", [f"data.path={tmp_path}", "data.format=manifest"]).data
     with pytest.raises(ValueError, match=rf"{tmp_path} is a folder.*manifest file.*plate1\.csv"):
         microscopy_fields(section)
+
+
+def test_a_csv_manifest_saved_with_a_byte_order_mark_keeps_its_first_column(tmp_path: Path) -> None:
+    """Excel saves "CSV UTF-8" with a BOM, which would otherwise become part of the first column's name."""
+    rows = _rows(HUMAN / "load_data.csv")
+    for row in rows:
+        row.update({k: str(HUMAN.resolve()) for k in row if k.startswith("PathName_")})
+    first = next(iter(rows[0]))
+    manifest = tmp_path / "load_data.csv"
+    with open(manifest, "w", newline="", encoding="utf-8-sig") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert manifest.read_bytes().startswith(b"\xef\xbb\xbf")
+    field = load_data_fields(manifest)[0]
+    assert field.meta[first] == rows[0][first]

@@ -132,7 +132,9 @@ def _read_table(manifest: Location) -> tuple[list[str], list[dict[str, Any]]]:
         table = pq.read_table(whole_file(manifest))
         return table.column_names, table.to_pylist()
     url = is_url(manifest)
-    with io.TextIOWrapper(whole_file(manifest), newline="") if url else open(manifest, newline="") as handle:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is dropped, not read into the first column's name.
+    text = {"newline": "", "encoding": "utf-8-sig"}
+    with io.TextIOWrapper(whole_file(manifest), **text) if url else open(manifest, **text) as handle:
         reader = csv.DictReader(handle)
         return list(reader.fieldnames or []), list(reader)
 
