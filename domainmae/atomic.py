@@ -17,7 +17,8 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically.
+    """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically (a folder at
+    ``path``, e.g. an earlier export in parts, is removed first, as :func:`atomic_dir` replaces a file).
 
     On any exception the temporary file is removed and an existing ``path`` is left untouched.
     """
@@ -28,6 +29,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
     try:
         yield Path(tmp)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

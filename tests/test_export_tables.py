@@ -282,3 +282,24 @@ def test_aggregating_categorical_strata_makes_no_rows_for_absent_combinations():
     assert wells[["Metadata_Plate", "Metadata_Well"]].astype(str).values.tolist() == [["P1", "A01"], ["P1", "A02"],
                                                                                      ["P2", "B01"]]  # fmt: skip
     assert wells.emb_0000.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_overwrite_replaces_a_folder_output_with_a_file(plate, tmp_path):
+    """A torchrun export writes ``.parquet`` as a folder of parts; one process with --overwrite replaces it
+    with a file (it failed after embedding everything: a file cannot be renamed onto a folder)."""
+    out = tmp_path / "emb.parquet"
+    out.mkdir()
+    (out / "part-00000.parquet").write_text("old part")
+    (out / "_metadata").write_text("old footer")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Export, "forward", crash)
+        with pytest.raises(RuntimeError, match="simulated"):
+            embed(plate["run"], output=out, level="image", overwrite=True, progress=False)
+    assert (out / "_metadata").read_text() == "old footer"  # a failed write leaves the old output
+    embed(plate["run"], output=out, level="image", overwrite=True, progress=False)
+    assert out.is_file() and len(read_embeddings(out)[0]) == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["emb.parquet"]
