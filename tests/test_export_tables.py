@@ -303,3 +303,31 @@ def test_overwrite_replaces_a_folder_output_with_a_file(plate, tmp_path):
     embed(plate["run"], output=out, level="image", overwrite=True, progress=False)
     assert out.is_file() and len(read_embeddings(out)[0]) == 8
     assert [p.name for p in tmp_path.iterdir()] == ["emb.parquet"]
+
+
+def test_a_field_read_in_part_under_skip_gets_no_image_row(plate, tmp_path, caplog):
+    """on_error=skip: one channel of one field loses its lower strip. Its tiles that were read are tile rows;
+    an image row averaged over the upper half would look like the whole field, so there is none."""
+    with open(plate["root"] / "load_data.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row.update({f"PathName_Orig{c}": str(plate["root"]) for c in CHANNELS})
+    broken = tmp_path / "broken_DNA.tif"
+    tifffile.imwrite(broken, np.full(FIELD, 1000, np.uint16), compression="zlib", rowsperstrip=TILE)
+    with tifffile.TiffFile(broken) as tif:
+        offset, count = tif.pages[0].dataoffsets[-1], tif.pages[0].databytecounts[-1]
+    with open(broken, "r+b") as handle:  # the last strip's deflate stream no longer decodes
+        handle.seek(offset)
+        handle.write(b"\xff" * count)
+    rows[2] |= {"FileName_OrigDNA": broken.name, "PathName_OrigDNA": str(tmp_path)}
+    manifest = tmp_path / "partial.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    skip = ["data.on_error=skip"]
+    tiles = pd.read_parquet(embed(plate["run"], data=manifest, output=tmp_path / "tiles.parquet", overrides=skip,
+                                  progress=False))  # fmt: skip
+    assert len(tiles) == 8 * 6 - 3  # the field's lower row of tiles is missing
+    with caplog.at_level("WARNING", logger="domainmae.export.stream"):
+        images = read_embeddings(embed(plate["run"], data=manifest, output=tmp_path / "images.parquet", level="image",
+                                       overrides=skip, progress=False))[0]  # fmt: skip
+    assert len(images) == 7 and rows[2]["Metadata_Well"] not in set(images[images.Metadata_Plate == "P1"].Metadata_Well)
+    assert "3 of its 6 tiles" in caplog.text and "partial.csv" in caplog.text

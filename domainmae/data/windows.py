@@ -118,6 +118,10 @@ def valid_fraction(sample: Mapping[str, Any]) -> float:
     return 1.0 if valid is None else np.count_nonzero(np.asarray(valid)) / valid.numel()
 
 
+#: Meta key of a grid window: how many windows its source tiles into.
+GRID_WINDOWS = "grid_windows"
+
+
 class WindowReader:
     """Cuts Sample windows of ``size`` px from one source.
 
@@ -240,6 +244,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self._ends = list(itertools.accumulate(reads_per_source))  # random item i reads source bisect(ends, i)
         self.policy = as_policy(on_error)
         self._grid_index: list[tuple[int, list[Window]]] | None = None
+        self._grid_windows: dict[int, int] = {}  # source -> windows in its grid
 
     @property
     def sources(self) -> list[WindowSource]:
@@ -248,7 +253,7 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def _grid(self) -> list[tuple[int, list[Window]]]:
         if self._grid_index is None:
-            self._grid_index = []
+            self._grid_index, self._grid_windows = [], {}
             for i, reader in enumerate(self.readers):
                 try:
                     rows = reader.grid_rows(self.stride)
@@ -256,6 +261,7 @@ class WindowDataset(torch.utils.data.Dataset):
                     self.policy.handle(err)
                     continue
                 self._grid_index += [(i, row) for row in rows]
+                self._grid_windows[i] = sum(map(len, rows))
         return self._grid_index
 
     def __len__(self) -> int:
@@ -271,7 +277,10 @@ class WindowDataset(torch.utils.data.Dataset):
         try:
             if self.sampling == "grid":
                 source_index, row = self._grid()[index]
-                return self.readers[source_index].cut(row)
+                # Each window says how many its source tiles into, so that a reduction over the source (an
+                # image row) can tell whether a row of windows was skipped.
+                total = self._grid_windows[source_index]
+                return [{**s, "meta": {**s.get("meta", {}), GRID_WINDOWS: total}} for s in self.readers[source_index].cut(row)]
             reader = self.readers[self.source_index(index)]
             rng = random.Random(int(torch.randint(2**62, ()).item()))
             return list(reader.random(reader.windows_per_read, rng))

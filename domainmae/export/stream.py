@@ -17,6 +17,7 @@ embedded with the chosen channels it has, and every row records them in ``Metada
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from ..data.loader import collate_samples
 from ..data.multisensor import MultiSensorScene
 from ..data.raster import RasterScene
 from ..data.samplers import Window, grid_windows
-from ..data.windows import WindowReader
+from ..data.windows import GRID_WINDOWS, WindowReader
 from ..models import MaskedAutoencoder
 from ..recipes import Recipe
 from .raw import STATS, raw_features, with_invalid_as_nan
@@ -40,6 +41,8 @@ Features = Literal["model", "raw", "random"]
 Batch = tuple[list[dict[str, Any]], np.ndarray]  # (a meta per row, embeddings [B, D])
 Groups = Iterator[tuple[list[list[dict[str, Any]]], np.ndarray]]  # (the metas of each group, [G, D])
 CHANNELS_COLUMN = "Metadata_Channels"  # per-row channel names, only when fields hold channel subsets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -205,22 +208,33 @@ def singletons(stream: Iterator[Batch]) -> Groups:
 def consecutive_groups(stream: Iterator[Batch], key: Callable[[dict[str, Any]], Hashable]) -> Groups:
     """Average runs of rows with the same ``key`` (the tiles of one field/scene come in a row).
 
-    Yields ``(group metas, [G, D] mean embeddings)`` as groups complete; holds one group's rows.
+    Yields ``(group metas, [G, D] mean embeddings)`` as groups complete; holds one group's rows. A group with
+    fewer tiles than its source's grid (rows of windows skipped as unreadable under ``on_error=skip``) is
+    left out with a warning: its mean would stand for the whole field or scene.
     """
     metas: list[dict[str, Any]] = []
     rows: list[np.ndarray] = []
+
+    def whole() -> bool:
+        expected = metas[0].get(GRID_WINDOWS, len(metas))
+        if len(metas) < expected:
+            log.warning("%s: %d of its %d tiles could not be read; it has no row at this level", key(metas[0]),
+                        expected - len(metas), expected)  # fmt: skip
+        return len(metas) >= expected
+
     for batch_metas, emb in stream:
         done_metas, done = [], []
         for meta, row in zip(batch_metas, emb):
             if metas and key(meta) != key(metas[0]):
-                done_metas.append(metas)
-                done.append(np.mean(np.stack(rows), axis=0))
+                if whole():
+                    done_metas.append(metas)
+                    done.append(np.mean(np.stack(rows), axis=0))
                 metas, rows = [], []
             metas.append(meta)
             rows.append(row)
         if done:
             yield done_metas, np.stack(done).astype(np.float32)
-    if metas:
+    if metas and whole():
         yield [metas], np.mean(np.stack(rows), axis=0, keepdims=True).astype(np.float32)
 
 

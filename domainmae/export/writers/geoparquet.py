@@ -20,10 +20,11 @@ import shapely
 from pyproj import CRS
 
 from ...data.samplers import span
+from ...data.windows import GRID_WINDOWS
 from .tables import metadata_table, write_parquet
 
 #: Sample metadata that becomes dedicated columns (or is not a per-window property) rather than copied as is.
-_OWN_KEYS = {"crs", "transform", "bounds", "window", "files", "scene_id", "scene_ids", "datetime", "field"}
+_OWN_KEYS = {"crs", "transform", "bounds", "window", "files", "scene_id", "scene_ids", "datetime", "field", GRID_WINDOWS}
 
 
 def scene_name(meta: dict[str, Any]) -> str:
