@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 
@@ -15,14 +16,26 @@ def _umask() -> int:
     return mask
 
 
+def check_file_target(path: str | Path) -> None:
+    """Raise if a file cannot replace what is at ``path``: a folder, unless it is a table written in parts
+    (``part-*.parquet`` beside Parquet's ``_metadata``, as a torchrun export writes), which would be deleted."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return
+    names = [child.name for child in path.iterdir()]
+    if "_metadata" not in names or not all(fnmatch(n, "part-*.parquet") for n in names if n != "_metadata"):
+        raise IsADirectoryError(f"{path} is a folder; the output is one file: give a file name (nothing was written)")
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically (a folder at
-    ``path``, e.g. an earlier export in parts, is removed first, as :func:`atomic_dir` replaces a file).
+    """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically (an earlier
+    table in parts at ``path`` is removed first; any other folder there is refused: :func:`check_file_target`).
 
     On any exception the temporary file is removed and an existing ``path`` is left untouched.
     """
     path = Path(path)
+    check_file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

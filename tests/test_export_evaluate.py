@@ -334,3 +334,13 @@ def test_multilabel_macro_f1_counts_the_labels_the_test_rows_have():
     assert results["linear"]["macro_f1"] == pytest.approx(f1_score(y[test], predicted["linear"], average="macro",
                                                                    labels=[0, 1]))  # fmt: skip
     assert results["linear"]["macro_f1"] > 0.95  # (was 2/3 with the absent label counted as 0)
+
+
+def test_an_output_that_is_a_folder_is_refused_before_the_probes_and_kept(tmp_path, capsys):
+    """``--output results`` where ``results/`` holds the user's files: refused, nothing deleted."""
+    path = _embeddings(tmp_path / "emb.parquet")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.txt").write_text("precious")
+    assert main(["evaluate", str(path), "--label", "Metadata_Label", "--output", str(tmp_path / "results")]) == 1
+    assert "results is a folder" in capsys.readouterr().err
+    assert (tmp_path / "results" / "notes.txt").read_text() == "precious"

@@ -46,7 +46,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, check_file_target
 from .compare import paired_bootstrap, seen_labels
 from .labels import LABEL, raster_table
 from .splits import split_rows
@@ -222,6 +222,8 @@ def evaluate(
     ``"resampled"`` with ``against``, ``"test_rows"``, ``"predictions"`` with ``predictions``.
     """
     file = Path(file)
+    if output is not None:
+        check_file_target(output)  # before the probes, not after them
     if labels is not None:
         if label not in (None, LABEL):
             raise ValueError(f"with a label file (labels=) the label column is {LABEL!r}, not {label!r}")
