@@ -14,6 +14,7 @@ from domainmae.cli import main
 from domainmae.export import evaluate
 from domainmae.export.embed import embed, embed_baselines
 from domainmae.export.labels import raster_table
+from domainmae.export.splits import split_rows
 from tests import test_export_geo
 from tests.test_export_geo import HEIGHT, PATCH, TRANSFORM, WIDTH, WINDOW
 
@@ -81,7 +82,10 @@ def test_label_raster_in_another_crs_lines_up(rasters):
 
 def test_evaluate_with_a_label_raster_blocks_and_baselines(rasters, tmp_path, capsys):
     raw = embed_baselines(rasters["emb"], ["raw"], tmp_path / "baselines")
-    result = evaluate(rasters["emb"], labels=rasters["utm"], split="blocks:32", against=raw.items(), test_size=0.3)
+    # gap=0: no training patch shares an input pixel with a test patch (the default margin of one more window
+    # would leave this 64 x 96 px scene nothing to train on).
+    result = evaluate(rasters["emb"], labels=rasters["utm"], split="blocks:32", against=raw.items(), test_size=0.3,
+                      gap=0)  # fmt: skip
     assert result["label"] == "label" and result["n_classes"] == 4 and list(result["features"]) == ["model", "raw"]
     assert result["n_dropped"] > 0  # train patches touching a test block
     assert main(["evaluate", str(rasters["emb"]), "--labels", str(rasters["wgs84"]), "--method", "knn"]) == 0
@@ -202,9 +206,43 @@ def test_lines_unknown_fields_and_unplaceable_files_are_refused(rasters, polygon
 
 
 def test_cli_evaluates_against_a_polygon_file_with_blocks(rasters, polygons, capsys):
-    command = ["evaluate", str(rasters["emb"]), "--labels", str(polygons["codes"]), "--split", "blocks:32"]
+    command = ["evaluate", str(rasters["emb"]), "--labels", str(polygons["codes"]), "--split", "blocks:32", "--gap", "0"]
     assert main([*command, "--label-field", "cls", "--method", "knn"]) == 0
     assert "knn" in capsys.readouterr().out
     assert main(command) == 1 and "--label-field" in capsys.readouterr().err
     assert main(["evaluate", str(rasters["emb"]), "--label-field", "cls"]) == 1
     assert "vector label file" in capsys.readouterr().err
+
+
+def _scene_folder(root, pixels):
+    """``root`` holding one 3-band scene of ``pixels [3, H, W]`` on the test scene's grid start."""
+    folder = root / "S2A_MSIL2A_20200601T101031_T33UUP"
+    folder.mkdir(parents=True)
+    for band, values in zip(test_export_geo.BANDS, pixels):
+        with rasterio.open(folder / f"{band}.tif", "w", driver="GTiff", height=values.shape[0], width=values.shape[1],
+                           count=1, dtype="float32", crs="EPSG:32633", transform=TRANSFORM) as dst:  # fmt: skip
+            dst.write(values, 1)
+    return root
+
+
+def test_a_blocks_split_of_label_raster_patches_keeps_test_pixels_out_of_training_embeddings(scene, tmp_path):
+    """A patch of an embedding raster is blended from the encoder windows over it, which reach a window's side
+    minus a patch beyond it: with the default gap, changing only the pixels under the test patches changes no
+    training patch's embedding (a gap of one patch let 8 px neighbours of the test area through)."""
+    side = 384
+    rows, cols = np.mgrid[0:side, 0:side]
+    pixels = np.stack([1000 + 400 * np.sin(rows / (7 + i) + cols / (11 - i)) for i in range(3)]).astype(np.float32)
+    labels = _write(tmp_path / "labels.tif", (1 + (cols // 32) % 2).astype(np.uint8), TRANSFORM, "EPSG:32633")
+    before = embed(scene["ckpt"], data=str(_scene_folder(tmp_path / "a", pixels)), output=tmp_path / "a.tif",
+                   progress=False)  # fmt: skip
+    df, features, _ = raster_table(before, labels)
+    train, test, dropped, _ = split_rows(df, df.label.astype(str).to_numpy(), "blocks:128", 0.3, 0, False)
+    assert len(train) > 0 and dropped > 0
+    changed = pixels.copy()
+    for row, col in df.loc[test, ["window_row", "window_col"]].to_numpy():
+        changed[:, row : row + PATCH, col : col + PATCH] += 3000.0
+    after = embed(scene["ckpt"], data=str(_scene_folder(tmp_path / "b", changed)), output=tmp_path / "b.tif",
+                  progress=False)  # fmt: skip
+    moved = raster_table(after, labels)[0]
+    assert not np.allclose(df.loc[test, features], moved.loc[test, features])  # the change reaches the test patches
+    np.testing.assert_allclose(df.loc[train, features], moved.loc[train, features], atol=1e-5)

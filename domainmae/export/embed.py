@@ -398,6 +398,7 @@ def embed_rasters(export: Export, items: TransformedItems, output: Path, write: 
         # The patch grid: the scene transform scaled by the patch size, so the raster overlays the source.
         patches = Grid(grid.crs, grid.transform @ Affine.scale(p), grid.height // p, grid.width // p)
         strips = blended_rows(export, reader, items.transform, stride)  # lazy: a scene is embedded as it is written
-        scene_provenance = {**provenance, "scene_id": reader.source.name, "stride": stride}
+        # window: the encoder's input side, how far beyond a patch the pixels that made it reach (evaluate's gap).
+        scene_provenance = {**provenance, "scene_id": reader.source.name, "stride": stride, "window": size}
         scenes.append(SceneStrips(reader.source.name, patches, export.dim, strips, scene_provenance))
     return write_raster_parts(output, info, scenes, write, suffixes)

@@ -29,6 +29,7 @@ from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from rasterio.warp import reproject
 
+from .splits import REACH_COLUMN
 from .writers.raster import read_embedding_raster
 from .writers.tables import feature_names
 
@@ -164,7 +165,10 @@ def raster_table(file: Path, labels: Path, purity: float = 0.5,
         raise ValueError(f"no patch of {file} has a label in {labels} (nodata, no overlap, overlapping classes, "
                          f"or below purity {purity})")  # fmt: skip
     features = feature_names(values.shape[0])
+    # A patch's embedding is blended from the encoder windows over it, whose pixels reach this far beyond it:
+    # a blocks split keeps that margin around the test patches (rasters from before it was recorded: none).
+    reach = int(provenance["window"]) - int(patch) if "window" in provenance else 0
     df = pd.DataFrame({"scene_id": provenance.get("scene_id", file.stem), "window_row": rows * patch,
                        "window_col": cols * patch, "window_height": patch, "window_width": patch,
-                       LABEL: label[rows, cols]})  # fmt: skip
+                       REACH_COLUMN: reach, LABEL: label[rows, cols]})  # fmt: skip
     return pd.concat([df, pd.DataFrame(values[:, rows, cols].T, columns=features)], axis=1), features, provenance

@@ -5,7 +5,9 @@ probe interpolates between neighbours rather than how well the features transfer
 every scene into squares of ``SIZE`` x ``SIZE`` source pixels (by each window's top-left pixel,
 ``window_row``/``window_col``), holds out whole blocks, and drops training windows that come within
 ``gap`` pixels of a held-out window (default: one window), so no training window overlaps or touches
-the test area. How many were dropped is reported. ``COLUMN=VALUE[,VALUE...]`` names the held-out groups
+the test area. Rows that are patches of an embedding raster (a label raster's table) carry how far beyond
+the patch the encoder windows that made them reach (``window_reach``); the gap is kept between those
+reaches, and its default is the encoder window. How many were dropped is reported. ``COLUMN=VALUE[,VALUE...]`` names the held-out groups
 instead of drawing them (leave-one-field-out, a fixed test plate). A random split of a window table warns.
 """
 from __future__ import annotations
@@ -19,6 +21,8 @@ from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 #: The GeoParquet columns a blocks split reads (``embed`` writes them for every window).
 WINDOW_COLUMNS = ("scene_id", "window_row", "window_col", "window_height", "window_width")
+#: Pixels beyond its window that a row's embedding depends on (patches of a raster; 0 without the column).
+REACH_COLUMN = "window_reach"
 
 
 class Split(NamedTuple):
@@ -107,18 +111,21 @@ def block_labels(df: pd.DataFrame, size: int) -> np.ndarray:
 
 
 def block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, seed: int) -> Split:
-    """Whole ``size`` x ``size`` px blocks per scene held out; training windows nearer than ``gap`` px to a
-    test window of their scene dropped (``gap`` default: the largest window side)."""
+    """Whole ``size`` x ``size`` px blocks per scene held out; training windows whose inputs come nearer than
+    ``gap`` px to a test window's inputs, in their scene, dropped (``gap`` default: the largest window side,
+    reach included)."""
     blocks = block_labels(df, size)  # first: it names missing window columns
     scenes = df["scene_id"].astype(str).to_numpy()
     boxes = df[list(WINDOW_COLUMNS[1:])].to_numpy(np.int64)
+    reach = df[REACH_COLUMN].to_numpy(np.int64) if REACH_COLUMN in df else np.zeros(len(df), np.int64)
     if gap is None:
-        gap = int(boxes[:, 2:].max())
+        gap = int((boxes[:, 2:].max(axis=1) + reach).max())
     if gap < 0:
         raise ValueError(f"gap must be at least 0 pixels, got {gap}")
     train, test = grouped(np.arange(len(df)), blocks, test_size, seed, f"split 'blocks:{size}'")
     near = np.zeros(len(train), dtype=bool)
     for scene in np.unique(scenes[test]):  # only windows of one scene can be neighbours
         ours, theirs = scenes[train] == scene, test[scenes[test] == scene]
-        near[ours] = (window_distance(boxes[train[ours]], boxes[theirs]) < gap).any(axis=1)
+        apart = window_distance(boxes[train[ours]], boxes[theirs]) - reach[train[ours], None] - reach[None, theirs]
+        near[ours] = (apart < gap).any(axis=1)
     return Split(train[~near], test, int(near.sum()), blocks)
