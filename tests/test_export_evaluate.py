@@ -112,6 +112,16 @@ def test_blocks_split_names_what_it_lacks():
     with pytest.raises(ValueError, match="blocks:SIZE takes a block size"):
         split_rows(df, np.zeros(10), "blocks:big", 0.3, seed=0, multilabel=False)
 
+def test_a_gap_that_leaves_no_training_rows_says_so(tmp_path):
+    df = _windows(32).assign(lab=lambda d: np.where(d.window_col < 160, "a", "b"))
+    rng = np.random.default_rng(0)
+    table = pd.concat([df, pd.DataFrame(rng.normal(size=(len(df), 4)).astype(np.float32), columns=feature_names(4))],
+                      axis=1)  # fmt: skip
+    path = write_embeddings(tmp_path / "windows.parquet", table, feature_names(4), {})
+    with pytest.raises(ValueError, match=r"gap of 400 px dropped every training row.*smaller --gap"):
+        evaluate(path, "lab", split="blocks:160", test_size=0.5, gap=400)
+
+
 def test_evaluate_scores_every_feature_set_on_the_same_split(plate, tmp_path, capsys):
     path = embed(plate["run"], output=tmp_path / "emb.parquet", progress=False)
     baselines = embed_baselines(path, ["raw", "random"], tmp_path / "baselines")

@@ -261,6 +261,9 @@ def evaluate(
     binarizer = MultiLabelBinarizer()
     y = binarizer.fit_transform(df[label]) if multilabel else df[label].astype(str).to_numpy()
     train, test, dropped, groups = split_rows(df, y, split, test_size, seed, multilabel, gap=gap)
+    if len(train) == 0:
+        raise ValueError(f"split {split!r}: the gap{'' if gap is None else f' of {gap} px'} dropped every training "
+                         f"row ({dropped}) as too near the test rows; use larger blocks, a smaller --gap or more data")
     if len(np.unique(y[train], axis=0)) < 2:
         raise ValueError(f"the training rows hold a single value of {label!r}; nothing to learn")
     folds = inner_folds(y[train], None if groups is None else groups[train], seed, multilabel) if tune else None
