@@ -2,10 +2,13 @@
 baselines (raw pixels, random init; ``embed_baselines``) and other files are scored on the same rows and split."""
 import json
 import warnings
+from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+from shapely.geometry import box
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.multiclass import OneVsRestClassifier
@@ -16,7 +19,7 @@ from domainmae.cli import main
 from domainmae.export import evaluate, profile, read_embeddings
 from domainmae.export.embed import embed, embed_baselines
 from domainmae.export.evaluate import C_GRID, inner_folds, mean_average_precision
-from domainmae.export.splits import split_rows
+from domainmae.export.splits import split_rows, with_ground_boxes
 from domainmae.export.writers.tables import feature_names, write_embeddings
 from tests import test_export_tables
 
@@ -354,3 +357,33 @@ def test_an_output_that_is_a_folder_is_refused_before_the_probes_and_kept(tmp_pa
     assert main(["evaluate", str(path), "--label", "Metadata_Label", "--output", str(tmp_path / "results")]) == 1
     assert "results is a folder" in capsys.readouterr().err
     assert (tmp_path / "results" / "notes.txt").read_text() == "precious"
+
+
+def _two_dates(tmp_path) -> Path:
+    """Two dates of one 320 x 320 px tile at 10 m in EPSG:32633 (two scene_ids over the same ground), 32 px
+    windows at stride 32 with their footprints, as ``embed`` writes GeoParquet; labels by column."""
+    df = pd.concat([_windows(32)[lambda d: d.scene_id == "S1"].assign(scene_id=scene) for scene in ("T1", "T2")],
+                   ignore_index=True)  # fmt: skip
+    left, top = 500000 + 10 * df.window_col, 4000000 - 10 * df.window_row
+    geometry = [box(x, y - 320, x + 320, y) for x, y in zip(left, top)]
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.normal(size=(len(df), 4)).astype(np.float32), columns=feature_names(4))
+    table = gpd.GeoDataFrame(pd.concat([df.assign(lab=np.where(df.window_col < 160, "a", "b")), features], axis=1),
+                             geometry=geometry, crs="EPSG:32633")  # fmt: skip
+    table.to_parquet(tmp_path / "dates.parquet")
+    return tmp_path / "dates.parquet"
+
+
+def test_blocks_are_cut_on_the_ground_so_scenes_over_the_same_place_do_not_leak(tmp_path):
+    """Two dates of one tile are two scenes: blocks and the gap are taken from the footprints, so a block is
+    held out on both dates and no training window of either date comes within the gap of a test window."""
+    path = _two_dates(tmp_path)
+    df = with_ground_boxes(read_embeddings(path)[0], path)
+    train, test, dropped, groups = split_rows(df, df.lab.to_numpy(), "blocks:96", 0.3, seed=1, multilabel=False)
+    assert len(train) > 0 and dropped > 0 and set(groups[train]).isdisjoint(groups[test])
+    ground = df[["window_row", "window_col"]].to_numpy()  # both dates share the pixel grid
+    for i in train:
+        apart = np.maximum(np.abs(ground[test] - ground[i]) - 32, 0).max(axis=1)  # Chebyshev gap between windows
+        assert apart.min() >= 32
+    result = evaluate(path, "lab", split="blocks:96", test_size=0.3, seed=1, methods=["knn"])
+    assert (result["n_train"], result["n_test"], result["n_dropped"]) == (len(train), len(test), dropped)

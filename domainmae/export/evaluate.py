@@ -49,7 +49,7 @@ from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 from ..atomic import atomic_write_text, check_file_target
 from .compare import paired_bootstrap, seen_labels
 from .labels import LABEL, raster_table
-from .splits import split_rows
+from .splits import split_rows, with_ground_boxes
 from .writers.tables import read_embeddings
 
 Method = Literal["linear", "knn"]
@@ -255,6 +255,8 @@ def evaluate(
     for entry in against:
         name, path = entry if isinstance(entry, tuple) else (None, entry)
         join(Path(path), name)
+    if split.startswith("blocks:") and labels is None:
+        df = with_ground_boxes(df, file)  # windows of a GeoParquet: blocks and the gap on the ground
     labelled = df[label].notna().to_numpy()
     df = df[labelled].reset_index(drop=True)
     multilabel = isinstance(df[label].iloc[0], (list, tuple, np.ndarray))

@@ -5,7 +5,9 @@ probe interpolates between neighbours rather than how well the features transfer
 every scene into squares of ``SIZE`` x ``SIZE`` source pixels (by each window's top-left pixel,
 ``window_row``/``window_col``), holds out whole blocks, and drops training windows that come within
 ``gap`` pixels of a held-out window (default: one window), so no training window overlaps or touches
-the test area. Rows that are patches of an embedding raster (a label raster's table) carry how far beyond
+the test area. Windows of a GeoParquet table are cut into blocks and kept apart on the ground, by their
+footprints, across scenes: two dates of one tile, overlapping tiles and adjacent patches are not independent
+(:func:`with_ground_boxes`). Rows that are patches of an embedding raster (a label raster's table) carry how far beyond
 the patch the encoder windows that made them reach (``window_reach``); the gap is kept between those
 reaches, and its default is the encoder window. How many were dropped is reported. ``COLUMN=VALUE[,VALUE...]`` names the held-out groups
 instead of drawing them (leave-one-field-out, a fixed test plate). A random split of a window table warns.
@@ -13,16 +15,21 @@ instead of drawing them (leave-one-field-out, a fixed test plate). A random spli
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import NamedTuple
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 #: The GeoParquet columns a blocks split reads (``embed`` writes them for every window).
 WINDOW_COLUMNS = ("scene_id", "window_row", "window_col", "window_height", "window_width")
 #: Pixels beyond its window that a row's embedding depends on (patches of a raster; 0 without the column).
 REACH_COLUMN = "window_reach"
+#: Each window's footprint in metres (:func:`with_ground_boxes`): blocks and the gap on the ground.
+GROUND_COLUMNS = ("ground_left", "ground_bottom", "ground_right", "ground_top")
 
 
 class Split(NamedTuple):
@@ -99,6 +106,47 @@ def window_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(rows, cols)
 
 
+def with_ground_boxes(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``df``, the rows of ``path`` in order, with each footprint's bounds in metres (:data:`GROUND_COLUMNS`) when
+    ``path`` is GeoParquet: in its CRS when that is projected, else in the UTM zone of the whole file's centre
+    (geopandas' estimate; footprints zones away turn a little there, so their bounds and the gap grow a little).
+    Other files: ``df`` as it is."""
+    try:
+        footprints = gpd.read_parquet(path, columns=["geometry"])
+    except (ValueError, KeyError, TypeError, OSError):  # not GeoParquet: no footprints to cut blocks from
+        return df
+    if footprints.crs is None or len(footprints) != len(df):
+        return df
+    if footprints.crs.is_geographic:
+        footprints = footprints.to_crs(footprints.estimate_utm_crs())
+    return df.assign(**dict(zip(GROUND_COLUMNS, footprints.bounds.to_numpy().T)))
+
+
+def ground_block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, seed: int) -> Split:
+    """:func:`block_split` on the ground: blocks of ``size`` px (at the windows' median pixel size) by each
+    footprint's top-left corner, and the gap between footprints, across scenes (dates of one tile, overlapping
+    tiles, adjacent patches)."""
+    ground = df[list(GROUND_COLUMNS)].to_numpy(np.float64)  # left, bottom, right, top
+    metres = float(np.median((ground[:, 2] - ground[:, 0]) / df["window_width"].to_numpy(np.float64)))
+    side = size * metres
+    blocks = np.array([f"{r}/{c}" for r, c in zip(np.floor(-ground[:, 3] / side).astype(np.int64),
+                                                   np.floor(ground[:, 0] / side).astype(np.int64))])  # fmt: skip
+    if gap is None:
+        gap = int(df[["window_height", "window_width"]].to_numpy().max())
+    if gap < 0:
+        raise ValueError(f"gap must be at least 0 pixels, got {gap}")
+    train, test = grouped(np.arange(len(df)), blocks, test_size, seed, f"split 'blocks:{size}'")
+    # Candidate pairs from a spatial index (test footprints grown by the gap), then the exact Chebyshev gap.
+    tree = shapely.STRtree(shapely.box(*ground[test].T))
+    grown = ground[train] + np.array([-1, -1, 1, 1]) * gap * metres
+    ours, theirs = tree.query(shapely.box(*grown.T), predicate="intersects")
+    a, b = ground[train[ours]], ground[test[theirs]]
+    apart = np.maximum(np.maximum(b[:, 0] - a[:, 2], a[:, 0] - b[:, 2]), np.maximum(b[:, 1] - a[:, 3], a[:, 1] - b[:, 3]))
+    near = np.zeros(len(train), dtype=bool)
+    near[ours[apart < gap * metres - 1e-6 * metres]] = True
+    return Split(train[~near], test, int(near.sum()), blocks)
+
+
 def block_labels(df: pd.DataFrame, size: int) -> np.ndarray:
     """Each window's block, ``scene/row/col`` of the ``size`` x ``size`` px square holding its top-left pixel."""
     missing = [c for c in WINDOW_COLUMNS if c not in df.columns]
@@ -115,6 +163,8 @@ def block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, 
     ``gap`` px to a test window's inputs, in their scene, dropped (``gap`` default: the largest window side,
     reach included)."""
     blocks = block_labels(df, size)  # first: it names missing window columns
+    if all(c in df.columns for c in GROUND_COLUMNS):
+        return ground_block_split(df, size, gap, test_size, seed)
     scenes = df["scene_id"].astype(str).to_numpy()
     boxes = df[list(WINDOW_COLUMNS[1:])].to_numpy(np.int64)
     reach = df[REACH_COLUMN].to_numpy(np.int64) if REACH_COLUMN in df else np.zeros(len(df), np.int64)
