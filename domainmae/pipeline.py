@@ -12,6 +12,7 @@ deterministic and resumable.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,20 @@ def sensor_radiometry(section: DataSection, sensor: str) -> Radiometry:
 def sentinel_scenes(section: DataSection) -> list[RasterScene] | list[MultiSensorScene]:
     """Scenes of an EO ``data`` section: BigEarthNet S2 (+S1 pairs on the S2 grid), or one sensor's
     per-band files (``scene``: Sentinel-2 ``.SAFE`` products, or band files named ``..._B02.tif``) or
-    stacked multi-band rasters (``stack``) under any sensor name."""
+    stacked multi-band rasters (``stack``) under any sensor name. Two scenes of one name are an error: rasters
+    and GeoParquet rows are named by it."""
+    scenes = _sentinel_scenes(section)
+    names = Counter(scene.name for scene in scenes)
+    if shared := [name for name, count in names.items() if count > 1]:
+        # A pair of co-registered scenes is named by its first sensor's scene.
+        firsts = [scene if isinstance(scene, RasterScene) else next(iter(scene.scenes.values())) for scene in scenes]
+        files = [first.files[0] for scene, first in zip(scenes, firsts) if scene.name == shared[0]]
+        raise ValueError(f"{names[shared[0]]} scenes are named {shared[0]!r} ({', '.join(map(str, files))}): outputs "
+                         "are named by scene, so rename the files or give them from folders named apart")  # fmt: skip
+    return scenes
+
+
+def _sentinel_scenes(section: DataSection) -> list[RasterScene] | list[MultiSensorScene]:
     sensors = list(section.sensors or {})
     bands = {sensor: [b["name"] if isinstance(b, dict) else b for b in listed] for sensor, listed in section.sensors.items()}
     radiometry = {sensor: sensor_radiometry(section, sensor) for sensor in sensors}

@@ -136,3 +136,24 @@ def test_stacked_rasters_are_scenes_with_bands_named_by_descriptions(tmp_path):
 
 def stack_recipe(path: Path, *overrides: str):
     return load_recipe("multispectral", [f"data.path={path}", *overrides])
+
+
+def test_scenes_in_folders_of_the_same_name_keep_apart(tmp_path):
+    """data/2020/T33UUP and data/2021/T33UUP are two scenes: their ids (and so the rasters and GeoParquet rows
+    named by them) must differ, or one scene's raster silently replaces the other's."""
+    for year in ("2020", "2021"):
+        write_s2_scene(tmp_path / year / "T33UUP")
+    write_s2_scene(tmp_path / "2021" / "T32TQM")
+    scenes = sentinel_scenes(scene_recipe(tmp_path).data)
+    assert sorted(s.scene_id for s in scenes) == ["2020_T33UUP", "2021_T33UUP", "T32TQM"]
+
+
+def test_stacked_rasters_of_the_same_file_name_are_refused_by_name(tmp_path):
+    data = np.arange(4 * 32 * 32, dtype=np.uint16).reshape(4, 32, 32)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_tif(tmp_path / folder / "ortho.tif", data)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'a' / 'ortho.tif'}\n{tmp_path / 'b' / 'ortho.tif'}\n")
+    with pytest.raises(ValueError, match=r"2 scenes are named 'ortho'.*a/ortho.tif.*b/ortho.tif"):
+        sentinel_scenes(stack_recipe(listing, "data.sensors.optical=[blue, green, red, nir]").data)

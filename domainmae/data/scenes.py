@@ -87,11 +87,14 @@ def find_scenes(
 ) -> list[RasterScene]:
     """:class:`RasterScene` per group of :func:`group_band_files`; ``scene_kwargs`` go to each.
 
-    Scene ids are the last part of the group key; acquisition times come from the ids.
+    Scene ids are the last part of the group key (the folder name), or the whole key with ``_`` for ``/``
+    where that name is shared (``2020/T33UUP``, ``2021/T33UUP``); acquisition times come from the ids.
     """
     scenes = []
-    for key, band_sources in group_band_files(root, pattern, bands=bands, on_error=on_error).items():
-        scene_id = Path(key).name or key
+    groups = group_band_files(root, pattern, bands=bands, on_error=on_error)
+    names = [Path(key).name or key for key in groups]
+    for (key, band_sources), name in zip(groups.items(), names):
+        scene_id = key.replace("/", "_") if names.count(name) > 1 else name
         kwargs = {"scene_id": scene_id, "datetime": datetime_from_name(scene_id), **scene_kwargs}
         scenes.append(RasterScene(band_sources, **kwargs))
     return scenes
