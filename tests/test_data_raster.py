@@ -1,7 +1,9 @@
 """Earth-observation readers: real BigEarthNet S1+S2 patches, plus synthetic rasters for what they cannot show."""
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -110,6 +112,32 @@ def test_pairing_by_name_and_by_footprint_agree_with_the_metadata(pairs):
     assert sorted(p.name for p in by_footprint) == sorted(p.name for p in pairs)
     with pytest.raises(ValueError, match="no s2/s1 partner"):
         pair_scenes(s2_scenes, s1_scenes[:-1])
+
+
+def test_bigearthnet_pairs_by_the_partner_the_s1_metadata_names(tmp_path):
+    """Patch names carry only ``<row>_<col>`` of their tile, which repeats across tiles in the full archive: the
+    S1 metadata's ``corresponding_s2_patch`` decides the pair, not the shared key."""
+    shutil.copytree(BEN, tmp_path / "ben")
+    s2_root, s1_root = tmp_path / "ben" / S2_ROOT.name, tmp_path / "ben" / S1_ROOT.name
+
+    def clone(root: Path, old: str, new: str, partner: str | None = None) -> None:
+        shutil.copytree(root / old, root / new)
+        for file in list((root / new).iterdir()):
+            file.rename(root / new / file.name.replace(old, new))
+        if partner:
+            meta = root / new / f"{new}_labels_metadata.json"
+            meta.write_text(json.dumps({**json.loads(meta.read_text()), "corresponding_s2_patch": partner}))
+
+    # Row 87, column 48 of another tile (29SND) and its S1 partner: the key 87_48 is now in two tiles.
+    clone(s2_root, "S2A_MSIL2A_20171221T112501_56_35", "S2A_MSIL2A_20171221T112501_87_48")
+    clone(s1_root, "S1A_IW_GRDH_1SDV_20171221T064238_29SND_56_35", "S1A_IW_GRDH_1SDV_20171221T064238_29SND_87_48",
+          partner="S2A_MSIL2A_20171221T112501_87_48")  # fmt: skip
+    pairs = bigearthnet_pairs(s2_root, s1_root)
+    assert len(pairs) == 7
+    for pair in pairs:
+        s1 = pair.scenes["s1"]
+        partner = read_patch_metadata(s1.bands[0].path.parent / f"{s1.scene_id}_labels_metadata.json").s2_partner
+        assert partner == pair.scenes["s2"].scene_id
 
 
 def test_bigearthnet_labels_parse(pairs):

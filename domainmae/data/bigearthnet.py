@@ -163,6 +163,8 @@ def bigearthnet_scenes(
             continue
         scene_radiometry = radiometry.for_baseline(baseline_in_name(patch.source))
         meta = {"labels": patch.labels, "source_product": patch.source}
+        if patch.s2_partner:  # S1: the S2 patch it pairs with (bigearthnet_pairs)
+            meta["s2_partner"] = patch.s2_partner
         scene = RasterScene(
             band_sources, scene_id=folder.name, radiometry=scene_radiometry, datetime=patch.acquired, meta=meta
         )
@@ -179,7 +181,9 @@ def bigearthnet_pairs(
     radiometry: Mapping[str, Radiometry] | None = None,
     on_error: OnError | ErrorPolicy = "raise",
 ) -> list[MultiSensorScene]:
-    """S2 + S1 patches paired by the trailing ``_<row>_<col>`` of their folder names.
+    """S2 + S1 patches paired as each S1 patch's metadata says (``corresponding_s2_patch``), or, where a patch's
+    metadata does not, by the trailing ``_<row>_<col>`` of their folder names (which repeats across tiles in
+    the full archive, so it pairs the example sets only).
 
     ``bands`` selects and orders each sensor's bands and ``radiometry`` sets each sensor's
     (``{"s2": ..., "s1": ...}``; default: all bands, the sensors' standard radiometry). Patches that
@@ -187,9 +191,8 @@ def bigearthnet_pairs(
     scans lands on one policy.
     """
     bands, radiometry, policy = bands or {}, radiometry or {}, as_policy(on_error)
-    return pair_scenes(
-        bigearthnet_scenes(s2_root, "s2", bands=bands.get("s2"), radiometry=radiometry.get("s2"), on_error=policy),
-        bigearthnet_scenes(s1_root, "s1", bands=bands.get("s1"), radiometry=radiometry.get("s1"), on_error=policy),
-        key=PATCH_KEY_PATTERN,
-        on_unpaired=policy,
-    )
+    s2 = bigearthnet_scenes(s2_root, "s2", bands=bands.get("s2"), radiometry=radiometry.get("s2"), on_error=policy)
+    s1 = bigearthnet_scenes(s1_root, "s1", bands=bands.get("s1"), radiometry=radiometry.get("s1"), on_error=policy)
+    named = all("s2_partner" in scene.meta for scene in s1)
+    key = (lambda scene: scene.meta.get("s2_partner", scene.scene_id)) if named else PATCH_KEY_PATTERN
+    return pair_scenes(s2, s1, key=key, on_unpaired=policy)

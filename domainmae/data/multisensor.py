@@ -9,7 +9,7 @@ trailing ``_<row>_<col>`` of the patch folders) or by footprint overlap.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from rasterio.warp import transform_bounds
@@ -74,17 +74,20 @@ def _overlap(scene: RasterScene, other: RasterScene) -> float:
     return covered_share(bounds, transform_bounds(other_grid.crs, grid.crs, *other_bounds))
 
 
-def _by_key(scenes: Sequence[RasterScene], key: re.Pattern[str]) -> dict[str, RasterScene]:
+def _by_key(scenes: Sequence[RasterScene], key: re.Pattern[str] | Callable[[RasterScene], str]) -> dict[str, RasterScene]:
     out: dict[str, RasterScene] = {}
     for scene in scenes:
-        match = key.search(scene.scene_id)
-        if match is None:
-            raise ValueError(f"scene id {scene.scene_id!r} does not match the pairing key {key.pattern!r}")
-        value = match["key"] if "key" in key.groupindex else match[1]
+        if callable(key):
+            value = key(scene)
+        else:
+            match = key.search(scene.scene_id)
+            if match is None:
+                raise ValueError(f"scene id {scene.scene_id!r} does not match the pairing key {key.pattern!r}")
+            value = match["key"] if "key" in key.groupindex else match[1]
         if value in out:
             raise ValueError(
                 f"scenes {out[value].scene_id} and {scene.scene_id} share the pairing key {value!r}; "
-                "use a more specific key pattern or by='footprint'"
+                "use a more specific key or by='footprint'"
             )
         out[value] = scene
     return out
@@ -96,14 +99,14 @@ def pair_scenes(
     *,
     sensors: tuple[str, str] = ("s2", "s1"),
     by: Literal["name", "footprint"] = "name",
-    key: str = PATCH_KEY_PATTERN,
+    key: str | Callable[[RasterScene], str] = PATCH_KEY_PATTERN,
     min_overlap: float = 0.5,
     on_unpaired: OnError | ErrorPolicy = "raise",
 ) -> list[MultiSensorScene]:
     """Pair each ``reference`` scene (read on its own grid) with one scene of ``other``.
 
     ``by="name"``: the first group (or the ``key`` group) of the regex ``key`` must be equal in
-    both scene ids. ``by="footprint"``: the ``other`` scene covering the largest share of the
+    both scene ids (or ``key(scene)``, a function, must be equal for both scenes). ``by="footprint"``: the ``other`` scene covering the largest share of the
     reference footprint, at least ``min_overlap``; needs a CRS on both. A scene left without a
     partner raises, or with ``on_unpaired="skip"`` is dropped (see :mod:`~domainmae.data.errors`).
     """
@@ -114,7 +117,7 @@ def pair_scenes(
     partners: dict[str, RasterScene | None] = {}
     refs: dict[str, RasterScene]
     if by == "name":
-        pattern = re.compile(key)
+        pattern = key if callable(key) else re.compile(key)
         refs, others = _by_key(reference, pattern), _by_key(other, pattern)
         partners = {k: others.get(k) for k in refs}
     else:
