@@ -35,7 +35,6 @@ from .parts import conform, join_processes, owned, write_raster_parts, write_tab
 from .profile import LEVEL_STRATA, aggregate, apply_steps
 from .raw import raw_feature_names
 from .stream import (
-    CHANNELS_COLUMN,
     Export,
     Features,
     blended_rows,
@@ -55,12 +54,10 @@ from .writers.raster import (
     write_zarr,
 )
 from .writers.tables import (
-    IMAGE_COLUMN,
-    TILE_COLUMNS,
     column_types,
     feature_columns,
     field_tables,
-    manifest_metadata,
+    manifest_types,
     read_embeddings,
     write_embeddings,
     write_h5ad,
@@ -347,10 +344,7 @@ def embed_fields(export: Export, items: TransformedItems, output: Path, write: C
     table writer (Parquet, h5ad); ``sources``: every field of the export, which types the columns."""
     # Typed from the whole manifest up front: a column null in the first batches (or in one rank's part)
     # still gets the right type.
-    types = column_types((manifest_metadata(f.meta) for f in sources), f"data {export.recipe.data.path}")
-    if taken := [c for c in (IMAGE_COLUMN, *TILE_COLUMNS, CHANNELS_COLUMN) if c in types]:
-        raise ValueError(f"data {export.recipe.data.path}: its column {taken[0]!r} is one the export writes itself; "
-                         "rename it in the manifest")  # fmt: skip
+    types = manifest_types((f.meta for f in sources), f"data {export.recipe.data.path}")
     stream = embedding_stream(export, items, pool)
     groups = singletons(stream) if level == "tile" else consecutive_groups(stream, lambda m: m["field"])
     tables: Iterable[pa.Table] = field_tables(groups, types, tile=level == "tile")

@@ -35,12 +35,12 @@ from ..data.windows import GRID_WINDOWS, WindowReader
 from ..models import MaskedAutoencoder
 from ..recipes import Recipe
 from .raw import STATS, raw_features, with_invalid_as_nan
+from .writers.tables import CHANNELS_COLUMN
 
 #: What a row holds: the trained model's embedding, raw-pixel statistics, or the same architecture at random init.
 Features = Literal["model", "raw", "random"]
 Batch = tuple[list[dict[str, Any]], np.ndarray]  # (a meta per row, embeddings [B, D])
 Groups = Iterator[tuple[list[list[dict[str, Any]]], np.ndarray]]  # (the metas of each group, [G, D])
-CHANNELS_COLUMN = "Metadata_Channels"  # per-row channel names, only when fields hold channel subsets
 
 log = logging.getLogger(__name__)
 

@@ -67,6 +67,15 @@ def column_types(rows: Iterable[Mapping[str, Any]], source: str) -> dict[str, pa
     return types
 
 
+def manifest_types(metas: Iterable[Mapping[str, Any]], source: str) -> dict[str, pa.DataType]:
+    """:func:`column_types` of the fields' manifest cells (:func:`manifest_metadata`); a manifest column that
+    the export writes itself (the image key, tile position, channels) is refused, naming ``source``."""
+    types = column_types((manifest_metadata(meta) for meta in metas), source)
+    if taken := [c for c in (IMAGE_COLUMN, *TILE_COLUMNS, CHANNELS_COLUMN) if c in types]:
+        raise ValueError(f"{source}: its column {taken[0]!r} is one the export writes itself; rename it in the manifest")
+    return types
+
+
 def metadata_table(rows: list[dict[str, Any]], types: Mapping[str, pa.DataType]) -> pa.Table:
     """Rows -> a table whose first columns are ``types``' in those types (null where rows lack them),
     then the rows' other keys as Arrow infers them; so every batch of one file has one schema."""
@@ -80,6 +89,7 @@ def metadata_table(rows: list[dict[str, Any]], types: Mapping[str, pa.DataType])
 #: which CellProfiler manifests often use for the site.
 IMAGE_COLUMN = "Metadata_Image"
 TILE_COLUMNS = ("Metadata_TileRow", "Metadata_TileCol")
+CHANNELS_COLUMN = "Metadata_Channels"  # per-row channel names, only when fields hold channel subsets
 
 
 def manifest_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
