@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import transform as warp_points
 
@@ -22,7 +23,7 @@ from domainmae.data.bigearthnet import (
     bigearthnet_scenes,
     read_patch_metadata,
 )
-from domainmae.data.geo import MissingCRSError, RasterReadError
+from domainmae.data.geo import Grid, MissingCRSError, RasterReadError
 from domainmae.data.multisensor import MultiSensorScene, pair_scenes
 from domainmae.data.radiometry import SENTINEL2_L2A, Radiometry, baseline_in_name
 from domainmae.data.raster import BandSource, RasterScene
@@ -406,3 +407,36 @@ def test_band_statistics_of_multisensor_samples_need_a_sensor(pairs):
     assert band_statistics(samples, sensor="s1").channels == ("VV", "VH")
     with pytest.raises(ValueError, match=r"sensor= one of \['s1', 's2'\]"):
         band_statistics(samples)
+
+
+def _stack_with_band_nodata(folder: Path) -> Path:
+    """A VRT stack: band A declares no nodata, band B declares -9999 (its top 4 rows), 16 x 16 px at 10 m."""
+    folder.mkdir()
+    for name, values, nodata in (("a", np.full((1, 16, 16), 100.0), None), ("b", np.full((1, 16, 16), 200.0), -9999)):
+        values[:, :4] = -9999 if nodata else values[:, :4]
+        with rasterio.open(folder / f"{name}.tif", "w", driver="GTiff", height=16, width=16, count=1, dtype="float32",
+                           crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 4000000), nodata=nodata) as dst:
+            dst.write(values.astype(np.float32))
+    bands = "".join(
+        f'<VRTRasterBand dataType="Float32" band="{i}"><Description>{name.upper()}</Description>{extra}<SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">{name}.tif</SourceFilename><SourceBand>1</SourceBand></SimpleSource>'
+        "</VRTRasterBand>"
+        for i, (name, extra) in enumerate((("a", ""), ("b", "<NoDataValue>-9999</NoDataValue>")), start=1)
+    )
+    (folder / "stack.vrt").write_text(f'<VRTDataset rasterXSize="16" rasterYSize="16"><SRS>EPSG:32633</SRS>'
+                                      f"<GeoTransform>500000, 10, 0, 4000000, 0, -10</GeoTransform>{bands}</VRTDataset>")
+    return folder / "stack.vrt"
+
+
+def test_a_bands_own_nodata_is_kept_beside_a_band_without_one(tmp_path):
+    """The file's nodata comes before the sensor's default, band by band: band B's -9999 stays nodata when the
+    radiometry says 0 (it used to take band A's none, then the default for every band); a warped read, which
+    takes one nodata for all bands, refuses the file by name rather than blending -9999 into valid pixels."""
+    stack = _stack_with_band_nodata(tmp_path / "stack")
+    scene = RasterScene.from_file(stack, radiometry=Radiometry(nodata=0))
+    region = scene.read(Window(0, 0, 16, 16))
+    assert not region.valid[:4].any() and region.valid[4:].all()
+    assert (region.image[:, 4:] == np.array([100.0, 200.0])[:, None, None]).all()
+    shifted = Grid(CRS.from_epsg(32633), Affine(10, 0, 500005, 0, -10, 3999995), 14, 14)  # off the lattice: warped
+    with pytest.raises(RasterReadError, match=r"stack.vrt.*different nodata"):
+        scene.read(Window(0, 0, 14, 14), shifted)

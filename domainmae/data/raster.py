@@ -186,8 +186,10 @@ class RasterScene(GridSource):
         try:
             with gdal_env(path):
                 dataset = rasterio.open(gdal_path(path))
-                nodata = self.nodata if self.nodata is not None else dataset.nodata
-                nodata = self.radiometry.nodata if nodata is None else nodata
+                # The scene's declared nodata for every band; else each band's own (a file declaring nodata for
+                # some bands keeps them, band by band); else the sensor's default for every band.
+                own = any(value is not None for value in dataset.nodatavals)
+                nodata = self.nodata if self.nodata is not None else None if own else self.radiometry.nodata
                 if nodata is not None and nodata != dataset.nodata:
                     # Declared through GDAL's vrt:// syntax, GDAL masks it on every (resampled or warped) read.
                     dataset.close()
@@ -219,6 +221,12 @@ class RasterScene(GridSource):
                     f"raster {path} ({dataset.crs}, scene {self.scene_id}) does not overlap the grid it is read onto "
                     f"({grid.crs}, {source}): its bounds there are {_rounded(footprint)}, the grid's "
                     f"{_rounded(target)}; is the CRS or transform of one of them wrong?"
+                )  # fmt: skip
+            if len({repr(value) for value in dataset.nodatavals}) > 1:
+                raise RasterReadError(
+                    f"raster {path} (scene {self.scene_id}): its bands declare different nodata values "
+                    f"{dataset.nodatavals}, and a read onto another grid takes one for all; give the scene one "
+                    "nodata value (one per file, or the same in every band of the stack)"
                 )  # fmt: skip
             with gdal_env(path):
                 return WarpedVRT(
