@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from domainmae.cli import main
 from domainmae.export import evaluate, profile, read_embeddings
 from domainmae.export.embed import embed, embed_baselines
-from domainmae.export.evaluate import C_GRID, inner_folds, mean_average_precision
+from domainmae.export.evaluate import C_GRID, inner_folds, mean_average_precision, tuning_folds
 from domainmae.export.splits import split_rows, with_ground_boxes
 from domainmae.export.writers.tables import feature_names, write_embeddings
 from tests import test_export_tables
@@ -387,3 +387,17 @@ def test_blocks_are_cut_on_the_ground_so_scenes_over_the_same_place_do_not_leak(
         assert apart.min() >= 32
     result = evaluate(path, "lab", split="blocks:96", test_size=0.3, seed=1, methods=["knn"])
     assert (result["n_train"], result["n_test"], result["n_dropped"]) == (len(train), len(test), dropped)
+
+
+def test_tuning_folds_of_a_blocks_split_keep_the_gap_too(tmp_path):
+    """Inside the training rows, the tuned probe's folds hold out whole blocks and drop fitting windows as near
+    to them as the outer split drops training windows: overlapping windows (stride 16) would leak otherwise."""
+    df = _windows(16).assign(lab=lambda d: np.where((d.window_col // 96) % 2 == 0, "a", "b"))
+    y = df.lab.to_numpy()
+    train, test, dropped, groups = split_rows(df, y, "blocks:96", 0.3, seed=1, multilabel=False)
+    folds = tuning_folds(df, y, train, groups, "blocks:96", None, seed=0, multilabel=False)
+    for fit, held in folds:
+        assert set(groups[train[fit]]).isdisjoint(groups[train[held]])
+        for i in train[fit]:
+            near = df.loc[train[held]][df.scene_id[train[held]] == df.scene_id[i]]
+            assert all(_gap(df.loc[i], near.loc[j]) >= 32 for j in near.index)

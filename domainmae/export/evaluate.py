@@ -49,7 +49,7 @@ from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 from ..atomic import atomic_write_text, check_file_target
 from .compare import paired_bootstrap, seen_labels
 from .labels import LABEL, raster_table
-from .splits import split_rows, with_ground_boxes
+from .splits import default_gap, split_rows, too_near, with_ground_boxes
 from .writers.tables import read_embeddings
 
 Method = Literal["linear", "knn"]
@@ -107,6 +107,23 @@ def inner_folds(y: np.ndarray, groups: np.ndarray | None, seed: int, multilabel:
     if not multilabel and counts.min() >= INNER_FOLDS:
         return list(StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(rows, y))
     return list(KFold(INNER_FOLDS, shuffle=True, random_state=seed).split(rows))
+
+
+def tuning_folds(df: pd.DataFrame, y: np.ndarray, train: np.ndarray, groups: np.ndarray | None, split: str,
+                 gap: int | None, seed: int, multilabel: bool) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """:func:`inner_folds` of the ``train`` rows; for a blocks split each fold's fitting rows also keep the outer
+    split's gap from the blocks it holds out (:func:`~.splits.too_near`), so that tuning does not leak either."""
+    folds = inner_folds(y[train], None if groups is None else groups[train], seed, multilabel)
+    if not split.startswith("blocks:"):
+        return folds
+    gap = default_gap(df) if gap is None else gap
+    kept = [(fit[~too_near(df, train[fit], train[held], gap)], held) for fit, held in folds]
+    for fit, held in kept:
+        if len(np.unique(y[train[fit]], axis=0)) < 2:
+            raise ValueError(f"tuning the linear probe: the gap of {gap} px leaves the inner fold that holds out blocks "
+                             f"{sorted(map(str, set(groups[train[held]])))[:3]}... one class or none to fit on; "
+                             "use larger blocks, a smaller --gap or no --tune")  # fmt: skip
+    return kept
 
 
 def mean_average_precision(y: np.ndarray, proba: np.ndarray) -> float:
@@ -268,7 +285,7 @@ def evaluate(
                          f"row ({dropped}) as too near the test rows; use larger blocks, a smaller --gap or more data")
     if len(np.unique(y[train], axis=0)) < 2:
         raise ValueError(f"the training rows hold a single value of {label!r}; nothing to learn")
-    folds = inner_folds(y[train], None if groups is None else groups[train], seed, multilabel) if tune else None
+    folds = tuning_folds(df, y, train, groups, split, gap, seed, multilabel) if tune else None
     scored = {name: score(x[labelled], y, train, test, methods, k, multilabel, balanced, folds)
               for name, x in sets.items()}  # fmt: skip
     predicted = {name: by_method for name, (_, by_method) in scored.items()}

@@ -122,60 +122,67 @@ def with_ground_boxes(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return df.assign(**dict(zip(GROUND_COLUMNS, footprints.bounds.to_numpy().T)))
 
 
-def ground_block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, seed: int) -> Split:
-    """:func:`block_split` on the ground: blocks of ``size`` px (at the windows' median pixel size) by each
-    footprint's top-left corner, and the gap between footprints, across scenes (dates of one tile, overlapping
-    tiles, adjacent patches)."""
-    ground = df[list(GROUND_COLUMNS)].to_numpy(np.float64)  # left, bottom, right, top
-    metres = float(np.median((ground[:, 2] - ground[:, 0]) / df["window_width"].to_numpy(np.float64)))
-    side = size * metres
-    blocks = np.array([f"{r}/{c}" for r, c in zip(np.floor(-ground[:, 3] / side).astype(np.int64),
-                                                   np.floor(ground[:, 0] / side).astype(np.int64))])  # fmt: skip
-    if gap is None:
-        gap = int(df[["window_height", "window_width"]].to_numpy().max())
-    if gap < 0:
-        raise ValueError(f"gap must be at least 0 pixels, got {gap}")
-    train, test = grouped(np.arange(len(df)), blocks, test_size, seed, f"split 'blocks:{size}'")
-    # Candidate pairs from a spatial index (test footprints grown by the gap), then the exact Chebyshev gap.
-    tree = shapely.STRtree(shapely.box(*ground[test].T))
-    grown = ground[train] + np.array([-1, -1, 1, 1]) * gap * metres
-    ours, theirs = tree.query(shapely.box(*grown.T), predicate="intersects")
-    a, b = ground[train[ours]], ground[test[theirs]]
-    apart = np.maximum(np.maximum(b[:, 0] - a[:, 2], a[:, 0] - b[:, 2]), np.maximum(b[:, 1] - a[:, 3], a[:, 1] - b[:, 3]))
-    near = np.zeros(len(train), dtype=bool)
-    near[ours[apart < gap * metres - 1e-6 * metres]] = True
-    return Split(train[~near], test, int(near.sum()), blocks)
-
-
 def block_labels(df: pd.DataFrame, size: int) -> np.ndarray:
-    """Each window's block, ``scene/row/col`` of the ``size`` x ``size`` px square holding its top-left pixel."""
+    """Each window's block: ``scene/row/col`` of the ``size`` x ``size`` px square holding its top-left pixel, or
+    with footprints (:data:`GROUND_COLUMNS`) ``row/col`` of that square on the ground, at the windows' median
+    pixel size, whatever the scene (dates of one tile, overlapping tiles, adjacent patches share blocks)."""
     missing = [c for c in WINDOW_COLUMNS if c not in df.columns]
     if missing:
         raise KeyError(f"split 'blocks:{size}' needs the window columns {list(WINDOW_COLUMNS)} of a GeoParquet "
                        f"window table (embed --level tile); the table lacks {missing}")  # fmt: skip
-    rows, cols = (df[c].to_numpy(np.int64) // size for c in ("window_row", "window_col"))
-    keys = zip(df["scene_id"].astype(str), rows, cols)
+    if all(c in df.columns for c in GROUND_COLUMNS):
+        ground, metres = _ground(df)
+        keys = zip(np.floor(-ground[:, 3] / (size * metres)).astype(np.int64),
+                   np.floor(ground[:, 0] / (size * metres)).astype(np.int64))  # fmt: skip
+    else:
+        rows, cols = (df[c].to_numpy(np.int64) // size for c in ("window_row", "window_col"))
+        keys = zip(df["scene_id"].astype(str), rows, cols)
     return np.array(["/".join(map(str, key)) for key in keys])
 
 
-def block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, seed: int) -> Split:
-    """Whole ``size`` x ``size`` px blocks per scene held out; training windows whose inputs come nearer than
-    ``gap`` px to a test window's inputs, in their scene, dropped (``gap`` default: the largest window side,
-    reach included)."""
-    blocks = block_labels(df, size)  # first: it names missing window columns
+def _ground(df: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """``(footprints [N, 4] left, bottom, right, top in metres, metres per pixel)`` (the windows' median)."""
+    ground = df[list(GROUND_COLUMNS)].to_numpy(np.float64)
+    return ground, float(np.median((ground[:, 2] - ground[:, 0]) / df["window_width"].to_numpy(np.float64)))
+
+
+def default_gap(df: pd.DataFrame) -> int:
+    """The largest window side in pixels, a raster patch's reach included: one encoder window."""
+    reach = df[REACH_COLUMN].to_numpy(np.int64) if REACH_COLUMN in df else 0
+    return int((df[["window_height", "window_width"]].to_numpy(np.int64).max(axis=1) + reach).max())
+
+
+def too_near(df: pd.DataFrame, ours: np.ndarray, theirs: np.ndarray, gap: int) -> np.ndarray:
+    """Which rows ``ours`` come nearer than ``gap`` px to a row of ``theirs`` (bool, one per row of ``ours``): their
+    footprints on the ground when the table has them, whatever the scene; else their windows, within a scene,
+    each widened by its reach (a raster patch's encoder windows)."""
+    near = np.zeros(len(ours), dtype=bool)
     if all(c in df.columns for c in GROUND_COLUMNS):
-        return ground_block_split(df, size, gap, test_size, seed)
+        ground, metres = _ground(df)
+        # Candidate pairs from a spatial index (their footprints grown by the gap), then the exact Chebyshev gap.
+        grown = ground[ours] + np.array([-1, -1, 1, 1]) * gap * metres
+        mine, held = shapely.STRtree(shapely.box(*ground[theirs].T)).query(shapely.box(*grown.T), predicate="intersects")
+        a, b = ground[ours[mine]], ground[theirs[held]]
+        apart = np.maximum(np.maximum(b[:, 0] - a[:, 2], a[:, 0] - b[:, 2]), np.maximum(b[:, 1] - a[:, 3], a[:, 1] - b[:, 3]))
+        near[mine[apart < (gap - 1e-6) * metres]] = True
+        return near
     scenes = df["scene_id"].astype(str).to_numpy()
     boxes = df[list(WINDOW_COLUMNS[1:])].to_numpy(np.int64)
     reach = df[REACH_COLUMN].to_numpy(np.int64) if REACH_COLUMN in df else np.zeros(len(df), np.int64)
-    if gap is None:
-        gap = int((boxes[:, 2:].max(axis=1) + reach).max())
+    for scene in np.unique(scenes[theirs]):  # only windows of one scene can be neighbours
+        mine, held = scenes[ours] == scene, theirs[scenes[theirs] == scene]
+        apart = window_distance(boxes[ours[mine]], boxes[held]) - reach[ours[mine], None] - reach[None, held]
+        near[mine] = (apart < gap).any(axis=1)
+    return near
+
+
+def block_split(df: pd.DataFrame, size: int, gap: int | None, test_size: float, seed: int) -> Split:
+    """Whole ``size`` x ``size`` px blocks held out (:func:`block_labels`); training windows nearer than ``gap``
+    px to a test window dropped (:func:`too_near`; ``gap`` default: :func:`default_gap`)."""
+    blocks = block_labels(df, size)  # first: it names missing window columns
+    gap = default_gap(df) if gap is None else gap
     if gap < 0:
         raise ValueError(f"gap must be at least 0 pixels, got {gap}")
     train, test = grouped(np.arange(len(df)), blocks, test_size, seed, f"split 'blocks:{size}'")
-    near = np.zeros(len(train), dtype=bool)
-    for scene in np.unique(scenes[test]):  # only windows of one scene can be neighbours
-        ours, theirs = scenes[train] == scene, test[scenes[test] == scene]
-        apart = window_distance(boxes[train[ours]], boxes[theirs]) - reach[train[ours], None] - reach[None, theirs]
-        near[ours] = (apart < gap).any(axis=1)
+    near = too_near(df, train, test, gap)
     return Split(train[~near], test, int(near.sum()), blocks)
