@@ -275,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'random', a group column kept apart (plate, scene_id), COLUMN=VALUE[,VALUE] (those groups "
                         "held out), or blocks:SIZE (GeoParquet: SIZE x SIZE px blocks per scene held out, train "
                         "windows within --gap px dropped)")  # fmt: skip
-    p.add_argument("--gap", type=int, help="blocks split: px kept free around test windows (default one window; for a label raster's "
-                        "patches, between the encoder windows that made them)")
+    p.add_argument("--gap", type=int,
+                   help="blocks split: px kept free around test windows (default one window; for a label raster's "
+                        "patches, between the encoder windows that made them)")  # fmt: skip
     p.add_argument("--baselines", help="comma-separated: raw (pixel statistics), random (untrained model); "
                    "embedded again from the file's provenance (needs its checkpoint and data) and scored on the "
                    "same split")  # fmt: skip

@@ -74,7 +74,9 @@ def _overlap(scene: RasterScene, other: RasterScene) -> float:
     return covered_share(bounds, transform_bounds(other_grid.crs, grid.crs, *other_bounds))
 
 
-def _by_key(scenes: Sequence[RasterScene], key: re.Pattern[str] | Callable[[RasterScene], str]) -> dict[str, RasterScene]:
+def _by_key(
+    scenes: Sequence[RasterScene], key: re.Pattern[str] | Callable[[RasterScene], str]
+) -> dict[str, RasterScene]:
     out: dict[str, RasterScene] = {}
     for scene in scenes:
         if callable(key):
@@ -106,8 +108,8 @@ def pair_scenes(
     """Pair each ``reference`` scene (read on its own grid) with one scene of ``other``.
 
     ``by="name"``: the first group (or the ``key`` group) of the regex ``key`` must be equal in
-    both scene ids (or ``key(scene)``, a function, must be equal for both scenes). ``by="footprint"``: the ``other`` scene covering the largest share of the
-    reference footprint, at least ``min_overlap``; needs a CRS on both. A scene left without a
+    both scene ids (or ``key(scene)``, when ``key`` is a function, for both scenes). ``by="footprint"``: the
+    ``other`` scene covering the largest share of the reference footprint, at least ``min_overlap``; needs a CRS on both. A scene left without a
     partner raises, or with ``on_unpaired="skip"`` is dropped (see :mod:`~domainmae.data.errors`).
     """
     if by not in ("name", "footprint"):

@@ -280,7 +280,8 @@ class WindowDataset(torch.utils.data.Dataset):
                 # Each window says how many its source tiles into, so that a reduction over the source (an
                 # image row) can tell whether a row of windows was skipped.
                 total = self._grid_windows[source_index]
-                return [{**s, "meta": {**s.get("meta", {}), GRID_WINDOWS: total}} for s in self.readers[source_index].cut(row)]
+                samples = self.readers[source_index].cut(row)
+                return [{**s, "meta": {**s.get("meta", {}), GRID_WINDOWS: total}} for s in samples]
             reader = self.readers[self.source_index(index)]
             rng = random.Random(int(torch.randint(2**62, ()).item()))
             return list(reader.random(reader.windows_per_read, rng))

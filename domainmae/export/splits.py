@@ -6,11 +6,12 @@ every scene into squares of ``SIZE`` x ``SIZE`` source pixels (by each window's 
 ``window_row``/``window_col``), holds out whole blocks, and drops training windows that come within
 ``gap`` pixels of a held-out window (default: one window), so no training window overlaps or touches
 the test area. Windows of a GeoParquet table are cut into blocks and kept apart on the ground, by their
-footprints, across scenes: two dates of one tile, overlapping tiles and adjacent patches are not independent
-(:func:`with_ground_boxes`). Rows that are patches of an embedding raster (a label raster's table) carry how far beyond
-the patch the encoder windows that made them reach (``window_reach``); the gap is kept between those
-reaches, and its default is the encoder window. How many were dropped is reported. ``COLUMN=VALUE[,VALUE...]`` names the held-out groups
-instead of drawing them (leave-one-field-out, a fixed test plate). A random split of a window table warns.
+footprints, across scenes: two dates of one tile, overlapping tiles and adjacent patches are not
+independent (:func:`with_ground_boxes`). Rows that are patches of an embedding raster (a label raster's
+table) carry how far beyond the patch the encoder windows that made them reach (``window_reach``); the gap
+is kept between those reaches, and its default is the encoder window. How many were dropped is reported.
+``COLUMN=VALUE[,VALUE...]`` names the held-out groups instead of drawing them (leave-one-field-out, a
+fixed test plate). A random split of a window table warns.
 """
 from __future__ import annotations
 

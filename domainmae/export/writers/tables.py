@@ -2,7 +2,8 @@
 
 A row is a tile, an image (field) or a well: ``Metadata_*`` columns (everything scalar the manifest had,
 plus ``Metadata_Image``: the image's source, its file or manifest row, and per tile ``Metadata_TileRow``/
-``Metadata_TileCol``: the tile's top-left pixel; with ``data.allow_channel_subsets``, ``Metadata_Channels``: the channels the row was embedded with)
+``Metadata_TileCol``: the tile's top-left pixel; with ``data.allow_channel_subsets``, ``Metadata_Channels``:
+the channels the row was embedded with)
 and float32 feature columns ``emb_0000``... (:func:`feature_columns` finds them; pycytominer takes them as
 ``features=``, since its ``"infer"`` looks for CellProfiler compartments). Provenance (model config, checkpoint hash, recipe,
 channels, pooling) is JSON under the Parquet key-value metadata key ``domainmae``, and ``uns["domainmae"]``
