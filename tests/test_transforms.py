@@ -93,6 +93,21 @@ def test_augment_moves_every_channel_sensor_and_valid_mask_together() -> None:
     assert len(seen) > 2  # the transforms are random, not a fixed one
 
 
+def test_augment_draws_its_flips_and_rotation_independently() -> None:
+    """albumentations' Compose.set_random_seed gives every transform the same seed, and transforms seeded alike
+    fire alike: the flips and the rotation came together or not at all, so no crop was ever mirrored."""
+    base = torch.rand(8, 8)
+    augment = Augment()
+    torch.manual_seed(0)
+    outcomes = []
+    for _ in range(400):
+        out = augment({"image": base[None].clone(), "channels": ("a",), "meta": {}})["image"][0]
+        outcomes += [k for k, option in enumerate(_dihedral(base)) if torch.equal(option, out)]
+    assert set(outcomes) == set(range(8))
+    mirrored = sum(k >= 4 for k in outcomes) / len(outcomes)  # one flip of the two: p = 0.5
+    assert 0.4 < mirrored < 0.6
+
+
 def test_augment_resized_crop_is_shared_and_reproducible() -> None:
     base = torch.rand(40, 40)
     sample = {"image": base.expand(7, -1, -1).clone(), "channels": tuple("abcdefg"),

@@ -196,9 +196,12 @@ class Augment:
         data = {"image": np.concatenate(images).transpose(1, 2, 0)}
         if masks:
             data["mask"] = np.concatenate(masks).transpose(1, 2, 0).astype(np.uint8)
-        # albumentations draws from its own generator, which DataLoader workers would copy and replay in
-        # lockstep; seeding it from torch ties augmentation to torch.manual_seed and the per-worker seeds.
-        self.pipeline.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
+        # albumentations draws from its own generators, which DataLoader workers would copy and replay in
+        # lockstep; seeding them from torch ties augmentation to torch.manual_seed and the per-worker seeds.
+        # One seed per transform: Compose.set_random_seed hands its one seed to every transform, and transforms
+        # seeded alike draw alike (the flips and the rotation fired together, so nothing was ever mirrored).
+        for transform, seed in zip(self.pipeline.transforms, torch.randint(2**31 - 1, (len(self.pipeline.transforms),))):
+            transform.set_random_seed(int(seed))
         out = self.pipeline(**data)
         new_images = _split(out["image"], [len(image) for image in images])
         new_masks = iter(_split(out["mask"], [len(mask) for mask in masks]) if masks else [])
