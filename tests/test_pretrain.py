@@ -220,3 +220,41 @@ def test_measured_band_statistics_sample_reads_across_the_data():
     for measured in stats.values():
         assert 0.4 * n < measured["mean"] < 0.6 * n and 0.23 * n < measured["std"] < 0.33 * n
     assert stats[0] != stats[1]
+
+
+def _record_lrs(monkeypatch) -> list[float]:
+    """The learning rate of every optimiser update from now on, as AdamW applies it."""
+    used: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    return used
+
+
+def test_metrics_record_the_learning_rate_each_step_used(tmp_path, monkeypatch):
+    used = _record_lrs(monkeypatch)
+    run = pretrain("cellpainting", output=tmp_path / "run", max_steps=6, quiet=True,
+                   overrides=["train.log_every=1", "train.warmup_epochs=1"])  # fmt: skip
+    logged = [r["lr"] for r in read_metrics(run / "metrics.jsonl")]
+    assert logged == pytest.approx(used) and len(used) == 6
+    assert logged[0] > 0  # the first warm-up step, not the last (min_lr 0) shifted in
+
+
+def test_resume_with_more_steps_follows_the_longer_schedule_from_its_first_step(tmp_path, monkeypatch):
+    """The README's `--max-steps 10` then `--resume --max-steps 20`: the restored optimiser held the short
+    schedule's last lr (0), and the first resumed update used it."""
+    used = _record_lrs(monkeypatch)
+    overrides = ["train.log_every=1", "train.warmup_epochs=1"]
+    pretrain("cellpainting", output=tmp_path / "run", max_steps=6, overrides=overrides, quiet=True)
+    del used[:]
+    resumed = pretrain("cellpainting", output=tmp_path / "run", max_steps=12, overrides=overrides, resume=True,
+                       quiet=True)  # fmt: skip
+    after_resume = list(used)
+    del used[:]
+    pretrain("cellpainting", output=tmp_path / "straight", max_steps=12, overrides=overrides, quiet=True)
+    assert after_resume == pytest.approx(used[6:]) and after_resume[0] > 0
+    assert [r["lr"] for r in read_metrics(resumed / "metrics.jsonl")][6:] == pytest.approx(used[6:])

@@ -41,7 +41,7 @@ from .checkpoint import (
 from .fsdp import shard_model
 from .interrupts import Stopped, StopRequests
 from .logging import MetricsLog, progress_bar
-from .optim import build_optimizer, build_scheduler, scaled_lr
+from .optim import build_optimizer, build_scheduler, follow_schedule, scaled_lr
 from .sharded import load_training_state, save_sharded
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,9 @@ class Trainer:
         state = read_checkpoint(source)
         load_training_state(self.model, self.optimizer, source, state)
         self.scheduler.load_state_dict(state["scheduler"])
+        # The restored optimiser holds the lr its run's schedule reached; a resume with another --max-steps
+        # continues this run's schedule from the restored step (else its first update used the old lr).
+        follow_schedule(self.scheduler)
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         self.skipped = state.get("skipped", 0)  # absent from checkpoints of older versions
         set_rng_state(state["rng"])
@@ -282,6 +285,7 @@ class Trainer:
                 while self.step < self.total_steps:
                     start = time.perf_counter()
                     step_batches = [_to(next(batches), self.info.device) for _ in range(self.micro)]
+                    lr = self.optimizer.param_groups[0]["lr"]  # this step's: the scheduler moves on below
                     record = self.train_step(step_batches)
                     self.scheduler.step()
                     self.step += 1
@@ -300,7 +304,7 @@ class Trainer:
                             )
                     else:
                         self.bad_steps = 0
-                        self._report(record, time.perf_counter() - start, metrics, bar)
+                        self._report({**record, "lr": lr}, time.perf_counter() - start, metrics, bar)
                     last = self.step == self.total_steps
                     # Also after a non-finite step: its update was skipped, so this is the last good state.
                     if self.step % t.checkpoint_every == 0 or last or stopping:
@@ -324,11 +328,10 @@ class Trainer:
         """Progress bar and (main process, every ``log_every`` steps and the last) a ``metrics.jsonl`` line."""
         t = self.recipe.train
         speed = t.batch_size / seconds
-        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                        samples_s=f"{speed:.1f}")  # fmt: skip
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", samples_s=f"{speed:.1f}")
         if metrics is not None and (self.step % t.log_every == 0 or self.step == self.total_steps):
             metrics.log({"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch, **record,
-                         "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": speed,
+                         "samples_per_s": speed,
                          **({"skipped": self.skipped} if self.recipe.data.on_error == "skip" else {})})  # fmt: skip
 
     def _summarise_skips(self, start_step: int, start_skipped: int, failures: Counter[str]) -> None:

@@ -50,3 +50,10 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio)
     )
+
+
+def follow_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set every group's lr to what ``scheduler``'s own lambdas give at its current step (after
+    ``load_state_dict``, which restores the step but leaves the optimiser's restored lr as it was)."""
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
