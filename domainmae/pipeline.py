@@ -210,7 +210,9 @@ def _measure_stats(
     ``reads`` is a windowed dataset whose items are lists of ``per_read`` samples (fields or scenes).
     """
     items = SeededItems(reads, on_error=on_error)
-    picks = spread_picks(len(reads), min(len(reads), max(1, STATS_SAMPLES // per_read)), seed, STATS_STREAM)
+    # Each read of a pick is seeded apart, so a small dataset (one scene: one read an epoch) read again gives
+    # other windows: the sample is STATS_SAMPLES windows however few the reads.
+    picks = spread_picks(len(reads), max(1, STATS_SAMPLES // per_read), seed, STATS_STREAM)
     samples = [s for i, index in enumerate(picks) for s in items[(index, sample_seed(seed, STATS_STREAM, i))]]
     single = len(sensors) == 1
     return {s: band_statistics([x[s] for x in samples] if not single else samples).as_dict() for s in sensors}

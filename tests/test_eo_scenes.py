@@ -14,7 +14,7 @@ from domainmae.data.multisensor import MultiSensorScene
 from domainmae.data.raster import BandSource, RasterScene
 from domainmae.data.samplers import Window
 from domainmae.data.windows import WindowReader
-from domainmae.pipeline import sentinel_scenes
+from domainmae.pipeline import build_training_data, sentinel_scenes
 from domainmae.recipes import RecipeError, load_recipe
 
 from .test_data_raster import write_tif
@@ -157,3 +157,18 @@ def test_stacked_rasters_of_the_same_file_name_are_refused_by_name(tmp_path):
     listing.write_text(f"{tmp_path / 'a' / 'ortho.tif'}\n{tmp_path / 'b' / 'ortho.tif'}\n")
     with pytest.raises(ValueError, match=r"2 scenes are named 'ortho'.*a/ortho.tif.*b/ortho.tif"):
         sentinel_scenes(stack_recipe(listing, "data.sensors.optical=[blue, green, red, nir]").data)
+
+
+def test_band_statistics_of_one_scene_come_from_many_windows(tmp_path):
+    """`--recipe multispectral --data scene.tif`: one scene is one read per epoch, and the statistics took
+    that read's windows only (2), so the sd of a scene half dark, half bright was ~0 and the mean one half's."""
+    columns = np.arange(512)[None, None, :]
+    data = np.broadcast_to(1000 + 3000 * (columns >= 256) + 20 * (np.arange(512)[None, :, None] % 7),
+                           (4, 512, 512)).astype(np.uint16)  # fmt: skip
+    with rasterio.open(write_tif(tmp_path / "scene.tif", data), "r+") as dst:
+        dst.descriptions = ("blue", "green", "red", "nir")
+    recipe = stack_recipe(tmp_path / "scene.tif", "data.crop_size=64")
+    scene = data[0].astype(np.float64)
+    for seed in (0, 1):
+        stats = build_training_data(recipe.data, seed=seed).band_stats["optical"]["blue"]
+        assert abs(stats["mean"] - scene.mean()) < 0.15 * scene.std() and 0.85 < stats["std"] / scene.std() < 1.15
