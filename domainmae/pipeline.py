@@ -120,7 +120,7 @@ def microscopy_fields(section: DataSection) -> list[Field]:
     if section.format == "stack":
         folder = not is_url(path) and path.is_dir()
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff")) if folder else [path]
-        return stack_fields(files, **kw)
+        return stack_fields(files, axes=section.axes, **kw)
     if section.format in ("zarr", "ome-zarr"):
         return zarr_fields(str(path), **kw)
     raise ValueError(f"data.format {section.format!r} is not a microscopy format; choose one of {', '.join(MICROSCOPY_FORMATS)}")

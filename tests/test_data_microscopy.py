@@ -28,6 +28,8 @@ from domainmae.data import (
     zarr_fields,
 )  # fmt: skip
 from domainmae.data import tiff as tiff_module
+from domainmae.pipeline import microscopy_fields
+from domainmae.recipes import load_recipe
 
 from .conftest import SAMPLES
 
@@ -201,7 +203,7 @@ NAMES = ["DNA", "ER", "RNA", "AGP", "Mito"]
 def test_tiff_stack_round_trips(tmp_path: Path, layout: str, write) -> None:
     path = tmp_path / "stack.tif"
     write(path)
-    with pytest.raises(ValueError, match="ambiguous; pass axes="):
+    with pytest.raises(ValueError, match=r"ambiguous; say the layout with data.axes \(axes= in Python\)"):
         stack_fields([path], channels=NAMES)
     field = stack_fields([path], axes=layout, channels=NAMES)[0]
     assert field.channels == tuple(NAMES)
@@ -209,6 +211,24 @@ def test_tiff_stack_round_trips(tmp_path: Path, layout: str, write) -> None:
     np.testing.assert_array_equal(field.pixels(Window(3, 17, 20, 30)), STACK[:, 3:23, 17:47])
     with pytest.raises(ValueError, match=r"expected 3 channels \['DNA', 'ER', 'RNA'\], found 5"):
         stack_fields([path], axes=layout, channels=NAMES[:3])
+
+
+def test_a_recipe_reads_plain_stacks_by_its_data_axes(tmp_path: Path) -> None:
+    """A plain stack (tifffile's own, or pages written one by one) says no layout; the recipe can (it could
+    not: no key reached stack_fields' axes)."""
+    tifffile.imwrite(tmp_path / "a.tif", STACK)
+    with tifffile.TiffWriter(tmp_path / "b.tif") as tif:
+        for plane in STACK + 1:
+            tif.write(plane, metadata=None)  # no shape metadata: tifffile reads pages as IYX
+    channels = f"data.channels=[{','.join(NAMES)}]"
+    for name in ("a.tif", "b.tif"):
+        recipe = load_recipe("cellpainting", [f"data.path={tmp_path / name}", "data.format=stack", channels])
+        with pytest.raises(ValueError, match="data.axes"):
+            microscopy_fields(recipe.data)
+    recipe = load_recipe("cellpainting", [f"data.path={tmp_path}", "data.format=stack", "data.axes=CYX", channels])
+    fields = microscopy_fields(recipe.data)
+    np.testing.assert_array_equal(fields[0].pixels(), STACK)
+    np.testing.assert_array_equal(fields[1].pixels(), STACK + 1)
 
 
 def test_ome_tiff_channel_names_from_metadata(tmp_path: Path) -> None:

@@ -64,3 +64,41 @@ def test_user_recipe_file_with_includes(tmp_path):
     assert r.data.sensors["s2"][3]["wavelength"] == pytest.approx(664.6)
     with pytest.raises(RecipeError, match="has no demo section"):
         resolve_recipe({"name": "x", "data": {"kind": "sentinel", "format": "scene"}}, demo=True)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.base_lr=.inf", r"train\.base_lr: Input should be a finite number"),
+    ("train.warmup_epochs=.nan", r"train\.warmup_epochs: Input should be a finite number"),
+    ("model.fourier_weight=.inf", r"model\.fourier_weight: Input should be a finite number"),
+    ("train.betas=[1.5, 0.95]", r"train\.betas\.0: Input should be less than 1"),
+    ("train.min_lr=0.1", r"train\.min_lr 0\.1 is above the peak lr"),
+    ("data.augment.resized_crop_scale=[0.9, 0.2]", r"data\.augment\.resized_crop_scale: .*0 < low <= high <= 1"),
+    ("data.augment.resized_crop_scale=[0, 0]", r"data\.augment\.resized_crop_scale: .*0 < low <= high <= 1"),
+    ("data.band_stats={s2: {B02: {mean: 0.1, sdt: 0.05}}}", r"data\.band_stats: .*s2\.B02 needs a finite mean and a std"),
+    ("data.band_stats={s2: {B02: {mean: 0.1, std: -1}}}", r"data\.band_stats: .*s2\.B02 needs"),
+    ("data.sensors.s2=[{nmae: B02}]", r"data\.sensors: .*sensor 's2': channel spec \{'nmae': 'B02'\} needs 'name'"),
+    ("data.sensors.s2=[{name: B02, wavelength: -490}]", r"data\.sensors: .*'B02': wavelength -490 is not a positive"),
+    ("data.sensors=null", r"data\.kind sentinel needs data\.sensors"),
+    ("data.radiometry.optcal.scale=0.0001", r"data\.radiometry names sensors \['optcal'\] that data\.sensors does not"),
+])  # fmt: skip
+def test_values_that_would_fail_later_or_silently_are_refused_by_key(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("sentinel", [override])
+
+
+def test_a_radiometry_entry_left_by_a_dropped_builtin_sensor_is_allowed():
+    recipe = load_recipe("sentinel", ["data.sensors={s2: [B02, B03]}"])
+    assert list(recipe.data.sensors) == ["s2"] and "s1" in recipe.data.radiometry
+
+
+def test_unknown_keys_inside_dicts_and_lists_get_their_section_s_names():
+    with pytest.raises(RecipeError, match=r"data\.radiometry\.s2\.scael: unknown key; did you mean scale"):
+        load_recipe("sentinel", ["data.radiometry.s2.scael=0.0001"])
+    with pytest.raises(RecipeError, match=r"model\.mask_mix\.0\.wieght: unknown key; did you mean weight"):
+        load_recipe("sentinel", ["model.mask_mix=[{strategy: random, wieght: 1}]"])
+
+
+def test_a_section_check_does_not_echo_the_whole_section():
+    with pytest.raises(RecipeError) as caught:
+        load_recipe("cellpainting", ["data.crop_size=100"])
+    assert "crop_size 100 is not a multiple" in str(caught.value) and "'model'" not in str(caught.value)

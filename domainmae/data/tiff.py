@@ -299,9 +299,11 @@ def stack_layout(path: Location, series: tifffile.TiffPageSeries, ome_xml: str |
     # tifffile calls samples-per-pixel "S" (RGB-like YXS) and axes it cannot name "Q" (plain shaped stacks).
     file_axes = (axes or series.axes).upper().replace("S", "C")
     if "Q" in file_axes or len(file_axes) != len(series.shape):
-        raise ValueError(f"{path}: axes {series.axes} of shape {series.shape} are ambiguous; pass axes='CYX' or 'YXC'")
+        raise ValueError(f"{path}: axes {series.axes} of shape {series.shape} are ambiguous; say the layout with "
+                         f"data.axes (axes= in Python): CYX or YXC")  # fmt: skip
     if file_axes not in ("CYX", "YXC"):
-        raise ValueError(f"{path}: axes {file_axes} of shape {series.shape} unsupported; expected CYX or YXC")
+        raise ValueError(f"{path}: axes {file_axes} of shape {series.shape} unsupported; expected CYX or YXC (data.axes "
+                         f"CYX reads pages as channels)")  # fmt: skip
     count = series.shape[file_axes.index("C")]
     names = None
     if ome_xml:

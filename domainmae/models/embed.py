@@ -5,9 +5,10 @@ the MAE adds position and sensor embeddings the same way for either.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -36,11 +37,20 @@ def channel_spec(item: ChannelLike) -> ChannelSpec:
         unknown = set(item) - {"name", "wavelength"}
         if "name" not in item or unknown:
             raise ValueError(f"channel spec {dict(item)} needs 'name' and optionally 'wavelength' (nm)")
-        wl = item.get("wavelength")
-        return ChannelSpec(str(item["name"]), None if wl is None else float(wl))
+        return ChannelSpec(str(item["name"]), _wavelength(item["name"], item.get("wavelength")))
     if isinstance(item, tuple) and len(item) == 2:
-        return ChannelSpec(str(item[0]), None if item[1] is None else float(item[1]))
+        return ChannelSpec(str(item[0]), _wavelength(item[0], item[1]))
     raise TypeError(f"cannot read a channel spec from {item!r}")
+
+
+def _wavelength(name: Any, value: Any) -> float | None:
+    """A band's central wavelength in nm (positive and finite), or None."""
+    if value is None:
+        return None
+    wl = float(value)
+    if not (math.isfinite(wl) and wl > 0):
+        raise ValueError(f"channel {name!r}: wavelength {value!r} is not a positive number of nm")
+    return wl
 
 
 def channel_specs(items: Sequence[ChannelLike]) -> tuple[ChannelSpec, ...]:
