@@ -231,6 +231,17 @@ def test_a_recipe_reads_plain_stacks_by_its_data_axes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(fields[1].pixels(), STACK + 1)
 
 
+def test_a_stack_with_several_series_says_which_it_reads(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for value in (1, 2):
+            tif.write(np.full((3, 16, 16), value, np.uint16), metadata={"axes": "CYX", "Channel": {"Name": NAMES[:3]}})
+    with caplog.at_level(logging.WARNING, logger="domainmae.data.tiff"):
+        fields = stack_fields([path])
+    assert len(fields) == 1 and float(fields[0].pixels().mean()) == 1
+    assert "positions.ome.tif holds 2 image series; its first, CYX (3, 16, 16), is the field" in caplog.text
+
+
 def test_ome_tiff_channel_names_from_metadata(tmp_path: Path) -> None:
     path = tmp_path / "field.ome.tif"
     tifffile.imwrite(path, STACK, tile=(16, 16), metadata={"axes": "CYX", "Channel": {"Name": NAMES}})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ from .fields import Field, FieldError, resolve_channels
 from .remote import Location, as_location, is_url, join, parent, pure_path, whole_file
 from .samplers import Window
 from .tiffimage import first_series, open_tiff, tiff_file
+
+log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 
@@ -340,9 +343,13 @@ def stack_fields(
         try:
             with _reading(path, "TIFF stack"), tiff_file(path) as tif:
                 series, ome_xml = first_series(tif), tif.ome_metadata if tif.is_ome else None
+                others = len(tif.series) - 1
         except OSError as err:
             policy.handle(err)
             continue
+        if others:  # a multi-position acquisition, or a slide scanner's label and macro images
+            log.warning("%s holds %d image series; its first, %s %s, is the field, the other %d are not read",
+                        path, others + 1, series.axes, series.shape, others)  # fmt: skip
         layout, count, found = stack_layout(path, series, ome_xml, axes)
         names, index = resolve_channels(found or count, str(path), channel_map, channels, subsets)
         meta = {"files": {"stack": str(path)}, "axes": layout}
