@@ -99,15 +99,18 @@ def _display(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def save_reconstruction_grid(
     images: dict[str, dict[str, torch.Tensor]],
-    channel_names: Mapping[str, Sequence[str]],
+    channels: Sequence[str] | Mapping[str, Sequence[str]],
     path: str | Path,
     title: str = "",
     max_samples: int = 2,
 ) -> Path:
     """Draw rows (original, masked, reconstruction, and any further entries of ``images[sensor]``,
-    e.g. a baseline's reconstruction; the first row's percentiles stretch every row) per sample and one column per channel (per sensor: an RGB
-    composite for Sentinel-2), and write the PNG atomically."""
-    panels = [(sensor, label, idx) for sensor in images for label, idx in _columns(list(channel_names[sensor]))]
+    e.g. a baseline's reconstruction; the first row's percentiles stretch every row) per sample and one column
+    per channel (per sensor: an RGB composite for Sentinel-2), and write the PNG atomically. ``channels`` are
+    the batch's: per sensor, or one sequence for a single-sensor model."""
+    # A single-sensor batch carries one channel sequence; the model names its one sensor ("image", "optical", ...).
+    names = channels if isinstance(channels, Mapping) else {next(iter(images)): channels}
+    panels = [(sensor, label, idx) for sensor in images for label, idx in _columns(list(names[sensor]))]
     kinds = list(next(iter(images.values())))  # the first row (the original, or an i-MAE's mixture) sets the stretch
     rows = len(kinds)
     n = min(max_samples, next(iter(images.values()))[kinds[0]].shape[0])

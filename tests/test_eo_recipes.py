@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import geopandas as gpd
 import pytest
+from PIL import Image
 
 import domainmae
-from domainmae.train import load_checkpoint, pretrain
+from domainmae.train import load_checkpoint, pretrain, reconstruct
 
 pytestmark = pytest.mark.slow
 SHORT = ["train.max_steps=2", "train.log_every=1", "train.checkpoint_every=2", "data.crop_size=32",
@@ -39,3 +40,8 @@ def test_multispectral_demo_trains_on_a_stacked_geotiff_with_bands_named_by_desc
     assert 0.0 < recipe["data"]["band_stats"]["optical"]["red"]["mean"] < 0.5  # reflectance: the demo scales DN
     table = gpd.read_parquet(domainmae.embed(run, output=tmp_path / "emb.parquet", progress=False))
     assert len(table) >= 3 and table.crs.to_epsg() == 32629
+    # One sensor named "optical": reconstruct drew nothing (it filed the batch's channels under "image").
+    for visible in (None, ["blue", "green", "red"]):
+        png = reconstruct(run, output=tmp_path / f"{visible is None}.png", visible_channels=visible, baseline="linear")
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.width > 100

@@ -249,10 +249,8 @@ class Trainer:
                              **self.mix(self.step))  # fmt: skip
         if self.info.is_main:
             images = reconstruction_images(self.model, batch["images"], batch["channels"], out)
-            # A single-sensor batch carries one channel tuple; the model names its one sensor ("image", "s2", ...).
-            names = batch["channels"] if isinstance(batch["channels"], dict) else {next(iter(images)): batch["channels"]}
             title = f"{self.recipe.name} step {self.step}  loss {out.loss.item():.4f}"
-            save_reconstruction_grid(images, names, self.run_dir.reconstruction(self.step), title=title)
+            save_reconstruction_grid(images, batch["channels"], self.run_dir.reconstruction(self.step), title=title)
         self.model.train()
 
     # --------------------------------------------------------------- run

@@ -177,8 +177,7 @@ def reconstruct(
         for inp in inputs:  # visible patches as given, masked ones from the baseline
             hidden = hidden_pixels(out.mask[inp.name], inp, model.patch_size, grid)
             images[inp.name][f"baseline: {baseline}"] = torch.where(hidden, predicted[inp.name], inp.images.float())
-    names = batch["channels"] if isinstance(batch["channels"], dict) else {"image": batch["channels"]}
     seen = f"  visible: {','.join(visible_channels)}" if visible_channels else ""
     seen += f"  mix {extra['lam']:.2f}" if imae else ""
     title = f"{recipe.name} step {trained.step}  mask {ratio:.2f}{seen}  loss {out.loss.item():.4f}"
-    return save_reconstruction_grid(images, names, output, title=title, max_samples=samples)
+    return save_reconstruction_grid(images, batch["channels"], output, title=title, max_samples=samples)
