@@ -130,6 +130,10 @@ def test_recall_at_k_and_chance() -> None:
                      "i2t_macro@2": 1.0, "t2i@2": 1.0}  # fmt: skip
     chance = chance_recall(np.array([0, 1, 1]), 2, ks=(1,))
     assert chance["i2t@1"] == chance["i2t_macro@1"] == 0.5 and chance["t2i@1"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+    # k beyond the held-out images (3 rows, recall@5 and @10): a random ranking then returns every image.
+    assert chance_recall(np.array([0, 1, 2]), 3) == pytest.approx({
+        "i2t@1": 1 / 3, "i2t_macro@1": 1 / 3, "t2i@1": 1 / 3, **{f"{m}@{k}": 1.0 for m in ("i2t", "i2t_macro", "t2i")
+                                                                 for k in (5, 10)}})  # fmt: skip
 
 
 def test_balanced_recall_is_not_fooled_by_the_majority_caption() -> None:

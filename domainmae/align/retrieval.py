@@ -45,8 +45,10 @@ def chance_recall(captions: np.ndarray, n_captions: int, ks: Sequence[int] = KS)
     found = {}
     for k in ks:
         found[f"i2t@{k}"] = found[f"i2t_macro@{k}"] = min(k, n_captions) / n_captions  # the same for every caption
-        # A caption misses when all k images drawn (without replacement) are among the n - count others.
-        found[f"t2i@{k}"] = float(np.mean([1 - comb(n - c, k) / comb(n, k) for c in counts]))
+        # A caption misses when all k images drawn (without replacement) are among the n - count others; with
+        # fewer than k images every one is drawn.
+        drawn = min(k, n)
+        found[f"t2i@{k}"] = float(np.mean([1 - comb(n - c, drawn) / comb(n, drawn) for c in counts]))
     return found
 
 
