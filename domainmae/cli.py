@@ -113,8 +113,12 @@ def _embed_encoder(args: argparse.Namespace, output: str) -> Path:
 
 def _embed(args: argparse.Namespace) -> int:
     if args.aligned:
+        from .export.embed import SUFFIXES
+
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("embed --aligned runs in one process; embed under torchrun, then project the file alone")
+        if (args.format or SUFFIXES.get(Path(args.output).suffix.lower())) not in ("parquet", "geoparquet", "h5ad"):
+            raise ValueError(f"embed --aligned writes a table: give --output a .parquet or .h5ad file, not {args.output}")
         from .align import aligned_encoder, project_embeddings
 
         args.checkpoint = aligned_encoder(args.aligned) or args.checkpoint  # a fine-tuned encoder (align --unfreeze)

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
@@ -238,6 +239,23 @@ def test_cli_align_on_multi_sensor_scenes_in_three_utm_zones(tmp_path, capsys) -
     df, _, provenance = read_embeddings(aligned / "embeddings.parquet")
     assert df["scene_id"].nunique() == 6 and provenance["crs"] == "EPSG:4326"
     assert json.loads((aligned / "align.json").read_text())["scores"]["n_captions"] >= 1
+    # Text-aligned chips keep their footprints: the same rows, geometry and CRS as the encoder's GeoParquet.
+    projected = tmp_path / "aligned.parquet"
+    assert main(["embed", "--checkpoint", str(run), "--aligned", str(aligned), "--output", str(projected),
+                 "--crs", "EPSG:4326", "--quiet"]) == 0  # fmt: skip
+    chips, encoded = gpd.read_parquet(projected), gpd.read_parquet(aligned / "embeddings.parquet")
+    assert chips.crs.to_epsg() == 4326 and chips.geometry.geom_equals_exact(encoded.geometry, 1e-9).all()
+    assert np.allclose(np.linalg.norm(np.stack(chips["embedding"]), axis=1), 1, atol=1e-5)
+    assert read_embeddings(projected)[2]["aligned_template"] == "a satellite image of {labels}"
+    # Searching the projected file would project it again: refused, as is a raster output.
+    with pytest.raises(ValueError, match="holds text-aligned embeddings already"):
+        search(aligned, "a satellite image of forest", projected)
+    for output in ("chips.tif", "chips"):
+        assert main(["embed", "--checkpoint", str(run), "--aligned", str(aligned), "--output", str(tmp_path / output),
+                     "--quiet"]) == 1  # fmt: skip
+        assert "embed --aligned writes a table" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="top must be 0 or more"):
+        search(aligned, "forest", aligned / "embeddings.parquet", top=-1)
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_dir, atomic_write_text
 from ..export.embed import embed, file_sha256
 from ..export.splits import split_rows
+from ..export.writers.geoparquet import with_embeddings
 from ..export.writers.tables import feature_names, read_embeddings, write_embeddings
 from ..models.pretrained import WEIGHTS
 from .finetune import ENCODER, TunedEncoder, tuned_encoder
@@ -266,6 +267,9 @@ def aligned_features(model: AlignModel, info: dict[str, Any],
     """``file``'s rows (metadata), their unit vectors ``[N, embed_dim]`` in the joint space and the file's
     provenance; the file must come from the encoder the model was aligned on."""
     df, features, provenance = read_embeddings(file)
+    if provenance.get("aligned"):
+        raise ValueError(f"{file} holds text-aligned embeddings already (embed --aligned {provenance['aligned']}); "
+                         f"give the encoder's embeddings, written by embed without --aligned")  # fmt: skip
     made, wanted = provenance.get("checkpoint_sha256"), info.get("checkpoint_sha256")
     if made and wanted and made != wanted:
         fix = "the fine-tuned encoder: embed --aligned" if info.get("encoder") else "that checkpoint"
@@ -286,15 +290,19 @@ def project_embeddings(aligned: str | Path, file: str | Path, output: str | Path
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
     model, info = load_aligned(aligned)
     meta, z, provenance = aligned_features(model, info, file)
+    provenance = {**provenance, "aligned": str(Path(aligned).resolve()), "aligned_template": info["template"]}
+    # Chips from GeoParquet stay GeoParquet: the same footprints in the same CRS.
+    if output.suffix.lower() != ".h5ad" and (written := with_embeddings(file, z, output, provenance)):
+        return written
     features = feature_names(z.shape[1])
-    df = pd.concat([meta, pd.DataFrame(z, columns=features)], axis=1)
-    return write_embeddings(output, df, features, {**provenance, "aligned": str(Path(aligned).resolve()),
-                                                   "aligned_template": info["template"]})  # fmt: skip
+    return write_embeddings(output, pd.concat([meta, pd.DataFrame(z, columns=features)], axis=1), features, provenance)
 
 
 def search(aligned: str | Path, text: str, file: str | Path, top: int = 10) -> pd.DataFrame:
     """The ``top`` rows of the embeddings ``file`` most similar to ``text``: their metadata and ``score``
     (cosine similarity in the joint space), best first."""
+    if top < 0:
+        raise ValueError(f"top must be 0 or more, got {top}")
     model, info = load_aligned(aligned)
     meta, z, _ = aligned_features(model, info, file)
     with torch.no_grad():
