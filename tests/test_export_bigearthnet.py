@@ -1,9 +1,11 @@
 """EO export on the bundled BigEarthNet S1+S2 patches, whose scenes lie in three UTM zones (EPSG:32629/32633/32635)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pytest
 import rasterio
 import shapely
@@ -11,6 +13,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
+from domainmae.export import profile, read_embeddings
 from domainmae.export.embed import embed
 from domainmae.train import pretrain
 
@@ -59,3 +62,18 @@ def test_scenes_in_several_crss_need_a_target_crs(run, tmp_path):
     with pytest.raises(ValueError, match=r"EPSG:32629.*EPSG:32633.*EPSG:32635.*--crs"):
         embed(run, output=tmp_path / "chips.parquet", progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_profile_of_chips_keeps_footprints_when_rows_stay_and_aggregates_list_columns(run, tmp_path, caplog):
+    chips = embed(run, output=tmp_path / "chips.parquet", crs="EPSG:4326", progress=False)
+    normalised = gpd.read_parquet(profile(chips, tmp_path / "norm.parquet", normalization="center_scale"))
+    source = gpd.read_parquet(chips)
+    assert normalised.crs.to_epsg() == 4326 and normalised.geometry.geom_equals_exact(source.geometry, 0).all()
+    assert np.allclose(np.stack(normalised["embedding"]).mean(axis=0), 0, atol=1e-5)
+    # Per scene: the list columns (sensors, labels) counted per group, not a TypeError; footprints not merged.
+    with caplog.at_level(logging.WARNING, logger="domainmae.export.profile"):
+        scenes, _, _ = read_embeddings(profile(chips, tmp_path / "scenes.parquet", strata=["scene_id"]))
+    assert len(scenes) == source["scene_id"].nunique() == 6 and "geometry" not in scenes
+    assert [list(v) for v in scenes["labels"]] == [list(source.loc[source.scene_id == s, "labels"].iloc[0])
+                                                   for s in scenes["scene_id"]]  # fmt: skip
+    assert "footprints are not aggregated" in caplog.text

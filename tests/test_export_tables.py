@@ -99,6 +99,8 @@ def test_channel_subset_cls_pool_and_h5ad_image_level(plate, tmp_path):
         tiles = _tiles(plate["root"], "P1", "A02", ["AGP", "DNA"])
         expected = plate["model"].embed(tiles, ["AGP", "DNA"], pool="cls").mean(0)
     np.testing.assert_allclose(adata.X[1], expected.numpy(), rtol=1e-4, atol=1e-5)
+    normalised, features, _ = read_embeddings(profile(out, tmp_path / "norm.parquet", normalization="center_scale"))
+    assert len(normalised) == 8 and np.allclose(normalised[features].mean(), 0, atol=1e-5)
     with pytest.raises(ValueError, match="'Mito' is not known to the model"):
         embed(plate["ckpt"], output=tmp_path / "x.parquet", channels=["Mito"], progress=False)
 
@@ -282,6 +284,15 @@ def test_aggregating_categorical_strata_makes_no_rows_for_absent_combinations():
     assert wells[["Metadata_Plate", "Metadata_Well"]].astype(str).values.tolist() == [["P1", "A01"], ["P1", "A02"],
                                                                                      ["P2", "B01"]]  # fmt: skip
     assert wells.emb_0000.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_center_scale_keeps_feature_names_and_a_missing_batch_value_is_a_batch():
+    df = pd.DataFrame({"B": [1.0, 1.0, np.nan, np.nan], "emb_0000": [1.0, 3.0, 10.0, 14.0],
+                       "emb_0002": [0.0, 2.0, 4.0, 8.0]})  # fmt: skip
+    out, names = normalize(df, ["emb_0000", "emb_0002"], method="center_scale", batch="B")
+    assert names == ["emb_0000", "emb_0002"]  # per feature: the names stay (they were renumbered 0000, 0001)
+    assert out[names].to_numpy().tolist() == [[-1, -1], [1, 1], [-1, -1], [1, 1]]  # the NaN rows: their own batch
+    assert normalize(df, ["emb_0000", "emb_0002"], method="tvn")[1] == ["emb_0000", "emb_0001"]  # components
 
 
 def test_overwrite_replaces_a_folder_output_with_a_file(plate, tmp_path):

@@ -11,6 +11,7 @@ and pycytominer's ``aggregate``/``normalize`` are interchangeable; these run on 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,10 @@ import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
+from .writers.geoparquet import with_embeddings
 from .writers.tables import IMAGE_COLUMN, read_embeddings, write_embeddings
+
+log = logging.getLogger(__name__)
 
 Reduce = Literal["mean", "median"]
 #: Group columns of the named aggregation levels.
@@ -45,9 +49,17 @@ def aggregate(df: pd.DataFrame, features: Sequence[str], strata: Sequence[str], 
     # combination of their categories, wells that do not exist.
     grouped = df.groupby(strata, sort=False, dropna=False, observed=True)
     others = [c for c in df.columns if c not in strata and c not in features]
-    constant = [c for c in others if grouped[c].nunique(dropna=False).le(1).all()]
+    constant = [c for c in others if _hashable(df[c]).groupby([df[s] for s in strata], sort=False, dropna=False,
+                                                              observed=True).nunique(dropna=False).le(1).all()]  # fmt: skip
     reduced = grouped[list(features)].agg(method).astype(np.float32)
     return grouped[constant].first().join(reduced).reset_index()
+
+
+def _hashable(column: pd.Series) -> pd.Series:
+    """List cells (a GeoParquet chip's ``sensors``, ``labels``) as tuples, so a group can count its values."""
+    if column.dtype != object:
+        return column
+    return column.map(lambda v: tuple(v) if isinstance(v, (list, np.ndarray)) else v)
 
 
 def normalize(
@@ -57,8 +69,9 @@ def normalize(
     """Normalise features against the rows selected by the ``controls`` query (pandas ``eval`` syntax), or
     against all rows without one (pycytominer's ``samples="all"``, for plates without negative controls).
 
-    Returns the table with new float32 feature columns and their names (TVN keeps the principal
-    components with non-zero control variance, at most ``min(#controls - 1, D)``, named like the input).
+    Returns the table with new float32 feature columns and their names: center-scale keeps each feature's
+    name; TVN keeps the principal components with non-zero control variance, at most ``min(#controls - 1,
+    D)``, numbered from 0 with the input's prefix. A missing batch value is a batch of its own.
     """
     if method not in ("center_scale", "tvn"):
         raise ValueError(f"normalisation must be 'center_scale' or 'tvn', got {method!r}")
@@ -75,15 +88,17 @@ def normalize(
         variance = PCA().fit(x[is_control]).explained_variance_
         rank = int((variance > variance[0] * 1e-6).sum())
         x = PCA(n_components=rank, whiten=True).fit(x[is_control]).transform(x)
-    batches = df[_columns(df, [batch], "batch")[0]].to_numpy() if batch else np.zeros(len(df))
+    # factorize keeps NaN as a value (NaN == NaN is False: those rows matched no batch, controls or not).
+    codes, values = pd.factorize(df[_columns(df, [batch], "batch")[0]] if batch else np.zeros(len(df)),
+                                 use_na_sentinel=False)  # fmt: skip
     out = np.empty_like(x)
-    for value in pd.unique(batches):
-        rows = batches == value
+    for code, value in enumerate(values):
+        rows = codes == code
         if not (rows & is_control).any():
             raise ValueError(f"batch {batch}={value!r} has no control rows ({controls!r}) to normalise against")
         out[rows] = StandardScaler().fit(x[rows & is_control]).transform(x[rows])
     prefix = features[0].rstrip("0123456789")
-    names = [f"{prefix}{i:04d}" for i in range(out.shape[1])]
+    names = list(features) if method == "center_scale" else [f"{prefix}{i:04d}" for i in range(out.shape[1])]
     meta = df.drop(columns=list(features))
     return pd.concat([meta, pd.DataFrame(out.astype(np.float32), columns=names, index=df.index)], axis=1), names
 
@@ -112,6 +127,12 @@ def profile(
     df, features, provenance = read_embeddings(input)
     df, features = apply_steps(df, features, steps)
     provenance = {**provenance, "profile": [*provenance.get("profile", []), *steps]}
+    if output.suffix.lower() != ".h5ad":
+        if not any("aggregate" in step for step in steps):  # the same rows: GeoParquet chips keep their footprints
+            if written := with_embeddings(input, df[features].to_numpy(), output, provenance):
+                return written
+        elif provenance.get("format") == "geoparquet":
+            log.warning("%s: footprints are not aggregated; %s has no geometry", input, output)
     return write_embeddings(output, df, features, provenance)
 
 

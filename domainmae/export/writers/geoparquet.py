@@ -120,6 +120,8 @@ def write_geoparquet(
 def with_embeddings(source: str | Path, emb: np.ndarray, output: Path, provenance: dict[str, Any]) -> Path | None:
     """``source``'s rows with ``emb`` ``[N, D]`` (in its row order) as their ``embedding``, footprints and CRS
     kept, written as GeoParquet to ``output``; None when ``source`` is no GeoParquet file (no footprints)."""
+    if Path(source).suffix.lower() == ".h5ad":
+        return None
     table = pq.read_table(source)
     geo = (table.schema.metadata or {}).get(b"geo")
     if geo is None or "embedding" not in table.column_names:
