@@ -162,6 +162,13 @@ def test_template_fills_from_the_manifest_and_names_a_missing_column() -> None:
         fill_template(df, "cells treated with {Metadata_pert_iname}", str(manifest))
     labels = pd.DataFrame({"labels": [["Pastures", "Arable land"]]})  # BigEarthNet's CORINE lists
     assert fill_template(labels, "a satellite image of {labels}") == ["a satellite image of Pastures, Arable land"]
+    sites = pd.DataFrame({"Metadata_Site": [1, 12], "emb_0000": [0.5, 0.25]})  # all numeric: rows were floats
+    assert fill_template(sites, "site {Metadata_Site}") == ["site 1", "site 12"]
+    assert fill_template(sites, "site {Metadata_Site:03d}") == ["site 001", "site 012"]
+    with pytest.raises(ValueError, match="positional field"):
+        fill_template(sites, "site {}")
+    with pytest.raises(ValueError, match=r"does not fit the values of .*Unknown format code"):
+        fill_template(df, "site {Metadata_Site:03d}", str(manifest))
 
 
 def test_text_tower_saves_and_reloads(tmp_path) -> None:

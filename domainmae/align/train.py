@@ -48,7 +48,10 @@ DEFAULT_TEXT = TextTowerConfig(embed_dim=128, width=256, heads=4, layers=3, cont
 
 def fill_template(df: pd.DataFrame, template: str, source: str = "the table") -> list[str]:
     """One caption per row of ``df``: ``template``'s ``{column}`` fields filled from that row."""
-    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    if any(not name or name.isdigit() for name in fields):
+        raise ValueError(f"text template {template!r} has a positional field ({{}} or {{0}}); name a column, "
+                         f"e.g. {{Metadata_Well}}")  # fmt: skip
     if not fields:
         raise ValueError(f"text template {template!r} names no column; write e.g. 'cells treated with {{Metadata_pert}}'")
     missing = [name for name in dict.fromkeys(fields) if name not in df.columns]
@@ -61,10 +64,15 @@ def fill_template(df: pd.DataFrame, template: str, source: str = "the table") ->
             raise ValueError(f"column {name!r} of {source} is empty in {int(empty.sum())} row(s), the first at row "
                              f"{int(np.flatnonzero(empty)[0])}; a caption needs a value")  # fmt: skip
 
-    def text(value: Any) -> str:
-        return ", ".join(map(str, value)) if isinstance(value, (list, tuple, np.ndarray)) else str(value)
+    def value(cell: Any) -> Any:  # a list cell joined; a scalar as itself, so a format spec ({Site:03d}) applies
+        return ", ".join(map(str, cell)) if isinstance(cell, (list, tuple, np.ndarray)) else cell
 
-    return [template.format(**{name: text(row[name]) for name in fields}) for _, row in df.iterrows()]
+    # Column by column: a row of an all-numeric table is one float Series (site 1 became "site 1.0").
+    columns = {name: df[name].tolist() for name in dict.fromkeys(fields)}
+    try:
+        return [template.format(**{name: value(cells[i]) for name, cells in columns.items()}) for i in range(len(df))]
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"text template {template!r} does not fit the values of {source}: {err}") from None
 
 
 def fit(model: AlignModel, x: torch.Tensor, texts: list[str], steps: int, batch_size: int, lr: float, seed: int,
