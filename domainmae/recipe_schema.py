@@ -68,6 +68,11 @@ def _config_keys() -> dict[str, Any]:
 _ConfigKeys = create_model("_ConfigKeys", __base__=Section, **_config_keys())
 
 
+# Model keys that name one of a set: (the set, what the error calls it).
+_CHOICES = {"size": (MODEL_SIZES, "model size"), "mask_strategy": (STRATEGIES, "strategy"),
+            "objective": (OBJECTIVES, "objective")}  # fmt: skip
+
+
 class ModelSection(_ConfigKeys):
     """A named ``size``, MAEConfig hyper-parameters over it (same keys), and what only pretraining uses."""
 
@@ -75,10 +80,10 @@ class ModelSection(_ConfigKeys):
     mask_mix: list[MaskMix] | None = None  # per batch, one strategy drawn by weight
     pretrained: str | None = None  # natural-image MAE / timm ViT weights to start from
 
-    @field_validator("size")
+    @field_validator("size", "mask_strategy", "objective")
     @classmethod
-    def _size(cls, v: str) -> str:
-        return _one_of(v, MODEL_SIZES, "model size")
+    def _known(cls, v: str, info: ValidationInfo) -> str:
+        return _one_of(v, *_CHOICES[info.field_name])
 
     @field_validator("mask_mix")
     @classmethod
@@ -86,16 +91,6 @@ class ModelSection(_ConfigKeys):
         if v and min(m.start for m in v) > 0:
             raise ValueError("every entry starts late (start > 0): the first steps would have no strategy to draw")
         return v
-
-    @field_validator("mask_strategy")
-    @classmethod
-    def _strategy(cls, v: str) -> str:
-        return _one_of(v, STRATEGIES, "strategy")
-
-    @field_validator("objective")
-    @classmethod
-    def _objective(cls, v: str) -> str:
-        return _one_of(v, OBJECTIVES, "objective")
 
     def to_config(
         self, *, img_size: int, channels: list[Any] | None = None, sensors: dict[str, list[Any]] | None = None
