@@ -140,13 +140,16 @@ def run_mitosis(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     predicted: dict[tuple[int, str], dict[int, Predictions]] = {}  # (steps, pool) -> seed -> predictions
     for seed in seeds:
-        random_init = {pool: embed_crops(work / "calibration", work / f"random-{pool}-seed{seed}.parquet", pool,
-                                         "random", seed, args.normalize_fields) for pool in pools}  # fmt: skip
         for steps in steps_list:
             run = work / f"run-seed{seed}-steps{steps}"
             shutil.rmtree(run, ignore_errors=True)
             pretrain(mitosis_recipe(manifest, args.crop, seed, args.batch, args.set), output=run, max_steps=steps,
                      quiet=True)  # fmt: skip
+            if steps == steps_list[0]:
+                # The same architecture untrained, from the seed's own run: normalised by the band statistics
+                # this seed's model saw (a run samples them by its seed; the calibration run is seed 0's).
+                random_init = {pool: embed_crops(run, work / f"random-{pool}-seed{seed}.parquet", pool, "random",
+                                                 seed, args.normalize_fields) for pool in pools}  # fmt: skip
             loss = read_metrics(RunDir(run).metrics)[-1]["loss"]
             for pool in pools:
                 table = embed_crops(run, work / f"model-{pool}-seed{seed}-steps{steps}.parquet", pool,
