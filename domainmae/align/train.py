@@ -33,8 +33,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_dir, atomic_write_text
 from ..export.embed import embed, file_sha256
 from ..export.splits import split_rows
-from ..export.writers.geoparquet import with_embeddings
-from ..export.writers.tables import feature_names, read_embeddings, write_embeddings
+from ..export.writers.tables import feature_names, read_embeddings, with_embeddings, write_embeddings
 from ..models.pretrained import WEIGHTS
 from .finetune import ENCODER, TunedEncoder, tuned_encoder
 from .model import AlignModel

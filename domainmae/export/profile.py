@@ -21,8 +21,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from .writers.geoparquet import with_embeddings
-from .writers.tables import IMAGE_COLUMN, read_embeddings, write_embeddings
+from .writers.tables import IMAGE_COLUMN, read_embeddings, with_embeddings, write_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import shapely
 from pyproj import CRS
 
@@ -115,17 +114,3 @@ def write_geoparquet(
     geo = {"geo": json.dumps(geo_metadata(crs))}
     tables = (chip_table(metas, emb, types, sensors, crs).replace_schema_metadata(geo) for metas, emb in groups)
     return write_parquet(path, tables, provenance)
-
-
-def with_embeddings(source: str | Path, emb: np.ndarray, output: Path, provenance: dict[str, Any]) -> Path | None:
-    """``source``'s rows with ``emb`` ``[N, D]`` (in its row order) as their ``embedding``, footprints and CRS
-    kept, written as GeoParquet to ``output``; None when ``source`` is no GeoParquet file (no footprints)."""
-    if Path(source).suffix.lower() == ".h5ad":
-        return None
-    table = pq.read_table(source)
-    geo = (table.schema.metadata or {}).get(b"geo")
-    if geo is None or "embedding" not in table.column_names:
-        return None
-    values = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel(), type=pa.float32()), emb.shape[1])
-    table = table.set_column(table.column_names.index("embedding"), "embedding", values)
-    return write_parquet(output, [table.replace_schema_metadata({"geo": geo})], provenance)

@@ -210,6 +210,19 @@ def write_embeddings(path: str | Path, df: pd.DataFrame, features: Sequence[str]
     return write_parquet(path, [pa.Table.from_pandas(df, preserve_index=False)], provenance)
 
 
+def with_embeddings(source: str | Path, emb: np.ndarray, output: Path, provenance: dict[str, Any]) -> Path | None:
+    """``source``'s rows with ``emb`` ``[N, D]`` (in its row order) as their ``embedding``, footprints and CRS
+    kept, written as GeoParquet to ``output``; None when ``source`` is no GeoParquet file (no footprints)."""
+    if Path(source).suffix.lower() == ".h5ad":
+        return None
+    table = pq.read_table(source)
+    geo = (table.schema.metadata or {}).get(b"geo")
+    if geo is None or "embedding" not in table.column_names:
+        return None
+    values = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel(), type=pa.float32()), emb.shape[1])
+    table = table.set_column(table.column_names.index("embedding"), "embedding", values)
+    return write_parquet(output, [table.replace_schema_metadata({"geo": geo})], provenance)
+
 def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
     """``(table, feature column names, provenance)`` of a Parquet, GeoParquet or ``.h5ad`` embeddings file, or of
     a folder of Parquet parts (``embed`` under torchrun: its parts in order, one table).
