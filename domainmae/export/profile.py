@@ -48,8 +48,9 @@ def aggregate(df: pd.DataFrame, features: Sequence[str], strata: Sequence[str], 
     # combination of their categories, wells that do not exist.
     grouped = df.groupby(strata, sort=False, dropna=False, observed=True)
     others = [c for c in df.columns if c not in strata and c not in features]
-    constant = [c for c in others if _hashable(df[c]).groupby([df[s] for s in strata], sort=False, dropna=False,
-                                                              observed=True).nunique(dropna=False).le(1).all()]  # fmt: skip
+    counts = df[others].apply(_hashable).groupby([df[s] for s in strata], sort=False, dropna=False,
+                                                 observed=True).nunique(dropna=False)  # fmt: skip
+    constant = [c for c in others if counts[c].le(1).all()]
     reduced = grouped[list(features)].agg(method).astype(np.float32)
     return grouped[constant].first().join(reduced).reset_index()
 

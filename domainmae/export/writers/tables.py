@@ -223,6 +223,7 @@ def with_embeddings(source: str | Path, emb: np.ndarray, output: Path, provenanc
     table = table.set_column(table.column_names.index("embedding"), "embedding", values)
     return write_parquet(output, [table.replace_schema_metadata({"geo": geo})], provenance)
 
+
 def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
     """``(table, feature column names, provenance)`` of a Parquet, GeoParquet or ``.h5ad`` embeddings file, or of
     a folder of Parquet parts (``embed`` under torchrun: its parts in order, one table).
