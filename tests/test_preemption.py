@@ -129,6 +129,29 @@ def test_the_slurm_script_checkpoints_on_sigusr1_requeues_and_the_requeued_job_r
     _assert_same_run(straight, run)
 
 
+@pytest.mark.parametrize("last", [None, "last.ckpt", "last.dcp"])
+def test_the_requeued_slurm_job_resumes_a_sharded_run_too(tmp_path, last):
+    """An fsdp run's newest checkpoint is the folder link ``last.dcp`` (no ``last.ckpt``): the requeued job must
+    pass ``--resume`` for it too, or ``pretrain`` refuses the folder and the run ends for good."""
+    bin_, run = tmp_path / "bin", tmp_path / "run"
+    bin_.mkdir()
+    (bin_ / "srun").write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/launched\n')  # records the command line
+    (bin_ / "scontrol").write_text("#!/bin/bash\necho localhost\n")
+    for tool in ("srun", "scontrol"):
+        (bin_ / tool).chmod(0o755)
+    (run / "checkpoints" / "step_00000004.dcp").mkdir(parents=True)
+    if last == "last.ckpt":
+        (run / "checkpoints" / last).write_bytes(b"checkpoint")
+    elif last == "last.dcp":
+        (run / "checkpoints" / last).symlink_to("step_00000004.dcp")
+    env = {**ENV, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "test",
+           "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost", "RUN": str(run)}  # fmt: skip
+    done = subprocess.run(["bash", str(ROOT / "datasets" / "slurm" / "pretrain.sbatch")], env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert ("--resume" in (tmp_path / "launched").read_text().split()) == (last is not None)
+
+
 def test_a_second_ctrl_c_stops_at_once_but_a_repeated_scheduler_signal_does_not():
     with StopRequests() as stop:
         os.kill(os.getpid(), signal.SIGTERM)
