@@ -71,6 +71,16 @@ class RunDir:
         """The periodic checkpoints on disk, files and sharded folders, oldest first (``last.*`` are not)."""
         return sorted([*self.checkpoints.glob("step_*.ckpt"), *self.checkpoints.glob("step_*.dcp")])
 
+    @staticmethod
+    def checkpoint_step(path: Path) -> int:
+        """The step of a periodic checkpoint, from its name."""
+        return int(path.name.removeprefix("step_").split(".")[0])
+
+    def interrupted_writes(self) -> list[Path]:
+        """Temporary files and folders of checkpoint writes that never finished: ``atomic_path`` and
+        ``atomic_dir`` name them ``.<final name>.<random>``, and a kill skips their clean-up."""
+        return [*self.checkpoints.glob(".step_*"), *self.checkpoints.glob(".last.*")]
+
     def reconstruction(self, step: int) -> Path:
         """The reconstruction preview of ``step``."""
         return self.reconstructions / f"step_{step:08d}.png"

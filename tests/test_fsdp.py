@@ -116,7 +116,7 @@ def test_pruning_removes_old_sharded_folders_with_their_shards(tmp_path):
         run.sharded_checkpoint(step).mkdir(parents=True)
         (run.sharded_checkpoint(step) / "__0_0.distcp").write_bytes(b"shards")
     run.checkpoint(2).write_bytes(b"ckpt")
-    prune_checkpoints(run, keep=2)
+    prune_checkpoints(run, keep=2, step=3)
     assert run.periodic_checkpoints() == [run.checkpoint(2), run.sharded_checkpoint(3)]
 
 

@@ -9,6 +9,7 @@ import domainmae
 from domainmae.data.loader import StepBatchSampler, collate_samples
 from domainmae.runtime import RunDir
 from domainmae.train.checkpoint import (
+    checkpoint_file,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -92,8 +93,37 @@ def test_prune_keeps_newest(tmp_path):
     run.checkpoints.mkdir()
     for step in (10, 20, 30, 40):
         run.checkpoint(step).write_bytes(b"x")
-    prune_checkpoints(run, 2)
+    prune_checkpoints(run, 2, step=40)
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step_00000030.ckpt", "step_00000040.ckpt"]
+
+
+def test_prune_keeps_the_checkpoint_just_saved_when_a_killed_save_left_a_later_one(tmp_path):
+    """A kill between renaming ``step_6.dcp`` into place and pointing ``last.dcp`` at it leaves a complete,
+    unlinked later folder; the run resumes from step 3 and saves step 4. Pruning by name alone kept step 6 and
+    deleted step 4, the only checkpoint ``last.dcp`` names: the run was left with none."""
+    run = RunDir(tmp_path)
+    run.checkpoints.mkdir()
+    for step in (3, 6, 4):
+        run.sharded_checkpoint(step).mkdir()
+        (run.sharded_checkpoint(step) / "state.ckpt").write_bytes(b"x")
+    run.last_sharded.symlink_to(run.sharded_checkpoint(4).name)
+    prune_checkpoints(run, 1, step=4)
+    assert run.periodic_checkpoints() == [run.sharded_checkpoint(4)]
+    assert checkpoint_file(tmp_path) == run.last_sharded
+
+
+def test_prune_removes_what_killed_atomic_writes_left(tmp_path):
+    run = RunDir(tmp_path)
+    run.checkpoints.mkdir()
+    run.checkpoint(2).write_bytes(b"x")
+    # As atomic_path and atomic_dir name them; a SIGKILL (or a node lost) skips their clean-up.
+    for name in (".last.ckpt.k2j4_9.tmp", ".step_00000003.ckpt.x8a1qz.tmp"):
+        (run.checkpoints / name).write_bytes(b"half")
+    (run.checkpoints / ".step_00000004.dcp.6o53bb_p").mkdir()
+    (run.checkpoints / ".step_00000004.dcp.6o53bb_p" / "__0_0.distcp").write_bytes(b"shards")
+    (run.checkpoints / "notes.txt").write_text("the user's")
+    prune_checkpoints(run, 1, step=2)
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["notes.txt", "step_00000002.ckpt"]
 
 
 def _keys(sampler):

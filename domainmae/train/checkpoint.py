@@ -41,13 +41,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def prune_checkpoints(run: RunDir, keep: int) -> None:
-    """Keep the ``keep`` newest periodic checkpoints of ``run``, files and sharded folders (``last.ckpt`` is
-    never pruned; ``last.dcp`` links to the newest folder, which is kept)."""
+def prune_checkpoints(run: RunDir, keep: int, step: int) -> None:
+    """Keep the ``keep`` newest periodic checkpoints of ``run`` up to ``step`` (the one just saved), files and
+    sharded folders; ``last.ckpt`` is never pruned.
+
+    Also removed: periodic checkpoints past ``step``, which a save killed between renaming ``step_N.dcp`` into
+    place and pointing ``last.dcp`` at it leaves behind (sorted by name they would outlive the checkpoint
+    ``last.dcp`` names; the resumed run writes them again, the same, as resume is exact), and the temporary
+    files and folders of writes a kill cut short (a sharded one is as big as the model's whole state).
+    """
     periodic = run.periodic_checkpoints()
-    for old in periodic[:-keep] if keep else periodic:
+    upto = [path for path in periodic if run.checkpoint_step(path) <= step]
+    past = [path for path in periodic if run.checkpoint_step(path) > step]
+    for old in [*(upto[:-keep] if keep else upto), *past, *run.interrupted_writes()]:
         if old.is_dir():
             shutil.rmtree(old)
         else:
             old.unlink()
-

@@ -192,7 +192,7 @@ class Trainer:
             with atomic_path(self.run_dir.checkpoint(self.step)) as tmp:
                 shutil.copyfile(last, tmp)
         if self.info.is_main:
-            prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints)
+            prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints, self.step)
 
     # -------------------------------------------------------------- steps
     def _masking(self, batch: dict[str, Any]):
