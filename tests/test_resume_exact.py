@@ -2,6 +2,7 @@
 non-finite final step. Interrupts are injected right after ``optimizer.step()`` ran, before the step
 counter moves: the window where a checkpoint used to pair new weights with the old step."""
 import os
+import shutil
 import signal
 import types
 from pathlib import Path
@@ -93,6 +94,26 @@ def test_a_raw_keyboard_interrupt_inside_a_step_keeps_the_last_boundary_checkpoi
                                rtol=0, atol=0)  # fmt: skip
     monkeypatch.undo()
     _assert_same_run(straight, pretrain("cellpainting", output=tmp_path / "run", resume=True, quiet=True))
+
+
+def test_a_run_killed_while_appending_to_its_metrics_resumes_exactly(straight, tmp_path):
+    """A SIGKILL (or a full disk) in the middle of the line of step 4: ``metrics.jsonl`` ends in a torn line,
+    the newest checkpoint is step 3's. The torn line is dropped on resume (it failed to parse: resume stopped)."""
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    shutil.copyfile(run / "checkpoints" / "step_00000003.ckpt", run / "checkpoints" / "last.ckpt")
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(lines[:3]) + lines[3][:20])
+    _assert_same_run(straight, pretrain("cellpainting", output=run, resume=True, quiet=True))
+
+
+def test_a_damaged_metrics_line_before_the_last_is_an_error_naming_the_file(straight, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join([*lines[:2], "{garbage\n", *lines[3:]]))
+    with pytest.raises(ValueError, match=r"metrics\.jsonl line 3 is not a JSON object"):
+        pretrain("cellpainting", output=run, resume=True, quiet=True)
 
 
 def test_a_non_finite_final_step_still_writes_the_final_checkpoint(straight, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ class MetricsLog:
         """``tensorboard``: a folder for TensorBoard event files as well, or None."""
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            kept = [line for line, record in _logged(path) if record["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         self._file = path.open("a")
         self._tb = None
@@ -43,9 +43,27 @@ class MetricsLog:
             self._tb.close()
 
 
+def _logged(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every line of a ``metrics.jsonl`` file with its record. A torn last line (the run was killed, or the
+    disk filled, in the middle of appending it: it lacks its newline) is left out; other damage is an error."""
+    text = path.read_text()
+    lines = text.splitlines()
+    logged = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            logged.append((line, json.loads(line)))
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise ValueError(f"{path} line {number} is not a JSON object ({err.msg}); mend or remove it") from None
+    return logged
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of a ``metrics.jsonl`` file (without a torn last line: see :func:`_logged`)."""
+    return [record for _, record in _logged(Path(path))]
 
 
 def progress_bar(total: int, initial: int, enabled: bool) -> tqdm:
