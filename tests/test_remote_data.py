@@ -62,10 +62,47 @@ def _same(remote_region, local_region) -> None:
         (("http://h/a", "https://o/b.tif"), "https://o/b.tif"),  # a URL replaces what came before
         ((Path("local"), "http://o/x.tif"), "http://o/x.tif"),
         ((Path("local"), "sub", "x.tif"), Path("local/sub/x.tif")),
+        # Relative parts are file names: characters with a meaning in URLs are encoded, so they name the file.
+        (("http://h/a/m.csv", "..", "my plate", "pct%41 #1?.tif"), "http://h/a/my%20plate/pct%2541%20%231%3F.tif"),
+        # A list's query (an access token) goes to its relative entries; an absolute URL keeps its own query only.
+        (("https://h/l/scenes.txt?token=abc", "..", "a.tif?sig=1"), "https://h/l/a.tif%3Fsig%3D1?token=abc"),
+        (("https://h/l/scenes.txt?token=abc", "..", "https://o/a.tif?sig=1"), "https://o/a.tif?sig=1"),
     ],
 )
 def test_join_resolves_like_paths(location: tuple, expected: remote.Location) -> None:
     assert remote.join(*location) == expected
+
+
+def test_url_names_are_decoded_like_file_names() -> None:
+    assert remote.pure_path("https://h/my%20plate/scene%201.tif?sig=a%20b").name == "scene 1.tif"
+    assert remote.pure_path("https://h/my%20plate/scene%201.tif").parent.name == "my plate"
+
+
+#: File names whose characters mean something in a URL, each with the value its pixels hold.
+URL_CHARACTER_NAMES = {"plain.tif": 1, "with space.tif": 2, "hash#1.tif": 3, "pct%41.tif": 4, "q?x.tif": 5}
+
+
+def test_file_names_with_url_characters_read_their_own_file(tmp_path: Path) -> None:
+    # A manifest names files on disk; served over HTTP, the same rows must read the same files. "pct%41.tif"
+    # once read "pctA.tif" (%41 is "A"), "#" and "?" cut the name short, a space made GDAL reject the URL.
+    folder = tmp_path / "my plate"
+    folder.mkdir()
+    tifffile.imwrite(folder / "pctA.tif", np.full((8, 8), 99, np.uint16))
+    for name, value in URL_CHARACTER_NAMES.items():
+        tifffile.imwrite(folder / name, np.full((8, 8), value, np.uint16))
+    with open(tmp_path / "load_data.csv", "w", newline="") as handle:
+        rows = [(name, "my plate") for name in URL_CHARACTER_NAMES]
+        csv.writer(handle).writerows([("FileName_DNA", "PathName_DNA"), *rows])
+    shutil.copy(STACKS[0], folder / "scene 1.tif")
+    (tmp_path / "scenes.txt").write_text("my plate/scene 1.tif\n")
+    with serve(tmp_path) as served:
+        fields = load_data_fields(f"{served.url}/load_data.csv", channels=["DNA"])
+        assert [np.unique(field.pixels()).tolist() for field in fields] == [[v] for v in URL_CHARACTER_NAMES.values()]
+        assert [remote.pure_path(field.meta["files"]["DNA"]).name for field in fields] == list(URL_CHARACTER_NAMES)
+        (scene,) = stacked_scenes(f"{served.url}/scenes.txt")
+        (local,) = stacked_scenes(tmp_path / "scenes.txt")
+        assert scene.scene_id == local.scene_id == "scene 1"
+        _same(scene.read(Window(0, 0, 16, 16)), local.read(Window(0, 0, 16, 16)))
 
 
 def test_gdal_paths_and_url_detection() -> None:

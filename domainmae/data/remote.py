@@ -20,7 +20,7 @@ import posixpath
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 #: A local file or folder, or a URL string.
 Location = Path | str
@@ -69,8 +69,12 @@ def as_location(value: str | Path) -> Location:
 
 
 def pure_path(location: Location) -> PurePosixPath | Path:
-    """The path part of ``location``, for its ``name``, ``stem``, ``suffix`` and ``parent.name``."""
-    return PurePosixPath(urlsplit(location).path) if is_url(location) else Path(location)
+    """The path part of ``location``, for its ``name``, ``stem``, ``suffix`` and ``parent.name``.
+
+    A URL's path is decoded (``scene%201.tif`` -> ``scene 1.tif``), so a file has the same name (and scene id)
+    read from disk or from a URL.
+    """
+    return PurePosixPath(unquote(urlsplit(location).path)) if is_url(location) else Path(location)
 
 
 def parent(location: Location) -> Location:
@@ -81,6 +85,14 @@ def parent(location: Location) -> Location:
 def join(base: Location, *parts: str | Path) -> Location:
     """``base`` joined with ``parts``, like ``Path /``: a URL or absolute part replaces what came before.
 
+    A part that is not a URL is a file or folder name, as a manifest's ``FileName``/``PathName`` cells and a
+    list's relative lines are on disk: joined onto a URL it is percent-encoded, so ``%``, ``#``, ``?`` and
+    spaces are characters of the name (``pct%41.tif`` is that file, not ``pctA.tif``; ``a.tif?x`` is a file
+    of that name) and the same manifest or list names the same files on disk and at a URL. A part that is a
+    URL is used as it is: it keeps its own query and fragment and inherits none. Relative parts inherit the
+    base's query, so the entries of a list at ``https://h/scenes.txt?token=abc`` carry the list's token;
+    an entry that needs a query of its own (a signed URL) is written as a whole URL.
+
     URL paths are normalised (``.`` and ``..`` resolved), so a manifest's ``PathName`` of ``.`` or
     ``../images`` works at a URL as it does on disk.
     """
@@ -90,7 +102,7 @@ def join(base: Location, *parts: str | Path) -> Location:
             location = as_location(part) if is_url(part) else Path(location) / part
             continue
         scheme, netloc, path, query, fragment = urlsplit(location)
-        path = posixpath.normpath(posixpath.join(path or "/", part))
+        path = posixpath.normpath(posixpath.join(path or "/", quote(part, safe="/")))
         location = urlunsplit((scheme, netloc, path, query, fragment))
     return location
 
@@ -156,7 +168,9 @@ def whole_file(location: Location) -> Location | io.BytesIO:
 def read_list(path: str | Path) -> list[Location]:
     """The locations a ``.txt`` list names, one a line (blank lines and lines starting with ``#`` skipped).
 
-    Relative entries are resolved against the list's own folder (or URL), as a manifest's paths are.
+    Relative entries are file names resolved against the list's own folder (or URL), as a manifest's paths
+    are (see :func:`join`: at a URL they are percent-encoded and take the list's query); whole URLs are kept
+    as they are.
     """
     text = read_bytes(path).decode() if is_url(path) else Path(path).read_text()
     lines = [line.strip() for line in text.splitlines()]
