@@ -207,7 +207,7 @@ def run_handles_case(case: dict) -> dict:
     """A random window from each of ``scenes`` scenes in turn, ``passes`` times: most open files, peak RSS.
 
     Written against RasterScene.read and find_scenes only, not the window readers built on them. Sentinel-2
-    radiometry declares nodata 0, so each band is opened through GDAL's vrt:// syntax, as in training.
+    radiometry declares nodata 0, so each band is opened through a VRT declaring it, as in training.
     """
     from domainmae.data import RasterReadError, Window, find_scenes, set_max_open_files
     from domainmae.data.radiometry import SENTINEL2_L2A

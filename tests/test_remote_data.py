@@ -18,6 +18,7 @@ import zarr
 from domainmae.data import handles, remote
 from domainmae.data.geo import RasterReadError
 from domainmae.data.inspect import render_report
+from domainmae.data.radiometry import Radiometry
 from domainmae.data.raster import RasterScene
 from domainmae.data.samplers import Window
 from domainmae.data.scenes import stacked_scenes
@@ -149,6 +150,24 @@ def test_urls_without_a_tiff_extension_open(tmp_path: Path) -> None:
     with serve(tmp_path) as served:
         for url in (f"{served.url}/scene", f"{served.url}/scene?signature=abc&expires=1"):
             assert RasterScene.from_file(url, scene_id="s").read(Window(0, 0, 8, 8)).image.shape == (4, 8, 8)
+
+
+def test_signed_urls_open_with_a_declared_nodata(tmp_path: Path) -> None:
+    # A declared nodata (the scene's, or the sensor's for a file without one: Sentinel-2's 0) once went through
+    # GDAL's vrt://<path>?a_nodata=..., which takes the URL's own "?" as its options: "Unknown option: signature".
+    with rasterio.open(STACKS[0]) as source:
+        profile, pixels, bands = {**source.profile, "nodata": None}, source.read(), source.descriptions
+    pixels[:, :5, :7] = 0
+    with rasterio.open(tmp_path / "scene.tif", "w", **profile) as scene:
+        scene.write(pixels)
+        scene.descriptions = bands
+    declared = ({"radiometry": Radiometry(scale=1e-4, nodata=0)}, {"nodata": 0})
+    with serve(tmp_path) as served:
+        url = f"{served.url}/scene.tif?X-Amz-Signature=abc&X-Amz-Expires=3600"
+        for kwargs in declared:
+            local = RasterScene.from_file(tmp_path / "scene.tif", scene_id="s", **kwargs).read(Window(0, 0, 32, 32))
+            _same(RasterScene.from_file(url, scene_id="s", **kwargs).read(Window(0, 0, 32, 32)), local)
+            assert not local.valid[:5, :7].any() and local.valid.any()
 
 
 def test_list_of_urls_reads_as_local_stacks(samples: Served, tmp_path: Path) -> None:

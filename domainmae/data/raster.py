@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 import rasterio.windows
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
-from rasterio.io import DatasetReader
+from rasterio.io import DatasetReader, MemoryFile
 from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -85,6 +86,24 @@ def _on_lattice(dataset: DatasetReader, grid: Grid) -> bool:
         left >= src_bounds.left - tol_x and right <= src_bounds.right + tol_x
         and bottom >= src_bounds.bottom - tol_y and top <= src_bounds.top + tol_y
     )  # fmt: skip
+
+
+def _declaring_nodata(dataset: DatasetReader, nodata: float) -> DatasetReader:
+    """``dataset`` (closed here) seen through a VRT that declares ``nodata`` for every band, so GDAL masks it
+    on every (resampled or warped) read.
+
+    The VRT ``vrt://<path>?a_nodata=<value>`` gives, made without that syntax: it takes all after the first
+    ``?`` as its options, so a URL with a query (a signed URL) could not be opened. GDAL writes the VRT of
+    the open file to memory, takes the nodata value, and the VRT is opened from its XML, so there is no
+    in-memory file to remove when the dataset is closed. Its ``name`` is that XML, which holds the file's path
+    (where :meth:`~.radiometry.Radiometry.for_band` finds a processing baseline in a product name).
+    """
+    with dataset, MemoryFile(ext=".vrt") as memory:
+        rasterio.shutil.copy(dataset, memory.name, driver="VRT")
+        with rasterio.open(memory.name, "r+") as vrt:
+            vrt.nodata = nodata
+        xml = memory.read().decode()
+    return rasterio.open(xml)
 
 
 class RasterScene(GridSource):
@@ -191,9 +210,7 @@ class RasterScene(GridSource):
                 own = any(value is not None for value in dataset.nodatavals)
                 nodata = self.nodata if self.nodata is not None else None if own else self.radiometry.nodata
                 if nodata is not None and nodata != dataset.nodata:
-                    # Declared through GDAL's vrt:// syntax, GDAL masks it on every (resampled or warped) read.
-                    dataset.close()
-                    dataset = rasterio.open(f"vrt://{gdal_path(path)}?a_nodata={nodata!r}")
+                    dataset = _declaring_nodata(dataset, nodata)
             return dataset
         except RasterioIOError as err:
             raise RasterReadError(f"cannot open raster {path} (scene {self.scene_id}): {err}") from err
