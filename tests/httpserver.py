@@ -6,6 +6,8 @@ answers a single range with ``206 Partial Content`` (several ranges in one heade
 file, which HTTP allows and clients handle). It speaks HTTP/1.1 so clients keep connections alive, as they
 would against a real object store, and counts every request by method and path so a test can see what a
 client asked for (through :data:`STATS_PATH`, since the server runs in a child process: see :class:`Served`).
+It can also play an object store under load: ``unavailable`` answers ``503 Service Unavailable`` to GETs of
+chosen paths, a few times or always.
 """
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
         if self.path == STATS_PATH:
             return self._send_counts()
         self.server.record(self.command, self.path)
+        if self.command == "GET" and self.server.unavailable_now(self.path):
+            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         match = _RANGE.match(self.headers.get("Range", "").strip())
         path = Path(self.translate_path(self.path))
         if match is None or not path.is_file() or not any(match.groups()):
@@ -92,10 +99,22 @@ class CountingServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # GDAL and aiohttp open several connections at once; the default 5 drops some
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, unavailable: dict[str, int | None] | None = None) -> None:
         super().__init__(("127.0.0.1", 0), partial(RangeRequestHandler, directory=os.fspath(root)))
         self.requests: Counter[str] = Counter()
+        self.unavailable = unavailable or {}
+        self._failed: Counter[str] = Counter()
         self._lock = threading.Lock()
+
+    def unavailable_now(self, path: str) -> bool:
+        """Whether to answer this GET of ``path`` with a 503: the first ``n`` GETs of each path containing a key
+        of :attr:`unavailable` mapped to ``n``, or every GET (``None``)."""
+        with self._lock:
+            for key, times in self.unavailable.items():
+                if key in path and (times is None or self._failed[path] < times):
+                    self._failed[path] += 1
+                    return True
+        return False
 
     def record(self, method: str, path: str) -> None:
         with self._lock:
@@ -114,10 +133,9 @@ class Served:
     wait forever.
     """
 
-    def __init__(self, root: str | Path) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, __file__, os.fspath(root)], stdout=subprocess.PIPE, text=True
-        )
+    def __init__(self, root: str | Path, unavailable: dict[str, int | None] | None = None) -> None:
+        command = [sys.executable, __file__, os.fspath(root), json.dumps(unavailable or {})]
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         port = self._process.stdout.readline().strip()  # the server prints its port once it listens
         if not port.isdigit():
             self.close()
@@ -146,9 +164,13 @@ class Served:
 
 
 @contextmanager
-def serve(root: str | Path) -> Iterator[Served]:
-    """Serve the files under ``root`` at ``served.url`` (a free port on 127.0.0.1) until the block ends."""
-    served = Served(root)
+def serve(root: str | Path, unavailable: dict[str, int | None] | None = None) -> Iterator[Served]:
+    """Serve the files under ``root`` at ``served.url`` (a free port on 127.0.0.1) until the block ends.
+
+    ``unavailable`` (``{"flaky": 2, "down": None}``): GETs of a path containing a key are answered with 503,
+    the first ``n`` of each such path or all of them (``None``).
+    """
+    served = Served(root, unavailable)
     try:
         yield served
     finally:
@@ -156,6 +178,6 @@ def serve(root: str | Path) -> Iterator[Served]:
 
 
 if __name__ == "__main__":
-    server = CountingServer(Path(sys.argv[1]))
+    server = CountingServer(Path(sys.argv[1]), json.loads(sys.argv[2]))
     print(server.server_address[1], flush=True)
     server.serve_forever()

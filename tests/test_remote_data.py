@@ -266,6 +266,29 @@ def test_missing_or_unreachable_urls_are_named(samples: Served, tmp_path: Path) 
         load_data_fields(url)
 
 
+def test_unavailable_servers_are_retried_then_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GDAL retries 429/5xx (GDAL_HTTP_MAX_RETRY); the fsspec readers once raised aiohttp's ClientResponseError at
+    # the first 503, which is no OSError: on_error="skip" and the DataLoader's skipping let it through.
+    monkeypatch.setattr(remote, "HTTP_RETRY_DELAY", 0.01)  # the back-off, not the server, would set the pace
+    for name, shape in (("flaky_a.tif", (8, 8)), ("down_b.tif", (8, 8)), ("flaky_stack.tif", (2, 8, 8)),
+                        ("down_stack.tif", (2, 8, 8))):  # fmt: skip
+        tifffile.imwrite(tmp_path / name, np.ones(shape, np.uint16), compression="zlib", metadata={"axes": "CYX"})
+    with open(tmp_path / "flaky_manifest.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("FileName_DNA", "PathName_DNA"), ("flaky_a.tif", "."), ("down_b.tif", ".")])
+    zarr.create_array(tmp_path / "flaky.zarr", data=np.arange(2 * 16 * 16).reshape(2, 16, 16), chunks=(1, 8, 8))
+    with serve(tmp_path, unavailable={"flaky": remote.HTTP_MAX_RETRY, "down": None}) as served:
+        flaky, down = load_data_fields(f"{served.url}/flaky_manifest.csv", on_error="skip")
+        assert np.unique(flaky.pixels()).tolist() == [1]
+        with pytest.raises(OSError, match=rf"{served.url}/down_b.tif.*503"):
+            down.pixels()
+        with pytest.warns(UserWarning, match=rf"skipped 1 of 2 TIFF stacks: .*{served.url}/down_stack.tif.*503"):
+            stacks = [f"{served.url}/flaky_stack.tif", f"{served.url}/down_stack.tif"]
+            (stack,) = stack_fields(stacks, on_error="skip", channels=["a", "b"])
+        assert np.unique(stack.pixels()).tolist() == [1]
+        (field,) = zarr_fields(f"{served.url}/flaky.zarr", channels=["a", "b"])
+        np.testing.assert_array_equal(field.pixels(), np.arange(2 * 16 * 16).reshape(2, 16, 16))
+
+
 def test_missing_optional_packages_name_the_url_and_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "http://127.0.0.1:9/plate.zarr"
     monkeypatch.setitem(sys.modules, "fsspec", None)  # what `import fsspec` sees when absent

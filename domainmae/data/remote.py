@@ -11,16 +11,23 @@ and lose the host. Local paths take exactly the code paths they always took; onl
   of fetched ranges. The settings apply to remote opens and reads only, never to local files.
 * Microscopy TIFFs, manifests and Zarr stores at URLs are read through fsspec (``pip install
   'domainmae[remote]'``: fsspec and aiohttp; ``s3fs`` or ``gcsfs`` for ``s3://`` and ``gs://``), imported
-  only when a URL is read.
+  only when a URL is read. Over HTTP(S) they retry transient statuses as GDAL does, and an error status
+  raises ``OSError`` naming the URL (see :func:`storage_options`), so a reader's ``on_error="skip"`` and the
+  DataLoader's skipping see it as the unreadable file it is.
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import posixpath
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from aiohttp import ClientRequest, ClientResponse
+    from aiohttp.client_middlewares import ClientHandlerType
 
 #: A local file or folder, or a URL string.
 Location = Path | str
@@ -30,6 +37,18 @@ GDAL_PREFIXES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs
 
 #: The fsspec filesystem package each scheme needs (what to tell a user who lacks it).
 FSSPEC_PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs"}
+
+#: Object stores answer 429 and 5xx under load: GDAL and the fsspec readers retry a request that many times,
+#: waiting this many seconds before the first retry and twice as long before each next one.
+HTTP_MAX_RETRY = 3
+HTTP_RETRY_DELAY = 0.5
+
+#: The statuses retried (as GDAL does): too many requests, and a server or gateway that failed or is overloaded.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+#: Error statuses fsspec's HTTP filesystem reads itself: a missing file (``FileNotFoundError``) and a range
+#: past the end of a file (no bytes).
+FSSPEC_STATUSES = frozenset({404, 416})
 
 #: GDAL settings for remote rasters (GDAL's "configuration options", set for remote files only).
 GDAL_REMOTE_OPTIONS: dict[str, Any] = {
@@ -49,8 +68,8 @@ GDAL_REMOTE_OPTIONS: dict[str, Any] = {
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": 4 * 2**20,
     "CPL_VSIL_CURL_CACHE_SIZE": 256 * 2**20,
-    "GDAL_HTTP_MAX_RETRY": 3,  # object stores answer 429/503 under load; GDAL retries those with back-off
-    "GDAL_HTTP_RETRY_DELAY": 0.5,
+    "GDAL_HTTP_MAX_RETRY": HTTP_MAX_RETRY,
+    "GDAL_HTTP_RETRY_DELAY": HTTP_RETRY_DELAY,
 }
 
 
@@ -146,12 +165,39 @@ def require_fsspec(url: str) -> None:
         raise _missing(url, FSSPEC_PACKAGES[scheme], err) from err
 
 
+async def _retrying(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    """An aiohttp client middleware: a request answered with a transient status is sent again, at most
+    :data:`HTTP_MAX_RETRY` times, after waits doubling from :data:`HTTP_RETRY_DELAY`; an error status that
+    remains raises ``OSError`` naming the URL, unless fsspec reads it itself (:data:`FSSPEC_STATUSES`).
+
+    aiohttp's own error for a status (``ClientResponseError``) is no ``OSError``, so readers and the
+    DataLoader, which skip unreadable files by catching ``OSError``, would let it end a run.
+    """
+    for attempt in range(HTTP_MAX_RETRY + 1):
+        response = await handler(request)
+        if response.status not in TRANSIENT_STATUSES or attempt == HTTP_MAX_RETRY:
+            break
+        response.release()  # the connection goes back to the pool for the next try
+        await asyncio.sleep(HTTP_RETRY_DELAY * 2**attempt)
+    if response.status >= 400 and response.status not in FSSPEC_STATUSES:
+        response.release()
+        tries = f" ({attempt + 1} tries)" if response.status in TRANSIENT_STATUSES else ""
+        raise OSError(f"{request.url}: HTTP {response.status} {response.reason}{tries}")
+    return response
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec's options for reading ``url``: over HTTP(S), an aiohttp client that retries transient statuses
+    and raises ``OSError`` for error statuses (:func:`_retrying`). ``s3fs`` and ``gcsfs`` retry themselves."""
+    return {"client_kwargs": {"middlewares": (_retrying,)}} if urlsplit(url).scheme in ("http", "https") else {}
+
+
 def open_file(url: str) -> Any:
     """An :class:`fsspec.core.OpenFile` for ``url``, for binary reads (tifffile and ``with`` open it)."""
     require_fsspec(url)
     import fsspec
 
-    return fsspec.open(url, "rb")
+    return fsspec.open(url, "rb", **storage_options(url))
 
 
 def read_bytes(url: str) -> bytes:

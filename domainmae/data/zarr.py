@@ -28,8 +28,13 @@ import zarr.errors
 from . import handles
 from .errors import DECODE_ERRORS, ErrorPolicy, OnError, as_policy
 from .fields import Field, FieldError, resolve_channels
-from .remote import is_url, join, require_fsspec
+from .remote import is_url, join, require_fsspec, storage_options
 from .samplers import Window
+
+
+def _options(store: str) -> dict[str, Any] | None:
+    """fsspec's options for a store at a URL (:func:`~.remote.storage_options`); zarr refuses any for a folder."""
+    return storage_options(store) if is_url(store) else None
 
 
 class ZarrField(Field):
@@ -56,7 +61,7 @@ class ZarrField(Field):
 
     def _open_array(self) -> zarr.Array:
         try:
-            return zarr.open_array(store=self.store, path=self.path, mode="r")
+            return zarr.open_array(store=self.store, path=self.path, mode="r", storage_options=_options(self.store))
         except (OSError, ValueError) as err:
             raise FieldError(f"cannot open Zarr array {self.path!r} in {self.store} ({self.key}): {err}") from err
 
@@ -93,7 +98,7 @@ def zarr_fields(
     if is_url(path):
         require_fsspec(path)  # zarr opens URLs through fsspec
     try:
-        node = zarr.open(store=path, mode="r")
+        node = zarr.open(store=path, mode="r", storage_options=_options(path))
     except zarr.errors.NodeNotFoundError as err:  # what a URL without a store gives; a missing folder says so
         raise FileNotFoundError(f"no Zarr array or group at {path}") from err
     naming = {"channel_map": channel_map, "channels": channels, "subsets": subsets}
