@@ -16,6 +16,7 @@ import tifffile
 import zarr
 
 from domainmae.data import handles, remote
+from domainmae.data.fields import FieldError
 from domainmae.data.geo import RasterReadError
 from domainmae.data.inspect import render_report
 from domainmae.data.radiometry import Radiometry
@@ -226,6 +227,18 @@ def test_manifest_with_url_paths_equals_local(samples: Served, tmp_path: Path) -
             for field, local_field in zip(fields, local, strict=True):
                 assert field.shape == local_field.shape
                 _same(field.read(Window(500, 400, 96, 80)), local_field.read(Window(500, 400, 96, 80)))
+
+
+def test_channel_files_of_different_shapes_at_urls_are_named(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "a_DNA.tif", np.zeros((32, 32), np.uint16))
+    tifffile.imwrite(tmp_path / "a_Actin.tif", np.zeros((32, 40), np.uint16))
+    with open(tmp_path / "load_data.csv", "w", newline="") as handle:
+        header = ("FileName_DNA", "PathName_DNA", "FileName_Actin", "PathName_Actin")
+        csv.writer(handle).writerows([header, ("a_DNA.tif", ".", "a_Actin.tif", ".")])
+    with serve(tmp_path) as served:
+        (field,) = load_data_fields(f"{served.url}/load_data.csv")
+        with pytest.raises(FieldError, match=r"differ in shape \(a_DNA.tif: \(32, 32\), a_Actin.tif: \(32, 40\)\)"):
+            field.pixels()
 
 
 def test_recipe_paths_may_be_urls_where_the_format_lists_no_folder(samples: Served) -> None:

@@ -104,7 +104,7 @@ class ChannelFilesField(Field):
                 with _reading(path, self._where(k)):
                     shapes[path] = _illumination(path).shape
         if len(set(shapes.values())) > 1:
-            listing = ", ".join(f"{path.name}: {shape}" for path, shape in shapes.items())
+            listing = ", ".join(f"{pure_path(path).name}: {shape}" for path, shape in shapes.items())
             raise FieldError(f"field {self.key}: channel files differ in shape ({listing})")
         return next(iter(shapes.values()))
 
