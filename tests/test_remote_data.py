@@ -183,6 +183,14 @@ def test_list_of_urls_reads_as_local_stacks(samples: Served, tmp_path: Path) -> 
                 _same(scene.read(window), local_scene.read(window))
 
 
+def test_lists_saved_with_a_byte_order_mark_keep_their_first_entry(tmp_path: Path) -> None:
+    # Notepad and Excel's "UTF-8" put a byte-order mark first; it once became part of the first URL.
+    (tmp_path / "scenes.txt").write_text("https://h/a.tif\r\nb.tif\r\n", encoding="utf-8-sig")
+    assert remote.read_list(tmp_path / "scenes.txt") == ["https://h/a.tif", tmp_path / "b.tif"]
+    with serve(tmp_path) as served:
+        assert remote.read_list(f"{served.url}/scenes.txt") == ["https://h/a.tif", f"{served.url}/b.tif"]
+
+
 def test_zarr_store_over_http_equals_local(tmp_path: Path) -> None:
     fields = [[tifffile.imread(SAMPLES / "examplefly" / f"01_POS{site}_{c}.TIF") for c in "DFR"]
               for site in ("002", "076")]  # fmt: skip

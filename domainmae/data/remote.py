@@ -218,7 +218,8 @@ def read_list(path: str | Path) -> list[Location]:
     are (see :func:`join`: at a URL they are percent-encoded and take the list's query); whole URLs are kept
     as they are.
     """
-    text = read_bytes(path).decode() if is_url(path) else Path(path).read_text()
+    # utf-8-sig, as for manifests: a byte-order mark (Notepad, Excel's "UTF-8") is dropped, not read into line 1.
+    text = (read_bytes(path) if is_url(path) else Path(path).read_bytes()).decode("utf-8-sig")
     lines = [line.strip() for line in text.splitlines()]
     locations = [join(parent(as_location(path)), line) for line in lines if line and not line.startswith("#")]
     if not locations:
