@@ -190,5 +190,12 @@ def open_paths() -> list[Path | str]:
 
 
 def close_all() -> None:
-    """Close every file this process holds open (scenes and fields reopen them on their next read)."""
+    """Close every file this process holds open (scenes and fields reopen them on their next read).
+
+    Files at URLs read through fsspec (microscopy TIFFs, Zarr) are fetched anew on their next read. A raster
+    at a URL may not be: GDAL keeps the bytes it fetched in curl's process-wide cache
+    (``CPL_VSIL_CURL_CACHE_SIZE``, :mod:`.remote`), which outlives the handle and which rasterio gives no way
+    to clear, so an object replaced at its URL can read stale until the process ends. Read a replaced object
+    in a new process (DataLoader workers are, each epoch unless persistent) or under a new URL.
+    """
     cache().close()
