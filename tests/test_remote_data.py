@@ -66,6 +66,8 @@ def _same(remote_region, local_region) -> None:
         ((Path("local"), "sub", "x.tif"), Path("local/sub/x.tif")),
         # Relative parts are file names: characters with a meaning in URLs are encoded, so they name the file.
         (("http://h/a/m.csv", "..", "my plate", "pct%41 #1?.tif"), "http://h/a/my%20plate/pct%2541%20%231%3F.tif"),
+        # s3:// and gs:// locations are bucket keys, taken as they are (s3fs, gcsfs and GDAL encode them).
+        (("s3://b/a/m.csv", "..", "my plate", "pct%41.tif"), "s3://b/a/my plate/pct%41.tif"),
         # A list's query (an access token) goes to its relative entries; an absolute URL keeps its own query only.
         (("https://h/l/scenes.txt?token=abc", "..", "a.tif?sig=1"), "https://h/l/a.tif%3Fsig%3D1?token=abc"),
         (("https://h/l/scenes.txt?token=abc", "..", "https://o/a.tif?sig=1"), "https://o/a.tif?sig=1"),
@@ -78,6 +80,7 @@ def test_join_resolves_like_paths(location: tuple, expected: remote.Location) ->
 def test_url_names_are_decoded_like_file_names() -> None:
     assert remote.pure_path("https://h/my%20plate/scene%201.tif?sig=a%20b").name == "scene 1.tif"
     assert remote.pure_path("https://h/my%20plate/scene%201.tif").parent.name == "my plate"
+    assert remote.pure_path("s3://bucket/pct%41.tif").name == "pct%41.tif"  # a key, not a URL path
 
 
 #: File names whose characters mean something in a URL, each with the value its pixels hold.

@@ -35,6 +35,10 @@ Location = Path | str
 #: URL schemes the readers accept, with the GDAL virtual file system that reads each.
 GDAL_PREFIXES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
 
+#: Schemes whose paths are percent-encoded URL paths. ``s3://`` and ``gs://`` locations name bucket keys as they
+#: are: s3fs, gcsfs and GDAL's ``/vsis3/``, ``/vsigs/`` encode them into their requests themselves.
+HTTP_SCHEMES = ("http", "https")
+
 #: The fsspec filesystem package each scheme needs (what to tell a user who lacks it).
 FSSPEC_PACKAGES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs"}
 
@@ -90,10 +94,13 @@ def as_location(value: str | Path) -> Location:
 def pure_path(location: Location) -> PurePosixPath | Path:
     """The path part of ``location``, for its ``name``, ``stem``, ``suffix`` and ``parent.name``.
 
-    A URL's path is decoded (``scene%201.tif`` -> ``scene 1.tif``), so a file has the same name (and scene id)
-    read from disk or from a URL.
+    An HTTP(S) URL's path is decoded (``scene%201.tif`` -> ``scene 1.tif``), so a file has the same name (and
+    scene id) read from disk or from a URL; an ``s3://`` or ``gs://`` key is its name as it is.
     """
-    return PurePosixPath(unquote(urlsplit(location).path)) if is_url(location) else Path(location)
+    if not is_url(location):
+        return Path(location)
+    scheme, _, path, _, _ = urlsplit(location)
+    return PurePosixPath(unquote(path) if scheme in HTTP_SCHEMES else path)
 
 
 def parent(location: Location) -> Location:
@@ -105,9 +112,10 @@ def join(base: Location, *parts: str | Path) -> Location:
     """``base`` joined with ``parts``, like ``Path /``: a URL or absolute part replaces what came before.
 
     A part that is not a URL is a file or folder name, as a manifest's ``FileName``/``PathName`` cells and a
-    list's relative lines are on disk: joined onto a URL it is percent-encoded, so ``%``, ``#``, ``?`` and
-    spaces are characters of the name (``pct%41.tif`` is that file, not ``pctA.tif``; ``a.tif?x`` is a file
-    of that name) and the same manifest or list names the same files on disk and at a URL. A part that is a
+    list's relative lines are on disk: joined onto an HTTP(S) URL it is percent-encoded, so ``%``, ``#``, ``?``
+    and spaces are characters of the name (``pct%41.tif`` is that file, not ``pctA.tif``; ``a.tif?x`` is a file
+    of that name) and the same manifest or list names the same files on disk and at a URL (onto an ``s3://``
+    or ``gs://`` location it is part of a key, kept as it is: see :data:`HTTP_SCHEMES`). A part that is a
     URL is used as it is: it keeps its own query and fragment and inherits none. Relative parts inherit the
     base's query, so the entries of a list at ``https://h/scenes.txt?token=abc`` carry the list's token;
     an entry that needs a query of its own (a signed URL) is written as a whole URL.
@@ -121,7 +129,8 @@ def join(base: Location, *parts: str | Path) -> Location:
             location = as_location(part) if is_url(part) else Path(location) / part
             continue
         scheme, netloc, path, query, fragment = urlsplit(location)
-        path = posixpath.normpath(posixpath.join(path or "/", quote(part, safe="/")))
+        part = quote(part, safe="/") if scheme in HTTP_SCHEMES else part
+        path = posixpath.normpath(posixpath.join(path or "/", part))
         location = urlunsplit((scheme, netloc, path, query, fragment))
     return location
 
@@ -132,7 +141,7 @@ def gdal_path(location: Location) -> Location:
         return location
     scheme = urlsplit(location).scheme
     # /vsicurl/ takes the whole URL; /vsis3/ and /vsigs/ take bucket/key and sign requests themselves.
-    return GDAL_PREFIXES[scheme] + (location if scheme in ("http", "https") else location.split("://", 1)[1])
+    return GDAL_PREFIXES[scheme] + (location if scheme in HTTP_SCHEMES else location.split("://", 1)[1])
 
 
 def gdal_env(location: Location) -> AbstractContextManager[Any]:
@@ -189,7 +198,7 @@ async def _retrying(request: ClientRequest, handler: ClientHandlerType) -> Clien
 def storage_options(url: str) -> dict[str, Any]:
     """fsspec's options for reading ``url``: over HTTP(S), an aiohttp client that retries transient statuses
     and raises ``OSError`` for error statuses (:func:`_retrying`). ``s3fs`` and ``gcsfs`` retry themselves."""
-    return {"client_kwargs": {"middlewares": (_retrying,)}} if urlsplit(url).scheme in ("http", "https") else {}
+    return {"client_kwargs": {"middlewares": (_retrying,)}} if urlsplit(url).scheme in HTTP_SCHEMES else {}
 
 
 def open_file(url: str) -> Any:
