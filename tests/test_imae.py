@@ -9,7 +9,7 @@ import domainmae
 from domainmae.cli import main
 from domainmae.models import IMAEOutput, MixtureAutoencoder, model_config
 from domainmae.models.imae import linear_separability, mix_weight, partner_rows, ridge_r2
-from domainmae.models.losses import reconstruction_loss
+from domainmae.models.losses import reconstruction_loss, token_weight
 from domainmae.models.patches import patchify_channels
 from domainmae.train import load_checkpoint, pretrain
 from domainmae.train.logging import read_metrics
@@ -93,6 +93,24 @@ def test_multi_sensor_tokens_mix_within_each_sensor():
     out.loss.backward()
     images = reconstruction_images(model, x, None, out)
     assert list(images["s1"]) == ["mixture", "masked", "low x0.20", "separated low", "high x0.80", "separated high"]
+
+
+def test_counts_are_the_tokens_valid_in_both_sources_and_chunks_add_up_to_the_batch():
+    model, (x, _) = _imae(fourier_weight=0.01), _pair(6)
+    valid = torch.rand(6, 32, 32) > 0.3
+    valid[2:4, :, :16] = False  # the second read's left half is nodata
+    masking = model.sample_masking(model.split_inputs(x)[0], (4, 4), generator=torch.Generator().manual_seed(1))
+    counts = model.loss_counts(x, valid=valid, masking=masking, group=2, lam=0.3)
+    # A token is scored where it is masked and holds a pixel valid in its row and in its partner (the loss's rule).
+    both = patchify_channels((valid & valid[partner_rows(6, 2)]).unsqueeze(1).expand(-1, 3, -1, -1).float(), 8)
+    assert counts["image"] == token_weight(masking.mask, both > 0.5).sum() < masking.mask.sum()
+    whole = model(x, valid=valid, masking=masking, group=2, lam=0.3)
+    chunks = [slice(0, 2), slice(2, 4), slice(4, 6)]  # whole reads: the same partners as in the whole batch
+    mean_count = {"image": counts["image"] / len(chunks)}
+    shares = [model(x[c], valid=valid[c], masking=masking.rows(c), group=2, lam=0.3, counts=mean_count) for c in chunks]
+    torch.testing.assert_close(torch.stack([o.loss for o in shares]).mean(), whole.loss, rtol=1e-6, atol=0)
+    own = [model.loss_counts(x[c], valid=valid[c], masking=masking.rows(c), group=2)["image"] for c in chunks]
+    assert sum(own) == counts["image"] and len(set(map(float, own))) > 1  # uneven chunks, adding up to the batch
 
 
 def test_reads_of_one_crop_cannot_be_paired():

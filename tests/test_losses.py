@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import domainmae
@@ -6,6 +7,7 @@ from domainmae.models.losses import (
     masked_mse,
     normalize_patches,
     reconstruction_loss,
+    token_weight,
 )
 from domainmae.models.patches import patchify_channels
 
@@ -30,6 +32,31 @@ def test_invalid_pixels_do_not_change_the_loss_and_empty_tokens_drop_out():
                 v = valid[b, i]
                 per_token.append(((pred[b, i][v] - target[b, i][v]) ** 2).mean())
     torch.testing.assert_close(loss, torch.stack(per_token).mean())
+
+
+@pytest.mark.parametrize("nodata", [False, True])
+def test_chunks_divided_by_the_mean_count_average_to_the_whole_batch_loss(nodata):
+    # Rows with uneven numbers of masked (valid) tokens: each chunk's own mean weighs its tokens by how few it
+    # holds, so the mean of chunk means is not the batch's mean; sums over the mean count per chunk average to it.
+    pred, target = torch.randn(6, 8, 16), torch.randn(6, 8, 16)
+    mask = (torch.rand(6, 8) < torch.linspace(0.1, 0.9, 6)[:, None]).float()
+    valid = None
+    if nodata:
+        valid = torch.rand(6, 8, 16) > 0.4
+        valid[:2] = False  # a chunk with no valid pixel: it scores nothing, yet the others' shares stay right
+    kw = dict(patch_size=4, valid=valid, norm_pix=True, fourier_weight=0.01)
+    whole = reconstruction_loss(pred, target, mask, **kw)
+    chunks = [slice(0, 2), slice(2, 4), slice(4, 6)]
+    rows = lambda c: {**kw, "valid": None if valid is None else valid[c]}  # noqa: E731
+    count = torch.stack([token_weight(mask[c], rows(c)["valid"]).sum() for c in chunks]).mean()
+    shares = torch.stack([reconstruction_loss(pred[c], target[c], mask[c], count=count, **rows(c)) for c in chunks])
+    torch.testing.assert_close(shares.mean(), whole, rtol=1e-6, atol=0)
+    own = torch.stack([reconstruction_loss(pred[c], target[c], mask[c], **rows(c)) for c in chunks])
+    assert not torch.isclose(own.mean(), whole, rtol=1e-3)
+    # A batch's own count gives its own mean; a count of 0 (nothing to score anywhere) gives 0, not NaN.
+    mine = token_weight(mask, valid).sum()
+    assert reconstruction_loss(pred, target, mask, count=mine, **kw) == whole
+    assert reconstruction_loss(pred, target, mask * 0, count=mine * 0, **kw) == 0
 
 
 def test_norm_pix_uses_only_valid_pixels():

@@ -75,6 +75,38 @@ def test_sensor_masking_strategy_hides_one_sensor(model):
     assert torch.all(s1_hidden | s2_hidden)
 
 
+def test_chunks_given_the_mean_count_give_the_whole_batch_loss_and_gradients(model):
+    # Random masking over the joint S2 + S1 tokens and nodata in S2 leave every row its own number of scored
+    # tokens per sensor: a micro-batch or process must divide by the whole batch's count, not its own.
+    batch = _batch(6)
+    valid = {"s2": torch.rand(6, 32, 32) > 0.2}
+    valid["s2"][:2] = False  # the first chunk holds no valid S2 pixel
+    masking = model.sample_masking(model.split_inputs(batch)[0], (4, 4), generator=torch.Generator().manual_seed(3))
+    chunks = [slice(0, 2), slice(2, 4), slice(4, 6)]
+    rows = lambda c: ({k: v[c] for k, v in batch.items()}, {k: v[c] for k, v in valid.items()})  # noqa: E731
+    counts = [model.loss_counts(rows(c)[0], valid=rows(c)[1], masking=masking.rows(c)) for c in chunks]
+    assert counts[0]["s2"] == 0 and len({float(n["s1"]) for n in counts}) > 1  # uneven: the case at stake
+    whole = model.loss_counts(batch, valid=valid, masking=masking)
+    assert {k: float(sum(n[k] for n in counts)) for k in whole} == {k: float(v) for k, v in whole.items()}
+
+    def loss_and_grads(chunks, counts=None):
+        model.zero_grad()
+        outs = [model(rows(c)[0], valid=rows(c)[1], masking=masking.rows(c), counts=counts) for c in chunks]
+        for out in outs:
+            (out.loss / len(outs)).backward()
+        mean = lambda f: torch.stack([f(out) for out in outs]).mean().detach()  # noqa: E731
+        losses = {"loss": mean(lambda o: o.loss), **{k: mean(lambda o, k=k: o.losses[k]) for k in whole}}
+        return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    expected, expected_grads = loss_and_grads([slice(0, 6)])
+    mean_count = {k: v / len(chunks) for k, v in whole.items()}
+    got, grads = loss_and_grads(chunks, mean_count)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-7)
+    own, _ = loss_and_grads(chunks)
+    assert not torch.isclose(own["loss"], expected["loss"], rtol=1e-3)  # what each part's own mean gave
+
+
 def test_single_sensor_embedding_and_errors(model):
     with torch.no_grad():
         emb = model.embed({"s2": torch.randn(2, 4, 32, 32)})

@@ -29,6 +29,7 @@ from .mae import MAEOutput, MaskedAutoencoder
 from .masking import Masking
 
 Images = torch.Tensor | Mapping[str, torch.Tensor]
+Channels = Sequence[ChannelLike] | Mapping[str, Sequence[ChannelLike]] | None
 _MIX_TAG = 0x494D4145  # "IMAE": the mixing weights' seed stream, apart from the masks' and the data's
 
 
@@ -88,7 +89,7 @@ def _take_rows(x: Images | None, rows: torch.Tensor) -> Images | None:
 
 
 def _both_valid(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    """Pixels valid in both sources: elsewhere the mixture holds a filled-in value."""
+    """Pixels valid in both sources ``[B, C, H, W]`` (None: all valid)."""
     if a is None or b is None:
         return b if a is None else a
     return a & b
@@ -132,10 +133,43 @@ class MixtureAutoencoder(MaskedAutoencoder):
             targets = [teacher.forward_encoder(teacher.tokenize(src, grid), masking) for src in sources]
         return torch.stack([(z.float() - t.float()).pow(2).mean() for z, t in zip(latents, targets)]).sum()
 
+    def _sources(self, images: Images, channels: Channels, partner: Images | None, group: int | None,
+                 valid: Images | None, partner_valid: Images | None,
+                 ) -> tuple[list[SensorInput], list[SensorInput], tuple[int, int]]:  # fmt: skip
+        """Both sources split per sensor (``partner`` default: :func:`partner_rows` in groups of ``group``), each
+        sensor's ``valid`` the pixels valid in both (elsewhere the mixture holds a filled-in value), and the grid."""
+        if partner is None:
+            b = (images if isinstance(images, torch.Tensor) else next(iter(images.values()))).shape[0]
+            rows = partner_rows(b, group or b)
+            partner, partner_valid = _take_rows(images, rows), _take_rows(valid, rows)
+        first, grid = self.split_inputs(images, channels, valid)
+        second, _ = self.split_inputs(partner, channels, partner_valid)
+        both = [_both_valid(a.valid, b.valid) for a, b in zip(first, second)]
+        first, second = ([replace(x, valid=v) for x, v in zip(source, both)] for source in (first, second))
+        return first, second, grid
+
+    def loss_counts(
+        self,
+        images: Images,
+        channels: Channels = None,
+        *,
+        valid: Images | None = None,
+        masking: Masking,
+        partner: Images | None = None,
+        partner_valid: Images | None = None,
+        group: int | None = None,
+        lam: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """As :meth:`MaskedAutoencoder.loss_counts` for :meth:`forward` with these arguments: masked tokens with a
+        pixel valid in both sources, which each branch averages over. ``lam`` is taken so that a training step's
+        forward keywords apply as they are; the weights change no count."""
+        first, _, grid = self._sources(images, channels, partner, group, valid, partner_valid)
+        return self._count_scored(first, grid, masking)
+
     def forward(
         self,
         images: Images,
-        channels: Sequence[ChannelLike] | Mapping[str, Sequence[ChannelLike]] | None = None,
+        channels: Channels = None,
         *,
         partner: Images | None = None,
         lam: float | None = None,
@@ -147,6 +181,7 @@ class MixtureAutoencoder(MaskedAutoencoder):
         noise: torch.Tensor | None = None,
         masking: Masking | None = None,
         generator: torch.Generator | None = None,
+        counts: Mapping[str, torch.Tensor] | None = None,
     ) -> IMAEOutput:
         """Mix, mask, encode, separate, decode both sources with the shared decoder, and score each against
         its own source.
@@ -158,24 +193,16 @@ class MixtureAutoencoder(MaskedAutoencoder):
             lam: default ``config.mix_ratio``, else a draw from Beta(mix_beta, mix_beta) (torch's RNG).
             valid, partner_valid: as :meth:`MaskedAutoencoder.forward`; the loss counts pixels valid in both.
             noise, masking, ...: masking of the mixture's tokens, as :meth:`MaskedAutoencoder.forward`.
+            counts: as :meth:`MaskedAutoencoder.forward`, for each branch (both score the same tokens).
         """
-        if partner is None:
-            b = (images if isinstance(images, torch.Tensor) else next(iter(images.values()))).shape[0]
-            rows = partner_rows(b, group or b)
-            partner, partner_valid = _take_rows(images, rows), _take_rows(valid, rows)
+        first, second, grid = self._sources(images, channels, partner, group, valid, partner_valid)
         if lam is None:
             beta = self.config.mix_beta
             lam = self.config.mix_ratio if self.config.mix_ratio is not None else float(
                 torch.distributions.Beta(beta, beta).sample())  # fmt: skip
-        first, grid = self.split_inputs(images, channels, valid)
-        second, _ = self.split_inputs(partner, channels, partner_valid)
         # Branch 0 rebuilds the lower-weight source: which argument it came in does not matter.
         (low, w_low), (high, w_high) = sorted([(first, lam), (second, 1.0 - lam)], key=lambda s: s[1])
-        mixed, low, high = [], list(low), list(high)
-        for i, (a, b) in enumerate(zip(low, high)):
-            v = _both_valid(a.valid, b.valid)
-            low[i], high[i] = replace(a, valid=v), replace(b, valid=v)
-            mixed.append(replace(a, images=w_low * a.images + w_high * b.images, valid=v))
+        mixed = [replace(a, images=w_low * a.images + w_high * b.images) for a, b in zip(low, high)]
         if masking is None:
             masking = self.sample_masking(mixed, grid, mask_ratio=mask_ratio, strategy=mask_strategy, noise=noise,
                                           generator=generator)  # fmt: skip
@@ -185,8 +212,8 @@ class MixtureAutoencoder(MaskedAutoencoder):
         both = self.forward_decoder(torch.cat(latents), masking.ids_restore.repeat(2, 1), mixed, grid)
         preds = tuple({k: v.chunk(2)[i] for k, v in both.items()} for i in range(2))
         masks = split_tokens(masking.mask, mixed, grid)
-        loss_low, per_low = self.forward_loss(low, preds[0], masks)
-        loss_high, per_high = self.forward_loss(high, preds[1], masks)
+        loss_low, per_low = self.forward_loss(low, preds[0], masks, counts)
+        loss_high, per_high = self.forward_loss(high, preds[1], masks, counts)
         # A source of weight 0 is not in the mixture (lam = 1 is the plain MAE): nothing to separate. Zeroed,
         # not dropped, so unmix[0] stays in the graph (DDP expects a gradient for every parameter).
         if w_low == 0:

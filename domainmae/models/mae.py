@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import MAEConfig
 from .embed import ChannelEmbedding, ChannelLike, channel_specs, patch_embedder
 from .inputs import SensorInput, sensor_inputs, split_tokens
-from .losses import reconstruction_loss
+from .losses import reconstruction_loss, token_weight
 from .masking import Masking, masking_from_scores, num_keep, sample_masking
 from .patches import grid_size, patchify, patchify_channels
 from .posembed import sincos_2d
@@ -42,7 +42,8 @@ class MAEOutput:
     sensor is ``next(iter(model.sensors))``, ``"image"`` for models from ``create_model``).
 
     ``pred`` ``{sensor: [B, L_s, P]}`` per-token pixels, ``mask`` ``{sensor: [B, L_s]}`` (1 = removed).
-    ``loss`` is the sum over sensors of ``losses[sensor]``, each a mean over its masked tokens.
+    ``loss`` is the (weighted) sum over sensors of ``losses[sensor]``, each a mean over its masked, valid
+    tokens; given ``counts`` (a part of a larger batch), their sum divided by ``counts[sensor]`` instead.
     """
 
     loss: torch.Tensor
@@ -262,26 +263,51 @@ class MaskedAutoencoder(nn.Module):
 
     def targets(self, inp: SensorInput) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token target pixels ``[B, L_s, P]`` and valid pixels (same shape) of one sensor."""
-        to_tokens = patchify if inp.channels is None else patchify_channels
-        valid = None if inp.valid is None else to_tokens(inp.valid.float(), self.patch_size) > 0.5
-        return to_tokens(inp.images.float(), self.patch_size), valid
+        return self._tokens(inp, inp.images.float()), self.valid_pixels(inp)
+
+    def valid_pixels(self, inp: SensorInput) -> torch.Tensor | None:
+        """Per-token valid pixels ``[B, L_s, P]`` bool of one sensor; None when all are valid."""
+        return None if inp.valid is None else self._tokens(inp, inp.valid.float()) > 0.5
+
+    def _tokens(self, inp: SensorInput, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` pixels of sensor ``inp`` -> ``[B, L_s, P]``, as its tokens hold them."""
+        return (patchify if inp.channels is None else patchify_channels)(x, self.patch_size)
 
     def forward_loss(
-        self, inputs: list[SensorInput], preds: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, inputs: list[SensorInput], preds: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+        counts: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
         """The total loss and ``{sensor: loss}``: per sensor, ``preds`` ``[B, L_s, P_s]`` against its
-        patchified images on the masked (``masks`` ``[B, L_s]``, 1 = removed), valid tokens; summed
-        over sensors so each sensor weighs the same whatever its token count, times
-        ``config.sensor_loss_weights`` where given (the per-sensor losses are returned unweighted)."""
+        patchified images on the masked (``masks`` ``[B, L_s]``, 1 = removed), valid tokens (a mean, or the
+        sum over ``counts[sensor]``); summed over sensors so each sensor weighs the same whatever its token
+        count, times ``config.sensor_loss_weights`` where given (the per-sensor losses are returned unweighted)."""
         losses = {}
         for inp in inputs:
             target, valid = self.targets(inp)
             losses[inp.name] = reconstruction_loss(
                 preds[inp.name].float(), target, masks[inp.name], patch_size=self.patch_size, valid=valid,
                 norm_pix=self.norm_pix_loss, fourier_weight=self.fourier_weight,
+                count=None if counts is None else counts[inp.name],
             )  # fmt: skip
         total = sum(self.config.sensor_loss_weight(name) * loss for name, loss in losses.items())
         return total, losses
+
+    def loss_counts(
+        self,
+        images: torch.Tensor | Mapping[str, torch.Tensor],
+        channels: Sequence[ChannelLike] | Mapping[str, Sequence[ChannelLike]] | None = None,
+        *,
+        valid: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+        masking: Masking,
+    ) -> dict[str, torch.Tensor]:
+        """``{sensor: scalar}``: the tokens :meth:`forward` with these arguments averages its loss over (masked,
+        with a valid pixel); summed over the parts of a batch, what its ``counts`` are made of."""
+        return self._count_scored(*self.split_inputs(images, channels, valid), masking)
+
+    def _count_scored(self, inputs: list[SensorInput], grid: tuple[int, int], masking: Masking
+                      ) -> dict[str, torch.Tensor]:  # fmt: skip
+        masks = split_tokens(masking.mask, inputs, grid)
+        return {inp.name: token_weight(masks[inp.name], self.valid_pixels(inp)).sum() for inp in inputs}
 
     def forward(
         self,
@@ -294,6 +320,7 @@ class MaskedAutoencoder(nn.Module):
         noise: torch.Tensor | None = None,
         masking: Masking | None = None,
         generator: torch.Generator | None = None,
+        counts: Mapping[str, torch.Tensor] | None = None,
     ) -> MAEOutput:
         """Mask, encode, decode, and score the reconstruction of the masked tokens.
 
@@ -304,6 +331,9 @@ class MaskedAutoencoder(nn.Module):
                 are left out of the loss.
             noise: ``[B, L]`` scores for reproducible random masking (lowest kept), or pass a
                 ready ``masking``.
+            counts: ``{sensor: scalar}`` to divide each sensor's summed loss by instead of its own count of
+                scored tokens: given a whole batch's :meth:`loss_counts` over its number of equal parts, the
+                mean of the parts' losses (and gradients) is exactly the whole batch's.
         """
         inputs, grid = self.split_inputs(images, channels, valid)
         if masking is None:
@@ -313,7 +343,7 @@ class MaskedAutoencoder(nn.Module):
         latent = self.forward_encoder(self.tokenize(inputs, grid), masking)
         preds = self.forward_decoder(latent, masking.ids_restore, inputs, grid)
         masks = split_tokens(masking.mask, inputs, grid)
-        loss, losses = self.forward_loss(inputs, preds, masks)
+        loss, losses = self.forward_loss(inputs, preds, masks, counts)
         return MAEOutput(loss, preds, masks, losses, masking)
 
     # --------------------------------------------------------------- embedding
