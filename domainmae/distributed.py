@@ -44,10 +44,14 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def mean_over_processes(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Average a tensor over all processes (identity when running alone)."""
+def sum_over_processes(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor over all processes (identity when running alone)."""
     if info.world > 1:
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= info.world
     return values
+
+
+def mean_over_processes(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Average a tensor over all processes (identity when running alone)."""
+    return sum_over_processes(values, info) / info.world if info.world > 1 else values

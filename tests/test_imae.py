@@ -106,8 +106,8 @@ def test_counts_are_the_tokens_valid_in_both_sources_and_chunks_add_up_to_the_ba
     assert counts["image"] == token_weight(masking.mask, both > 0.5).sum() < masking.mask.sum()
     whole = model(x, valid=valid, masking=masking, group=2, lam=0.3)
     chunks = [slice(0, 2), slice(2, 4), slice(4, 6)]  # whole reads: the same partners as in the whole batch
-    mean_count = {"image": counts["image"] / len(chunks)}
-    shares = [model(x[c], valid=valid[c], masking=masking.rows(c), group=2, lam=0.3, counts=mean_count) for c in chunks]
+    shares = [model(x[c], valid=valid[c], masking=masking.rows(c), group=2, lam=0.3, counts=counts, parts=3)
+              for c in chunks]  # fmt: skip
     torch.testing.assert_close(torch.stack([o.loss for o in shares]).mean(), whole.loss, rtol=1e-6, atol=0)
     own = [model.loss_counts(x[c], valid=valid[c], masking=masking.rows(c), group=2)["image"] for c in chunks]
     assert sum(own) == counts["image"] and len(set(map(float, own))) > 1  # uneven chunks, adding up to the batch

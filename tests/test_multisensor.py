@@ -87,11 +87,12 @@ def test_chunks_given_the_mean_count_give_the_whole_batch_loss_and_gradients(mod
     counts = [model.loss_counts(rows(c)[0], valid=rows(c)[1], masking=masking.rows(c)) for c in chunks]
     assert counts[0]["s2"] == 0 and len({float(n["s1"]) for n in counts}) > 1  # uneven: the case at stake
     whole = model.loss_counts(batch, valid=valid, masking=masking)
-    assert {k: float(sum(n[k] for n in counts)) for k in whole} == {k: float(v) for k, v in whole.items()}
+    assert {k: int(sum(n[k] for n in counts)) for k in whole} == {k: int(v) for k, v in whole.items()}
 
     def loss_and_grads(chunks, counts=None):
         model.zero_grad()
-        outs = [model(rows(c)[0], valid=rows(c)[1], masking=masking.rows(c), counts=counts) for c in chunks]
+        outs = [model(rows(c)[0], valid=rows(c)[1], masking=masking.rows(c), counts=counts, parts=len(chunks))
+                for c in chunks]  # fmt: skip
         for out in outs:
             (out.loss / len(outs)).backward()
         mean = lambda f: torch.stack([f(out) for out in outs]).mean().detach()  # noqa: E731
@@ -99,8 +100,7 @@ def test_chunks_given_the_mean_count_give_the_whole_batch_loss_and_gradients(mod
         return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     expected, expected_grads = loss_and_grads([slice(0, 6)])
-    mean_count = {k: v / len(chunks) for k, v in whole.items()}
-    got, grads = loss_and_grads(chunks, mean_count)
+    got, grads = loss_and_grads(chunks, whole)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
     torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-7)
     own, _ = loss_and_grads(chunks)

@@ -20,7 +20,7 @@ from domainmae.pipeline import STATS_SAMPLES, _measure_stats
 from domainmae.train import NonFiniteLossError, load_checkpoint, pretrain
 from domainmae.train.logging import read_metrics
 
-from .conftest import SAMPLES
+from .conftest import SAMPLES, torchrun
 
 pytestmark = pytest.mark.slow
 QUICK = ["train.log_every=1", "train.checkpoint_every=15"]
@@ -185,6 +185,34 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert len(_losses(accum)) == 6
     assert max(abs(x - y) for x, y in zip(_losses(accum), _losses(plain))) < 1e-5
 
+
+
+def test_multi_sensor_loss_does_not_depend_on_micro_batches_or_processes(tmp_path):
+    # Random masking over the joint S2 (12 channels) + S1 (2) tokens and whole-sensor masking give every crop its
+    # own number of masked tokens per sensor: each forward must divide by the global batch's count, not its own.
+    mix = "[{strategy: random, weight: 1}, {strategy: sensor, weight: 1, ratio: 0.9}]"
+    overrides = [*QUICK, f"model.mask_mix={mix}", "data.crop_size=32", "data.crops_per_read=2", "model.embed_dim=32",
+                 "model.num_heads=2", "model.decoder_embed_dim=32", "model.decoder_num_heads=2"]  # fmt: skip
+    whole = pretrain("sentinel", output=tmp_path / "whole", max_steps=3, overrides=overrides, quiet=True)
+    micro = pretrain("sentinel", output=tmp_path / "micro", max_steps=3, overrides=[*overrides, "train.micro_batch=2"],
+                     quiet=True)  # fmt: skip
+    settings = [word for kv in [*overrides, "train.micro_batch=2"] for word in ("--set", kv)]
+    two = subprocess.run(  # two processes of two micro-batches each
+        torchrun("-m", "domainmae", "pretrain", "--output", str(tmp_path / "two"), "--recipe", "sentinel",
+                 "--max-steps", "3", "--quiet", "--device", "cpu", *settings),
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    expected = read_metrics(whole / "metrics.jsonl")
+    assert {"loss_s2", "loss_s1"} <= set(expected[0])
+    for run in (micro, tmp_path / "two"):
+        got = read_metrics(run / "metrics.jsonl")
+        for key in ("loss", "loss_s2", "loss_s1"):
+            torch.testing.assert_close([r[key] for r in got], [r[key] for r in expected], rtol=1e-6, atol=0)
+        # atol as in the DDP tests: the key biases change no output, so Adam turns their rounding-noise gradients
+        # into steps of about lr.
+        torch.testing.assert_close(load_checkpoint(run)[0].state_dict(), load_checkpoint(whole)[0].state_dict(),
+                                   rtol=1e-3, atol=1e-4)  # fmt: skip
 
 
 def test_microscopy_with_dataset_statistics_measures_keeps_and_embeds_with_them(tmp_path):

@@ -182,6 +182,7 @@ class MixtureAutoencoder(MaskedAutoencoder):
         masking: Masking | None = None,
         generator: torch.Generator | None = None,
         counts: Mapping[str, torch.Tensor] | None = None,
+        parts: int = 1,
     ) -> IMAEOutput:
         """Mix, mask, encode, separate, decode both sources with the shared decoder, and score each against
         its own source.
@@ -193,7 +194,7 @@ class MixtureAutoencoder(MaskedAutoencoder):
             lam: default ``config.mix_ratio``, else a draw from Beta(mix_beta, mix_beta) (torch's RNG).
             valid, partner_valid: as :meth:`MaskedAutoencoder.forward`; the loss counts pixels valid in both.
             noise, masking, ...: masking of the mixture's tokens, as :meth:`MaskedAutoencoder.forward`.
-            counts: as :meth:`MaskedAutoencoder.forward`, for each branch (both score the same tokens).
+            counts, parts: as :meth:`MaskedAutoencoder.forward`, for each branch (both score the same tokens).
         """
         first, second, grid = self._sources(images, channels, partner, group, valid, partner_valid)
         if lam is None:
@@ -212,8 +213,8 @@ class MixtureAutoencoder(MaskedAutoencoder):
         both = self.forward_decoder(torch.cat(latents), masking.ids_restore.repeat(2, 1), mixed, grid)
         preds = tuple({k: v.chunk(2)[i] for k, v in both.items()} for i in range(2))
         masks = split_tokens(masking.mask, mixed, grid)
-        loss_low, per_low = self.forward_loss(low, preds[0], masks, counts)
-        loss_high, per_high = self.forward_loss(high, preds[1], masks, counts)
+        loss_low, per_low = self.forward_loss(low, preds[0], masks, counts, parts)
+        loss_high, per_high = self.forward_loss(high, preds[1], masks, counts, parts)
         # A source of weight 0 is not in the mixture (lam = 1 is the plain MAE): nothing to separate. Zeroed,
         # not dropped, so unmix[0] stays in the graph (DDP expects a gradient for every parameter).
         if w_low == 0:

@@ -43,7 +43,8 @@ class MAEOutput:
 
     ``pred`` ``{sensor: [B, L_s, P]}`` per-token pixels, ``mask`` ``{sensor: [B, L_s]}`` (1 = removed).
     ``loss`` is the (weighted) sum over sensors of ``losses[sensor]``, each a mean over its masked, valid
-    tokens; given ``counts`` (a part of a larger batch), their sum divided by ``counts[sensor]`` instead.
+    tokens; given ``counts`` (the batch is one of ``parts`` parts of a larger one), their sum divided by
+    ``counts[sensor] / parts``, so that the mean over the parts is the larger batch's loss.
     """
 
     loss: torch.Tensor
@@ -263,31 +264,26 @@ class MaskedAutoencoder(nn.Module):
 
     def targets(self, inp: SensorInput) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token target pixels ``[B, L_s, P]`` and valid pixels (same shape) of one sensor."""
-        return self._tokens(inp, inp.images.float()), self.valid_pixels(inp)
-
-    def valid_pixels(self, inp: SensorInput) -> torch.Tensor | None:
-        """Per-token valid pixels ``[B, L_s, P]`` bool of one sensor; None when all are valid."""
-        return None if inp.valid is None else self._tokens(inp, inp.valid.float()) > 0.5
-
-    def _tokens(self, inp: SensorInput, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` pixels of sensor ``inp`` -> ``[B, L_s, P]``, as its tokens hold them."""
-        return (patchify if inp.channels is None else patchify_channels)(x, self.patch_size)
+        to_tokens = patchify if inp.channels is None else patchify_channels
+        valid = None if inp.valid is None else to_tokens(inp.valid.float(), self.patch_size) > 0.5
+        return to_tokens(inp.images.float(), self.patch_size), valid
 
     def forward_loss(
         self, inputs: list[SensorInput], preds: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
-        counts: Mapping[str, torch.Tensor] | None = None,
+        counts: Mapping[str, torch.Tensor] | None = None, parts: int = 1,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
         """The total loss and ``{sensor: loss}``: per sensor, ``preds`` ``[B, L_s, P_s]`` against its
         patchified images on the masked (``masks`` ``[B, L_s]``, 1 = removed), valid tokens (a mean, or the
-        sum over ``counts[sensor]``); summed over sensors so each sensor weighs the same whatever its token
-        count, times ``config.sensor_loss_weights`` where given (the per-sensor losses are returned unweighted)."""
+        sum over ``counts[sensor] / parts``, see :meth:`forward`); summed over sensors so each sensor weighs the
+        same whatever its token count, times ``config.sensor_loss_weights`` where given (the per-sensor losses
+        are returned unweighted)."""
         losses = {}
         for inp in inputs:
             target, valid = self.targets(inp)
             losses[inp.name] = reconstruction_loss(
                 preds[inp.name].float(), target, masks[inp.name], patch_size=self.patch_size, valid=valid,
                 norm_pix=self.norm_pix_loss, fourier_weight=self.fourier_weight,
-                count=None if counts is None else counts[inp.name],
+                count=None if counts is None else counts[inp.name] / parts,
             )  # fmt: skip
         total = sum(self.config.sensor_loss_weight(name) * loss for name, loss in losses.items())
         return total, losses
@@ -300,14 +296,14 @@ class MaskedAutoencoder(nn.Module):
         valid: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
         masking: Masking,
     ) -> dict[str, torch.Tensor]:
-        """``{sensor: scalar}``: the tokens :meth:`forward` with these arguments averages its loss over (masked,
-        with a valid pixel); summed over the parts of a batch, what its ``counts`` are made of."""
+        """``{sensor: int64 scalar}``: how many tokens :meth:`forward` with these arguments averages its loss
+        over (masked, with a valid pixel); summed over the parts of a batch, the ``counts`` of each part."""
         return self._count_scored(*self.split_inputs(images, channels, valid), masking)
 
     def _count_scored(self, inputs: list[SensorInput], grid: tuple[int, int], masking: Masking
                       ) -> dict[str, torch.Tensor]:  # fmt: skip
         masks = split_tokens(masking.mask, inputs, grid)
-        return {inp.name: token_weight(masks[inp.name], self.valid_pixels(inp)).sum() for inp in inputs}
+        return {inp.name: token_weight(masks[inp.name], self.targets(inp)[1]).sum(dtype=torch.int64) for inp in inputs}
 
     def forward(
         self,
@@ -321,6 +317,7 @@ class MaskedAutoencoder(nn.Module):
         masking: Masking | None = None,
         generator: torch.Generator | None = None,
         counts: Mapping[str, torch.Tensor] | None = None,
+        parts: int = 1,
     ) -> MAEOutput:
         """Mask, encode, decode, and score the reconstruction of the masked tokens.
 
@@ -331,9 +328,10 @@ class MaskedAutoencoder(nn.Module):
                 are left out of the loss.
             noise: ``[B, L]`` scores for reproducible random masking (lowest kept), or pass a
                 ready ``masking``.
-            counts: ``{sensor: scalar}`` to divide each sensor's summed loss by instead of its own count of
-                scored tokens: given a whole batch's :meth:`loss_counts` over its number of equal parts, the
-                mean of the parts' losses (and gradients) is exactly the whole batch's.
+            counts, parts: this batch is one of ``parts`` equal parts of a larger batch whose :meth:`loss_counts`
+                are ``counts``: each sensor's summed loss is divided by ``counts[sensor] / parts`` instead of its
+                own count, so that the mean of the parts' losses (and gradients) is exactly the larger batch's
+                (rows hold uneven numbers of scored tokens: a part's own mean would weigh them unequally).
         """
         inputs, grid = self.split_inputs(images, channels, valid)
         if masking is None:
@@ -343,7 +341,7 @@ class MaskedAutoencoder(nn.Module):
         latent = self.forward_encoder(self.tokenize(inputs, grid), masking)
         preds = self.forward_decoder(latent, masking.ids_restore, inputs, grid)
         masks = split_tokens(masking.mask, inputs, grid)
-        loss, losses = self.forward_loss(inputs, preds, masks, counts)
+        loss, losses = self.forward_loss(inputs, preds, masks, counts, parts)
         return MAEOutput(loss, preds, masks, losses, masking)
 
     # --------------------------------------------------------------- embedding

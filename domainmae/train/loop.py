@@ -1,8 +1,11 @@
 """``Trainer``: the training engine behind ``pretrain()`` (:mod:`.run`).
 
 One optimiser step = one global batch of ``train.batch_size`` crops, split over processes and
-micro-batches. Data keys and masks are pure functions of (seed, step), so the loss curve does
-not depend on the number of processes or workers and ``resume`` continues the same run exactly.
+micro-batches. Data keys and masks are pure functions of (seed, step), and every forward pass
+divides its summed loss by the global batch's count of scored tokens per sensor (over its number of
+parts, as gradients are averaged over micro-batches and processes), so a step's loss is exactly the
+global batch's: the loss curve does not depend on the number of processes, micro-batches or workers,
+and ``resume`` continues the same run exactly.
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..data.loader import chunk_rows, skipped_reads
-from ..distributed import DistInfo, mean_over_processes
-from ..models import MaskedAutoencoder, create_model, load_pretrained
+from ..distributed import DistInfo, mean_over_processes, sum_over_processes
+from ..models import MaskedAutoencoder, Masking, create_model, load_pretrained
 from ..models.imae import training_mix
 from ..pipeline import TrainingData, build_training_data, training_loader
 from ..recipes import Recipe
@@ -195,14 +198,15 @@ class Trainer:
             prune_checkpoints(self.run_dir, self.recipe.train.keep_checkpoints, self.step)
 
     # -------------------------------------------------------------- steps
-    def _masking(self, batch: dict[str, Any]):
-        """This step's masks for the whole global batch (same on every process)."""
-        m, g = self.model, _step_generator(self.recipe.train.seed, self.step, self.info.device)
+    def _masking(self, batch: dict[str, Any], step: int) -> Masking:
+        """The masks of the optimiser step counted from 0 as ``step`` for the whole global batch (same on every
+        process)."""
+        m, g = self.model, _step_generator(self.recipe.train.seed, step, self.info.device)
         strategy, ratio = None, None
         if self.recipe.model.mask_mix:
             mix = self.recipe.model.mask_mix
             # Entries not started yet weigh 0: one draw per step either way, so resume and DDP stay exact.
-            weights = torch.tensor([x.weight * (self.step >= x.start * self.total_steps) for x in mix], device=g.device)
+            weights = torch.tensor([x.weight * (step >= x.start * self.total_steps) for x in mix], device=g.device)
             # int() waits for the GPU, but the previous step's loss was read already: nothing is queued.
             pick = int(torch.multinomial(weights, 1, generator=g))
             strategy, ratio = mix[pick].strategy, mix[pick].ratio
@@ -210,21 +214,36 @@ class Trainer:
         return m.sample_masking(inputs, grid, mask_ratio=ratio, strategy=strategy, generator=g,
                                 batch=self.recipe.train.batch_size)  # fmt: skip
 
+    def _loss_counts(self, batches: Sequence[dict[str, Any]], maskings: Sequence[Masking]) -> dict[str, torch.Tensor]:
+        """``{sensor: int64}``: the scored tokens (masked, valid) of the whole global batch under this step's
+        masks, this process's micro-batches counted and the counts summed over processes. Every forward divides
+        its summed loss by them (over the number of forwards): its own mean would weigh its tokens by how many
+        it holds, which differs from part to part (random masking of several sensors, whole-sensor masking,
+        nodata), so averaging the parts' means over micro-batches and processes would not be the batch's loss."""
+        local = [self.model.loss_counts(batch["images"], batch["channels"], valid=batch["valid"], masking=masking,
+                                        **self.mix(self.step))
+                 for batch, masking in zip(batches, maskings)]  # fmt: skip
+        names = list(local[0])
+        return dict(zip(names, sum_over_processes(torch.stack([sum(c[n] for c in local) for n in names]), self.info)))
+
     def train_step(self, batches: Sequence[dict[str, Any]]) -> dict[str, float] | None:
         """One optimiser step over this process's micro-batches; None when the loss was not finite."""
         t = self.recipe.train
-        masking = self._masking(batches[0])
+        masking = self._masking(batches[0], self.step)
+        maskings = [masking.rows(chunk_rows(j, self.info.world, self.info.rank, self.micro_rows))
+                    for j in range(len(batches))]  # fmt: skip
+        counts, parts = self._loss_counts(batches, maskings), len(batches) * self.info.world
         totals: dict[str, torch.Tensor] = {}
-        for j, batch in enumerate(batches):
-            rows = chunk_rows(j, self.info.world, self.info.rank, self.micro_rows)
+        for j, (batch, part) in enumerate(zip(batches, maskings)):
             # DDP reduces once, after the last micro-batch; FSDP reduce-scatters after each one, so no process
             # ever holds the whole model's gradients (the memory FSDP is for).
             reduce = j == len(batches) - 1 or self.info.world == 1 or self.sharded
             sync = contextlib.nullcontext() if reduce else self.ddp.no_sync()
             with sync:
                 with self.autocast:
-                    out = self.forward(batch["images"], batch["channels"], valid=batch["valid"], masking=masking.rows(rows),
-                                       **self.mix(self.step))  # fmt: skip
+                    out = self.forward(batch["images"], batch["channels"], valid=batch["valid"], masking=part,
+                                       counts=counts, parts=parts, **self.mix(self.step))  # fmt: skip
+                # Gradients are averaged over the forwards: here over micro-batches, by DDP/FSDP over processes.
                 (out.loss / len(batches)).backward()
             for name, value in {"loss": out.loss, **out.losses}.items():
                 totals[name] = totals.get(name, 0) + value.detach().float() / len(batches)
@@ -258,7 +277,7 @@ class Trainer:
         """Whether any process was asked to stop, and the reads skipped in the whole global batch: shared
         at the step boundary, so all processes stop after the same step and count the same skips."""
         local = torch.tensor([float(stop_requested), float(skipped)], dtype=torch.float64, device=self.info.device)
-        total = mean_over_processes(local, self.info) * self.info.world
+        total = sum_over_processes(local, self.info)
         return bool(total[0] > 0), round(float(total[1]))
 
     def run(self) -> None:
@@ -308,7 +327,7 @@ class Trainer:
                     if self.step % t.checkpoint_every == 0 or last or stopping:
                         self.save()
                     if (main or self.sharded) and record is not None and (self.step % preview_every == 0 or last):
-                        masking = self._masking(step_batches[0]).rows(slice(0, self.micro_rows))
+                        masking = self._masking(step_batches[0], self.step).rows(slice(0, self.micro_rows))
                         self.preview(step_batches[0], masking)
                     if stopping and not last:
                         # Another process's signal stops this one too: it ends as if it had received SIGTERM.
