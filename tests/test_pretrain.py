@@ -17,7 +17,7 @@ from PIL import Image
 import domainmae
 from domainmae.cli import main
 from domainmae.pipeline import STATS_SAMPLES, _measure_stats
-from domainmae.train import NonFiniteLossError, load_checkpoint, pretrain
+from domainmae.train import NonFiniteLossError, load_checkpoint, loop, pretrain
 from domainmae.train.logging import read_metrics
 
 from .conftest import SAMPLES, torchrun
@@ -169,6 +169,15 @@ def test_mask_mix_entries_join_at_their_start_fraction(tmp_path, monkeypatch):
     assert len(train) == 20
     assert train[:10] == ["random"] * 10
     assert "sensor" in train[10:] and "random" in train[10:]
+
+
+def test_previews_show_the_masks_of_the_step_they_follow(tmp_path, monkeypatch):
+    keyed: list[int] = []  # the step each drawn set of masks was keyed on (counted from 0)
+    key = loop._step_generator
+    monkeypatch.setattr(loop, "_step_generator", lambda seed, step, dev: keyed.append(step) or key(seed, step, dev))
+    pretrain("cellpainting", output=tmp_path / "run", max_steps=2, overrides=[*QUICK, "train.preview_every=1"],
+             quiet=True)  # fmt: skip
+    assert keyed == [0, 0, 1, 1]  # step 1's masks, then the preview after it with them; then step 2's
 
 
 def test_a_mask_mix_with_no_entry_at_the_start_is_refused(tmp_path):

@@ -259,13 +259,16 @@ class Trainer:
         multi = self.model.multi_sensor
         return {("loss" if n == "loss" else f"loss_{n}"): float(v) for n, v in zip(names, values) if n == "loss" or multi}
 
-    def preview(self, batch: dict[str, Any], masking) -> None:
-        """Reconstruction PNG of the first crops of ``batch`` under this step's masks. A sharded model's forward
-        needs every process (they gather its weights together); only the main one draws."""
+    def preview(self, batch: dict[str, Any]) -> None:
+        """Reconstruction PNG of the first crops of ``batch``, the first micro-batch of the step just taken, under
+        that step's masks (and i-MAE mixing weight), labelled with the steps done. A sharded model's forward needs
+        every process (they gather its weights together); only the main one draws."""
+        taken = self.step - 1  # the step counter has moved past it
+        masking = self._masking(batch, taken).rows(slice(0, self.micro_rows))
         self.model.eval()
         with torch.no_grad(), self.autocast:
             out = self.model(batch["images"], batch["channels"], valid=batch["valid"], masking=masking,
-                             **self.mix(self.step))  # fmt: skip
+                             **self.mix(taken))  # fmt: skip
         if self.info.is_main:
             images = reconstruction_images(self.model, batch["images"], batch["channels"], out)
             title = f"{self.recipe.name} step {self.step}  loss {out.loss.item():.4f}"
@@ -327,8 +330,7 @@ class Trainer:
                     if self.step % t.checkpoint_every == 0 or last or stopping:
                         self.save()
                     if (main or self.sharded) and record is not None and (self.step % preview_every == 0 or last):
-                        masking = self._masking(step_batches[0], self.step).rows(slice(0, self.micro_rows))
-                        self.preview(step_batches[0], masking)
+                        self.preview(step_batches[0])
                     if stopping and not last:
                         # Another process's signal stops this one too: it ends as if it had received SIGTERM.
                         signum = stop.received or signal.SIGTERM
