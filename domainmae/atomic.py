@@ -27,6 +27,20 @@ def check_file_target(path: str | Path) -> None:
         raise IsADirectoryError(f"{path} is a folder; the output is one file: give a file name (nothing was written)")
 
 
+def _replace(path: Path, new: Path) -> None:
+    """Rename ``new`` (a file or folder beside ``path``) to ``path``. A file is renamed over in one step; a
+    folder at ``path`` (or a folder replacing a file) cannot be, so what is there is first renamed aside and
+    deleted only once ``new`` is in place: a kill at any moment leaves the old output or the new one whole (for
+    the instant between the two renames, under a hidden name beside ``path``), never one half-deleted."""
+    aside = None
+    if (path.is_dir() and not path.is_symlink()) or (new.is_dir() and os.path.lexists(path)):
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent)) / path.name
+        os.replace(path, aside)
+    os.replace(new, path)
+    if aside is not None:
+        shutil.rmtree(aside.parent)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically (an earlier
@@ -42,9 +56,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
     try:
         yield Path(tmp)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        _replace(path, Path(tmp))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -63,9 +75,6 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the final folder gets the usual permissions
     try:
         yield tmp
-        if path.is_dir():
-            shutil.rmtree(path)
-        path.unlink(missing_ok=True)
-        os.replace(tmp, path)
+        _replace(path, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -165,3 +165,65 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("writer", ["atomic_dir", "atomic_path"])
+def test_replacing_a_folder_output_leaves_it_whole_whenever_a_kill_lands(tmp_path, monkeypatch, writer):
+    """A folder cannot be renamed over: the old one used to be deleted first, so a kill (or an OOM, a node lost)
+    during that deletion, or just after it, left no output at all. Killed inside every deletion, the output is
+    the old one or the new one, whole."""
+    import shutil
+
+    import domainmae.atomic as atomic
+
+    out = tmp_path / "model"
+    out.mkdir()
+    for name in ("_metadata", "part-0.parquet", "part-1.parquet"):  # atomic_path replaces only a table in parts
+        (out / name).write_text("old")
+    real, seen = shutil.rmtree, []
+
+    def contents() -> dict[str, str] | str | None:
+        if out.is_dir():
+            return {p.name: p.read_text() for p in out.iterdir()}
+        return out.read_text() if out.is_file() else None
+
+    old, new = contents(), {"model.safetensors": "new"} if writer == "atomic_dir" else "new"
+
+    def rmtree_then_killed(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        seen.append(contents() in (old, new))  # what a kill right here would leave
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", rmtree_then_killed)
+    if writer == "atomic_dir":
+        with atomic.atomic_dir(out) as tmp:
+            (tmp / "model.safetensors").write_text("new")
+        assert (out / "model.safetensors").read_text() == "new"
+    else:
+        with atomic.atomic_path(out) as tmp:
+            tmp.write_text("new")
+        assert out.read_text() == "new"
+    assert seen and all(seen)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing left beside it
+
+
+def test_resume_trims_the_metrics_log_without_risking_it(tmp_path, monkeypatch):
+    """Resume rewrites ``metrics.jsonl`` without the steps past the checkpoint; a full disk in the middle of that
+    rewrite truncated the whole log in place (the steps before the checkpoint were lost for good)."""
+    import pathlib
+
+    from domainmae.train.logging import MetricsLog, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(f'{{"step": {s}, "loss": 1.0}}\n' for s in range(1, 31)))
+    before, real = path.read_text(), pathlib.Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        real(self, text[:100], *args, **kwargs)
+        raise OSError(27, "File too large")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="File too large"):
+        MetricsLog(path, resume_step=18)
+    monkeypatch.undo()
+    assert path.read_text() == before
+    assert [r["step"] for r in read_metrics(path)] == list(range(1, 31))

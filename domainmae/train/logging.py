@@ -8,6 +8,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text
+
 
 class MetricsLog:
     """Appends one JSON line per logged step; on resume, drops lines past the resumed step so the
@@ -18,7 +20,7 @@ class MetricsLog:
         self.path = path
         if resume_step is not None and path.exists():
             kept = [line for line, record in _logged(path) if record["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(line + "\n" for line in kept))  # a full disk leaves the log whole
         self._file = path.open("a")
         self._tb = None
         if tensorboard is not None:
