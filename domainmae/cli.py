@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="--features random: the initialisation seed")
     p.add_argument("--aligned", help="an aligned model folder (domainmae align): write text-aligned embeddings "
                    "(with its fine-tuned encoder, if --unfreeze made one)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (a folder only when it holds nothing but embed's rasters)")
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("profile", help="aggregate and/or normalise an embeddings file against controls")

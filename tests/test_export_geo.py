@@ -12,6 +12,7 @@ import shapely
 import tifffile
 import torch
 import xarray as xr
+import zarr
 from rasterio.crs import CRS
 from rasterio.transform import array_bounds, from_origin
 
@@ -212,3 +213,20 @@ def test_channel_subset_is_recorded_and_embedded_alone(scene, tmp_path):
     window = values[:, 4:8, 8:12]
     np.testing.assert_allclose(window, _patches(scene, 32, 64, bands=subset), rtol=1e-4, atol=1e-5)
     assert not np.allclose(window, _patches(scene, 32, 64), atol=1e-3)  # the dropped band changes the embedding
+
+
+def test_overwrite_replaces_earlier_embed_rasters_and_no_other_folder(scene, tmp_path):
+    """``--overwrite`` of a raster output deleted whatever folder was there: the user's, the input data, the run."""
+    maps = embed(scene["ckpt"], output=tmp_path / "maps", format="geotiff", progress=False)  # a folder of rasters
+    assert embed(scene["ckpt"], output=maps, format="geotiff", overwrite=True, progress=False) == maps
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    data = shutil.copytree(next(scene["ckpt"].parent.glob("S2A*")), tmp_path / "scenes")  # GeoTIFFs, not embed's
+    store = tmp_path / "plate.zarr"
+    zarr.open_group(store, mode="w").create_array("image", shape=(2, 8, 8), dtype="uint8")
+    for folder, fmt in ((mine, "geotiff"), (data, "geotiff"), (store, "zarr"), (scene["ckpt"].parent, "zarr")):
+        before = sorted(p.name for p in folder.iterdir())
+        with pytest.raises(FileExistsError, match=rf"refusing to replace {folder}: it is not .* embed"):
+            embed(scene["ckpt"], output=folder, format=fmt, overwrite=True, progress=False)
+        assert sorted(p.name for p in folder.iterdir()) == before

@@ -48,6 +48,7 @@ from .writers.geoparquet import chip_rows, footprint_crs, scene_name, write_geop
 from .writers.raster import (
     RASTER_SUFFIXES,
     SceneStrips,
+    check_raster_target,
     read_embedding_raster,
     write_geotiff,
     write_int8_geotiff,
@@ -216,7 +217,8 @@ def embed(
         crs: GeoParquet only: reproject footprints to this CRS (e.g. ``EPSG:4326``).
         dtype: GeoTIFF only: ``float32`` or ``int8`` (per-band scale/offset from the min/max of the
             written values, which GDAL/QGIS/rasterio apply when reading; error <= half a step).
-        overwrite: replace an existing ``output`` (otherwise a FileExistsError).
+        overwrite: replace an existing ``output`` (otherwise a FileExistsError); a folder only when it is an
+            earlier raster export (:func:`~.writers.raster.check_raster_target`).
         features: ``model`` (the checkpoint's embeddings), ``raw`` (per chosen channel: mean, std and the
             5/25/50/75/95th percentiles of each normalised tile's valid pixels, or of each patch's in a raster;
             no model forward) or ``random`` (the run's architecture freshly initialised from ``seed``). Baselines
@@ -258,6 +260,8 @@ def embed(
         raise ValueError(f"dtype='int8' is a GeoTIFF option; {fmt} output {output} is float32")
     chosen = select_channel_names(model, recipe_channels(recipe, model), channels)
     raster = fmt in RASTERS
+    if raster and overwrite:
+        check_raster_target(output)
     widths = "features='raw'" if features == "raw" else "pool='channels'" if pool == "channels" and not raster else None
     if widths and recipe.data.allow_channel_subsets:  # their width is per channel: every row needs the same set
         raise ValueError(f"{widths} needs one channel set for every row of {output}, and recipe "

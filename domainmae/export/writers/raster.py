@@ -25,9 +25,10 @@ import zarr
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.shutil import copy as copy_dataset
 from rasterio.windows import Window as RioWindow
-from zarr.errors import ZarrUserWarning
+from zarr.errors import BaseZarrError, ZarrUserWarning
 
 from ...atomic import atomic_dir, atomic_path
 from .tables import PROVENANCE_KEY, feature_names
@@ -190,6 +191,30 @@ def write_zarr(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], attrs:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", ZarrUserWarning)
             zarr.consolidate_metadata(tmp)
+
+
+def _written_by_embed(path: Path) -> bool:
+    """Whether ``path`` is a GeoTIFF or Zarr store that ``embed`` wrote (it carries domainmae's provenance)."""
+    try:
+        if path.is_dir() and path.suffix.lower() == ".zarr":
+            return PROVENANCE_KEY in zarr.open_group(path, mode="r").attrs
+        if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):
+            with rasterio.open(path) as src:
+                return PROVENANCE_KEY in src.tags()
+    except (OSError, ValueError, RasterioError, BaseZarrError):
+        pass  # not readable as what its name says: not embed's
+    return False
+
+
+def check_raster_target(output: Path) -> None:
+    """Raise unless a raster export may replace what is at ``output``: nothing, a file, a Zarr store ``embed``
+    wrote or a folder of nothing but its rasters. Any other folder (the user's, the input data, a run) would be
+    deleted whole by the replacement."""
+    if not output.is_dir() or output.is_symlink() or _written_by_embed(output):
+        return
+    if output.suffix.lower() == ".zarr" or not all(_written_by_embed(child) for child in output.iterdir()):
+        raise FileExistsError(f"refusing to replace {output}: it is not a folder of embed rasters or a Zarr store "
+                              "embed wrote, and replacing it would delete everything in it (nothing was written)")
 
 
 def write_rasters(output: Path, scenes: Sequence[SceneStrips], write: RasterWriter, suffixes: Sequence[str]) -> Path:
