@@ -35,10 +35,12 @@ def _align(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from .align import search
+    from .atomic import atomic_path
 
     hits = search(args.checkpoint, args.text, args.file, top=args.top)
     if args.output:
-        hits.to_csv(args.output, index=False)
+        with atomic_path(args.output) as tmp:  # a failed write (full disk) leaves an earlier file whole
+            hits.to_csv(tmp, index=False)
     print(hits.to_string(index=False))
     return 0
 

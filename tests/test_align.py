@@ -291,3 +291,26 @@ def test_unfreeze_fine_tunes_the_encoder_and_embed_aligned_uses_it(tiny_run, tmp
     assert main(["align", "--embeddings", str(out / "embeddings.parquet"), "--unfreeze", "--text", SITES,
                  "--output", str(tmp_path / "x")]) == 1  # fmt: skip
     assert "--unfreeze fine-tunes the encoder on the images" in capsys.readouterr().err
+
+
+@pytest.fixture
+def toy_aligned(tmp_path) -> tuple[Path, Path]:
+    """A toy embeddings file and a two-step aligned model of it (no encoder: fast)."""
+    file = toy_file(tmp_path / "toy.parquet")
+    align_embeddings(file, "a {Metadata_Colour} cell", tmp_path / "aligned", text=TINY_TEXT, steps=2)
+    return file, tmp_path / "aligned"
+
+
+def test_search_output_is_written_atomically_into_a_new_folder(toy_aligned, tmp_path, monkeypatch) -> None:
+    file, aligned = toy_aligned
+    out = tmp_path / "new" / "sub" / "hits.csv"
+    assert main(["search", "--checkpoint", str(aligned), "--text", "a red cell", str(file), "--output", str(out)]) == 0
+    good = out.read_bytes()
+
+    def torn(self, path, **kwargs) -> None:  # a full disk: part of the file written, then the error
+        Path(path).write_text("Metadata_Colour,sco")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", torn)
+    assert main(["search", "--checkpoint", str(aligned), "--text", "a blue cell", str(file), "--output", str(out)]) == 1
+    assert out.read_bytes() == good and [p.name for p in out.parent.iterdir()] == ["hits.csv"]
