@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
@@ -25,6 +25,21 @@ def check_file_target(path: str | Path) -> None:
     names = [child.name for child in path.iterdir()]
     if "_metadata" not in names or not all(fnmatch(n, "part-*.parquet") for n in names if n != "_metadata"):
         raise IsADirectoryError(f"{path} is a folder; the output is one file: give a file name (nothing was written)")
+
+
+def check_output_file(output: str | Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse the file ``output`` before any work is done: when it is one of the command's ``inputs`` (or lies in
+    an input folder: a run directory, a Zarr store), even with ``overwrite``, since writing it would destroy what
+    the command reads; when it is a folder (:func:`check_file_target`); when it exists and not ``overwrite``."""
+    output = Path(output)
+    if output.exists():
+        for source in filter(None, inputs):
+            if output.resolve().is_relative_to(Path(source).resolve()):
+                raise ValueError(f"{output} is an input of this command ({source}); write the output elsewhere")
+    check_file_target(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
+    return output
 
 
 def _replace(path: Path, new: Path) -> None:

@@ -56,9 +56,17 @@ def _reconstruct(args: argparse.Namespace) -> int:
     if args.score or args.output_json:
         import json
 
-        from .atomic import atomic_write_text
+        from .atomic import atomic_write_text, check_output_file
         from .train.reconstruct import score_reconstruction
         from .train.score import format_scores
+
+        # Both outputs are checked before the scores are computed (reconstruct checks --output again, as an API).
+        inputs = (args.checkpoint, args.data)
+        if args.output_json:
+            if Path(args.output_json).resolve() == Path(args.output).resolve():
+                raise ValueError(f"--output-json and --output both name {args.output}; give the JSON another name")
+            check_output_file(args.output_json, overwrite=args.overwrite, inputs=inputs)
+        check_output_file(args.output, overwrite=args.overwrite, inputs=inputs)
 
         result = score_reconstruction(args.checkpoint, data=args.data, mask_ratio=args.mask_ratio,
                                       visible_channels=channels, samples=args.score_samples, seed=args.seed)  # fmt: skip
@@ -69,7 +77,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         best = result["best_baseline"]
     path = reconstruct(args.checkpoint, data=args.data, mask_ratio=args.mask_ratio, output=args.output,
                        visible_channels=channels, samples=args.samples, seed=args.seed, baseline=best,
-                       mix_ratio=args.mix_ratio)  # fmt: skip
+                       mix_ratio=args.mix_ratio, overwrite=args.overwrite)  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -167,7 +175,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate(args.file, args.label, split=args.split, methods=_split(args.method),
                           test_size=args.test_size, k=args.k, seed=args.seed, against=against,
                           balanced=args.balanced, tune=args.tune, gap=args.gap, labels=args.labels,
-                          label_field=args.label_field, purity=args.purity, output=args.output)  # fmt: skip
+                          label_field=args.label_field, purity=args.purity, output=args.output,
+                          overwrite=args.overwrite)  # fmt: skip
     print(format_table(result))
     return 0
 
@@ -215,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the PNG then shows the best baseline too")  # fmt: skip
     p.add_argument("--score-samples", type=int, default=32, help="held-out crops scored")
     p.add_argument("--output-json", help="write the scores as JSON (implies --score)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_reconstruct)
 
     p = sub.add_parser("export-model",
@@ -300,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="neighbours for k-NN")
     p.add_argument("--seed", type=int, default=0, help="split and random-init seed")
     p.add_argument("--output", help="also write the result as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_evaluate)
 
     add_align_commands(sub)

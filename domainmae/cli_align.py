@@ -35,8 +35,10 @@ def _align(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from .align import search
-    from .atomic import atomic_path
+    from .atomic import atomic_path, check_output_file
 
+    if args.output:  # before the search, not after it
+        check_output_file(args.output, overwrite=args.overwrite, inputs=(args.file, args.checkpoint))
     hits = search(args.checkpoint, args.text, args.file, top=args.top)
     if args.output:
         with atomic_path(args.output) as tmp:  # a failed write (full disk) leaves an earlier file whole
@@ -82,4 +84,5 @@ def add_align_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", required=True, help="the query")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--output", help="also write the hits as CSV here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=_search)

@@ -312,5 +312,21 @@ def test_search_output_is_written_atomically_into_a_new_folder(toy_aligned, tmp_
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", torn)
-    assert main(["search", "--checkpoint", str(aligned), "--text", "a blue cell", str(file), "--output", str(out)]) == 1
+    assert main(["search", "--checkpoint", str(aligned), "--text", "a blue cell", str(file), "--output", str(out),
+                 "--overwrite"]) == 1  # fmt: skip
     assert out.read_bytes() == good and [p.name for p in out.parent.iterdir()] == ["hits.csv"]
+
+
+def test_search_keeps_an_existing_output_without_overwrite_and_its_input_always(toy_aligned, tmp_path, capsys) -> None:
+    file, aligned = toy_aligned
+    before = file.read_bytes()
+    query = ["search", "--checkpoint", str(aligned), "--text", "a red cell", str(file), "--output"]
+    for extra in ([], ["--overwrite"]):
+        assert main([*query, str(file), *extra]) == 1
+        assert f"{file} is an input of this command" in capsys.readouterr().err
+    assert file.read_bytes() == before
+    out = tmp_path / "hits.csv"
+    out.write_text("earlier")
+    assert main([*query, str(out)]) == 1
+    assert f"{out} already exists" in capsys.readouterr().err and out.read_text() == "earlier"
+    assert main([*query, str(out), "--overwrite"]) == 0 and "score" in pd.read_csv(out)

@@ -401,3 +401,24 @@ def test_tuning_folds_of_a_blocks_split_keep_the_gap_too(tmp_path):
         for i in train[fit]:
             near = df.loc[train[held]][df.scene_id[train[held]] == df.scene_id[i]]
             assert all(_gap(df.loc[i], near.loc[j]) >= 32 for j in near.index)
+
+
+def test_an_existing_output_is_kept_without_overwrite_and_the_input_always(tmp_path, capsys):
+    """``evaluate emb.parquet --output emb.parquet`` once replaced the embeddings with the JSON result."""
+    path = _embeddings(tmp_path / "emb.parquet")
+    before = path.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["evaluate", str(path), "--label", "Metadata_Label", "--output", str(path), *extra]) == 1
+        assert f"{path} is an input of this command" in capsys.readouterr().err
+    assert path.read_bytes() == before
+    report = tmp_path / "eval.json"
+    report.write_text("earlier")
+    assert main(["evaluate", str(path), "--label", "Metadata_Label", "--output", str(report)]) == 1
+    assert f"{report} already exists" in capsys.readouterr().err and report.read_text() == "earlier"
+    assert main(["evaluate", str(path), "--label", "Metadata_Label", "--output", str(report), "--overwrite"]) == 0
+    assert json.loads(report.read_text())["label"] == "Metadata_Label"
+    with pytest.raises(FileExistsError, match="overwrite=True"):  # the API keeps an existing file too
+        evaluate(path, "Metadata_Label", output=report)
+    other = _embeddings(tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="is an input of this command"):  # an --against file is an input too
+        evaluate(path, "Metadata_Label", against=[other], output=other, overwrite=True)

@@ -112,7 +112,8 @@ def test_reconstruct_from_run_directory_with_hidden_channels(tmp_path):
     assert main(["reconstruct", "--checkpoint", str(run), "--channels", "DNA,Actin", "--output", str(out)]) == 0
     with Image.open(out) as image:
         assert image.format == "PNG"
-    assert main(["reconstruct", "--checkpoint", str(run), "--channels", "Mito", "--output", str(out)]) == 1
+    assert main(["reconstruct", "--checkpoint", str(run), "--channels", "Mito", "--output", str(out),
+                 "--overwrite"]) == 1  # fmt: skip
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):

@@ -217,3 +217,27 @@ def test_scored_crops_are_spread_over_the_data_not_the_first_fields():
     assert len(set().union(*drawn.values())) > 4  # not always the same four fields
     # More reads than fields: every field once, then again.
     assert sorted(sample_crops(training, 13, 0, stream=1)["images"][:12, 0, 0, 0].long().tolist()) == list(range(12))
+
+
+@pytest.mark.slow
+def test_reconstruct_keeps_existing_files_and_never_replaces_its_checkpoint(tmp_path, capsys):
+    """``reconstruct --output run/checkpoints/last.ckpt`` once turned the run's checkpoint into a PNG."""
+    run = pretrain("cellpainting", output=tmp_path / "run", max_steps=1, quiet=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    for extra in ([], ["--overwrite"], ["--score", "--overwrite"]):
+        assert main(["reconstruct", "--checkpoint", str(ckpt), "--output", str(ckpt), *extra]) == 1
+        assert f"{ckpt} is an input of this command" in capsys.readouterr().err
+    assert main(["reconstruct", "--checkpoint", str(run), "--output", str(tmp_path / "r.png"),
+                 "--output-json", str(ckpt), "--overwrite"]) == 1  # fmt: skip
+    assert f"{ckpt} is an input of this command" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before
+    png = tmp_path / "r.png"
+    assert main(["reconstruct", "--checkpoint", str(run), "--output", str(png), "--output-json", str(png)]) == 1
+    assert "--output-json and --output" in capsys.readouterr().err and not png.exists()
+    png.write_text("earlier")
+    assert main(["reconstruct", "--checkpoint", str(run), "--output", str(png)]) == 1
+    assert f"{png} already exists" in capsys.readouterr().err and png.read_text() == "earlier"
+    assert main(["reconstruct", "--checkpoint", str(run), "--output", str(png), "--overwrite"]) == 0
+    with Image.open(png) as image:
+        assert image.format == "PNG"

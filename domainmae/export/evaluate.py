@@ -46,7 +46,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MultiLabelBinarizer, StandardScaler
 
-from ..atomic import atomic_write_text, check_file_target
+from ..atomic import atomic_write_text, check_output_file
 from .compare import paired_bootstrap, seen_labels
 from .labels import LABEL, raster_table
 from .splits import default_gap, split_rows, too_near, with_ground_boxes
@@ -205,6 +205,7 @@ def evaluate(
     purity: float = 0.5,
     predictions: bool = False,
     output: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fit each method on the train rows and score the test rows, for the file's features and each ``against``.
 
@@ -228,6 +229,8 @@ def evaluate(
         predictions: also return each test row's predicted label per feature set and method
             (``"predictions": {name: {method: [label, ...]}}``, label lists for multi-label) and the test rows'
             positions in ``file`` (``"test_rows"``), e.g. to pool leave-one-group-out folds.
+        output: also write the result as JSON here; an existing file is replaced only with ``overwrite``, and
+            never when it is one of the inputs (``file``, ``labels``, an ``against`` file).
 
     With ``against``, ``"differences"`` holds the file's features minus each other set's, per method and
     metric, with a paired-bootstrap 95% interval over the test rows (:mod:`~domainmae.export.compare`; whole
@@ -239,8 +242,8 @@ def evaluate(
     ``"resampled"`` with ``against``, ``"test_rows"``, ``"predictions"`` with ``predictions``.
     """
     file = Path(file)
-    if output is not None:
-        check_file_target(output)  # before the probes, not after them
+    if output is not None:  # before the probes, not after them
+        check_output_file(output, overwrite=overwrite, inputs=(file, labels))
     if labels is not None:
         if label not in (None, LABEL):
             raise ValueError(f"with a label file (labels=) the label column is {LABEL!r}, not {label!r}")
@@ -261,6 +264,8 @@ def evaluate(
     sets = {provenance.get("features", "model"): df[features].to_numpy(np.float32)}
 
     def join(path: Path, name: str | None) -> None:
+        if output is not None:  # against files come lazily (baselines are embedded on demand): checked as they come
+            check_output_file(output, overwrite=overwrite, inputs=(path,))
         other, other_features, other_provenance = read(path)
         name = name or other_provenance.get("features", "model")
         name = name if name not in sets else path.stem

@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
+from ..atomic import check_output_file
 from .writers.tables import IMAGE_COLUMN, read_embeddings, with_embeddings, write_embeddings
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,7 @@ def profile(
 
     Input and output are Parquet or ``.h5ad`` (by suffix). Provenance is carried over with the steps added.
     """
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
+    output = check_output_file(output, overwrite=overwrite)
     steps = profile_steps(level=level, strata=strata, method=method, normalization=normalization, controls=controls,
                           batch=batch)  # fmt: skip
     df, features, provenance = read_embeddings(input)

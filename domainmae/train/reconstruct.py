@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import check_output_file
 from ..data.loader import collate_samples, sample_seed, spread_picks
 from ..models import MaskedAutoencoder, Masking, MixtureAutoencoder, masking_from_scores
 from ..models.baselines import channel_gram
@@ -137,6 +138,7 @@ def reconstruct(
     seed: int = 0,
     baseline: str | None = None,
     mix_ratio: float | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Draw original / masked / reconstruction for ``samples`` crops of the run's data (or ``data``).
 
@@ -149,7 +151,11 @@ def reconstruct(
 
     An i-MAE checkpoint (objective imae) draws the mixture of each crop (weight ``mix_ratio``; default the
     model's fixed ratio, else 0.3) with the next crop, and both separated sources; it takes no ``baseline``.
+
+    An existing ``output`` is replaced only with ``overwrite``, and never when it is an input (``checkpoint``,
+    ``data``, or lies in their folder).
     """
+    check_output_file(output, overwrite=overwrite, inputs=(checkpoint, data))
     trained = load_trained(checkpoint)
     model = trained.model
     imae = isinstance(model, MixtureAutoencoder)
