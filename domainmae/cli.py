@@ -57,7 +57,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         import json
 
         from .atomic import atomic_write_text, check_output_file
-        from .train.reconstruct import score_reconstruction
+        from .train.reconstruct import check_reconstruct_output, score_reconstruction
         from .train.score import format_scores
 
         # Both outputs are checked before the scores are computed (reconstruct checks --output again, as an API).
@@ -66,7 +66,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
             if Path(args.output_json).resolve() == Path(args.output).resolve():
                 raise ValueError(f"--output-json and --output both name {args.output}; give the JSON another name")
             check_output_file(args.output_json, overwrite=args.overwrite, inputs=inputs)
-        check_output_file(args.output, overwrite=args.overwrite, inputs=inputs)
+        check_reconstruct_output(args.output, overwrite=args.overwrite, inputs=inputs)
 
         result = score_reconstruction(args.checkpoint, data=args.data, mask_ratio=args.mask_ratio,
                                       visible_channels=channels, samples=args.score_samples, seed=args.seed)  # fmt: skip

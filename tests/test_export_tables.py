@@ -342,3 +342,15 @@ def test_a_field_read_in_part_under_skip_gets_no_image_row(plate, tmp_path, capl
                                        overrides=skip, progress=False))[0]  # fmt: skip
     assert len(images) == 7 and rows[2]["Metadata_Well"] not in set(images[images.Metadata_Plate == "P1"].Metadata_Well)
     assert "3 of its 6 tiles" in caplog.text and "partial.csv" in caplog.text
+
+
+def test_an_output_name_that_says_another_format_is_refused(plate, tiles_file, tmp_path, capsys):
+    """``--format h5ad`` into ``emb.parquet`` once wrote HDF5 there, and ``profile --output prof.csv`` Parquet."""
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", "--checkpoint", str(plate["run"]), "--output", str(out), "--format", "h5ad", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "'.parquet'" in err and "h5ad" in err and not out.exists()
+    for name in ("prof.csv", "prof.tif"):
+        assert main(["profile", str(tiles_file), "--output", str(tmp_path / name), "--level", "image"]) == 1
+        err = capsys.readouterr().err
+        assert f"'{Path(name).suffix}'" in err and ".parquet or .h5ad" in err and not (tmp_path / name).exists()

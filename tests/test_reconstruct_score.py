@@ -241,3 +241,11 @@ def test_reconstruct_keeps_existing_files_and_never_replaces_its_checkpoint(tmp_
     assert main(["reconstruct", "--checkpoint", str(run), "--output", str(png), "--overwrite"]) == 0
     with Image.open(png) as image:
         assert image.format == "PNG"
+
+
+def test_reconstruct_refuses_a_name_that_is_not_a_png(tmp_path, capsys):
+    """``reconstruct --output rec.jpg`` once wrote PNG bytes into rec.jpg; refused before the model loads."""
+    out = tmp_path / "rec.jpg"
+    assert main(["reconstruct", "--checkpoint", str(tmp_path / "no-run"), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}" in err and "'.jpg'" in err and ".png" in err and not out.exists()

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_dir, atomic_write_text, check_output_file
 from ..export.embed import embed, file_sha256
 from ..export.splits import split_rows
-from ..export.writers.tables import feature_names, read_embeddings, with_embeddings, write_embeddings
+from ..export.writers.tables import check_table_name, feature_names, read_embeddings, with_embeddings, write_embeddings
 from ..models.pretrained import WEIGHTS
 from .finetune import ENCODER, TunedEncoder, tuned_encoder
 from .model import AlignModel
@@ -292,7 +292,7 @@ def aligned_features(model: AlignModel, info: dict[str, Any],
 def project_embeddings(aligned: str | Path, file: str | Path, output: str | Path, overwrite: bool = False) -> Path:
     """Write ``file``'s rows with text-aligned embeddings (unit vectors ``[N, embed_dim]`` as ``emb_XXXX``,
     comparable by dot product with :meth:`AlignModel.encode_texts`) to ``output`` (.parquet or .h5ad)."""
-    output = check_output_file(output, overwrite=overwrite)
+    output = check_table_name(check_output_file(output, overwrite=overwrite))
     model, info = load_aligned(aligned)
     meta, z, provenance = aligned_features(model, info, file)
     provenance = {**provenance, "aligned": str(Path(aligned).resolve()), "aligned_template": info["template"]}

@@ -22,7 +22,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from ..atomic import check_output_file
-from .writers.tables import IMAGE_COLUMN, read_embeddings, with_embeddings, write_embeddings
+from .writers.tables import IMAGE_COLUMN, check_table_name, read_embeddings, with_embeddings, write_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def profile(
 
     Input and output are Parquet or ``.h5ad`` (by suffix). Provenance is carried over with the steps added.
     """
-    output = check_output_file(output, overwrite=overwrite)
+    output = check_table_name(check_output_file(output, overwrite=overwrite))
     steps = profile_steps(level=level, strata=strata, method=method, normalization=normalization, controls=controls,
                           batch=batch)  # fmt: skip
     df, features, provenance = read_embeddings(input)

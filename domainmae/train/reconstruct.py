@@ -127,6 +127,16 @@ def score_reconstruction(
             **result}  # fmt: skip
 
 
+def check_reconstruct_output(output: str | Path, *, overwrite: bool, inputs: Sequence[str | Path | None]) -> Path:
+    """Refuse ``output`` before any work (:func:`~domainmae.atomic.check_output_file`), and a name that is no
+    ``.png``: the drawing is always a PNG, which ``rec.jpg`` would hold under the wrong name."""
+    output = check_output_file(output, overwrite=overwrite, inputs=inputs)
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"reconstruct draws a PNG image; {output} ends in {output.suffix or '(no suffix)'!r}: "
+                         "name it .png")
+    return output
+
+
 def reconstruct(
     checkpoint: str | Path,
     *,
@@ -155,7 +165,7 @@ def reconstruct(
     An existing ``output`` is replaced only with ``overwrite``, and never when it is an input (``checkpoint``,
     ``data``, or lies in their folder).
     """
-    check_output_file(output, overwrite=overwrite, inputs=(checkpoint, data))
+    check_reconstruct_output(output, overwrite=overwrite, inputs=(checkpoint, data))
     trained = load_trained(checkpoint)
     model = trained.model
     imae = isinstance(model, MixtureAutoencoder)

@@ -27,6 +27,7 @@ from ...atomic import atomic_path
 PREFIX = "emb_"
 PROVENANCE_KEY = "domainmae"
 ROWS_PER_GROUP = 8192  # Parquet row group size: big enough for fast scans, small enough to stream
+TABLE_SUFFIXES = (".parquet", ".pq", ".h5ad")  # what write_embeddings writes, by suffix
 
 
 def feature_names(dim: int) -> list[str]:
@@ -199,6 +200,16 @@ def write_anndata(path: Path, df: pd.DataFrame, features: Sequence[str], provena
         # pandas 3 stores text as nullable string arrays; anndata writes them only when asked to.
         with anndata.settings.override(allow_write_nullable_strings=True):
             adata.write_h5ad(tmp)
+    return path
+
+
+def check_table_name(path: str | Path) -> Path:
+    """``path`` if its suffix names a table format :func:`write_embeddings` writes (it goes by the suffix: ``.h5ad``
+    is AnnData and anything else Parquet, so ``prof.csv`` would hold Parquet); else an error naming both."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise ValueError(f"{path}: embeddings are written as Parquet or AnnData, not {path.suffix or '(no suffix)'!r}; "
+                         "name the output .parquet or .h5ad")
     return path
 
 
