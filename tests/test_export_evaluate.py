@@ -422,3 +422,17 @@ def test_an_existing_output_is_kept_without_overwrite_and_the_input_always(tmp_p
     other = _embeddings(tmp_path / "other.parquet")
     with pytest.raises(ValueError, match="is an input of this command"):  # an --against file is an input too
         evaluate(path, "Metadata_Label", against=[other], output=other, overwrite=True)
+
+
+def test_a_split_that_leaves_no_test_label_in_training_is_refused(tmp_path, capsys):
+    """``--label X --split X`` once printed scores of 0 and chance 0 as results."""
+    path = _embeddings(tmp_path / "emb.parquet")
+    for split in ("Metadata_Label", "Metadata_Label=a"):
+        assert main(["evaluate", str(path), "--label", "Metadata_Label", "--split", split]) == 1
+        assert "split column is the label column 'Metadata_Label'" in capsys.readouterr().err
+    df, features, provenance = read_embeddings(path)
+    df["Metadata_Label"] = np.where(df.Metadata_Plate == "P0", "x", df.Metadata_Label)
+    other = write_embeddings(tmp_path / "plate_label.parquet", df, features, provenance)
+    with pytest.raises(ValueError, match=r"no test row's 'Metadata_Label' occurs in the training rows"):
+        evaluate(other, "Metadata_Label", split="Metadata_Plate=P0")
+

@@ -82,12 +82,14 @@ def test_label_raster_in_another_crs_lines_up(rasters):
 
 def test_evaluate_with_a_label_raster_blocks_and_baselines(rasters, tmp_path, capsys):
     raw = embed_baselines(rasters["emb"], ["raw"], tmp_path / "baselines")
-    # gap=0: no training patch shares an input pixel with a test patch (the default margin of one more window
-    # would leave this 64 x 96 px scene nothing to train on).
-    result = evaluate(rasters["emb"], labels=rasters["utm"], split="blocks:32", against=raw.items(), test_size=0.3,
-                      gap=0)  # fmt: skip
+    # The classes are stripes 32 px wide, as the blocks are: the test blocks hold classes no training patch has,
+    # which scored 0 as if it were a result. gap=0: no training patch shares an input pixel with a test patch (the
+    # default margin of one more window would leave this 64 x 96 px scene nothing to train on).
+    with pytest.raises(ValueError, match="no test row's 'label' occurs in the training rows"):
+        evaluate(rasters["emb"], labels=rasters["utm"], split="blocks:32", against=raw.items(), test_size=0.3, gap=0)
+    result = evaluate(rasters["emb"], labels=rasters["utm"], split="window_row=32,40", against=raw.items())
     assert result["label"] == "label" and result["n_classes"] == 4 and list(result["features"]) == ["model", "raw"]
-    assert result["n_dropped"] > 0  # train patches touching a test block
+    assert result["n_test"] == 2 * COLS  # patch rows 4 and 5: classes 1 to 3 on both sides
     assert main(["evaluate", str(rasters["emb"]), "--labels", str(rasters["wgs84"]), "--method", "knn"]) == 0
     assert "knn" in capsys.readouterr().out
 
@@ -205,10 +207,13 @@ def test_lines_unknown_fields_and_unplaceable_files_are_refused(rasters, polygon
         raster_table(rasters["emb"], far)
 
 
-def test_cli_evaluates_against_a_polygon_file_with_blocks(rasters, polygons, capsys):
-    command = ["evaluate", str(rasters["emb"]), "--labels", str(polygons["codes"]), "--split", "blocks:32", "--gap", "0"]
+def test_cli_evaluates_against_a_polygon_file(rasters, polygons, capsys):
+    command = ["evaluate", str(rasters["emb"]), "--labels", str(polygons["codes"]), "--split", "window_row=32,40"]
     assert main([*command, "--label-field", "cls", "--method", "knn"]) == 0
     assert "knn" in capsys.readouterr().out
+    # Blocks as wide as the class stripes hold out whole classes: refused, not scored 0.
+    assert main([*command[:-1], "blocks:32", "--gap", "0", "--label-field", "cls"]) == 1
+    assert "no test row's 'label' occurs in the training rows" in capsys.readouterr().err
     assert main(command) == 1 and "--label-field" in capsys.readouterr().err
     assert main(["evaluate", str(rasters["emb"]), "--label-field", "cls"]) == 1
     assert "vector label file" in capsys.readouterr().err

@@ -258,6 +258,9 @@ def evaluate(
         raise ValueError(f"evaluate {file} needs a label column (label=, --label) or a label raster (labels=, --labels)")
     else:
         read = read_embeddings
+    if split.split("=", 1)[0] == label:  # before reading (and embedding baselines): every test class is unseen
+        raise ValueError(f"split {split!r}: the split column is the label column {label!r}, so no test row's label "
+                         "occurs in training and every score would be 0; split by another column (plate, scene_id)")
     df, features, provenance = read(file)
     if label not in df.columns:
         raise KeyError(f"label column {label!r} is not in {file}; it has {[c for c in df.columns if c not in features]}")
@@ -290,6 +293,10 @@ def evaluate(
                          f"row ({dropped}) as too near the test rows; use larger blocks, a smaller --gap or more data")
     if len(np.unique(y[train], axis=0)) < 2:
         raise ValueError(f"the training rows hold a single value of {label!r}; nothing to learn")
+    seen = y[train].any(axis=0) if multilabel else np.unique(y[train])
+    if not (y[test][:, seen].any() if multilabel else np.isin(y[test], seen).any()):
+        raise ValueError(f"split {split!r}: no test row's {label!r} occurs in the training rows, so every score "
+                         "would be 0; hold out other groups or split by another column")
     folds = tuning_folds(df, y, train, groups, split, gap, seed, multilabel) if tune else None
     scored = {name: score(x[labelled], y, train, test, methods, k, multilabel, balanced, folds)
               for name, x in sets.items()}  # fmt: skip
