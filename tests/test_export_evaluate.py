@@ -436,3 +436,20 @@ def test_a_split_that_leaves_no_test_label_in_training_is_refused(tmp_path, caps
     with pytest.raises(ValueError, match=r"no test row's 'Metadata_Label' occurs in the training rows"):
         evaluate(other, "Metadata_Label", split="Metadata_Plate=P0")
 
+
+
+def test_no_labels_no_rows_and_nan_features_name_the_file_and_column(tmp_path, capsys):
+    path = _embeddings(tmp_path / "emb.parquet")
+    df, features, provenance = read_embeddings(path)
+    unlabelled = write_embeddings(tmp_path / "unlabelled.parquet", df.assign(lab=np.nan), features, provenance)
+    assert main(["evaluate", str(unlabelled), "--label", "lab"]) == 1
+    assert f"label column 'lab' of {unlabelled} has no non-null values" in capsys.readouterr().err
+    empty = write_embeddings(tmp_path / "empty.parquet", df.iloc[:0], features, provenance)
+    assert main(["evaluate", str(empty), "--label", "Metadata_Label"]) == 1
+    assert f"{empty} has no rows" in capsys.readouterr().err
+    df.loc[[3, 7], "emb_0003"] = np.nan
+    holes = write_embeddings(tmp_path / "holes.parquet", df, features, provenance)
+    assert main(["evaluate", str(holes), "--label", "Metadata_Label"]) == 1
+    assert f"feature column 'emb_0003' of {holes} is not finite in 2 row(s)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="feature column 'emb_0003' of .*holes.parquet"):  # an against file too
+        evaluate(path, "Metadata_Label", against=[holes])

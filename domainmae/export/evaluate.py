@@ -61,6 +61,18 @@ C_GRID = tuple(10.0**e for e in range(-6, 3))
 INNER_FOLDS = 3
 
 
+def finite_features(df: pd.DataFrame, features: Sequence[str], path: Path) -> np.ndarray:
+    """``df[features]`` as float32 ``[N, D]``; an error naming the first column (and ``path``) that holds NaN or
+    infinity, which the probes would otherwise reject with no name."""
+    x = df[list(features)].to_numpy(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        column = int(np.flatnonzero(bad.any(axis=0))[0])
+        raise ValueError(f"feature column {features[column]!r} of {path} is not finite in {int(bad[:, column].sum())} "
+                         f"row(s) (NaN or infinity); the probes need a value in every feature")
+    return x
+
+
 def _classifier(method: str, k: int, n_train: int, multilabel: bool, balanced: bool) -> Any:
     if method == "linear":
         head = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None)
@@ -264,7 +276,9 @@ def evaluate(
     df, features, provenance = read(file)
     if label not in df.columns:
         raise KeyError(f"label column {label!r} is not in {file}; it has {[c for c in df.columns if c not in features]}")
-    sets = {provenance.get("features", "model"): df[features].to_numpy(np.float32)}
+    if df.empty:
+        raise ValueError(f"{file} has no rows to evaluate")
+    sets = {provenance.get("features", "model"): finite_features(df, features, file)}
 
     def join(path: Path, name: str | None) -> None:
         if output is not None:  # against files come lazily (baselines are embedded on demand): checked as they come
@@ -275,7 +289,7 @@ def evaluate(
         if name in sets:
             raise ValueError(f"two feature sets are named {name!r} ({path}); rename one of the files")
         same_rows(file, df, other, features, name)
-        sets[name] = other[other_features].to_numpy(np.float32)
+        sets[name] = finite_features(other, other_features, path)
 
     for entry in against:
         name, path = entry if isinstance(entry, tuple) else (None, entry)
@@ -284,6 +298,8 @@ def evaluate(
         df = with_ground_boxes(df, file)  # windows of a GeoParquet: blocks and the gap on the ground
     labelled = df[label].notna().to_numpy()
     df = df[labelled].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"label column {label!r} of {file} has no non-null values")
     multilabel = isinstance(df[label].iloc[0], (list, tuple, np.ndarray))
     binarizer = MultiLabelBinarizer()
     y = binarizer.fit_transform(df[label]) if multilabel else df[label].astype(str).to_numpy()
