@@ -259,3 +259,15 @@ def test_inspect_command_prints_the_report_or_a_one_line_error(tmp_path: Path, c
     assert "no known layout" in capsys.readouterr().err
     assert main(["inspect", str(BEN), "--recipe", "sentinel", "--samples", "2"]) == 0
     assert "EPSG:32633" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", ["header only", "truncated", "empty"])
+def test_an_unreadable_tiff_is_named_without_a_traceback(tmp_path, capsys, content: str) -> None:
+    """A corrupt or truncated TIFF once ended in ``IndexError: 0``, an empty one in a message naming no file."""
+    scene = SAMPLES / "multispectral" / "S2A_MSIL2A_20170617T113321_36_85.tif"
+    data = {"header only": b"II*\x00" + bytes(100), "truncated": scene.read_bytes()[:5000], "empty": b""}[content]
+    path = tmp_path / "bad.tif"
+    path.write_bytes(data)
+    assert main(["inspect", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read {path}: " in err and "Traceback" not in err

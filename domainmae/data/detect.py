@@ -24,6 +24,8 @@ import tifffile
 import zarr
 
 from .bigearthnet import bigearthnet_pairs, bigearthnet_scenes
+from .errors import DECODE_ERRORS
+from .fields import FieldError
 from .multisensor import MultiSensorScene
 from .raster import RasterScene
 from .safe import MTD_NAME, holds_safe_products, safe_scenes
@@ -89,8 +91,14 @@ def _unnamed(count: int) -> list[str]:
 
 
 def _is_geotiff(path: Path) -> bool:
-    with tifffile.TiffFile(path) as tif:
-        return any(tag in tif.pages.first.tags for tag in GEOTIFF_TAGS)
+    """Whether ``path`` holds GeoTIFF tags; the first read of a TIFF, so an unreadable one is named here."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return any(tag in tif.pages.first.tags for tag in GEOTIFF_TAGS)
+    except IndexError as err:  # tifffile's word for a file whose first page cannot be read: IndexError(0)
+        raise FieldError(f"cannot read {path}: no readable TIFF page (a truncated or corrupt file)") from err
+    except DECODE_ERRORS as err:  # an empty file, a bad header ("not a TIFF file: header=b''")
+        raise FieldError(f"cannot read {path}: {err}") from err
 
 
 def _geotiff_scene(path: Path) -> RasterScene:
