@@ -230,3 +230,18 @@ def test_overwrite_replaces_earlier_embed_rasters_and_no_other_folder(scene, tmp
         with pytest.raises(FileExistsError, match=rf"refusing to replace {folder}: it is not .* embed"):
             embed(scene["ckpt"], output=folder, format=fmt, overwrite=True, progress=False)
         assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_an_unknown_crs_is_named_before_any_window_is_embedded(scene, tmp_path, capsys, monkeypatch):
+    """``--crs EPSG:99999`` once ended in pyproj's CRSError traceback, after every window was embedded."""
+    from domainmae.cli import main
+    from domainmae.export.stream import Export
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("a window was embedded before --crs was checked")
+
+    monkeypatch.setattr(Export, "forward", embedded)
+    out = tmp_path / "chips.parquet"
+    assert main(["embed", "--checkpoint", str(scene["ckpt"]), "--output", str(out), "--crs", "EPSG:99999",
+                 "--quiet"]) == 1  # fmt: skip
+    assert "--crs 'EPSG:99999'" in capsys.readouterr().err and not out.exists()

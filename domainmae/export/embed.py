@@ -44,7 +44,7 @@ from .stream import (
     scene_meta,
     singletons,
 )
-from .writers.geoparquet import chip_rows, footprint_crs, scene_name, write_geoparquet
+from .writers.geoparquet import chip_rows, footprint_crs, parse_crs, scene_name, write_geoparquet
 from .writers.raster import (
     RASTER_SUFFIXES,
     SceneStrips,
@@ -262,8 +262,10 @@ def embed(
     levels = ("tile", "image", "well") if kind == "microscopy" else ("tile", "image")
     if level not in levels:
         raise ValueError(f"level {level!r} does not fit {kind} data; choose one of {', '.join(levels)}")
-    if crs is not None and fmt != "geoparquet":
-        raise ValueError(f"crs= reprojects GeoParquet footprints; {fmt} output keeps the source CRS")
+    if crs is not None:
+        if fmt != "geoparquet":
+            raise ValueError(f"crs= reprojects GeoParquet footprints; {fmt} output keeps the source CRS")
+        parse_crs(crs)  # now, not when the footprints are written after every window was embedded
     if dtype == "int8" and fmt != "geotiff":
         raise ValueError(f"dtype='int8' is a GeoTIFF option; {fmt} output {output} is float32")
     chosen = select_channel_names(model, recipe_channels(recipe, model), channels)

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import shapely
 from pyproj import CRS
+from pyproj.exceptions import CRSError
 
 from ...data.samplers import span
 from ...data.windows import GRID_WINDOWS
@@ -52,6 +53,15 @@ def chip_rows(groups: Sequence[Sequence[dict[str, Any]]], sensors: list[str]) ->
     return rows
 
 
+def parse_crs(crs: str) -> CRS:
+    """The CRS ``crs`` names (``EPSG:4326``, WKT, PROJ); an error naming it and the option when pyproj cannot
+    read it, checked before any window is embedded rather than when the footprints are written."""
+    try:
+        return CRS.from_user_input(crs)
+    except CRSError as err:
+        raise ValueError(f"--crs {crs!r} (crs=) is not a CRS pyproj knows: {err}") from err
+
+
 def footprint_crs(scene_crs: Mapping[str, Any], crs: str | None, output: Path) -> CRS:
     """The one CRS of the geometry column: ``crs`` if given, else that of every scene (``{name: CRS}``).
 
@@ -67,7 +77,7 @@ def footprint_crs(scene_crs: Mapping[str, Any], crs: str | None, output: Path) -
         raise ValueError(f"{output}: the scenes are in {len(by_crs)} CRSs ({listed}), and a GeoParquet geometry "
                          "column has one CRS: pass --crs (crs= in Python), e.g. --crs EPSG:4326, to reproject the "
                          "footprints")  # fmt: skip
-    return CRS.from_user_input(crs if crs is not None else next(iter(scene_crs.values())).to_wkt())
+    return parse_crs(crs) if crs is not None else CRS.from_user_input(next(iter(scene_crs.values())).to_wkt())
 
 
 def footprints(groups: Sequence[Sequence[dict[str, Any]]], crs: CRS) -> gpd.GeoSeries:
