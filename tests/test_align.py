@@ -169,6 +169,26 @@ def test_template_fills_from_the_manifest_and_names_a_missing_column() -> None:
         fill_template(sites, "site {}")
     with pytest.raises(ValueError, match=r"does not fit the values of .*Unknown format code"):
         fill_template(df, "site {Metadata_Site:03d}", str(manifest))
+    with pytest.raises(ValueError, match=r"text template 'site \{Metadata_Site' is malformed: expected '\}'"):
+        fill_template(df, "site {Metadata_Site", str(manifest))
+
+
+def test_training_settings_that_cannot_train_are_refused_by_name(tmp_path) -> None:
+    file = toy_file(tmp_path / "toy.parquet")
+    for settings, says in (({"steps": 0}, "steps must be at least 1"), ({"batch_size": 0}, "batch_size must be")):
+        with pytest.raises(ValueError, match=says):
+            align_embeddings(file, "a {Metadata_Colour} cell", tmp_path / "aligned", text=TINY_TEXT, **settings)
+    with pytest.raises(ValueError, match=r"text tower width 7 is not a multiple of its 2 heads"):
+        TextTowerConfig(embed_dim=8, width=7, heads=2, layers=1, context_length=8)
+
+
+def test_align_errors_name_the_output_not_its_temporary_folder(tmp_path, monkeypatch) -> None:
+    toy = toy_file(tmp_path / "toy.parquet")
+    monkeypatch.setattr(align_train, "embed", lambda checkpoint, output, **kwargs: Path(shutil.copy(toy, output)))
+    with pytest.raises(KeyError) as raised:
+        align("run", "a {Metadata_Nope} cell", tmp_path / "aligned", text=TINY_TEXT, steps=2)
+    assert str(tmp_path / "aligned" / "embeddings.parquet") in str(raised.value)
+    assert "/." not in str(raised.value)  # no hidden temporary folder named
 
 
 def test_text_tower_saves_and_reloads(tmp_path) -> None:

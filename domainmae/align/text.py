@@ -43,6 +43,14 @@ class TextTowerConfig:
     context_length: int = 77
     vocab_size: int = 49408  # open_clip's BPE vocabulary
 
+    def __post_init__(self) -> None:
+        # Checked here, by name: open_clip's own checks fail deep inside the transformer with bare assertions.
+        for name, value in vars(self).items():
+            if value < 1:
+                raise ValueError(f"text tower {name} must be at least 1, got {value}")
+        if self.width % self.heads:
+            raise ValueError(f"text tower width {self.width} is not a multiple of its {self.heads} heads")
+
 
 class TextTower(nn.Module):
     """Strings -> text embeddings ``[N, embed_dim]`` (not normalised), and a tokenizer of the same context."""

@@ -47,7 +47,10 @@ DEFAULT_TEXT = TextTowerConfig(embed_dim=128, width=256, heads=4, layers=3, cont
 
 def fill_template(df: pd.DataFrame, template: str, source: str = "the table") -> list[str]:
     """One caption per row of ``df``: ``template``'s ``{column}`` fields filled from that row."""
-    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:  # an unbalanced brace: str.format's own words say what, not where
+        raise ValueError(f"text template {template!r} is malformed: {err}") from None
     if any(not name or name.isdigit() for name in fields):
         raise ValueError(f"text template {template!r} has a positional field ({{}} or {{0}}); name a column, "
                          f"e.g. {{Metadata_Well}}")  # fmt: skip
@@ -172,6 +175,9 @@ def train_aligned(
         text: the text tower's shape, trained from scratch (default: ``TextTowerConfig(embed_dim=128, width=256,
             heads=4, layers=3, context_length=32)``); or ``pretrained=(open_clip model name, weights file or tag)``.
     """
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     df, features, provenance = read_embeddings(file)
     texts = np.array(fill_template(df, template, str(file)), dtype=object)
     train, test = split_rows(df, texts, split, test_size, seed, multilabel=False)[:2]
@@ -220,14 +226,16 @@ def align(checkpoint: str | Path, template: str, output: str | Path, *, data: st
         try:
             file = embed(checkpoint, output=folder / EMBEDDINGS, data=data, level=level, pool=pool, device=device,
                          crs=crs, progress=False)  # fmt: skip
-        except ValueError as err:  # named by the place the user gave, not the temporary folder it is built in
-            raise ValueError(str(err).replace(str(folder), str(output))) from err
-        tuned = None
-        if unfreeze:
-            n_rows = len(read_embeddings(file)[0])
-            tuned = tuned_encoder(checkpoint, n_rows, output.resolve() / ENCODER, data=data, pool=pool, device=device,
-                                  batch_size=options.get("batch_size", 256), lr_scale=encoder_lr_scale)  # fmt: skip
-        info = train_aligned(file, template, folder, tuned=tuned, **options)
+            tuned = None
+            if unfreeze:
+                n_rows = len(read_embeddings(file)[0])
+                tuned = tuned_encoder(checkpoint, n_rows, output.resolve() / ENCODER, data=data, pool=pool,
+                                      device=device, batch_size=options.get("batch_size", 256),
+                                      lr_scale=encoder_lr_scale)  # fmt: skip
+            info = train_aligned(file, template, folder, tuned=tuned, **options)
+        except (ValueError, KeyError) as err:  # named by the place the user gave, not the temporary folder
+            message = err.args[0] if len(err.args) == 1 and isinstance(err.args[0], str) else str(err)
+            raise type(err)(message.replace(str(folder), str(output))) from err
     return info
 
 
