@@ -170,6 +170,9 @@ def test_score_from_a_run_directory_cli_and_json(tmp_path, capsys):
         assert scored.height > without.height * 1.2  # a fourth row per sample: the best baseline
     given = score_reconstruction(run, samples=2, data=first["data"])
     assert given["held_out"] == "the given data" and given["samples"] == 2
+    for flags in (["--samples", "0"], ["--score", "--score-samples", "0"]):  # said "every item ... was skipped"
+        assert main(["reconstruct", "--checkpoint", str(run), "--output", str(tmp_path / "none.png"), *flags]) == 1
+        assert "samples must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_hiding_channels_at_mask_ratio_zero_shows_the_other_channels_whole():

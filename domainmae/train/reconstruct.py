@@ -60,6 +60,8 @@ def sample_crops(training: TrainingData, samples: int, seed: int, stream: int) -
 
     The reads go to fields/scenes spread over the data (:func:`~domainmae.data.loader.spread_picks`).
     """
+    if samples < 1:  # else an empty batch, reported as if every read had failed
+        raise ValueError(f"samples must be at least 1, got {samples}")
     picks = spread_picks(len(training.dataset), -(-samples // training.crops_per_item), seed, stream)
     items = [training.dataset[(index, sample_seed(seed, stream, i))] for i, index in enumerate(picks)]
     return _first_rows(collate_samples(items), samples)
