@@ -121,7 +121,7 @@ def _embed_encoder(args: argparse.Namespace, output: str) -> Path:
 
 def _embed(args: argparse.Namespace) -> int:
     if args.aligned:
-        from .export.embed import SUFFIXES
+        from .export.formats import SUFFIXES
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("embed --aligned runs in one process; embed under torchrun, then project the file alone")

@@ -4,8 +4,8 @@ The orchestrator: it resolves the checkpoint, recipe, channels and output format
 (:mod:`~domainmae.export.stream`), computes what the writer needs up front (column types from the
 manifest or scenes, the footprint CRS, the patch grid), and hands the stream to the writer that
 :data:`WRITERS` names for the format (:mod:`~domainmae.export.writers`). A new output format is a
-writer in ``writers/`` plus its entries in :data:`FORMATS`, :data:`SUFFIXES` and :data:`WRITERS` (and
-:data:`PARTITIONED` if several torchrun processes can write it in parts: :mod:`~domainmae.export.parts`).
+writer in ``writers/``, its entries in :mod:`.formats` (``FORMATS``, ``SUFFIXES``; ``PARTITIONED`` if several
+torchrun processes can write it in parts: :mod:`~domainmae.export.parts`) and in :data:`WRITERS`.
 The data are tiled deterministically (grid windows, no masking, no augmentation) and normalised
 exactly as in training (the run's recipe and band statistics).
 """
@@ -31,6 +31,7 @@ from ..models.mae import POOLS
 from ..pipeline import microscopy_fields, normalizer, sentinel_scenes
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import Trained, load_trained
+from .formats import PARTITIONED, RASTERS, SUFFIXES, resolve_format
 from .parts import conform, join_processes, owned, write_raster_parts, write_table_parts
 from .profile import LEVEL_STRATA, aggregate, apply_steps
 from .raw import raw_feature_names
@@ -67,12 +68,6 @@ from .writers.tables import (
 
 Level = Literal["tile", "image", "well"]
 Baseline = Literal["raw", "random"]
-#: Output formats by data kind; the first one is what ``.parquet`` means for that kind.
-FORMATS = {"microscopy": ("parquet", "h5ad"), "sentinel": ("geoparquet", "geotiff", "zarr")}
-SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".h5ad": "h5ad", ".tif": "geotiff", ".tiff": "geotiff",
-            ".zarr": "zarr"}  # fmt: skip
-RASTERS = ("geotiff", "zarr")  # per-patch outputs: no pooling, one value per patch
-PARTITIONED = ("parquet", "geoparquet", *RASTERS)  # formats a torchrun launch writes as one part per process
 #: Format -> writer (``geotiff-int8``: GeoTIFF with ``dtype="int8"``). Table writers take row tables, the
 #: GeoParquet writer grouped (metas, embeddings) batches, raster writers one scene's strips: the feeders
 #: below (``embed_fields``, ``embed_windows``, ``embed_rasters``) shape the stream for each.
@@ -80,27 +75,6 @@ WRITERS: dict[str, Callable[..., Any]] = {
     "parquet": write_parquet, "h5ad": write_h5ad, "geoparquet": write_geoparquet,
     "geotiff": write_geotiff, "geotiff-int8": write_int8_geotiff, "zarr": write_zarr,
 }  # fmt: skip
-
-
-def resolve_format(output: Path, format: str | None, kind: str) -> str:  # noqa: A002 - the CLI's word
-    """The output format: ``format`` if given, else from the suffix; checked against the data kind and, for a
-    given ``format``, against the suffix (readers go by the suffix: HDF5 in a ``.parquet`` file reads as nothing)."""
-    allowed = FORMATS[kind]
-    suffix = output.suffix.lower()
-    if format is None:
-        if suffix not in SUFFIXES:
-            raise ValueError(f"cannot tell the format of {output} from its suffix; pass format= one of {allowed}")
-        format = SUFFIXES[suffix]
-        format = allowed[0] if format == "parquet" else format
-    elif suffix in SUFFIXES or format not in RASTERS:  # a raster format may name a folder of scenes, any name
-        written = "parquet" if format == "geoparquet" else format  # GeoParquet is Parquet, by its suffix too
-        if SUFFIXES.get(suffix) != written:
-            names = " or ".join(s for s, f in SUFFIXES.items() if f == written)
-            raise ValueError(f"{output}: the suffix {suffix or '(none)'!r} does not fit format {format!r}; name it "
-                             f"{names}{' (or a folder)' if format in RASTERS else ''}, or leave out format (--format)")
-    if format not in allowed:
-        raise ValueError(f"format {format!r} does not fit {kind} data ({output}); choose one of {', '.join(allowed)}")
-    return format
 
 
 def select_channel_names(

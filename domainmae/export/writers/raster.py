@@ -202,7 +202,7 @@ def _written_by_embed(path: Path) -> bool:
             with rasterio.open(path) as src:
                 return PROVENANCE_KEY in src.tags()
     except (OSError, ValueError, RasterioError, BaseZarrError):
-        pass  # not readable as what its name says: not embed's
+        return False  # not readable as what its name says: not embed's
     return False
 
 
