@@ -7,7 +7,8 @@ file, which HTTP allows and clients handle). It speaks HTTP/1.1 so clients keep 
 would against a real object store, and counts every request by method and path so a test can see what a
 client asked for (through :data:`STATS_PATH`, since the server runs in a child process: see :class:`Served`).
 It can also play an object store under load: ``unavailable`` answers ``503 Service Unavailable`` to GETs of
-chosen paths, a few times or always.
+chosen paths, a few times or always, and ``dropped`` closes the connection on them without an answer (what a
+client sees when a load balancer or an overloaded server hangs up).
 """
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
         if self.path == STATS_PATH:
             return self._send_counts()
         self.server.record(self.command, self.path)
-        if self.command == "GET" and self.server.unavailable_now(self.path):
+        if self.command == "GET" and self.server.fails_now(self.server.dropped, self.path):
+            self.close_connection = True  # nothing is sent: the client reads a closed connection
+            return None
+        if self.command == "GET" and self.server.fails_now(self.server.unavailable, self.path):
             self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -99,18 +103,20 @@ class CountingServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # GDAL and aiohttp open several connections at once; the default 5 drops some
 
-    def __init__(self, root: Path, unavailable: dict[str, int | None] | None = None) -> None:
+    def __init__(self, root: Path, unavailable: dict[str, int | None] | None = None,
+                 dropped: dict[str, int | None] | None = None) -> None:
         super().__init__(("127.0.0.1", 0), partial(RangeRequestHandler, directory=os.fspath(root)))
         self.requests: Counter[str] = Counter()
         self.unavailable = unavailable or {}
+        self.dropped = dropped or {}
         self._failed: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def unavailable_now(self, path: str) -> bool:
-        """Whether to answer this GET of ``path`` with a 503: the first ``n`` GETs of each path containing a key
-        of :attr:`unavailable` mapped to ``n``, or every GET (``None``)."""
+    def fails_now(self, faults: dict[str, int | None], path: str) -> bool:
+        """Whether this GET of ``path`` fails (:attr:`unavailable`: a 503; :attr:`dropped`: no answer): the first
+        ``n`` GETs of each path containing a key of ``faults`` mapped to ``n``, or every GET (``None``)."""
         with self._lock:
-            for key, times in self.unavailable.items():
+            for key, times in faults.items():
                 if key in path and (times is None or self._failed[path] < times):
                     self._failed[path] += 1
                     return True
@@ -133,8 +139,9 @@ class Served:
     wait forever.
     """
 
-    def __init__(self, root: str | Path, unavailable: dict[str, int | None] | None = None) -> None:
-        command = [sys.executable, __file__, os.fspath(root), json.dumps(unavailable or {})]
+    def __init__(self, root: str | Path, unavailable: dict[str, int | None] | None = None,
+                 dropped: dict[str, int | None] | None = None) -> None:
+        command = [sys.executable, __file__, os.fspath(root), json.dumps(unavailable or {}), json.dumps(dropped or {})]
         self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         port = self._process.stdout.readline().strip()  # the server prints its port once it listens
         if not port.isdigit():
@@ -164,13 +171,15 @@ class Served:
 
 
 @contextmanager
-def serve(root: str | Path, unavailable: dict[str, int | None] | None = None) -> Iterator[Served]:
+def serve(root: str | Path, unavailable: dict[str, int | None] | None = None,
+          dropped: dict[str, int | None] | None = None) -> Iterator[Served]:
     """Serve the files under ``root`` at ``served.url`` (a free port on 127.0.0.1) until the block ends.
 
     ``unavailable`` (``{"flaky": 2, "down": None}``): GETs of a path containing a key are answered with 503,
-    the first ``n`` of each such path or all of them (``None``).
+    the first ``n`` of each such path or all of them (``None``); ``dropped``: the same GETs get no answer, the
+    connection is closed.
     """
-    served = Served(root, unavailable)
+    served = Served(root, unavailable, dropped)
     try:
         yield served
     finally:
@@ -178,6 +187,6 @@ def serve(root: str | Path, unavailable: dict[str, int | None] | None = None) ->
 
 
 if __name__ == "__main__":
-    server = CountingServer(Path(sys.argv[1]), json.loads(sys.argv[2]))
+    server = CountingServer(Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]))
     print(server.server_address[1], flush=True)
     server.serve_forever()

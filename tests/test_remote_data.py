@@ -313,6 +313,21 @@ def test_unavailable_servers_are_retried_then_named(tmp_path: Path, monkeypatch:
         np.testing.assert_array_equal(field.pixels(), np.arange(2 * 16 * 16).reshape(2, 16, 16))
 
 
+def test_dropped_connections_are_retried_then_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server that hangs up without answering raised aiohttp's ServerDisconnectedError, which is no OSError:
+    # it was not retried, and on_error="skip" and the DataLoader's skipping let it end the run.
+    monkeypatch.setattr(remote, "HTTP_RETRY_DELAY", 0.01)
+    for name in ("cut_a.tif", "gone_b.tif"):
+        tifffile.imwrite(tmp_path / name, np.ones((2, 8, 8), np.uint16), metadata={"axes": "CYX"})
+    with serve(tmp_path, dropped={"cut": remote.HTTP_MAX_RETRY, "gone": None}) as served:
+        with pytest.warns(UserWarning, match=rf"skipped 1 of 2 TIFF stacks: .*{served.url}/gone_b.tif"):
+            (stack,) = stack_fields([f"{served.url}/cut_a.tif", f"{served.url}/gone_b.tif"], on_error="skip",
+                                    channels=["a", "b"])  # fmt: skip
+        assert np.unique(stack.pixels()).tolist() == [1]
+        with pytest.raises(OSError, match=rf"{served.url}/gone_b.tif: .*\({remote.HTTP_MAX_RETRY + 1} tries\)"):
+            remote.read_bytes(f"{served.url}/gone_b.tif")
+
+
 def test_missing_optional_packages_name_the_url_and_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "http://127.0.0.1:9/plate.zarr"
     monkeypatch.setitem(sys.modules, "fsspec", None)  # what `import fsspec` sees when absent

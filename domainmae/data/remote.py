@@ -175,15 +175,25 @@ def require_fsspec(url: str) -> None:
 
 
 async def _retrying(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-    """An aiohttp client middleware: a request answered with a transient status is sent again, at most
-    :data:`HTTP_MAX_RETRY` times, after waits doubling from :data:`HTTP_RETRY_DELAY`; an error status that
-    remains raises ``OSError`` naming the URL, unless fsspec reads it itself (:data:`FSSPEC_STATUSES`).
+    """An aiohttp client middleware: a request answered with a transient status, or whose connection failed
+    (reset, or closed without an answer), is sent again, at most :data:`HTTP_MAX_RETRY` times, after waits
+    doubling from :data:`HTTP_RETRY_DELAY`; an error status that remains raises ``OSError`` naming the URL,
+    unless fsspec reads it itself (:data:`FSSPEC_STATUSES`), and so does a connection that keeps failing.
 
-    aiohttp's own error for a status (``ClientResponseError``) is no ``OSError``, so readers and the
-    DataLoader, which skip unreadable files by catching ``OSError``, would let it end a run.
+    aiohttp's own errors for a status (``ClientResponseError``) and for a hang-up (``ServerDisconnectedError``)
+    are no ``OSError``, so readers and the DataLoader, which skip unreadable files by catching ``OSError``,
+    would let them end a run.
     """
+    from aiohttp import ClientConnectionError
+
     for attempt in range(HTTP_MAX_RETRY + 1):
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except ClientConnectionError as err:  # a reset or a hang-up without an answer: transient too
+            if attempt == HTTP_MAX_RETRY:
+                raise OSError(f"{request.url}: {err or type(err).__name__} ({attempt + 1} tries)") from err
+            await asyncio.sleep(HTTP_RETRY_DELAY * 2**attempt)
+            continue
         if response.status not in TRANSIENT_STATUSES or attempt == HTTP_MAX_RETRY:
             break
         response.release()  # the connection goes back to the pool for the next try
