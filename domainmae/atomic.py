@@ -1,6 +1,7 @@
 """Atomic file writes: write beside the target, then rename, so a crash never leaves a torn file."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -8,6 +9,43 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
+
+#: What a write that runs out of room fails with: a full disk, a quota, a file-size limit.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class WriteError(OSError):
+    """A write of ``path`` failed for ``reason``; an ``OSError``, so the CLI prints it without a traceback."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost cause's text: a writer library's outer error says only that a write failed ("see previous
+    exception"), GDAL's first error what went wrong; an ``OSError``'s, its ``strerror`` (without "[Errno N]")."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return (err.strerror if isinstance(err, OSError) and err.strerror else str(err)) or type(err).__name__
+
+
+@contextmanager
+def writing(path: str | Path, *errors: type[Exception]) -> Iterator[None]:
+    """Raise the failures of a write of ``path`` as :class:`WriteError` naming it: an ``OSError`` for lack of
+    room (:data:`NO_ROOM`; libraries name their temporary file or nothing) and any of ``errors``, a writer
+    library's own (GDAL's, safetensors'), which are no ``OSError`` and would reach the user as a traceback.
+    A nested write's error is named again by the outer ``path``: the output the user gave, not a temporary."""
+    try:
+        yield
+    except WriteError as err:
+        if err.path == Path(path):
+            raise
+        raise WriteError(path, err.reason) from err.__cause__
+    except Exception as err:
+        if isinstance(err, errors) or (isinstance(err, OSError) and err.errno in NO_ROOM):
+            raise WriteError(path, _reason(err)) from err
+        raise
 
 
 def _umask() -> int:
@@ -70,8 +108,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
     try:
-        yield Path(tmp)
-        _replace(path, Path(tmp))
+        with writing(path):
+            yield Path(tmp)
+            _replace(path, Path(tmp))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -89,7 +128,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the final folder gets the usual permissions
     try:
-        yield tmp
-        _replace(path, tmp)
+        with writing(path):
+            yield tmp
+            _replace(path, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

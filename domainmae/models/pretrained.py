@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text, writing
 from .factory import create_model
 from .mae import MaskedAutoencoder
 
@@ -29,7 +30,7 @@ def save_pretrained(model: MaskedAutoencoder, directory: str | Path, **extra: An
     written atomically; returns ``directory``.
     """
     directory = Path(directory)
-    with atomic_path(directory / WEIGHTS) as tmp:
+    with atomic_path(directory / WEIGHTS) as tmp, writing(directory / WEIGHTS, SafetensorError):
         save_model(model, str(tmp), metadata={"format": "pt"})
     text = json.dumps({"format": FORMAT, "model_config": model.config.to_dict(), **extra}, indent=2)
     atomic_write_text(directory / CONFIG, text + "\n")

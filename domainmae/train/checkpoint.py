@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, writing
 from ..runtime import FORMAT, RunDir, checkpoint_file, load_checkpoint, read_checkpoint
 
 __all__ = ["FORMAT", "checkpoint_file", "load_checkpoint", "prune_checkpoints", "read_checkpoint",
@@ -36,7 +36,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temp file, then rename): an interrupted write leaves
     the previous file as it was."""
-    with atomic_path(path) as tmp:
+    # torch.save reports a failed write (a full disk) as a RuntimeError from its zip writer
+    with atomic_path(path) as tmp, writing(path, RuntimeError):
         torch.save({"format": FORMAT, **state}, tmp)
     return Path(path)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, writing
 
 
 class MetricsLog:
@@ -32,8 +32,9 @@ class MetricsLog:
 
     def log(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        with writing(self.path):
+            self._file.write(json.dumps(clean) + "\n")
+            self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "step":

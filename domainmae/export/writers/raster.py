@@ -23,6 +23,7 @@ import numpy as np
 import rasterio
 import zarr
 from affine import Affine
+from rasterio._err import CPLE_BaseError  # GDAL's errors: rasterio.errors re-exports none of them
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
@@ -30,7 +31,7 @@ from rasterio.shutil import copy as copy_dataset
 from rasterio.windows import Window as RioWindow
 from zarr.errors import BaseZarrError, ZarrUserWarning
 
-from ...atomic import atomic_dir, atomic_path
+from ...atomic import atomic_dir, atomic_path, writing
 from .tables import PROVENANCE_KEY, feature_names
 
 if TYPE_CHECKING:  # annotations only: domainmae.data loads every reader and torch; reading needs neither
@@ -92,7 +93,10 @@ def write_geotiff(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], tag
                    transform=grid.transform, tiled=True, blockxsize=side, blockysize=side, interleave="band",
                    BIGTIFF="IF_SAFER")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch_dir:
+    with writing(path, RasterioError, CPLE_BaseError), \
+            tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch_dir:
+        # GDAL drops the errors of tiles flushed at close: a scratch file cut short by a full disk shows as a
+        # failed read of it in the copy, so both sit inside writing() to name the output.
         scratch = Path(scratch_dir) / "strips.tif"
         with rasterio.open(scratch, "w", **profile) as dst:
             for i, name in enumerate(feature_names(dim), start=1):
