@@ -127,9 +127,14 @@ def _embed(args: argparse.Namespace) -> int:
             raise ValueError("embed --aligned runs in one process; embed under torchrun, then project the file alone")
         if (args.format or SUFFIXES.get(Path(args.output).suffix.lower())) not in ("parquet", "geoparquet", "h5ad"):
             raise ValueError(f"embed --aligned writes a table: give --output a .parquet or .h5ad file, not {args.output}")
-        from .align import aligned_encoder, project_embeddings
+        from .align import aligned_encoder, check_encoder, project_embeddings
+        from .atomic import check_output_file
+        from .export.writers.tables import check_table_name
 
         args.checkpoint = aligned_encoder(args.aligned) or args.checkpoint  # a fine-tuned encoder (align --unfreeze)
+        # What project_embeddings would refuse, refused before every image is embedded.
+        check_encoder(args.aligned, args.checkpoint)
+        check_table_name(check_output_file(args.output, overwrite=args.overwrite))
         # The encoder's embeddings first (a temporary file), then their projection into the text space.
         with tempfile.TemporaryDirectory(prefix="domainmae-aligned-") as folder:
             encoded = _embed_encoder(args, str(Path(folder) / f"encoder{Path(args.output).suffix}"))

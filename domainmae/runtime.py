@@ -33,7 +33,7 @@ import yaml
 
 from .atomic import atomic_dir
 from .models import MaskedAutoencoder, create_model
-from .models.pretrained import CONFIG, WEIGHTS, read_pretrained, save_pretrained
+from .models.pretrained import CONFIG, WEIGHTS, pretrained_dir, read_pretrained, save_pretrained
 from .recipes import Recipe, resolve_recipe, save_recipe
 
 FORMAT = "domainmae-checkpoint/1"
@@ -220,9 +220,8 @@ def load_trained(source: str | Path, device: str | torch.device = "cpu") -> Trai
     Only a name that is neither a file, a ``.ckpt`` path nor a folder without ``config.json`` (a run
     directory) is looked up on the Hugging Face Hub.
     """
-    path = Path(source)
-    if path.is_file() or path.suffix == ".ckpt" or (path.is_dir() and not (path / CONFIG).is_file()):
-        file = checkpoint_file(path)
+    if _is_checkpoint(Path(source)):
+        file = checkpoint_file(source)
         model, state = load_checkpoint(file, device)
         return Trained(model, state["recipe"], state.get("step"), file)
     model, config, folder = read_pretrained(source)
@@ -234,6 +233,17 @@ def load_trained(source: str | Path, device: str | torch.device = "cpu") -> Trai
     except yaml.YAMLError as err:
         raise ValueError(f"cannot read {recipe_file}: {err}") from err
     return Trained(model.to(device), recipe, config.get("step"), folder / WEIGHTS)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether :func:`load_trained` reads ``path`` as a checkpoint (a file, a run directory), not a shared model."""
+    return path.is_file() or path.suffix == ".ckpt" or (path.is_dir() and not (path / CONFIG).is_file())
+
+
+def weights_file(source: str | Path) -> Path:
+    """The file (or sharded checkpoint folder) :func:`load_trained` would read ``source``'s weights from, without
+    reading them: what provenance hashes (``Trained.file``)."""
+    return checkpoint_file(source) if _is_checkpoint(Path(source)) else pretrained_dir(source) / WEIGHTS
 
 
 def export_model(source: str | Path, directory: str | Path, *, overwrite: bool = False) -> Path:

@@ -313,6 +313,28 @@ def test_unfreeze_fine_tunes_the_encoder_and_embed_aligned_uses_it(tiny_run, tmp
     assert "--unfreeze fine-tunes the encoder on the images" in capsys.readouterr().err
 
 
+def test_embed_aligned_refuses_another_checkpoint_or_a_kept_output_before_embedding(tiny_run, tmp_path, capsys,
+                                                                                     monkeypatch) -> None:
+    # These were found only once every image was embedded (minutes to hours on a plate), then thrown away.
+    aligned = tmp_path / "aligned"
+    align(tiny_run, SITES, aligned, text=TINY_TEXT, steps=2)
+    other = pretrain("cellpainting", output=tmp_path / "other", max_steps=1, overrides=TINY_FLY, quiet=True)
+    kept = tmp_path / "kept.parquet"
+    kept.write_bytes(b"earlier")
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("embedded before the checks")
+
+    monkeypatch.setattr("domainmae.export.embed.embed", embedded)
+    for checkpoint, output, message in ((other, tmp_path / "new.parquet", "aligned on another checkpoint"),
+                                        (tiny_run, kept, "already exists")):  # fmt: skip
+        assert main(["embed", "--checkpoint", str(checkpoint), "--aligned", str(aligned), "--output", str(output),
+                     "--quiet"]) == 1  # fmt: skip
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert kept.read_bytes() == b"earlier" and not (tmp_path / "new.parquet").exists()
+
+
 @pytest.fixture
 def toy_aligned(tmp_path) -> tuple[Path, Path]:
     """A toy embeddings file and a two-step aligned model of it (no encoder: fast)."""

@@ -12,11 +12,12 @@ from .train import (
     align,
     align_embeddings,
     aligned_encoder,
+    check_encoder,
     fill_template,
     load_aligned,
     project_embeddings,
     search,
 )
 
-__all__ = ["AlignModel", "TextTower", "TextTowerConfig", "align", "align_embeddings", "aligned_encoder", "clip_loss",
-           "fill_template", "load_aligned", "project_embeddings", "recall_at_k", "search"]
+__all__ = ["AlignModel", "TextTower", "TextTowerConfig", "align", "align_embeddings", "aligned_encoder",
+           "check_encoder", "clip_loss", "fill_template", "load_aligned", "project_embeddings", "recall_at_k", "search"]

@@ -35,6 +35,7 @@ from ..export.embed import embed, file_sha256
 from ..export.splits import split_rows
 from ..export.writers.tables import check_table_name, feature_names, read_embeddings, with_embeddings, write_embeddings
 from ..models.pretrained import WEIGHTS
+from ..runtime import weights_file
 from .finetune import ENCODER, TunedEncoder, tuned_encoder
 from .model import AlignModel
 from .retrieval import bag_of_words_similarity, chance_recall, recall_at_k
@@ -277,6 +278,20 @@ def aligned_encoder(folder: str | Path) -> Path | None:
     return Path(folder) / info["encoder"] if info.get("encoder") else None
 
 
+def _aligned_encoder_hint(info: dict[str, Any]) -> str:
+    return "the fine-tuned encoder: embed --aligned" if info.get("encoder") else "that checkpoint"
+
+
+def check_encoder(folder: str | Path, checkpoint: str | Path) -> None:
+    """Refuse ``checkpoint`` for aligned ``folder`` when it is not the encoder the folder was aligned on: what
+    ``embed --aligned`` checks before it embeds, as :func:`aligned_features` would only after."""
+    folder, info = read_info(folder)
+    wanted = info.get("checkpoint_sha256")
+    if wanted and file_sha256(weights_file(checkpoint)) != wanted:
+        raise ValueError(f"{folder} was aligned on another checkpoint ({info.get('checkpoint')}) than {checkpoint}; "
+                         f"embed with {_aligned_encoder_hint(info)}")  # fmt: skip
+
+
 def aligned_features(model: AlignModel, info: dict[str, Any],
                      file: str | Path) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:  # fmt: skip
     """``file``'s rows (metadata), their unit vectors ``[N, embed_dim]`` in the joint space and the file's
@@ -287,9 +302,8 @@ def aligned_features(model: AlignModel, info: dict[str, Any],
                          f"give the encoder's embeddings, written by embed without --aligned")  # fmt: skip
     made, wanted = provenance.get("checkpoint_sha256"), info.get("checkpoint_sha256")
     if made and wanted and made != wanted:
-        fix = "the fine-tuned encoder: embed --aligned" if info.get("encoder") else "that checkpoint"
         raise ValueError(f"{file} was embedded by another checkpoint ({provenance.get('checkpoint')}) than the one "
-                         f"aligned ({info.get('checkpoint')}); embed it with {fix}")  # fmt: skip
+                         f"aligned ({info.get('checkpoint')}); embed it with {_aligned_encoder_hint(info)}")  # fmt: skip
     if len(features) != info["image_dim"]:
         raise ValueError(f"{file} has {len(features)} features; the aligned head takes {info['image_dim']}")
     with torch.no_grad():
