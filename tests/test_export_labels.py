@@ -202,6 +202,10 @@ def test_lines_unknown_fields_and_unplaceable_files_are_refused(rasters, polygon
     gpd.GeoDataFrame({"cls": [1]}, geometry=[_patches(1, 1, 2, 2)]).to_parquet(tmp_path / "nocrs.parquet")
     with pytest.raises(ValueError, match=r"nocrs\.parquet has no CRS"):
         raster_table(rasters["emb"], tmp_path / "nocrs.parquet")
+    # A list column (the chips' own multi-label "labels") failed with numpy's "truth value ... is ambiguous".
+    chips = _vectors(tmp_path / "chips.parquet", [_patches(1, 1, 2, 2)], labels=[["crops", "forest"]])
+    with pytest.raises(ValueError, match=r"label field 'labels' of .*chips\.parquet holds lists.*--label labels"):
+        raster_table(rasters["emb"], chips, field="labels")
     far = _vectors(tmp_path / "far.gpkg", [_patches(100, 100, 101, 101)], cls=[1])
     with pytest.raises(ValueError, match=r"no patch of .* has a label in .*far\.gpkg"):
         raster_table(rasters["emb"], far)

@@ -89,6 +89,9 @@ def read_label_vectors(labels: Path, field: str | None) -> tuple[gpd.GeoSeries, 
     elif field not in columns:
         raise ValueError(f"label field {field!r} is not a column of {labels}; it has {columns}")
     geometry, classes = frame.geometry, frame[field]
+    if classes.map(lambda value: isinstance(value, (list, tuple, dict, np.ndarray))).any():
+        raise ValueError(f"label field {field!r} of {labels} holds lists: a label file gives each geometry one "
+                         f"class; to score several labels per row, evaluate a table with them (--label {field})")
     kept = geometry.notna() & ~geometry.is_empty & classes.notna()
     if not kept.any():
         raise ValueError(f"{labels} has no row with both a geometry and a {field!r}")
