@@ -85,6 +85,8 @@ class TrainingData:
 
 #: Formats whose ``data.path`` may be a URL (:mod:`.data.remote`); the others find their files by listing folders.
 URL_FORMATS = ("manifest", "stack", "zarr", "ome-zarr")
+#: Formats whose ``data.path`` must be a folder: they find their files by name in it.
+FOLDER_FORMATS = ("bigearthnet", "pattern", "scene")
 
 
 def _path(section: DataSection) -> Location:
@@ -98,6 +100,9 @@ def _path(section: DataSection) -> Location:
     path = Path(section.path)
     if not path.exists():
         raise FileNotFoundError(f"data.path {path} does not exist")
+    if section.format in FOLDER_FORMATS and not path.is_dir():
+        raise NotADirectoryError(f"data.path {path} is a file, but format {section.format!r} reads a folder (it finds "
+                                 "its files by name there); --data replaces the path only, not the recipe's format")
     return path
 
 

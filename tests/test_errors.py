@@ -79,6 +79,14 @@ def test_a_missing_data_path_names_the_path(capsys, tmp_path):
     assert str(missing) in err and "does not exist" in err
 
 
+@pytest.mark.parametrize("overrides", [[], ["--set", "data.format=scene", "--set", "data.sensors={s2: [B02]}"]])
+def test_a_file_given_to_a_format_that_reads_a_folder_says_so(capsys, tmp_path, overrides):
+    # The sentinel recipe with a manifest: it looked for <load_data.csv>/BigEarthNet-S1-Example, or for band
+    # files "under" the CSV, and said neither was there.
+    err = _fail(capsys, ["pretrain", "--recipe", "sentinel", "--data", FLY, *overrides, "--output", str(tmp_path / "r")])
+    assert f"data.path {FLY} is a file, but format" in err and "reads a folder" in err
+
+
 def test_channels_that_do_not_match_the_data_name_both_sides(capsys, tmp_path):
     # The full recipe expects the five Cell Painting stains; the fly plate has DNA, PH3 and Actin.
     err = _fail(capsys, ["pretrain", "--recipe", "cellpainting", "--data", FLY, "--output", str(tmp_path / "r")])
