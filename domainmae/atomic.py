@@ -65,15 +65,24 @@ def check_file_target(path: str | Path) -> None:
         raise IsADirectoryError(f"{path} is a folder; the output is one file: give a file name (nothing was written)")
 
 
+def check_not_input(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse an existing ``output`` that is one of ``inputs`` or lies in an input folder (a run directory, a data
+    folder, a Zarr store), even with ``overwrite``: writing it would destroy what the command reads (``None``
+    among ``inputs`` is skipped; local paths only)."""
+    output = Path(output)
+    if not output.exists():
+        return
+    for source in filter(None, inputs):
+        if output.resolve().is_relative_to(Path(source).resolve()):
+            raise ValueError(f"{output} is an input of this command ({source}); write the output elsewhere")
+
+
 def check_output_file(output: str | Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
     """Refuse the file ``output`` before any work is done: when it is one of the command's ``inputs`` (or lies in
     an input folder: a run directory, a Zarr store), even with ``overwrite``, since writing it would destroy what
     the command reads; when it is a folder (:func:`check_file_target`); when it exists and not ``overwrite``."""
     output = Path(output)
-    if output.exists():
-        for source in filter(None, inputs):
-            if output.resolve().is_relative_to(Path(source).resolve()):
-                raise ValueError(f"{output} is an input of this command ({source}); write the output elsewhere")
+    check_not_input(output, inputs)
     check_file_target(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")

@@ -227,9 +227,21 @@ def test_overwrite_replaces_earlier_embed_rasters_and_no_other_folder(scene, tmp
     zarr.open_group(store, mode="w").create_array("image", shape=(2, 8, 8), dtype="uint8")
     for folder, fmt in ((mine, "geotiff"), (data, "geotiff"), (store, "zarr"), (scene["ckpt"].parent, "zarr")):
         before = sorted(p.name for p in folder.iterdir())
-        with pytest.raises(FileExistsError, match=rf"refusing to replace {folder}: it is not .* embed"):
+        # the checkpoint's folder is also the recipe's data folder: refused as an input first
+        refusal = "is an input of this command" if folder == scene["ckpt"].parent else "refusing to replace"
+        with pytest.raises((FileExistsError, ValueError), match=rf"{folder}.*{refusal}|{refusal} {folder}"):
             embed(scene["ckpt"], output=folder, format=fmt, overwrite=True, progress=False)
         assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_overwrite_never_replaces_an_input_file(scene, tmp_path):
+    """``embed --data scene.tif --output scene.tif --overwrite`` replaced the user's scene with its embedding."""
+    data = shutil.copytree(next(scene["ckpt"].parent.glob("S2A*")), tmp_path / "S2A_MSIL2A_20200601T101031_T33UUP")
+    band = next(data.glob("*.tif"))
+    before = band.read_bytes()
+    with pytest.raises(ValueError, match=rf"{band} is an input of this command \({data}\)"):
+        embed(scene["ckpt"], data=data, output=band, format="geotiff", overwrite=True, progress=False)
+    assert band.read_bytes() == before
 
 
 def test_an_unknown_crs_is_named_before_any_window_is_embedded(scene, tmp_path, capsys, monkeypatch):

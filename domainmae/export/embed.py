@@ -22,8 +22,10 @@ import torch
 from affine import Affine
 
 from .. import __version__
+from ..atomic import check_not_input
 from ..data.geo import Grid
 from ..data.loader import TransformedItems
+from ..data.remote import is_url
 from ..data.windows import WindowDataset
 from ..distributed import DistInfo
 from ..models import MaskedAutoencoder, create_model
@@ -244,6 +246,7 @@ def embed(
         raise ValueError(f"dtype='int8' is a GeoTIFF option; {fmt} output {output} is float32")
     chosen = select_channel_names(model, recipe_channels(recipe, model), channels)
     raster = fmt in RASTERS
+    check_not_input(output, [path for path in (recipe.data.path, checkpoint) if not is_url(path)])
     if raster and overwrite:
         check_raster_target(output)
     widths = "features='raw'" if features == "raw" else "pool='channels'" if pool == "channels" and not raster else None
