@@ -17,6 +17,7 @@ from typing import TextIO
 
 from . import __version__
 from .cli_align import add_align_commands
+from .deps import MissingDependencyError
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -128,6 +129,7 @@ def _embed(args: argparse.Namespace) -> int:
         if (args.format or SUFFIXES.get(Path(args.output).suffix.lower())) not in ("parquet", "geoparquet", "h5ad"):
             raise ValueError(f"embed --aligned writes a table: give --output a .parquet or .h5ad file, not {args.output}")
         from .align import aligned_encoder, check_encoder, project_embeddings
+        from .align.text import import_open_clip
         from .atomic import check_output_file
         from .export.writers.tables import check_table_name
 
@@ -135,6 +137,7 @@ def _embed(args: argparse.Namespace) -> int:
         # What project_embeddings would refuse, refused before every image is embedded.
         check_encoder(args.aligned, args.checkpoint)
         check_table_name(check_output_file(args.output, overwrite=args.overwrite))
+        import_open_clip()
         # The encoder's embeddings first (a temporary file), then their projection into the text space.
         with tempfile.TemporaryDirectory(prefix="domainmae-aligned-") as folder:
             encoded = _embed_encoder(args, str(Path(folder) / f"encoder{Path(args.output).suffix}"))
@@ -343,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A bare Ctrl-C has no text; Stopped (a signal at a step boundary) says what was saved.
             print(f"domainmae {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
             return 128 + getattr(err, "signum", signal.SIGINT)
-        except (ValueError, OSError, KeyError, ArithmeticError) as err:  # user-actionable: no traceback
+        except (ValueError, OSError, KeyError, ArithmeticError, MissingDependencyError) as err:  # no traceback
             print(f"domainmae {args.command}: error: {describe_error(err)}", file=sys.stderr)
             return 1
 

@@ -25,6 +25,7 @@ from domainmae.data.samplers import Window
 from domainmae.data.scenes import stacked_scenes
 from domainmae.data.tiff import load_data_fields, stack_fields
 from domainmae.data.zarr import zarr_fields
+from domainmae.deps import MissingDependencyError
 from domainmae.pipeline import inspect_path, microscopy_fields
 from domainmae.recipes import DataSection, load_recipe
 
@@ -331,7 +332,7 @@ def test_dropped_connections_are_retried_then_named(tmp_path: Path, monkeypatch:
 def test_missing_optional_packages_name_the_url_and_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "http://127.0.0.1:9/plate.zarr"
     monkeypatch.setitem(sys.modules, "fsspec", None)  # what `import fsspec` sees when absent
-    with pytest.raises(remote.MissingDependencyError, match=rf"{url} needs the optional package fsspec "
+    with pytest.raises(MissingDependencyError, match=rf"{url} needs the optional package fsspec "
                        r"\(pip install 'domainmae\[remote\]'\)"):  # fmt: skip
         zarr_fields(url, channels=FLY)
     monkeypatch.undo()
@@ -341,7 +342,7 @@ def test_missing_optional_packages_name_the_url_and_the_extra(monkeypatch: pytes
         raise ImportError(f"Install s3fs to access {scheme}")
 
     monkeypatch.setattr(fsspec, "get_filesystem_class", no_filesystem)
-    with pytest.raises(remote.MissingDependencyError, match="s3://bucket/m.csv needs the optional package s3fs"):
+    with pytest.raises(MissingDependencyError, match="s3://bucket/m.csv needs the optional package s3fs"):
         load_data_fields("s3://bucket/m.csv")
 
 

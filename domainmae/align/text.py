@@ -18,18 +18,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..deps import require
+
 WEIGHTS, CONFIG = "text.safetensors", "text.json"
 #: The module prefixes of a whole open_clip ``CLIP`` that make up its text tower.
 TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 
 
 def import_open_clip() -> ModuleType:
-    """open_clip, or an ImportError that names the extra to install."""
-    try:
-        import open_clip
-    except ImportError as err:
-        raise ImportError("text alignment needs open_clip: pip install 'domainmae[align]' (open_clip_torch)") from err
-    return open_clip
+    """open_clip, or a :class:`~domainmae.deps.MissingDependencyError` that names the extra to install."""
+    return require("open_clip", "text alignment", "pip install 'domainmae[align]': open_clip_torch")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from ..runtime import weights_file
 from .finetune import ENCODER, TunedEncoder, tuned_encoder
 from .model import AlignModel
 from .retrieval import bag_of_words_similarity, chance_recall, recall_at_k
-from .text import TextTower, TextTowerConfig
+from .text import TextTower, TextTowerConfig, import_open_clip
 
 INFO, HEAD, EMBEDDINGS = "align.json", "head.safetensors", "embeddings.parquet"
 #: The text tower trained from scratch by default: small, as captions from metadata templates are few and short.
@@ -149,6 +149,7 @@ def align_embeddings(
     """
     file, output = Path(file), Path(output)
     check_output(output, overwrite)
+    import_open_clip()  # the text tower's package, before any work
     with atomic_dir(output) as folder:
         source, old = file.resolve(), output.resolve()
         if source.is_relative_to(old):  # the old folder's own embeddings, which goes with it: keep a copy
@@ -221,6 +222,7 @@ def align(checkpoint: str | Path, template: str, output: str | Path, *, data: st
     """
     output = Path(output)
     check_output(output, overwrite)
+    import_open_clip()  # the text tower's package, before every image is embedded
     if unfreeze and level != "tile":
         raise ValueError(f"--unfreeze fine-tunes on tiles; level {level!r} averages them, use level 'tile'")
     with atomic_dir(output) as folder:

@@ -25,6 +25,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from ..deps import missing, require
+
 if TYPE_CHECKING:
     from aiohttp import ClientRequest, ClientResponse
     from aiohttp.client_middlewares import ClientHandlerType
@@ -75,10 +77,6 @@ GDAL_REMOTE_OPTIONS: dict[str, Any] = {
     "GDAL_HTTP_MAX_RETRY": HTTP_MAX_RETRY,
     "GDAL_HTTP_RETRY_DELAY": HTTP_RETRY_DELAY,
 }
-
-
-class MissingDependencyError(ImportError):
-    """A URL needs an optional package that is not installed; the message names the URL and what to install."""
 
 
 def is_url(location: object) -> bool:
@@ -155,23 +153,18 @@ def gdal_env(location: Location) -> AbstractContextManager[Any]:
     return rasterio.Env(**GDAL_REMOTE_OPTIONS, **allowed)
 
 
-def _missing(url: str, package: str, err: ImportError) -> MissingDependencyError:
-    extra = "pip install 'domainmae[remote]'" if package in ("fsspec", "aiohttp") else f"pip install {package}"
-    return MissingDependencyError(f"reading {url} needs the optional package {package} ({extra}): {err}")
-
-
 def require_fsspec(url: str) -> None:
-    """Import fsspec and its filesystem for ``url``'s scheme, or raise :class:`MissingDependencyError`
+    """Import fsspec and its filesystem for ``url``'s scheme, or raise :class:`~domainmae.deps.MissingDependencyError`
     naming the URL and what to install."""
-    try:
-        import fsspec
-    except ImportError as err:
-        raise _missing(url, "fsspec", err) from err
     scheme = urlsplit(url).scheme
+    package = FSSPEC_PACKAGES[scheme]
+    extra = "pip install 'domainmae[remote]'"  # fsspec and aiohttp; s3fs and gcsfs are the object stores' own
+    install = extra if package == "aiohttp" else f"{extra} {package}"
+    fsspec = require("fsspec", f"reading {url}", install)
     try:
         fsspec.get_filesystem_class(scheme)  # imports aiohttp, s3fs or gcsfs
     except ImportError as err:
-        raise _missing(url, FSSPEC_PACKAGES[scheme], err) from err
+        raise missing(f"reading {url}", package, install, err) from err
 
 
 async def _retrying(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:

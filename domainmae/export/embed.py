@@ -63,6 +63,7 @@ from .writers.tables import (
     field_tables,
     manifest_types,
     read_embeddings,
+    require_anndata,
     write_embeddings,
     write_h5ad,
     write_parquet,
@@ -232,6 +233,8 @@ def embed(
     recipe = resolve_recipe(trained.recipe, [*([f"data.path={data}"] if data else []), *overrides])
     kind = recipe.data.kind
     fmt = resolve_format(output, format, kind)
+    if fmt == "h5ad":
+        require_anndata()  # now, not once every image is embedded
     if info.world > 1 and fmt not in PARTITIONED:
         raise ValueError(f"{output}: {fmt} cannot be written in parts by {info.world} processes (torchrun); write "
                          ".parquet, which becomes a folder of parts read as one table, or run one process")  # fmt: skip

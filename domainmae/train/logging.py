@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text, writing
+from ..deps import require
 
 
 class MetricsLog:
@@ -24,11 +26,7 @@ class MetricsLog:
         self._file = path.open("a")
         self._tb = None
         if tensorboard is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:  # optional dependency: say which setting needs it
-                raise ImportError("train.tensorboard: true needs the tensorboard package (pip install tensorboard)") from err
-            self._tb = SummaryWriter(str(tensorboard))
+            self._tb = require_tensorboard().SummaryWriter(str(tensorboard))
 
     def log(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -44,6 +42,11 @@ class MetricsLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def require_tensorboard() -> ModuleType:
+    """``torch.utils.tensorboard``, or an error naming the setting that needs it and what to install."""
+    return require("torch.utils.tensorboard", "train.tensorboard: true", "pip install tensorboard")
 
 
 def _logged(path: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -12,6 +12,7 @@ import yaml
 from ..distributed import cleanup_distributed, setup_distributed
 from ..recipes import Recipe, load_recipe, resolve_recipe, save_recipe
 from ..runtime import RunDir
+from .logging import require_tensorboard
 from .loop import Trainer
 
 
@@ -59,6 +60,8 @@ def pretrain(
     resolved = _recipe_for_run(recipe, data, [*overrides, *shortcuts], run_dir, resume)
     if run_dir is None:
         run_dir = RunDir(Path("runs") / f"{resolved.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if resolved.train.tensorboard:
+        require_tensorboard()  # before the data and model are set up and the run folder is made
     info = setup_distributed(device)
     try:
         torch.manual_seed(resolved.train.seed)

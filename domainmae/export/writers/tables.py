@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...atomic import atomic_path
+from ...deps import require
 
 PREFIX = "emb_"
 PROVENANCE_KEY = "domainmae"
@@ -168,12 +169,9 @@ def _write_row_group(
     return writer
 
 
-def _anndata() -> Any:
-    try:
-        import anndata
-    except ImportError as err:
-        raise ImportError(f"{err}: .h5ad files need anndata; pip install 'domainmae[h5ad]'") from err
-    return anndata
+def require_anndata() -> Any:
+    """anndata, or a :class:`~domainmae.deps.MissingDependencyError` that names the extra to install."""
+    return require("anndata", ".h5ad files", "pip install 'domainmae[h5ad]'")
 
 
 def write_h5ad(path: Path, tables: Iterable[pa.Table], provenance: dict[str, Any]) -> Path:
@@ -192,7 +190,7 @@ def write_anndata(path: Path, df: pd.DataFrame, features: Sequence[str], provena
     for column in obs.columns:
         if obs[column].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
             raise ValueError(f"obs column {column!r} holds lists, which h5ad cannot store; write {path.stem}.parquet")
-    anndata = _anndata()
+    anndata = require_anndata()
     obs.index = obs.index.astype(str)
     adata = anndata.AnnData(X=df[list(features)].to_numpy(np.float32), obs=obs,
                             var=pd.DataFrame(index=list(features)), uns={PROVENANCE_KEY: json.dumps(provenance)})  # fmt: skip
@@ -245,7 +243,7 @@ def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, list[str], dict[str
     if not (path.is_file() or (path.is_dir() and (path / "_metadata").is_file())):
         raise FileNotFoundError(f"embeddings file (or folder of Parquet parts with a _metadata file) not found: {path}")
     if path.suffix.lower() == ".h5ad":
-        adata = _anndata().read_h5ad(path)
+        adata = require_anndata().read_h5ad(path)
         features = list(map(str, adata.var_names))
         x = pd.DataFrame(np.asarray(adata.X, dtype=np.float32), columns=features, index=adata.obs.index)
         provenance = json.loads(adata.uns.get(PROVENANCE_KEY, "{}"))
