@@ -18,6 +18,7 @@ from rasterio.transform import array_bounds, from_origin
 
 import domainmae
 from domainmae.data.cube import cube_grid, open_cube
+from domainmae.data.samplers import Window
 from domainmae.export.embed import embed
 from domainmae.recipes import load_recipe, resolve_recipe
 from domainmae.train.checkpoint import save_checkpoint
@@ -82,6 +83,27 @@ def test_geoparquet_footprints_tile_the_scene_in_its_crs(scene, tmp_path):
     wgs84 = gpd.read_parquet(embed(scene["ckpt"], output=tmp_path / "wgs84.parquet", crs="EPSG:4326", progress=False))
     assert wgs84.crs.to_epsg() == 4326
     np.testing.assert_allclose(wgs84.to_crs(32633).total_bounds, scene_box.bounds, atol=1e-3)
+
+
+@pytest.mark.parametrize(("pixels", "size"), [(64, 10.0), (1098, 100.0)])  # a tile; a whole Sentinel-2 tile
+def test_footprints_follow_the_curved_edges_in_another_crs(pixels, size):
+    """A footprint projected corner by corner has straight edges where the true ones curve: a 109.8 km window at
+    62.8 N in EPSG:32635 was 465 m off in EPSG:4326."""
+    from domainmae.data.geo import Grid
+    from domainmae.export.writers.geoparquet import footprints
+
+    grid = Grid(CRS.from_epsg(32635), from_origin(500_000, 7_000_000, size, size), pixels, pixels)
+    meta = grid.window_meta(Window(0, 0, pixels, pixels))
+    (got,) = footprints([[meta]], CRS.from_epsg(4326))
+    # Back in the window's CRS, the written outline (its edges followed at ~1 m steps, as straight lines in
+    # degrees are what a reader of the file draws) against the window itself.
+    drawn = gpd.GeoSeries([shapely.segmentize(got, 1e-5)], crs=4326).to_crs(32635).iloc[0]
+    error = drawn.hausdorff_distance(shapely.box(*meta["bounds"]))
+    assert error < 0.5, f"{error:.1f} m"
+    if pixels == 64:  # a 640 m window is within 2 cm corner to corner: no vertex is added, the file stays small
+        assert len(got.exterior.coords) == 5
+    (same,) = footprints([[meta]], CRS.from_epsg(32635))  # in its own CRS the box is exact: 4 corners, no more
+    assert same.equals(shapely.box(*meta["bounds"])) and len(same.exterior.coords) == 5
 
 
 def test_geoparquet_scene_metadata_missing_in_the_first_batch(scene, tmp_path):

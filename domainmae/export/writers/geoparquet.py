@@ -25,6 +25,8 @@ from ...data.windows import GRID_WINDOWS
 from .tables import metadata_table, write_parquet
 
 #: Sample metadata that becomes dedicated columns (or is not a per-window property) rather than copied as is.
+#: Footprint edges are projected at most this long as straight lines (see :func:`footprints`).
+SEGMENT_METRES = 1_000.0
 _OWN_KEYS = {"crs", "transform", "bounds", "window", "files", "scene_id", "scene_ids", "datetime", "field", GRID_WINDOWS}
 
 
@@ -92,8 +94,19 @@ def footprints(groups: Sequence[Sequence[dict[str, Any]]], crs: CRS) -> gpd.GeoS
     out = np.empty(len(groups), dtype=object)
     for source in set(sources.tolist()):
         rows = sources == source
-        out[rows] = gpd.GeoSeries(boxes[rows], crs=source).to_crs(crs).to_numpy()
+        boxes_here = boxes[rows]
+        if CRS.from_user_input(source) != crs:  # edges straight in one CRS curve in another: follow them
+            boxes_here = shapely.segmentize(boxes_here, _segment_length(CRS.from_user_input(source)))
+        out[rows] = gpd.GeoSeries(boxes_here, crs=source).to_crs(crs).to_numpy()
     return gpd.GeoSeries(out, crs=crs)
+
+
+def _segment_length(crs: CRS) -> float:
+    """The longest footprint edge projected as a straight line, in ``crs``'s units: :data:`SEGMENT_METRES`
+    (a degree of latitude is ~111 km). Within it, a straight line departs from the curved edge by ~4 cm."""
+    if crs.is_geographic:
+        return SEGMENT_METRES / 111_000
+    return SEGMENT_METRES / crs.axis_info[0].unit_conversion_factor  # metres per unit: 1, or 0.3048 for feet
 
 
 def geo_metadata(crs: CRS) -> dict[str, Any]:
