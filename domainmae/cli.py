@@ -296,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--labels: least share of a patch's valid label pixels its class must hold")  # fmt: skip
     p.add_argument("--split", default="random",
                    help="'random', a group column kept apart (plate, scene_id), COLUMN=VALUE[,VALUE] (those groups "
-                        "held out), or blocks:SIZE (GeoParquet: SIZE x SIZE px blocks per scene held out, train "
-                        "windows within --gap px dropped)")  # fmt: skip
+                        "held out), or blocks:SIZE (GeoParquet: SIZE x SIZE px blocks on the ground, in each scene's "
+                        "pixels, held out; train windows within --gap px of a test window dropped, any scene)")  # fmt: skip
     p.add_argument("--gap", type=int,
                    help="blocks split: px kept free around test windows (default one window; for a label raster's "
                         "patches, between the encoder windows that made them)")  # fmt: skip

@@ -389,6 +389,39 @@ def test_blocks_are_cut_on_the_ground_so_scenes_over_the_same_place_do_not_leak(
     assert (result["n_train"], result["n_test"], result["n_dropped"]) == (len(train), len(test), dropped)
 
 
+@pytest.mark.parametrize("crs", ["EPSG:3857", "EPSG:4326"])
+def test_blocks_and_the_gap_are_measured_in_each_scenes_own_pixels(tmp_path, crs):
+    """Two 50 m scenes, at 5 N (EPSG:32631) and 62.8 N (EPSG:32635), their footprints written in one CRS. The
+    gap and the block size were converted to the file's units with one median pixel size: in Web Mercator a
+    northern pixel measures 2.3 of the southern ones, so northern training windows stayed 64 px from test
+    windows under --gap 128, and its blocks were 113 px wide, not 256."""
+    scenes = {"south": ("EPSG:32631", 500_000, 552_000), "north": ("EPSG:32635", 500_000, 6_965_000)}
+    starts = range(0, 640 - 32 + 1, 32)
+    frames = []
+    for scene, (utm, x0, y0) in scenes.items():
+        rows = pd.DataFrame([(scene, r, c) for r in starts for c in starts], columns=["scene_id", "window_row",
+                                                                                     "window_col"])  # fmt: skip
+        boxes = [box(x0 + 50 * c, y0 - 50 * (r + 32), x0 + 50 * (c + 32), y0 - 50 * r)
+                 for r, c in zip(rows.window_row, rows.window_col)]  # fmt: skip
+        frames.append(gpd.GeoDataFrame(rows.assign(window_height=32, window_width=32), geometry=boxes,
+                                       crs=utm).to_crs(crs))  # fmt: skip
+    df = pd.concat(frames, ignore_index=True)
+    df = df.assign(lab=np.where(df.window_col < 320, "a", "b"), **{"emb_0000": np.zeros(len(df), np.float32)})
+    path = tmp_path / "two.parquet"
+    gpd.GeoDataFrame(df, geometry="geometry", crs=crs).to_parquet(path)
+    table = with_ground_boxes(read_embeddings(path)[0], path)
+    train, test, _, groups = split_rows(table, table.lab.to_numpy(), "blocks:256", 0.3, seed=0, multilabel=False,
+                                        gap=128)  # fmt: skip
+    for scene in scenes:
+        ours, theirs = table.loc[train][table.scene_id[train] == scene], table.loc[test][table.scene_id[test] == scene]
+        nearest = min((_gap(ours.loc[i], theirs.loc[j]) for i in ours.index for j in theirs.index), default=None)
+        assert nearest is None or nearest >= 128, f"{scene}: a training window {nearest} px from a test window"
+        per_block = pd.Series(groups[(table.scene_id == scene).to_numpy()]).value_counts()
+        assert per_block.max() > 16, f"{scene}: blocks narrower than 128 px"  # 113 px blocks hold at most 4 x 4
+        if crs == "EPSG:3857":  # in one UTM zone for the whole file (4326) a scene zones away turns: blocks grow
+            assert per_block.max() <= 81, f"{scene}: {per_block.max()} windows in a block of 256 px"
+
+
 def test_tuning_folds_of_a_blocks_split_keep_the_gap_too(tmp_path):
     """Inside the training rows, the tuned probe's folds hold out whole blocks and drop fitting windows as near
     to them as the outer split drops training windows: overlapping windows (stride 16) would leak otherwise."""

@@ -224,8 +224,8 @@ def evaluate(
     Args:
         split: ``random``, a group column (plate, well, ``scene_id``...) kept on one side, ``COLUMN=VALUE,...``
             (those groups are the test set), or ``blocks:SIZE`` (GeoParquet windows: SIZE x SIZE source-pixel
-            blocks per scene held out whole; training windows nearer than ``gap`` px to a test window dropped,
-            default one window).
+            blocks on the ground held out whole, shared by scenes over the same place; training windows nearer
+            than ``gap`` px to a test window of any scene dropped, default one window).
         against: more embedding files of the same rows in the same order (an error if not), scored on the
             same split: ``raw``/``random`` baselines (``embed_baselines(...).items()``), other checkpoints.
             Each is a path, named by its provenance's features (``model``, ``raw``, ``random``), or a

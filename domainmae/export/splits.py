@@ -125,26 +125,31 @@ def with_ground_boxes(df: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 def block_labels(df: pd.DataFrame, size: int) -> np.ndarray:
     """Each window's block: ``scene/row/col`` of the ``size`` x ``size`` px square holding its top-left pixel, or
-    with footprints (:data:`GROUND_COLUMNS`) ``row/col`` of that square on the ground, at the windows' median
-    pixel size, whatever the scene (dates of one tile, overlapping tiles, adjacent patches share blocks)."""
+    with footprints (:data:`GROUND_COLUMNS`) ``cell/row/col`` of that square on the ground, in the scene's own
+    pixels, whatever the scene (dates of one tile, adjacent patches of one resolution share blocks)."""
     missing = [c for c in WINDOW_COLUMNS if c not in df.columns]
     if missing:
         raise KeyError(f"split 'blocks:{size}' needs the window columns {list(WINDOW_COLUMNS)} of a GeoParquet "
                        f"window table (embed --level tile); the table lacks {missing}")  # fmt: skip
     if all(c in df.columns for c in GROUND_COLUMNS):
-        ground, metres = _ground(df)
-        keys = zip(np.floor(-ground[:, 3] / (size * metres)).astype(np.int64),
-                   np.floor(ground[:, 0] / (size * metres)).astype(np.int64))  # fmt: skip
+        ground, scale = _ground(df)
+        # A scene's own pixel size (the median of its windows'), so dates of one tile lay the same grid; the
+        # cell size is part of the key, as grids of other sizes (places, resolutions) do not line up.
+        cell = size * pd.Series(scale).groupby(df["scene_id"].astype(str).to_numpy()).transform("median").to_numpy()
+        keys = zip(np.char.mod("%.6g", cell), np.floor(-ground[:, 3] / cell).astype(np.int64),
+                   np.floor(ground[:, 0] / cell).astype(np.int64))  # fmt: skip
     else:
         rows, cols = (df[c].to_numpy(np.int64) // size for c in ("window_row", "window_col"))
         keys = zip(df["scene_id"].astype(str), rows, cols)
     return np.array(["/".join(map(str, key)) for key in keys])
 
 
-def _ground(df: pd.DataFrame) -> tuple[np.ndarray, float]:
-    """``(footprints [N, 4] left, bottom, right, top in metres, metres per pixel)`` (the windows' median)."""
+def _ground(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(footprints [N, 4] left, bottom, right, top, units per pixel [N])``: each window's own pixel size in the
+    footprints' units, which is what a pixel measures there (Web Mercator units grow towards the poles, a UTM
+    zone's away from its meridian), so a gap or block in pixels is converted where it lies."""
     ground = df[list(GROUND_COLUMNS)].to_numpy(np.float64)
-    return ground, float(np.median((ground[:, 2] - ground[:, 0]) / df["window_width"].to_numpy(np.float64)))
+    return ground, (ground[:, 2] - ground[:, 0]) / df["window_width"].to_numpy(np.float64)
 
 
 def default_gap(df: pd.DataFrame) -> int:
@@ -159,13 +164,15 @@ def too_near(df: pd.DataFrame, ours: np.ndarray, theirs: np.ndarray, gap: int) -
     each widened by its reach (a raster patch's encoder windows)."""
     near = np.zeros(len(ours), dtype=bool)
     if all(c in df.columns for c in GROUND_COLUMNS):
-        ground, metres = _ground(df)
-        # Candidate pairs from a spatial index (their footprints grown by the gap), then the exact Chebyshev gap.
-        grown = ground[ours] + np.array([-1, -1, 1, 1]) * gap * metres
+        ground, scale = _ground(df)
+        # Candidate pairs from a spatial index (footprints grown by the widest gap either side could ask), then
+        # the exact Chebyshev gap against the pair's gap in the larger of its two pixel sizes.
+        reach = gap * np.maximum(scale[ours], scale[theirs].max(initial=0.0))
+        grown = ground[ours] + np.array([-1, -1, 1, 1]) * reach[:, None]
         mine, held = shapely.STRtree(shapely.box(*ground[theirs].T)).query(shapely.box(*grown.T), predicate="intersects")
         a, b = ground[ours[mine]], ground[theirs[held]]
         apart = np.maximum(np.maximum(b[:, 0] - a[:, 2], a[:, 0] - b[:, 2]), np.maximum(b[:, 1] - a[:, 3], a[:, 1] - b[:, 3]))
-        near[mine[apart < (gap - 1e-6) * metres]] = True
+        near[mine[apart < (gap - 1e-6) * np.maximum(scale[ours[mine]], scale[theirs[held]])]] = True
         return near
     scenes = df["scene_id"].astype(str).to_numpy()
     boxes = df[list(WINDOW_COLUMNS[1:])].to_numpy(np.int64)
