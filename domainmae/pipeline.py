@@ -44,7 +44,7 @@ from .data.tiff import load_data_fields, pattern_fields, stack_fields
 from .data.transforms import Augment, BandStandardize, PercentileClip, SelfStandardize
 from .data.windows import WindowDataset, proportional_reads
 from .data.zarr import zarr_fields
-from .recipes import DataSection, Recipe
+from .recipes import DataSection, Recipe, existing_or_bundled
 
 MICROSCOPY_FORMATS = ("manifest", "pattern", "stack", "zarr", "ome-zarr")
 SENTINEL_FORMATS = ("bigearthnet", "scene", "stack")
@@ -97,7 +97,7 @@ def _path(section: DataSection) -> Location:
             raise ValueError(f"data.path {section.path} is a URL, which format {section.format!r} cannot read (it "
                              f"lists folders); formats that read URLs: {', '.join(URL_FORMATS)}")  # fmt: skip
         return section.path
-    path = Path(section.path)
+    path = existing_or_bundled(Path(section.path))
     if not path.exists():
         raise FileNotFoundError(f"data.path {path} does not exist")
     if section.format in FOLDER_FORMATS and not path.is_dir():
@@ -299,6 +299,7 @@ def inspect_path(path: str | Path, data: DataSection | None = None, samples: int
     layout is recognised. A URL needs ``data``: detecting a layout probes and lists files, which URLs cannot.
     """
     path = as_location(path)
+    path = path if is_url(path) else existing_or_bundled(path)
     if is_url(path) and data is None:
         raise ValueError(f"{path} is a URL: name its layout with a recipe (--recipe, data.format one of "
                          f"{', '.join(URL_FORMATS)}); detection lists files, which a URL cannot")  # fmt: skip

@@ -31,7 +31,7 @@ from .recipe_schema import (  # the schema's classes are the recipe API too
 
 __all__ = ["Augment", "DataSection", "MaskMix", "ModelSection", "Recipe", "RecipeError", "SensorRadiometry",
            "TrainSection", "list_recipes", "load_recipe", "parse_override", "recipe_path", "resolve_recipe",
-           "save_recipe", "bundled_sample_path", "CONFIGS_DIR", "RECIPES_DIR", "SAMPLES_DIR"]  # fmt: skip
+           "save_recipe", "bundled_sample_path", "existing_or_bundled", "CONFIGS_DIR", "RECIPES_DIR", "SAMPLES_DIR"]  # fmt: skip
 
 
 class RecipeError(ValueError):
@@ -153,6 +153,15 @@ def bundled_sample_path(path: str) -> str:
     if parts[: len(SAMPLES_PREFIX)] == SAMPLES_PREFIX:
         return str(SAMPLES_DIR.joinpath(*parts[len(SAMPLES_PREFIX) :]))
     return path
+
+
+def existing_or_bundled(path: Path) -> Path:
+    """``path`` when it exists; else, for a ``datasets/samples/...`` path, the bundled sample of that name when
+    there is one, so the README's sample commands run from a wheel install in any folder, as the demos do."""
+    if path.exists():
+        return path
+    bundled = Path(bundled_sample_path(str(path)))
+    return bundled if bundled.exists() else path
 
 
 def resolve_recipe(data: Mapping[str, Any], overrides: Sequence[str] = (), demo: bool = False) -> Recipe:
