@@ -22,6 +22,7 @@ setup(
     packages=find_packages(include=["domainmae", "domainmae.*"]) + list(BUILTIN),
     package_dir=BUILTIN,
     package_data={
+        "domainmae": ["py.typed"],  # PEP 561: type checkers read the package's annotations
         "domainmae._builtin.recipes": ["*.yaml", "*.yml"],
         "domainmae._builtin.configs": ["**/*.yaml", "**/*.yml"],
         # Any sample file, dotfiles included (Zarr v2 keeps its metadata in .zarray/.zattrs/.zgroup).

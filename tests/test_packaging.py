@@ -80,6 +80,7 @@ def test_wheel_holds_every_subpackage_and_true_metadata(wheel: zipfile.ZipFile) 
     names = set(wheel.namelist())
     for init in (REPO / "domainmae").rglob("__init__.py"):
         assert init.relative_to(REPO).as_posix() in names
+    assert "domainmae/py.typed" in names  # PEP 561: the annotations are for users' type checkers too
     (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
     metadata = Parser().parsestr(wheel.read(meta).decode())
     assert metadata["Requires-Python"] == ">=3.11"  # zarr 3 needs 3.11
