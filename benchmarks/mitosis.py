@@ -22,13 +22,14 @@ import argparse
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import tifffile
 from scipy import ndimage as ndi
-from skimage import feature, filters, measure, segmentation
 
 from domainmae.data.tiff import load_data_fields
+from domainmae.deps import require
 
 SAMPLES = Path(__file__).resolve().parents[1] / "datasets" / "samples"
 MANIFESTS = (SAMPLES / "examplefly" / "load_data.csv", SAMPLES / "examplehuman" / "load_data.csv")
@@ -50,8 +51,14 @@ class Nuclei:
     threshold: float
 
 
+def _skimage(part: str) -> ModuleType:
+    """A scikit-image module, imported when nuclei are segmented: the EO benchmark and --help need none."""
+    return require(f"skimage.{part}", "segmenting nuclei (the mitosis benchmark)", "pip install -e '.[bench]'")
+
+
 def segment_nuclei(dna: np.ndarray, min_area: int = 20, sigma: float = 1.0, min_distance: int = 4) -> np.ndarray:
     """Nucleus label image ``[H, W]`` (0 = background) from a DNA plane ``[H, W]``."""
+    feature, filters, measure, segmentation = map(_skimage, ("feature", "filters", "measure", "segmentation"))
     smooth = filters.gaussian(dna.astype(np.float32), sigma=sigma, preserve_range=True)
     foreground = smooth > filters.threshold_otsu(smooth)
     # Debris and noise specks are far smaller than any nucleus in either set (fly ~250 px, human ~90 px).
@@ -79,7 +86,7 @@ def ph3_positive(means: np.ndarray, k: float) -> tuple[np.ndarray, float]:
 def field_nuclei(field: str, dna: np.ndarray, ph3: np.ndarray, k: float) -> Nuclei:
     """Segment one field's nuclei and label each from its mean pH3 intensity."""
     labels = segment_nuclei(dna)
-    props = measure.regionprops(labels, intensity_image=ph3.astype(np.float32))
+    props = _skimage("measure").regionprops(labels, intensity_image=ph3.astype(np.float32))
     centroids = np.array([p.centroid for p in props]).reshape(-1, 2)
     means = np.array([p.intensity_mean for p in props], np.float64)
     positive, threshold = ph3_positive(means, k)
