@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import io
 import posixpath
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -167,6 +168,25 @@ def require_fsspec(url: str) -> None:
         raise missing(f"reading {url}", package, install, err) from err
 
 
+class RemoteError(OSError):
+    """A request that failed for good: an error status, or no connection after the retries; names the URL."""
+
+
+@contextmanager
+def failures_named() -> Iterator[None]:
+    """Raise what :func:`_retrying` found when fsspec reports it as ``FileNotFoundError(url)``, which it does
+    for any failure to reach a file: an unreachable host would read as a missing file, with no reason given."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, RemoteError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise RemoteError(str(cause)) from err
+
+
 async def _retrying(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
     """An aiohttp client middleware: a request answered with a transient status, or whose connection failed
     (reset, or closed without an answer), is sent again, at most :data:`HTTP_MAX_RETRY` times, after waits
@@ -184,7 +204,7 @@ async def _retrying(request: ClientRequest, handler: ClientHandlerType) -> Clien
             response = await handler(request)
         except ClientConnectionError as err:  # a reset or a hang-up without an answer: transient too
             if attempt == HTTP_MAX_RETRY:
-                raise OSError(f"{request.url}: {err or type(err).__name__} ({attempt + 1} tries)") from err
+                raise RemoteError(f"{request.url}: {err or type(err).__name__} ({attempt + 1} tries)") from err
             await asyncio.sleep(HTTP_RETRY_DELAY * 2**attempt)
             continue
         if response.status not in TRANSIENT_STATUSES or attempt == HTTP_MAX_RETRY:
@@ -194,7 +214,7 @@ async def _retrying(request: ClientRequest, handler: ClientHandlerType) -> Clien
     if response.status >= 400 and response.status not in FSSPEC_STATUSES:
         response.release()
         tries = f" ({attempt + 1} tries)" if response.status in TRANSIENT_STATUSES else ""
-        raise OSError(f"{request.url}: HTTP {response.status} {response.reason}{tries}")
+        raise RemoteError(f"{request.url}: HTTP {response.status} {response.reason}{tries}")
     return response
 
 
@@ -214,7 +234,7 @@ def open_file(url: str) -> Any:
 
 def read_bytes(url: str) -> bytes:
     """The whole file at ``url``; a missing file raises ``FileNotFoundError`` naming the URL."""
-    with open_file(url) as handle:
+    with failures_named(), open_file(url) as handle:
         return handle.read()
 
 

@@ -12,12 +12,15 @@ import tifffile
 import zarr
 
 from . import handles
-from .remote import Location, is_url, open_file
+from .remote import Location, failures_named, is_url, open_file
 
 
 def tiff_file(location: Location) -> tifffile.TiffFile:
     """``location`` opened by tifffile: a local file as it always was, a URL through fsspec (byte ranges)."""
-    return tifffile.TiffFile(open_file(location) if is_url(location) else location)
+    if not is_url(location):
+        return tifffile.TiffFile(location)
+    with failures_named():
+        return tifffile.TiffFile(open_file(location))
 
 
 def first_series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
