@@ -191,7 +191,8 @@ def test_int8_geotiff_unscales_to_the_float32_export(scene, tmp_path):
         scales, offsets = np.array(b.scales)[:, None, None], np.array(b.offsets)[:, None, None]
         assert b.dtypes[0] == "int8" and b.bounds == a.bounds and b.crs == a.crs
         assert json.loads(b.tags()["domainmae"])["dtype"] == "int8"
-    assert (raw.min(axis=(1, 2)) == -128).all() and (raw.max(axis=(1, 2)) == 127).all()  # each band's full range
+    # each band's full range; -128 is nodata (patches without data), none here
+    assert (raw.min(axis=(1, 2)) == -127).all() and (raw.max(axis=(1, 2)) == 127).all()
     error = np.abs(raw * scales + offsets - expected)
     assert (error <= scales / 2 + 1e-6).all() and (scales < 0.05).all()  # within half a step, and steps are fine
     with pytest.raises(ValueError, match="GeoTIFF option"):
@@ -254,6 +255,39 @@ def test_overwrite_replaces_earlier_embed_rasters_and_no_other_folder(scene, tmp
         with pytest.raises((FileExistsError, ValueError), match=rf"{folder}.*{refusal}|{refusal} {folder}"):
             embed(scene["ckpt"], output=folder, format=fmt, overwrite=True, progress=False)
         assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize(("fmt", "dtype", "features"), [("geotiff", "float32", "model"), ("geotiff", "int8", "model"),
+                                                    ("zarr", "float32", "model"), ("geotiff", "float32", "raw")])
+def test_patches_without_data_are_nodata_in_the_rasters(scene, tmp_path, fmt, dtype, features):
+    """A scene whose left 40 px are nodata (a swath edge): its patches there were embeddings of zero-filled input
+    (or zeros for raw features), indistinguishable from data, and entered label tables."""
+    from domainmae.export.labels import raster_table
+    from domainmae.export.writers.raster import read_embedding_raster
+
+    data = tmp_path / "S2A_MSIL2A_20200601T101031_T33UUP"
+    shutil.copytree(next(scene["ckpt"].parent.glob("S2A*")), data)
+    for band in BANDS:
+        with rasterio.open(data / f"{band}.tif", "r+") as dst:
+            values = dst.read(1)
+            values[:, :40] = -9999.0
+            dst.write(values, 1)
+            dst.nodata = -9999.0
+    out = embed(scene["ckpt"], data=tmp_path, output=tmp_path / f"emb.{'zarr' if fmt == 'zarr' else 'tif'}",
+                format=fmt, dtype=dtype, features=features, progress=False)  # fmt: skip
+    values, _, _, _ = read_embedding_raster(out)
+    empty = np.zeros(values.shape[1:], bool)
+    empty[:, : 40 // PATCH] = True  # patch columns 0-4 hold only nodata pixels; column 5 starts at pixel 40
+    assert np.isnan(values[:, empty]).all() and np.isfinite(values[:, ~empty]).all()
+    if fmt == "geotiff":
+        with rasterio.open(out) as src:  # GDAL readers (QGIS) see them as nodata too
+            assert src.nodata is not None and not src.read_masks(1)[empty].any() and src.read_masks(1)[~empty].all()
+    labels = tmp_path / "labels.tif"
+    with rasterio.open(labels, "w", driver="GTiff", height=HEIGHT, width=WIDTH, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=TRANSFORM) as dst:  # fmt: skip
+        dst.write(np.ones((HEIGHT, WIDTH), np.uint8), 1)
+    table, columns, _ = raster_table(out, labels)
+    assert len(table) == (~empty).sum() and np.isfinite(table[columns].to_numpy()).all()
 
 
 def test_overwrite_never_replaces_an_input_file(scene, tmp_path):

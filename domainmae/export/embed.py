@@ -183,8 +183,8 @@ def embed(
         checkpoint: run directory, ``.ckpt`` file, or exported model folder (``export_model``) or its Hub id.
         output: ``.parquet``/``.h5ad`` (microscopy: one row per tile/image/well, ``Metadata_*`` + ``emb_XXXX``),
             ``.parquet`` (EO: GeoParquet of window footprints), ``.tif`` or ``.zarr`` (EO: per-patch embedding
-            raster ``[D, H/p, W/p]``; a folder of ``<scene>.tif``/``<scene>.zarr`` when there are several
-            scenes, with ``format`` naming the kind). ``format`` overrides the suffix. Under torchrun with
+            raster ``[D, H/p, W/p]``, nodata where a patch holds no valid pixel; a folder of
+            ``<scene>.tif``/``<scene>.zarr`` when there are several scenes, with ``format`` naming the kind). ``format`` overrides the suffix. Under torchrun with
             several processes, a ``.parquet`` output is a folder of one part per process plus ``_metadata``,
             read as one table, and each process writes its own scenes' rasters (:mod:`~domainmae.export.parts`);
             ``.h5ad`` is refused.

@@ -163,7 +163,7 @@ def raster_table(file: Path, labels: Path, purity: float = 0.5,
     if not patch:
         raise ValueError(f"{file} does not record its patch size (model_config.patch_size in its provenance)")
     label, keep = patch_labels(Path(labels), transform, crs, values.shape[1:], int(patch), purity, field)
-    rows, cols = np.nonzero(keep)
+    rows, cols = np.nonzero(keep & np.isfinite(values).all(axis=0))  # patches without data (NaN) have no row
     if len(rows) == 0:
         raise ValueError(f"no patch of {file} has a label in {labels} (nodata, no overlap, overlapping classes, "
                          f"or below purity {purity})")  # fmt: skip

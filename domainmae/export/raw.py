@@ -4,7 +4,8 @@
 ``evaluate`` can show what a probe learns from intensity statistics alone. For every chosen channel, in
 the export's channel order: mean, standard deviation and the 5/25/50/75/95th percentiles of the tile's
 valid pixels (a per-patch raster gets them per patch). A tile or patch without a valid pixel in a channel
-gets zeros there, the normalised data's centre, so that probes can still take the row.
+gets zeros there, the normalised data's centre, so that probes can still take the row; a raster patch with
+no valid pixel in any channel is nodata, as the model's embeddings are (:func:`patches_without_data`).
 """
 from __future__ import annotations
 
@@ -43,6 +44,26 @@ def with_invalid_as_nan(batch: dict[str, Any]) -> dict[str, Any]:
     else:
         images = masked(images, valid)
     return {**batch, "images": images}
+
+
+def patches_without_data(batch: dict[str, Any], patch_size: int) -> np.ndarray | None:
+    """``[B, H/p, W/p]`` bool of a collated batch: the patches where no sensor has a valid pixel in any channel
+    (a swath edge, a scene's nodata margin), which a per-patch raster writes as nodata; None when all is valid."""
+    images, valid = batch["images"], batch["valid"]
+    if valid is None:
+        return None
+    if not isinstance(images, dict):  # a single-sensor batch
+        images, valid = {"": images}, {"": valid}
+    found: torch.Tensor | None = None
+    for sensor, image in images.items():
+        if valid.get(sensor) is None:  # this sensor has data everywhere
+            return None
+        ok = expand_valid(valid[sensor], image.shape).any(dim=-3)  # [B, H, W]
+        b, h, w = ok.shape
+        p = patch_size
+        ok = ok[:, : h // p * p, : w // p * p].reshape(b, h // p, p, w // p, p).any(dim=4).any(dim=2)
+        found = ok if found is None else found | ok
+    return (~found).cpu().numpy()
 
 
 def channel_stats(images: torch.Tensor, patch_size: int | None) -> np.ndarray:

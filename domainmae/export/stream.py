@@ -34,7 +34,7 @@ from ..data.samplers import Window, grid_windows
 from ..data.windows import GRID_WINDOWS, WindowReader
 from ..models import MaskedAutoencoder
 from ..recipes import Recipe
-from .raw import STATS, raw_features, with_invalid_as_nan
+from .raw import STATS, patches_without_data, raw_features, with_invalid_as_nan
 from .writers.tables import CHANNELS_COLUMN
 
 #: What a row holds: the trained model's embedding, raw-pixel statistics, or the same architecture at random init.
@@ -97,15 +97,20 @@ class Export:
         batch = collate_samples(samples)
         if self.features == "raw":
             images, _ = select_channels(with_invalid_as_nan(batch), self.batch_channels(samples), self.model)
-            return raw_features(images, None if pool else self.model.patch_size)
-        images, channels = self.inputs(batch, samples)
-        cuda = self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            if pool is None:
-                out = self.model.embed_patches(images, channels)
-            else:
-                out = self.model.embed(images, channels, pool=pool)
-        return out.float().cpu().numpy()
+            out = raw_features(images, None if pool else self.model.patch_size)
+        else:
+            images, channels = self.inputs(batch, samples)
+            cuda = self.device.type == "cuda"
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                if pool is None:
+                    embedded = self.model.embed_patches(images, channels)
+                else:
+                    embedded = self.model.embed(images, channels, pool=pool)
+            out = embedded.float().cpu().numpy()
+        empty = None if pool else patches_without_data(batch, self.model.patch_size)
+        if empty is not None:  # the model saw zero-filled input there: not an embedding of anything
+            out[empty] = np.nan
+        return out
 
 
 def model_channels(model: MaskedAutoencoder) -> dict[str, list[str] | None]:
@@ -247,9 +252,11 @@ def tent(n: int) -> np.ndarray:
 def _pop_rows(total: np.ndarray, weights: np.ndarray, count: int) -> np.ndarray:
     """Blend and remove the first ``count`` rows of the strip ``total [D, n, W]`` / ``weights [n, W]``.
 
-    Returns float32 ``[D, count, W]``; the remaining rows move up and fresh zero rows enter at the bottom.
+    Returns float32 ``[D, count, W]``, NaN where no window had data; the remaining rows move up and fresh zero
+    rows enter at the bottom.
     """
-    out = (total[:, :count] / weights[:count]).astype(np.float32)
+    out = np.divide(total[:, :count], weights[:count], out=np.full_like(total[:, :count], np.nan),
+                    where=weights[:count] > 0).astype(np.float32)  # fmt: skip
     keep = total.shape[1] - count
     total[:, :keep], weights[:keep] = total[:, count:], weights[count:]
     total[:, keep:], weights[keep:] = 0.0, 0.0
@@ -281,8 +288,10 @@ def blended_rows(
             if top > base:  # windows come row by row: rows above this window are final
                 yield base, _pop_rows(total, weights, top - base)
                 base = top
-            total[:, top - base : top - base + n, left : left + n] += weight * patches.transpose(2, 0, 1)
-            weights[top - base : top - base + n, left : left + n] += weight
+            # A patch without data (NaN) takes no weight: the windows that have data there decide, else it stays NaN.
+            present = weight * np.isfinite(patches[..., 0])
+            total[:, top - base : top - base + n, left : left + n] += present * np.nan_to_num(patches.transpose(2, 0, 1))
+            weights[top - base : top - base + n, left : left + n] += present
     while base < rows:
         count = min(n, rows - base)
         yield base, _pop_rows(total, weights, count)

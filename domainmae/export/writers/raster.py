@@ -43,6 +43,9 @@ BLOCK_ALL_BANDS_BYTES = 4 << 20  # a Zarr chunk / GeoTIFF tile of all bands: a f
 BLOCK_BYTES = 32 << 20  # rows quantised at a time by the int8 GeoTIFF sink
 OVERVIEW_MIN_SIZE = 256  # overviews halve the grid until its larger side is at most this (as gdaladdo -minsize)
 PREDICTORS = {"float32": "FLOATING_POINT", "int8": "STANDARD"}  # TIFF predictor 3 and 2
+#: What a patch without data (:func:`~domainmae.export.raw.patches_without_data`) holds: NaN, or int8's lowest
+#: value, which the int8 scaling leaves out (values take -127..127). Declared as the rasters' nodata.
+NODATA = {"float32": float("nan"), "int8": -128}
 Strip = tuple[int, np.ndarray]  # (first patch row, [D, rows, W/p]), in row order
 #: A sink: ``(path, patch grid, D, strips, provenance)`` -> one raster file.
 RasterWriter = Callable[[Path, "Grid", int, Iterable[Strip], dict[str, Any]], None]
@@ -60,12 +63,16 @@ class SceneStrips:
 
 
 def int8_scaling(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band ``(scale, offset)`` ``[D]`` mapping int8 -128..127 onto ``low..high``: value = q * scale + offset.
+    """Per-band ``(scale, offset)`` ``[D]`` mapping int8 -127..127 onto ``low..high``: value = q * scale + offset
+    (-128 is :data:`NODATA`).
 
-    A constant band gets scale 1 so that it still round-trips (every q is -128 = ``low``).
+    A constant band gets scale 1 so that it still round-trips (every q is -127 = ``low``); a band without data
+    (``low`` > ``high``: no finite value) gets scale 1 and offset 0.
     """
-    scale = np.where(high > low, (high - low) / 255.0, 1.0)
-    return scale, low + 128.0 * scale
+    empty = ~(low <= high)
+    low = np.where(empty, -127.0, low)
+    scale = np.where(high > low, (high - low) / 254.0, 1.0)
+    return scale, low + 127.0 * scale
 
 
 def overview_factors(height: int, width: int) -> list[int]:
@@ -91,7 +98,7 @@ def write_geotiff(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], tag
     side = block_side(dim)
     profile = dict(driver="GTiff", height=grid.height, width=grid.width, count=dim, dtype=dtype, crs=grid.crs,
                    transform=grid.transform, tiled=True, blockxsize=side, blockysize=side, interleave="band",
-                   BIGTIFF="IF_SAFER")  # fmt: skip
+                   nodata=NODATA[dtype], BIGTIFF="IF_SAFER")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with writing(path, RasterioError, CPLE_BaseError), \
             tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch_dir:
@@ -128,7 +135,8 @@ def write_int8_geotiff(path: Path, grid: Grid, dim: int, strips: Iterable[Strip]
         low, high = np.full(dim, np.inf), np.full(dim, -np.inf)
         for _, strip in strips:  # strips arrive in row order, so appending keeps the file in row order
             np.ascontiguousarray(strip.transpose(1, 0, 2)).tofile(spool)
-            low, high = np.minimum(low, strip.min(axis=(1, 2))), np.maximum(high, strip.max(axis=(1, 2)))
+            flat = strip.reshape(dim, -1)  # fmin/fmax skip NaN (patches without data)
+            low, high = np.fmin(low, np.fmin.reduce(flat, axis=1)), np.fmax(high, np.fmax.reduce(flat, axis=1))
         spool.seek(0)
         scale, offset = int8_scaling(low, high)
         step = max(1, BLOCK_BYTES // (4 * dim * grid.width))
@@ -137,8 +145,8 @@ def write_int8_geotiff(path: Path, grid: Grid, dim: int, strips: Iterable[Strip]
             for base in range(0, grid.height, step):
                 block = np.fromfile(spool, np.float32, min(step, grid.height - base) * dim * grid.width)
                 block = block.reshape(-1, dim, grid.width).transpose(1, 0, 2)  # [D, rows, W]
-                steps = np.rint((block - offset[:, None, None]) / scale[:, None, None])
-                yield base, np.clip(steps, -128, 127).astype(np.int8)
+                steps = np.clip(np.rint((block - offset[:, None, None]) / scale[:, None, None]), -127, 127)
+                yield base, np.where(np.isnan(block), NODATA["int8"], steps).astype(np.int8)
 
         tags = {**tags, "int8_scaling": "per band: min..max of the written values in 256 steps"}
         write_geotiff(path, grid, dim, quantised(), tags, "int8", (scale, offset))
@@ -172,7 +180,7 @@ def write_zarr(path: Path, grid: Grid, dim: int, strips: Iterable[Strip], attrs:
         group = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={PROVENANCE_KEY: attrs})
         array = group.create_array(
             "embedding", shape=(dim, height, width), chunks=(dim, min(side, height), min(side, width)),
-            dtype="float32", dimension_names=("band", "y", "x"),
+            dtype="float32", dimension_names=("band", "y", "x"), fill_value=NODATA["float32"],
             attributes={**geo, "grid_mapping": "spatial_ref", "coordinates": "spatial_ref"},
         )  # fmt: skip
         group.create_array("spatial_ref", shape=(), dtype="int32", dimension_names=(), attributes=mapping)
@@ -245,7 +253,8 @@ def write_scenes(folder: Path, scenes: Iterable[SceneStrips], write: RasterWrite
 def read_embedding_raster(path: Path) -> tuple[np.ndarray, Affine, CRS | None, dict[str, Any]]:
     """``(values float32 [D, h, w], patch-grid transform, CRS, provenance)`` of an ``embed`` GeoTIFF or Zarr.
 
-    An int8 GeoTIFF is unscaled with its per-band scale/offset, as GDAL readers do.
+    An int8 GeoTIFF is unscaled with its per-band scale/offset, as GDAL readers do; patches without data
+    (:data:`NODATA`) are NaN.
     """
     if not path.exists():
         raise FileNotFoundError(f"embedding raster not found: {path}")
@@ -259,8 +268,10 @@ def read_embedding_raster(path: Path) -> tuple[np.ndarray, Affine, CRS | None, d
         provenance = dict(group.attrs.get(PROVENANCE_KEY, {}))
         return np.asarray(array[:], np.float32), transform, CRS.from_wkt(wkt) if wkt else None, provenance
     with rasterio.open(path) as src:
-        values = src.read().astype(np.float32)
+        raw = src.read()
+        values = raw.astype(np.float32)
         if src.dtypes[0] == "int8":
             values = values * np.array(src.scales, np.float32)[:, None, None] + np.array(src.offsets, np.float32)[:, None, None]
+            values[raw == src.nodata] = np.nan  # None in rasters from before nodata was declared: nothing masked
         provenance = json.loads(src.tags().get(PROVENANCE_KEY, "{}"))
         return values, src.transform, src.crs, provenance
