@@ -257,6 +257,19 @@ def test_overwrite_replaces_earlier_embed_rasters_and_no_other_folder(scene, tmp
         assert sorted(p.name for p in folder.iterdir()) == before
 
 
+def _with_nodata_columns(scene, folder, columns: int):
+    """The scene copied into ``folder`` with its first ``columns`` pixel columns nodata (a swath edge)."""
+    data = folder / "S2A_MSIL2A_20200601T101031_T33UUP"
+    shutil.copytree(next(scene["ckpt"].parent.glob("S2A*")), data)
+    for band in BANDS:
+        with rasterio.open(data / f"{band}.tif", "r+") as dst:
+            values = dst.read(1)
+            values[:, :columns] = -9999.0
+            dst.write(values, 1)
+            dst.nodata = -9999.0
+    return data
+
+
 @pytest.mark.parametrize(("fmt", "dtype", "features"), [("geotiff", "float32", "model"), ("geotiff", "int8", "model"),
                                                     ("zarr", "float32", "model"), ("geotiff", "float32", "raw")])
 def test_patches_without_data_are_nodata_in_the_rasters(scene, tmp_path, fmt, dtype, features):
@@ -265,14 +278,7 @@ def test_patches_without_data_are_nodata_in_the_rasters(scene, tmp_path, fmt, dt
     from domainmae.export.labels import raster_table
     from domainmae.export.writers.raster import read_embedding_raster
 
-    data = tmp_path / "S2A_MSIL2A_20200601T101031_T33UUP"
-    shutil.copytree(next(scene["ckpt"].parent.glob("S2A*")), data)
-    for band in BANDS:
-        with rasterio.open(data / f"{band}.tif", "r+") as dst:
-            values = dst.read(1)
-            values[:, :40] = -9999.0
-            dst.write(values, 1)
-            dst.nodata = -9999.0
+    _with_nodata_columns(scene, tmp_path, 40)
     out = embed(scene["ckpt"], data=tmp_path, output=tmp_path / f"emb.{'zarr' if fmt == 'zarr' else 'tif'}",
                 format=fmt, dtype=dtype, features=features, progress=False)  # fmt: skip
     values, _, _, _ = read_embedding_raster(out)
@@ -288,6 +294,28 @@ def test_patches_without_data_are_nodata_in_the_rasters(scene, tmp_path, fmt, dt
         dst.write(np.ones((HEIGHT, WIDTH), np.uint8), 1)
     table, columns, _ = raster_table(out, labels)
     assert len(table) == (~empty).sum() and np.isfinite(table[columns].to_numpy()).all()
+
+
+def test_windows_without_data_have_no_row_in_the_tables(scene, tmp_path):
+    """Windows wholly in a scene's nodata had rows embedded from zero-filled input (raw features: zeros)."""
+    from domainmae.align.finetune import tuned_encoder
+
+    _with_nodata_columns(scene, tmp_path, 40)  # the windows at column 0 hold no data; those at 32 do from 40 on
+
+    def table(name: str, **options) -> gpd.GeoDataFrame:
+        return gpd.read_parquet(embed(scene["ckpt"], data=tmp_path, output=tmp_path / name, progress=False, **options))
+
+    chips = table("chips.parquet")
+    assert sorted(set(chips.window_col)) == [32, 64] and len(chips) == 2 * 2
+    rows = np.stack(chips.embedding.to_numpy())
+    raw = table("raw.parquet", features="raw")
+    assert raw[["window_row", "window_col"]].equals(chips[["window_row", "window_col"]])  # baselines: same rows
+    np.testing.assert_allclose(table("scene.parquet", level="image").embedding.iloc[0], rows.mean(axis=0),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    # align --unfreeze re-embeds the table's rows: the same windows, in the same order
+    tuned = tuned_encoder(scene["ckpt"], len(chips), tmp_path / "home", data=tmp_path, pool="mean", device="cpu",
+                          batch_size=4, lr_scale=1.0)  # fmt: skip
+    np.testing.assert_allclose(tuned.embed(), rows, rtol=1e-4, atol=1e-5)
 
 
 def test_overwrite_never_replaces_an_input_file(scene, tmp_path):

@@ -19,7 +19,7 @@ import torch
 
 from ..data.loader import collate_samples
 from ..export.embed import export_items, export_sources, recipe_channels, select_channel_names
-from ..export.stream import Export, sample_batches
+from ..export.stream import Export, sample_batches, tiles_without_data
 from ..recipes import resolve_recipe
 from ..runtime import load_trained, resolve_device, save_exported
 
@@ -81,7 +81,9 @@ def tuned_encoder(checkpoint: str | Path, n_rows: int, home: Path, *, data: str 
     chosen = select_channel_names(trained.model, recipe_channels(recipe, trained.model), None)
     export = Export(trained.model, recipe, chosen, dev, batch_size, progress=False)
     items = export_items(recipe, export_sources(recipe), None)
-    samples = [sample for batch in sample_batches(export, items) for sample in batch]
+    p = trained.model.patch_size  # windows without data have no row in the table (embed), so none here
+    samples = [sample for batch in sample_batches(export, items)
+               for sample, empty in zip(batch, tiles_without_data(batch, p)) if not empty]  # fmt: skip
     if len(samples) != n_rows:
         raise ValueError(f"{checkpoint}'s data gave {len(samples)} tiles, but its embeddings table has {n_rows} rows")
     return TunedEncoder(export, samples, pool, trained.step, lr_scale, home)

@@ -201,13 +201,33 @@ def embedding_stream(export: Export, items: Dataset, pool: str) -> Iterator[Batc
         if export.subsets:
             (used,) = export.batch_channels(samples).values()
             metas = [{**meta, CHANNELS_COLUMN: ",".join(used)} for meta in metas]
-        yield metas, export.forward(samples, pool)
+        emb = export.forward(samples, pool)
+        emb[tiles_without_data(samples, export.model.patch_size)] = np.nan  # embedded from zero-filled input
+        yield metas, emb
+
+
+def tiles_without_data(samples: Sequence[dict[str, Any]], patch_size: int) -> np.ndarray:
+    """``[B]`` bool: the samples where no sensor has a valid pixel (a window beyond a swath edge); they get no
+    row in a table, as their patches are nodata in a raster."""
+    empty = patches_without_data(collate_samples(samples), patch_size)
+    return np.zeros(len(samples), bool) if empty is None else empty.all(axis=(1, 2))
+
+
+def _with_data(rows: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: the rows of ``[N, D]`` that are embeddings, not the NaN rows of windows without data."""
+    return ~np.isnan(rows).all(axis=1)
 
 
 def singletons(stream: Iterator[Batch]) -> Groups:
-    """Tile level: every row its own group, ``([[meta], ...], [B, D])``."""
+    """Tile level: every row its own group, ``([[meta], ...], [B, D])``; windows without data have none."""
+    left_out = 0
     for metas, emb in stream:
-        yield [[m] for m in metas], emb
+        kept = _with_data(emb)
+        left_out += int((~kept).sum())
+        if kept.any():
+            yield [[m] for m, k in zip(metas, kept) if k], emb[kept]
+    if left_out:
+        log.warning("%d windows hold no valid pixel (nodata only): they have no row", left_out)
 
 
 def consecutive_groups(stream: Iterator[Batch], key: Callable[[dict[str, Any]], Hashable]) -> Groups:
@@ -215,7 +235,8 @@ def consecutive_groups(stream: Iterator[Batch], key: Callable[[dict[str, Any]], 
 
     Yields ``(group metas, [G, D] mean embeddings)`` as groups complete; holds one group's rows. A group with
     fewer tiles than its source's grid (rows of windows skipped as unreadable under ``on_error=skip``) is
-    left out with a warning: its mean would stand for the whole field or scene.
+    left out with a warning: its mean would stand for the whole field or scene. Tiles without data (NaN rows)
+    count as read but not in the mean; a group of only such tiles is left out too.
     """
     metas: list[dict[str, Any]] = []
     rows: list[np.ndarray] = []
@@ -225,7 +246,14 @@ def consecutive_groups(stream: Iterator[Batch], key: Callable[[dict[str, Any]], 
         if len(metas) < expected:
             log.warning("%s: %d of its %d tiles could not be read; it has no row at this level", key(metas[0]),
                         expected - len(metas), expected)  # fmt: skip
+        elif not _with_data(np.stack(rows)).any():
+            log.warning("%s: no tile holds a valid pixel (nodata only); it has no row at this level", key(metas[0]))
+            return False
         return len(metas) >= expected
+
+    def mean() -> np.ndarray:
+        stacked = np.stack(rows)
+        return stacked[_with_data(stacked)].mean(axis=0)
 
     for batch_metas, emb in stream:
         done_metas, done = [], []
@@ -233,14 +261,14 @@ def consecutive_groups(stream: Iterator[Batch], key: Callable[[dict[str, Any]], 
             if metas and key(meta) != key(metas[0]):
                 if whole():
                     done_metas.append(metas)
-                    done.append(np.mean(np.stack(rows), axis=0))
+                    done.append(mean())
                 metas, rows = [], []
             metas.append(meta)
             rows.append(row)
         if done:
             yield done_metas, np.stack(done).astype(np.float32)
     if metas and whole():
-        yield [metas], np.mean(np.stack(rows), axis=0, keepdims=True).astype(np.float32)
+        yield [metas], mean()[None].astype(np.float32)
 
 
 def tent(n: int) -> np.ndarray:
