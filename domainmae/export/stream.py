@@ -93,7 +93,8 @@ class Export:
 
     def forward(self, samples: Sequence[dict[str, Any]], pool: str | None) -> np.ndarray:
         """Samples -> pooled embeddings ``[B, D]`` (``pool`` "mean"/"cls"; "channels": ``[B, C * D]``) or
-        per-patch ``[B, h, w, D]`` (None); per patch ``D`` is :attr:`dim`."""
+        per-patch ``[B, h, w, D]`` (None); per patch ``D`` is :attr:`dim`. NaN where there is no valid pixel:
+        a patch's, or a sample's whole row (:func:`tiles_without_data`)."""
         batch = collate_samples(samples)
         if self.features == "raw":
             images, _ = select_channels(with_invalid_as_nan(batch), self.batch_channels(samples), self.model)
@@ -107,9 +108,11 @@ class Export:
                 else:
                     embedded = self.model.embed(images, channels, pool=pool)
             out = embedded.float().cpu().numpy()
-        empty = None if pool else patches_without_data(batch, self.model.patch_size)
-        if empty is not None:  # the model saw zero-filled input there: not an embedding of anything
-            out[empty] = np.nan
+        # The model saw zero-filled input where there is no data: not an embedding of anything. Per patch, NaN
+        # (nodata in a raster); pooled, a tile without any data is a NaN row, which gets no row in a table.
+        empty = patches_without_data(batch, self.model.patch_size)
+        if empty is not None:
+            out[empty if pool is None else empty.all(axis=(1, 2))] = np.nan
         return out
 
 
@@ -201,9 +204,7 @@ def embedding_stream(export: Export, items: Dataset, pool: str) -> Iterator[Batc
         if export.subsets:
             (used,) = export.batch_channels(samples).values()
             metas = [{**meta, CHANNELS_COLUMN: ",".join(used)} for meta in metas]
-        emb = export.forward(samples, pool)
-        emb[tiles_without_data(samples, export.model.patch_size)] = np.nan  # embedded from zero-filled input
-        yield metas, emb
+        yield metas, export.forward(samples, pool)
 
 
 def tiles_without_data(samples: Sequence[dict[str, Any]], patch_size: int) -> np.ndarray:
