@@ -128,16 +128,10 @@ def _embed(args: argparse.Namespace) -> int:
             raise ValueError("embed --aligned runs in one process; embed under torchrun, then project the file alone")
         if (args.format or SUFFIXES.get(Path(args.output).suffix.lower())) not in ("parquet", "geoparquet", "h5ad"):
             raise ValueError(f"embed --aligned writes a table: give --output a .parquet or .h5ad file, not {args.output}")
-        from .align import aligned_encoder, check_encoder, project_embeddings
-        from .align.text import import_open_clip
-        from .atomic import check_output_file
-        from .export.writers.tables import check_table_name
+        from .align import aligned_encoder, check_projection, project_embeddings
 
         args.checkpoint = aligned_encoder(args.aligned) or args.checkpoint  # a fine-tuned encoder (align --unfreeze)
-        # What project_embeddings would refuse, refused before every image is embedded.
-        check_encoder(args.aligned, args.checkpoint)
-        check_table_name(check_output_file(args.output, overwrite=args.overwrite))
-        import_open_clip()
+        check_projection(args.aligned, args.checkpoint, args.output, args.overwrite)
         # The encoder's embeddings first (a temporary file), then their projection into the text space.
         with tempfile.TemporaryDirectory(prefix="domainmae-aligned-") as folder:
             encoded = _embed_encoder(args, str(Path(folder) / f"encoder{Path(args.output).suffix}"))

@@ -31,7 +31,8 @@ from .recipe_schema import (  # the schema's classes are the recipe API too
 
 __all__ = ["Augment", "DataSection", "MaskMix", "ModelSection", "Recipe", "RecipeError", "SensorRadiometry",
            "TrainSection", "list_recipes", "load_recipe", "parse_override", "recipe_path", "resolve_recipe",
-           "save_recipe", "bundled_sample_path", "existing_or_bundled", "CONFIGS_DIR", "RECIPES_DIR", "SAMPLES_DIR"]  # fmt: skip
+           "save_recipe", "bundled_sample_path", "existing_or_bundled", "CONFIGS_DIR", "RECIPES_DIR",
+           "SAMPLES_DIR"]  # fmt: skip
 
 
 class RecipeError(ValueError):

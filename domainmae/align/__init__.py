@@ -12,7 +12,7 @@ from .train import (
     align,
     align_embeddings,
     aligned_encoder,
-    check_encoder,
+    check_projection,
     fill_template,
     load_aligned,
     project_embeddings,
@@ -20,4 +20,5 @@ from .train import (
 )
 
 __all__ = ["AlignModel", "TextTower", "TextTowerConfig", "align", "align_embeddings", "aligned_encoder",
-           "check_encoder", "clip_loss", "fill_template", "load_aligned", "project_embeddings", "recall_at_k", "search"]
+           "check_projection", "clip_loss", "fill_template", "load_aligned", "project_embeddings", "recall_at_k",
+           "search"]

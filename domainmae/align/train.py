@@ -284,14 +284,21 @@ def _aligned_encoder_hint(info: dict[str, Any]) -> str:
     return "the fine-tuned encoder: embed --aligned" if info.get("encoder") else "that checkpoint"
 
 
-def check_encoder(folder: str | Path, checkpoint: str | Path) -> None:
-    """Refuse ``checkpoint`` for aligned ``folder`` when it is not the encoder the folder was aligned on: what
-    ``embed --aligned`` checks before it embeds, as :func:`aligned_features` would only after."""
+def check_projection(folder: str | Path, checkpoint: str | Path, output: str | Path, overwrite: bool) -> None:
+    """What ``embed --aligned`` checks before it embeds every image, where :func:`project_embeddings` would find
+    it only after: ``checkpoint`` is the encoder aligned ``folder`` was aligned on, ``output`` a table it may
+    write, and the text tower's package is installed."""
     folder, info = read_info(folder)
     wanted = info.get("checkpoint_sha256")
     if wanted and file_sha256(weights_file(checkpoint)) != wanted:
         raise ValueError(f"{folder} was aligned on another checkpoint ({info.get('checkpoint')}) than {checkpoint}; "
                          f"embed with {_aligned_encoder_hint(info)}")  # fmt: skip
+    _check_projection_output(output, overwrite)
+    import_open_clip()
+
+
+def _check_projection_output(output: str | Path, overwrite: bool) -> Path:
+    return check_table_name(check_output_file(output, overwrite=overwrite))
 
 
 def aligned_features(model: AlignModel, info: dict[str, Any],
@@ -304,8 +311,8 @@ def aligned_features(model: AlignModel, info: dict[str, Any],
                          f"give the encoder's embeddings, written by embed without --aligned")  # fmt: skip
     made, wanted = provenance.get("checkpoint_sha256"), info.get("checkpoint_sha256")
     if made and wanted and made != wanted:
-        raise ValueError(f"{file} was embedded by another checkpoint ({provenance.get('checkpoint')}) than the one "
-                         f"aligned ({info.get('checkpoint')}); embed it with {_aligned_encoder_hint(info)}")  # fmt: skip
+        raise ValueError(f"{file} was embedded by another checkpoint ({provenance.get('checkpoint')}) than the "
+                         f"one aligned ({info.get('checkpoint')}); embed it with {_aligned_encoder_hint(info)}")
     if len(features) != info["image_dim"]:
         raise ValueError(f"{file} has {len(features)} features; the aligned head takes {info['image_dim']}")
     with torch.no_grad():
@@ -316,7 +323,7 @@ def aligned_features(model: AlignModel, info: dict[str, Any],
 def project_embeddings(aligned: str | Path, file: str | Path, output: str | Path, overwrite: bool = False) -> Path:
     """Write ``file``'s rows with text-aligned embeddings (unit vectors ``[N, embed_dim]`` as ``emb_XXXX``,
     comparable by dot product with :meth:`AlignModel.encode_texts`) to ``output`` (.parquet or .h5ad)."""
-    output = check_table_name(check_output_file(output, overwrite=overwrite))
+    output = _check_projection_output(output, overwrite)
     model, info = load_aligned(aligned)
     meta, z, provenance = aligned_features(model, info, file)
     provenance = {**provenance, "aligned": str(Path(aligned).resolve()), "aligned_template": info["template"]}

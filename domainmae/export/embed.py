@@ -184,10 +184,10 @@ def embed(
         output: ``.parquet``/``.h5ad`` (microscopy: one row per tile/image/well, ``Metadata_*`` + ``emb_XXXX``),
             ``.parquet`` (EO: GeoParquet of window footprints), ``.tif`` or ``.zarr`` (EO: per-patch embedding
             raster ``[D, H/p, W/p]``, nodata where a patch holds no valid pixel; a folder of
-            ``<scene>.tif``/``<scene>.zarr`` when there are several scenes, with ``format`` naming the kind). ``format`` overrides the suffix. Under torchrun with
-            several processes, a ``.parquet`` output is a folder of one part per process plus ``_metadata``,
-            read as one table, and each process writes its own scenes' rasters (:mod:`~domainmae.export.parts`);
-            ``.h5ad`` is refused.
+            ``<scene>.tif``/``<scene>.zarr`` when there are several scenes, with ``format`` naming the kind).
+            ``format`` overrides the suffix. Under torchrun with several processes, a ``.parquet`` output is a
+            folder of one part per process plus ``_metadata``, read as one table, and each process writes its own
+            scenes' rasters (:mod:`~domainmae.export.parts`); ``.h5ad`` is refused.
         data: dataset path (default: the run's own ``data.path``); ``overrides`` are further recipe
             ``key=value`` settings (e.g. ``data.format=pattern``).
         pool: ``mean`` of patch tokens, the ``cls`` token, or ``channels`` (each chosen channel's token mean,

@@ -319,7 +319,8 @@ def blended_rows(
                 base = top
             # A patch without data (NaN) takes no weight: the windows that have data there decide, else it stays NaN.
             present = weight * np.isfinite(patches[..., 0])
-            total[:, top - base : top - base + n, left : left + n] += present * np.nan_to_num(patches.transpose(2, 0, 1))
+            values = np.nan_to_num(patches.transpose(2, 0, 1))
+            total[:, top - base : top - base + n, left : left + n] += present * values
             weights[top - base : top - base + n, left : left + n] += present
     while base < rows:
         count = min(n, rows - base)
